@@ -1,0 +1,166 @@
+"""The one dynamics interface of mbpo.
+
+Every source of transitions (Brax physics, a diffrax ODE, a learned Gaussian model, a user function)
+is a :class:`Dynamics`: a pytree whose ``step`` is a pure, differentiable function
+
+    s_{t+1} = f(s_t, a_t, xi_t),    xi_t ~ p(xi)  (``sample_noise``),
+
+with the dynamics noise ``xi`` an explicit input of shape ``noise_shape`` (zero-size when the
+dynamics are deterministic). Because the noise is an argument, a trajectory is a pure function of
+(policy parameters, s_0, noise) and ``jax.grad`` through it is the reparameterized estimator of
+the reference text ("Policy Optimization with a Model", "Stochastic Value Gradient").
+"""
+
+from __future__ import annotations
+
+import abc
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from mbpo.types import Action, Done, Flag, Noise, Observation, PRNGKey, PyTree, Scalar, Step
+
+
+class State(struct.PyTreeNode):
+    """What a dynamics step returns.
+
+    Attributes:
+      x: the dynamics' own state (an ODE state vector, a brax ``State``, ...).
+      obs: the observation the policy sees, shape ``(observation_size,)``.
+      reward: r(s_{t-1}, a_{t-1}, s_t), the reward of the transition that produced this state
+        (zero after ``reset``).
+      done: 1.0 where the episode has terminated, else 0.0.
+      t: number of steps taken since ``reset``.
+      nan_action: True once any action fed to ``step`` since ``reset`` contained a NaN. NaN actions
+        are reported here (see :func:`check_actions_finite`) rather than silently propagated.
+    """
+
+    x: PyTree
+    obs: Observation
+    reward: Scalar
+    done: Done
+    t: Step
+    nan_action: Flag
+
+
+class NaNActionError(FloatingPointError):
+    """Raised by :func:`check_actions_finite` when a NaN action reached a dynamics step."""
+
+
+class Dynamics(struct.PyTreeNode, abc.ABC):
+    """Abstract base: subclasses implement ``_reset``, ``_step`` and, where known, ``_log_prob``.
+
+    The public ``reset``/``step`` validate shapes and dtypes at trace time (so a wrong action shape
+    fails before any compilation) and keep the bookkeeping fields of :class:`State`.
+    Subclasses are ``flax.struct`` dataclasses: arrays and parameters are pytree leaves (so a jitted
+    function can take the dynamics as an argument, or vmap over its parameters), configuration is
+    static.
+    """
+
+    # --- what subclasses provide -------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def observation_size(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def action_size(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def noise_shape(self) -> tuple[int, ...]: ...
+
+    @property
+    @abc.abstractmethod
+    def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high), each of shape ``(action_size,)``; +-inf where unbounded."""
+
+    @abc.abstractmethod
+    def _reset(self, key: PRNGKey) -> tuple[PyTree, Observation]:
+        """Returns the initial dynamics state and its observation."""
+
+    @abc.abstractmethod
+    def _step(self, x: PyTree, action: Action, xi: Noise) -> tuple[PyTree, Observation, Scalar, Done]:
+        """Returns (x', obs', reward, done) for one transition."""
+
+    def _log_prob(self, x: PyTree, action: Action, x_next: PyTree) -> Scalar:
+        raise NotImplementedError(
+            f"{type(self).__name__} has no known transition density; DPMB-SF and other score-function "
+            "estimators through the dynamics need a dynamics with has_log_prob = True"
+        )
+
+    @property
+    def has_log_prob(self) -> bool:
+        """Whether ``log_prob(state, action, next_state)`` is available."""
+        return type(self)._log_prob is not Dynamics._log_prob
+
+    # --- the interface -----------------------------------------------------------------------
+    def reset(self, key: PRNGKey) -> State:
+        """Samples s_0 ~ rho_0 and returns its :class:`State`."""
+        x, obs = self._reset(key)
+        zero = jnp.zeros((), dtype=obs.dtype)
+        return State(
+            x=x,
+            obs=obs,
+            reward=zero,
+            done=zero,
+            t=jnp.zeros((), jnp.int32),
+            nan_action=jnp.zeros((), bool),
+        )
+
+    def step(self, state: State, action: Action, xi: Noise) -> State:
+        """One transition s' = f(s, a, xi), differentiable in ``state``, ``action`` and ``xi``."""
+        action = jnp.asarray(action)
+        xi = jnp.asarray(xi)
+        check_array("action", action, (self.action_size,), floating=True)
+        check_array("xi", xi, self.noise_shape, floating=True)
+        x, obs, reward, done = self._step(state.x, action, xi)
+        return State(
+            x=x,
+            obs=obs,
+            reward=jnp.asarray(reward, obs.dtype),
+            done=jnp.asarray(done, obs.dtype),
+            t=state.t + 1,
+            nan_action=state.nan_action | jnp.any(jnp.isnan(action)),
+        )
+
+    def sample_noise(self, key: PRNGKey) -> Noise:
+        """xi ~ N(0, I) of shape ``noise_shape``; subclasses with other noise override this."""
+        return jax.random.normal(key, self.noise_shape)
+
+    def log_prob(self, state: State, action: Action, next_state: State) -> Scalar:
+        """log p(s' | s, a), the transition density, where ``has_log_prob``."""
+        action = jnp.asarray(action)
+        check_array("action", action, (self.action_size,), floating=True)
+        return self._log_prob(state.x, action, next_state.x)
+
+
+def check_array(name: str, value: jax.Array, shape: tuple[int, ...], *, floating: bool) -> None:
+    """Raises ValueError/TypeError naming ``value`` when its shape or dtype is not the one allowed.
+
+    Runs on shapes and dtypes only, so it raises at trace time, before any compilation.
+    """
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} has shape {tuple(value.shape)}, but this dynamics expects shape {tuple(shape)} "
+            "(batch over several states with jax.vmap, not by adding a leading axis)"
+        )
+    if floating and not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(f"{name} has dtype {value.dtype}; a floating dtype (float32 or float64) is required")
+
+
+def check_actions_finite(state: State) -> None:
+    """Raises :class:`NaNActionError` (on the host) if any NaN action reached ``step``.
+
+    ``state`` may be batched (a vmapped rollout's final state): the error counts the offending
+    members.
+    """
+    flags = np.asarray(jax.device_get(state.nan_action))
+    if flags.any():
+        raise NaNActionError(
+            f"{int(flags.sum())} of {flags.size} trajectories received a NaN action; "
+            "check the policy parameters and observations (mbpo reports NaN actions, it never "
+            "replaces them)"
+        )

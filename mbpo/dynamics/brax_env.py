@@ -1,0 +1,75 @@
+"""Brax environments as mbpo dynamics, differentiable through the physics.
+
+Only ``brax.envs`` and the physics pipelines are used (never ``brax.training``, whose agents need
+jax < 0.10). Brax physics is deterministic: ``noise_shape`` is ``(0,)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from mbpo.dynamics.base import Dynamics
+
+BACKENDS = ("generalized", "positional", "spring", "mjx")
+
+
+class BraxDynamics(Dynamics):
+    """A ``brax.envs.Env`` behind the mbpo interface; ``State.x`` is the brax ``State``."""
+
+    env: Any = struct.field(pytree_node=False)  # a brax.envs.Env; typed loosely to keep brax optional at import
+    name: str = struct.field(pytree_node=False, default="brax")
+
+    @property
+    def observation_size(self) -> int:
+        return int(self.env.observation_size)
+
+    @property
+    def action_size(self) -> int:
+        return int(self.env.action_size)
+
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        return (0,)
+
+    @property
+    def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        # Brax envs take actions in [-1, 1] and scale them to the actuators' ranges themselves.
+        return -np.ones(self.action_size), np.ones(self.action_size)
+
+    def _reset(self, key):
+        s = self.env.reset(key)
+        return s, s.obs
+
+    def _step(self, x, action, xi):
+        s = self.env.step(x, action)
+        return s, s.obs, s.reward, s.done
+
+
+def from_brax(env_or_name: Any, *, backend: str = "generalized", **env_kwargs) -> BraxDynamics:
+    """Wraps a Brax environment (an instance, or a registered name built with ``backend``).
+
+    Args:
+      env_or_name: a ``brax.envs.Env`` or the name of one in ``brax.envs``.
+      backend: physics pipeline when building by name: one of ``BACKENDS``.
+      **env_kwargs: passed to ``brax.envs.get_environment`` when building by name.
+
+    Returns:
+      A :class:`BraxDynamics`.
+    """
+    from brax import envs as brax_envs  # deferred: importing brax takes seconds
+
+    if isinstance(env_or_name, str):
+        known = sorted(brax_envs._envs)  # brax keeps its registry private; this is its only listing
+        if env_or_name not in known:
+            raise ValueError(f"unknown Brax environment {env_or_name!r}; Brax has: {', '.join(known)}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown Brax backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+        env = brax_envs.get_environment(env_or_name, backend=backend, **env_kwargs)
+        return BraxDynamics(env=env, name=f"{env_or_name}[{backend}]")
+    if not isinstance(env_or_name, brax_envs.Env):
+        raise TypeError(f"expected a brax.envs.Env or a Brax environment name, got {type(env_or_name).__name__}")
+    return BraxDynamics(env=env_or_name, name=type(env_or_name).__name__)

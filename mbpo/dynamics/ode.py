@@ -1,0 +1,171 @@
+"""Continuous-time dynamics dx/dt = f(t, x, u, params), integrated over one control interval by diffrax.
+
+The action u is held constant over the interval [0, dt] (zero-order hold), which is split into
+``substeps`` fixed steps of the chosen solver. Optional reparameterized Gaussian process noise,
+
+    x_{t+1} = Phi_dt(x_t, u_t) + noise_std * xi_t,    xi_t ~ N(0, I),
+
+gives the transition a known density, so score-function estimators through the dynamics apply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mbpo.dynamics.function import FunctionDynamics, make_function_dynamics
+from mbpo.types import Action, Array, Done, Observation, PRNGKey, Params, Scalar
+
+VectorField = Callable[[Array, Array, Action, Params], Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class ODESolver:
+    """How one control interval is integrated (diffrax style: the method is an object passed in).
+
+    Attributes:
+      dt: length of one control interval (the time between two actions), > 0.
+      substeps: number of solver steps per control interval, >= 1.
+      solver: a diffrax solver used with fixed steps; explicit Runge-Kutta methods such as
+        ``diffrax.Tsit5()``, ``diffrax.Heun()`` or ``diffrax.Euler()``.
+      adjoint: how gradients flow through the solve. ``RecursiveCheckpointAdjoint`` (exact
+        backpropagation through the solver's operations) is the default; ``DirectAdjoint`` also
+        supports forward mode; ``BacksolveAdjoint`` solves the continuous adjoint ODE backwards.
+    """
+
+    dt: float = 0.05
+    substeps: int = 1
+    solver: diffrax.AbstractSolver = dataclasses.field(default_factory=diffrax.Tsit5)
+    adjoint: diffrax.AbstractAdjoint = dataclasses.field(default_factory=diffrax.RecursiveCheckpointAdjoint)
+
+    def __post_init__(self):
+        if not (isinstance(self.dt, (int, float)) and self.dt > 0 and np.isfinite(self.dt)):
+            raise ValueError(f"dt must be a positive finite number, got {self.dt!r}")
+        if not isinstance(self.substeps, (int, np.integer)) or self.substeps < 1:
+            raise ValueError(f"substeps must be an int >= 1, got {self.substeps!r}")
+        if not isinstance(self.solver, diffrax.AbstractSolver):
+            raise TypeError(f"solver must be a diffrax solver such as diffrax.Tsit5(), got {self.solver!r}")
+        if not isinstance(self.adjoint, diffrax.AbstractAdjoint):
+            raise TypeError(
+                f"adjoint must be a diffrax adjoint such as diffrax.RecursiveCheckpointAdjoint(), got {self.adjoint!r}"
+            )
+
+    def integrate(self, vector_field: VectorField, x: Array, u: Action, params: Params) -> Array:
+        """Phi_dt(x, u): the state after one control interval with u held constant."""
+        term = diffrax.ODETerm(lambda t, y, args: vector_field(t, y, args[0], args[1]))
+        sol = diffrax.diffeqsolve(
+            term,
+            self.solver,
+            t0=0.0,
+            t1=self.dt,
+            # diffrax snaps a last step that lands within rounding of t1 onto t1, so this takes
+            # exactly `substeps` steps (tests/dynamics/test_interface.py).
+            dt0=self.dt / self.substeps,
+            y0=x,
+            args=(u, params),
+            stepsize_controller=diffrax.ConstantStepSize(),
+            saveat=diffrax.SaveAt(t1=True),
+            adjoint=self.adjoint,
+            max_steps=self.substeps,
+            # Fixed steps cannot fail, and the error check would cost a host round trip per step.
+            throw=False,
+        )
+        return sol.ys[-1]
+
+
+def from_ode(
+    vector_field: VectorField,
+    reward: Callable[[Array, Action, Array], Scalar],
+    reset: Callable[[PRNGKey], Array],
+    *,
+    action_size: int,
+    params: Params = None,
+    solver: ODESolver = ODESolver(),
+    noise_std: float | Array | None = None,
+    action_low: float | Array = -1.0,
+    action_high: float | Array = 1.0,
+    observation: Callable[[Array], Observation] | None = None,
+    done: Callable[[Array], Done] | None = None,
+    name: str = "ode",
+) -> FunctionDynamics:
+    """Dynamics from a vector field ``f(t, x, u, params)`` integrated by diffrax.
+
+    Args:
+      vector_field: ``(t, x, u, params) -> dx/dt`` with the shape of ``x``.
+      reward: ``(x, u, x_next) -> r``.
+      reset: ``key -> x_0``.
+      action_size: size of ``u``.
+      params: pytree of physical parameters, passed to ``vector_field`` (a pytree leaf of the
+        returned dynamics, so it can be differentiated or vmapped).
+      solver: an :class:`ODESolver` (dt, substeps, diffrax solver, adjoint).
+      noise_std: None for deterministic dynamics; else the standard deviation (scalar or per
+        state component, > 0) of the additive Gaussian process noise after each interval.
+      action_low, action_high: action bounds.
+      observation: ``x -> obs``; identity by default.
+      done: ``x -> {0., 1.}``; never done by default.
+      name: a label for logs.
+
+    Returns:
+      A validated :class:`FunctionDynamics`; with ``noise_std`` it also has ``log_prob``.
+
+    Raises:
+      ValueError: if the vector field's output shape differs from the state's (checked with
+        ``jax.eval_shape``, before anything is compiled).
+    """
+    x0 = jax.eval_shape(reset, jax.random.key(0))
+    u0 = jax.ShapeDtypeStruct((int(action_size),), x0.dtype)
+    dx = jax.eval_shape(vector_field, jax.ShapeDtypeStruct((), x0.dtype), x0, u0, params)
+    if getattr(dx, "shape", None) != x0.shape:
+        raise ValueError(
+            f"vector_field(t, x, u, params) returned shape {getattr(dx, 'shape', dx)}, but the state "
+            f"x from reset has shape {x0.shape}: dx/dt must have the shape of x"
+        )
+    integrate = solver.integrate
+    if noise_std is None:
+        return make_function_dynamics(
+            transition=lambda x, u, xi, p: integrate(vector_field, x, u, p),
+            reward=lambda x, u, x_next, p: reward(x, u, x_next),
+            reset=reset,
+            action_size=action_size,
+            params=params,
+            noise_shape=(0,),
+            action_low=action_low,
+            action_high=action_high,
+            observation=observation,
+            done=done,
+            name=name,
+            transition_name="vector_field",
+        )
+    std = np.broadcast_to(np.asarray(noise_std, float), x0.shape)
+    if not np.all(std > 0):
+        raise ValueError(f"noise_std must be > 0 (or None for deterministic dynamics), got {noise_std!r}")
+    std = tuple(std.tolist())
+
+    def transition(x, u, xi, p):
+        return integrate(vector_field, x, u, p) + jnp.asarray(std, x.dtype) * xi
+
+    def log_prob(x, u, x_next, p):
+        sigma = jnp.asarray(std, x.dtype)
+        z = (x_next - integrate(vector_field, x, u, p)) / sigma
+        return jnp.sum(-0.5 * z**2 - jnp.log(sigma) - 0.5 * jnp.log(2 * jnp.pi))
+
+    return make_function_dynamics(
+        transition=transition,
+        reward=lambda x, u, x_next, p: reward(x, u, x_next),
+        reset=reset,
+        action_size=action_size,
+        params=params,
+        noise_shape=tuple(x0.shape),
+        action_low=action_low,
+        action_high=action_high,
+        observation=observation,
+        done=done,
+        log_prob=log_prob,
+        name=name,
+        transition_name="vector_field",
+    )

@@ -1,0 +1,24 @@
+import jax
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def x64():
+    """Runs a test in float64 (finite-difference and closed-form checks need it)."""
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
+def central_difference(f, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
+    """Jacobian of f at x by central differences, shape f(x).shape + x.shape (float64 numpy)."""
+    x = np.asarray(x, np.float64)
+    f0 = np.asarray(f(x))
+    jac = np.zeros(f0.shape + x.shape)
+    for idx in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[idx] = h
+        jac[(...,) + idx] = (np.asarray(f(x + e)) - np.asarray(f(x - e))) / (2 * h)
+    return jac
