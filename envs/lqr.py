@@ -56,7 +56,8 @@ class LQR(Dynamics):
     def action_bounds(self):
         return np.full(self.action_size, -np.inf), np.full(self.action_size, np.inf)
 
-    def reward(self, s, a):
+    def stage_reward(self, s, a):
+        """r(s, a) = -(s^T Q s + a^T R a)."""
         return -(s @ self.Q @ s + a @ self.R @ a)
 
     def mean_next(self, s, a):
@@ -68,7 +69,10 @@ class LQR(Dynamics):
 
     def _step(self, x, action, xi):
         x_next = self.mean_next(x, action) + self.W @ xi
-        return x_next, x_next, self.reward(x, action), jnp.zeros((), x.dtype)
+        return x_next, x_next, self.stage_reward(x, action), jnp.zeros((), x.dtype)
+
+    def _reward(self, x, action, x_next):
+        return self.stage_reward(x, action)
 
     def _log_prob(self, x, action, x_next):
         cov = self.W @ self.W.T
@@ -131,7 +135,7 @@ def q_value(lqr: LQR, K, gamma: float, s, a, policy_std=0.0) -> Array:
     P = value_matrix(lqr, K, gamma)
     mean = lqr.mean_next(s, a)
     expected_v = -(mean @ P @ mean) - jnp.trace(P @ lqr.W @ lqr.W.T) - value_offset(lqr, K, gamma, policy_std)
-    return lqr.reward(s, a) + gamma * expected_v
+    return lqr.stage_reward(s, a) + gamma * expected_v
 
 
 def expected_return(lqr: LQR, K, gamma: float, horizon: int | None = None, policy_std=0.0) -> Array:

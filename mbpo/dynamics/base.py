@@ -91,9 +91,15 @@ class Dynamics(struct.PyTreeNode, abc.ABC):
             "estimators through the dynamics need a dynamics with has_log_prob = True"
         )
 
+    def _reward(self, x: PyTree, action: Action, x_next: PyTree) -> Scalar:
+        raise NotImplementedError(
+            f"{type(self).__name__} computes its reward inside step only; score-function estimators "
+            "through the dynamics need the reward as a separate function r(s, a, s')"
+        )
+
     @property
     def has_log_prob(self) -> bool:
-        """Whether ``log_prob(state, action, next_state)`` is available."""
+        """Whether ``log_prob(state, action, next_state)`` (and ``reward``) are available."""
         return type(self)._log_prob is not Dynamics._log_prob
 
     # --- the interface -----------------------------------------------------------------------
@@ -135,6 +141,11 @@ class Dynamics(struct.PyTreeNode, abc.ABC):
         action = jnp.asarray(action)
         check_array("action", action, (self.action_size,), floating=True)
         return self._log_prob(state.x, action, next_state.x)
+
+    def reward(self, state: State, action: Action, next_state: State) -> Scalar:
+        """r(s, a, s') as a function of its three arguments (where ``has_log_prob``): DPMB-SF
+        differentiates it in ``a`` with s and s' held as data."""
+        return self._reward(state.x, action, next_state.x)
 
 
 def check_array(name: str, value: jax.Array, shape: tuple[int, ...], *, floating: bool) -> None:

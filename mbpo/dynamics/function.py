@@ -72,6 +72,9 @@ class FunctionDynamics(Dynamics):
             return super()._log_prob(x, action, x_next)
         return self.log_prob_fn(x, action, x_next, self.params)
 
+    def _reward(self, x, action, x_next):
+        return self.reward_fn(x, action, x_next, self.params)
+
     def sample_noise(self, key):
         return self.noise_fn(key, self.noise_shape)
 
