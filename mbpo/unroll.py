@@ -1,16 +1,32 @@
-"""The rollout loop: one ``lax.scan`` over (policy noise eps_t, dynamics noise xi_t).
+"""The unroll engine: one ``lax.scan`` over explicit noise, and the n-step surrogate objective.
 
-A trajectory is a pure function of (policy, s_0, eps_{0:n}, xi_{0:n}):
+A trajectory is a pure function of (policy, s_0, eps_{0:n}, xi_{0:n-1}):
 
-    a_t = pi(o_t, eps_t),    s_{t+1} = f(s_t, a_t, xi_t),
+    a_t = d(s_t, eps_t; w),    s_{t+1} = f(s_t, a_t, xi_t),
 
-so ``jax.grad`` of any function of it is a reparameterized (pathwise) derivative. Open-loop
-control is the policy ``pi(o, eps) = eps`` with the actions passed as ``eps``.
+and the surrogate of the reference text ("Stochastic Value Gradient", "Policy Optimization with a
+Model") is
+
+    J_n(w) = sum_{t<n} gamma^t alive_t r_t + gamma^n alive_n q(s_n, a_n),
+
+with alive_t = prod_{k<t} (1 - done_k). ``jax.grad`` of :func:`unroll` is the estimator: every
+estimator of :mod:`mbpo.estimators` is a configuration of this one function. How gradients cross
+the dynamics is data (``dynamics_gradient``):
+
+* ``"pathwise"``: backpropagate through s_{t+1} = f(s_t, a_t, xi_t) (BPO, SVG(n), DPMB-R).
+* ``"stop"``: s_{t+1} is data; the gradient keeps only each step's direct dependence on a_t.
+* ``"score"``: s_{t+1} is data and the distributional dependence of s_{t+1} on a_t is estimated by
+  the score function grad_w log p(s_{t+1} | s_t, a_t) (DPMB-SF), with the critic as baseline. The
+  term is added as (log p - stop_gradient(log p)) * stop_gradient(advantage) so that the value of
+  the surrogate is still J_n while its gradient is the score-function estimator.
+
+Open-loop control is the policy ``(obs, eps) -> eps`` with the actions passed as ``eps``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,68 +34,101 @@ import numpy as np
 from flax import struct
 
 from mbpo.dynamics.base import Dynamics, State
-from mbpo.types import Action, Array, Float, Noise, Observation, PRNGKey
+from mbpo.types import Action, Array, Float, Noise, Observation, PRNGKey, Scalar
 
-Policy = Callable[[Observation, Noise], Action]
+PolicyFn = Callable[[Observation, Noise], Action]
+QFn = Callable[[Observation, Action], Scalar]
+DYNAMICS_GRADIENTS = ("pathwise", "stop", "score")
 
 
 class Transition(struct.PyTreeNode):
-    """A stacked trajectory; every field has a leading time axis of length n."""
+    """A stacked trajectory; every field has a leading time axis of length n.
+
+    ``log_prob`` is log p(s_{t+1} | s_t, a_t) under ``dynamics_gradient="score"``, else zeros.
+    """
 
     obs: Float[Array, "T obs"]
     action: Float[Array, "T act"]
     reward: Float[Array, " T"]
     done: Float[Array, " T"]
     next_obs: Float[Array, "T obs"]
+    log_prob: Float[Array, " T"]
 
 
 class RolloutNoise(struct.PyTreeNode):
-    """The explicit noise of an n-step rollout: eps for the policy, xi for the dynamics."""
+    """The explicit noise of a rollout: eps for the policy, xi for the dynamics (time first)."""
 
     eps: Float[Array, "T ..."]
     xi: Float[Array, "T ..."]
 
 
-def check_num_steps(num_steps: int) -> int:
-    """Returns ``num_steps`` as an int, or raises ValueError naming it if it is not an int >= 1."""
+def check_num_steps(num_steps: int, *, minimum: int = 1) -> int:
+    """Returns ``num_steps`` as an int, or raises ValueError naming it if not an int >= minimum."""
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        raise ValueError(f"num_steps must be an int >= {minimum}, got {num_steps!r}")
+    if num_steps < minimum:
+        raise ValueError(f"num_steps must be >= {minimum}, got {num_steps}")
     return int(num_steps)
 
 
 def sample_noise(
-    dynamics: Dynamics, key: PRNGKey, num_steps: int, eps_shape: tuple[int, ...] = (0,)
+    dynamics: Dynamics, key: PRNGKey, num_steps: int, eps_shape: tuple[int, ...] = (0,), *, extra_eps: int = 0
 ) -> RolloutNoise:
-    """Draws eps_t ~ N(0, I) of shape ``eps_shape`` and xi_t ~ ``dynamics.sample_noise`` for n steps."""
-    num_steps = check_num_steps(num_steps)
+    """eps_t ~ N(0, I) for num_steps + extra_eps steps, xi_t ~ dynamics.sample_noise for num_steps.
+
+    ``extra_eps=1`` gives the eps_n of the bootstrap action a_n = d(s_n, eps_n) of :func:`unroll`.
+    """
+    num_steps = check_num_steps(num_steps, minimum=1 - extra_eps)
     k_eps, k_xi = jax.random.split(key)
     xi = jax.vmap(dynamics.sample_noise)(jax.random.split(k_xi, num_steps))
-    return RolloutNoise(eps=jax.random.normal(k_eps, (num_steps, *eps_shape)), xi=xi)
+    xi = xi.reshape(num_steps, *dynamics.noise_shape)
+    return RolloutNoise(eps=jax.random.normal(k_eps, (num_steps + extra_eps, *eps_shape)), xi=xi)
 
 
-def rollout(dynamics: Dynamics, policy: Policy, state: State, noise: RolloutNoise) -> tuple[State, Transition]:
-    """Runs n = len(noise.eps) steps from ``state``.
+def rollout(
+    dynamics: Dynamics,
+    policy: PolicyFn,
+    state: State,
+    noise: RolloutNoise,
+    *,
+    dynamics_gradient: str = "pathwise",
+) -> tuple[State, Transition]:
+    """Runs n = len(noise.xi) steps from ``state``: the only rollout loop in mbpo.
 
     Args:
       dynamics: any :class:`~mbpo.dynamics.Dynamics`.
       policy: ``(obs, eps) -> action``.
       state: the start state s_0 (unbatched; vmap for batches).
       noise: eps of shape (n, ...) and xi of shape (n, *dynamics.noise_shape).
+      dynamics_gradient: ``"pathwise"``, ``"stop"`` or ``"score"`` (module docstring).
 
     Returns:
       (s_n, the stacked transitions t = 0..n-1).
     """
+    if dynamics_gradient not in DYNAMICS_GRADIENTS:
+        raise ValueError(f"unknown dynamics_gradient {dynamics_gradient!r}; allowed: {', '.join(DYNAMICS_GRADIENTS)}")
+    if dynamics_gradient == "score" and not dynamics.has_log_prob:
+        raise ValueError(
+            f"dynamics_gradient='score' needs a transition density, but {type(dynamics).__name__} has no log_prob"
+        )
     n_eps, n_xi = jnp.shape(noise.eps)[0], jnp.shape(noise.xi)[0]
     if n_eps != n_xi:
         raise ValueError(f"noise.eps has {n_eps} steps but noise.xi has {n_xi}; they must be equal")
     check_num_steps(n_eps)
+    if dynamics_gradient != "pathwise":
+        state = jax.lax.stop_gradient(state)
 
     def body(s: State, noise_t: RolloutNoise) -> tuple[State, Transition]:
         a = policy(s.obs, noise_t.eps)
         s_next = dynamics.step(s, a, noise_t.xi)
-        return s_next, Transition(obs=s.obs, action=a, reward=s_next.reward, done=s_next.done, next_obs=s_next.obs)
+        reward, log_prob = s_next.reward, jnp.zeros_like(s_next.reward)
+        if dynamics_gradient != "pathwise":
+            s_next = jax.lax.stop_gradient(s_next)
+        if dynamics_gradient == "score":
+            reward = dynamics.reward(s, a, s_next)
+            log_prob = dynamics.log_prob(s, a, s_next)
+        step = Transition(obs=s.obs, action=a, reward=reward, done=s_next.done, next_obs=s_next.obs, log_prob=log_prob)
+        return s_next, step
 
     return jax.lax.scan(body, state, noise)
 
@@ -87,3 +136,97 @@ def rollout(dynamics: Dynamics, policy: Policy, state: State, noise: RolloutNois
 def open_loop(dynamics: Dynamics, state: State, actions: Array, xi: Array) -> tuple[State, Transition]:
     """Applies a fixed action sequence a_{0:n} with dynamics noise xi_{0:n}."""
     return rollout(dynamics, lambda obs, a: a, state, RolloutNoise(eps=actions, xi=xi))
+
+
+class UnrollResult(NamedTuple):
+    """What :func:`unroll` returns besides the surrogate.
+
+    Attributes:
+      trajectory: the n transitions (None for n = 0).
+      final_state: s_n.
+      final_action: a_n = d(s_n, eps_n; w) (zeros-size when not bootstrapping).
+      bootstrap: q(s_n, a_n) (0 when not bootstrapping).
+      discount_n: gamma^n alive_n, the weight of the bootstrap.
+    """
+
+    trajectory: Transition | None
+    final_state: State
+    final_action: Action
+    bootstrap: Scalar
+    discount_n: Scalar
+
+
+def unroll(
+    dynamics: Dynamics,
+    policy: PolicyFn,
+    state: State,
+    noise: RolloutNoise,
+    *,
+    gamma: float,
+    q: QFn | None = None,
+    dynamics_gradient: str = "pathwise",
+    baseline: QFn | None = None,
+) -> tuple[Scalar, UnrollResult]:
+    """The n-step surrogate J_n for one start state; ``jax.grad`` of it is the estimator.
+
+    Args:
+      dynamics: the model (any :class:`~mbpo.dynamics.Dynamics`).
+      policy: ``(obs, eps) -> action``, closing over the parameters w being differentiated.
+      state: s_0.
+      noise: xi of shape (n, ...) and eps of shape (n + 1, ...) when bootstrapping with ``q``
+        (eps_n draws a_n), (n, ...) otherwise. n = 0 with ``q`` is SVG(0): J_0 = q(s_0, a_0).
+      gamma: the discount, in (0, 1].
+      q: the critic q(s, a) for the bootstrap gamma^n q(s_n, a_n); None for no bootstrap
+        (BPO, SVG(inf): the horizon is the whole noise sequence).
+      dynamics_gradient: ``"pathwise"``, ``"stop"`` or ``"score"`` (module docstring).
+      baseline: b(s_t, a_t), the control variate of the score-function term (``"score"`` only;
+        defaults to ``q``). It must not depend on s_{t+1}; its gradient is stopped.
+
+    Returns:
+      (J_n, :class:`UnrollResult`).
+    """
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    n = jnp.shape(noise.xi)[0]
+    n_eps = jnp.shape(noise.eps)[0]
+    if n_eps != n + (q is not None):
+        need = "n + 1 (eps_n draws the bootstrap action a_n)" if q is not None else "n (no bootstrap)"
+        raise ValueError(f"noise.eps has {n_eps} steps and noise.xi has {n}: eps needs {need}")
+    if q is None and n == 0:
+        raise ValueError("a horizon of 0 needs a critic q: J_0 = q(s_0, d(s_0, eps_0))")
+
+    dtype = state.obs.dtype
+    if n > 0:
+        final_state, traj = rollout(
+            dynamics, policy, state, RolloutNoise(eps=noise.eps[:n], xi=noise.xi), dynamics_gradient=dynamics_gradient
+        )
+        discount_t = gamma ** jnp.arange(n, dtype=dtype)
+        alive_t = jnp.cumprod(jnp.concatenate([jnp.ones(1, dtype), 1 - traj.done[:-1]]))
+        weight_t = discount_t * alive_t
+        discount_n = gamma**n * alive_t[-1] * (1 - traj.done[-1])
+        rewards = weight_t * traj.reward
+    else:
+        final_state, traj = state, None
+        discount_n = jnp.ones((), dtype)
+        rewards = jnp.zeros((0,), dtype)
+
+    if q is not None:
+        final_action = policy(final_state.obs, noise.eps[n])
+        bootstrap = q(final_state.obs, final_action)
+    else:
+        final_action = jnp.zeros((0,), dtype)
+        bootstrap = jnp.zeros((), dtype)
+    objective = jnp.sum(rewards) + discount_n * bootstrap
+
+    if dynamics_gradient == "score" and n > 0:
+        b = baseline if baseline is not None else q
+        # Everything downstream of s_{t+1}: r_t (r may depend on s_{t+1}) and all later terms.
+        downstream = jnp.cumsum(rewards[::-1])[::-1] + discount_n * bootstrap
+        if b is not None:
+            b_t = jax.vmap(b)(traj.obs, traj.action)
+            downstream = downstream - weight_t * b_t
+        advantage = jax.lax.stop_gradient(downstream)
+        log_p = traj.log_prob
+        objective = objective + jnp.sum(alive_t * (log_p - jax.lax.stop_gradient(log_p)) * advantage)
+
+    return objective, UnrollResult(traj, final_state, final_action, bootstrap, discount_n)
