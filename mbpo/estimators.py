@@ -54,7 +54,9 @@ class Estimator:
         if self.policy not in POLICY_KINDS:
             raise ValueError(f"unknown policy kind {self.policy!r}; allowed: {', '.join(POLICY_KINDS)}")
         if self.horizon is None and self.dynamics_gradient == "score":
-            raise ValueError("a score-function estimator needs a critic: give a finite horizon")
+            raise ValueError(
+                f"{self.name}: a score-function estimator needs a critic, so a finite horizon; got horizon=None"
+            )
 
     @property
     def bootstrap(self) -> bool:

@@ -132,7 +132,7 @@ class GaussianPolicy(_PolicyBase):
     def init(self, key: PRNGKey) -> Params:
         out = 2 * self.action_size if self.state_dependent_std else self.action_size
         net = self._net(out).init(key, jnp.zeros(self.observation_size))
-        log_std = jnp.full(self.action_size, math.log(self.init_std))
+        log_std = jnp.zeros(self.action_size) + math.log(self.init_std)  # not weakly typed: no retrace
         return {"net": net, "log_std": log_std}
 
     def _mean_std(self, params: Params, obs: Observation) -> tuple[Array, Array]:

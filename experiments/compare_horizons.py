@@ -1,0 +1,309 @@
+"""Unroll horizons compared: SVG(n) for n in {0, 1, 2, 4, ..., full} on lqr, pendulum and a Brax task.
+
+For each task and horizon n this measures, side by side in one run:
+
+* gradient statistics of the SVG(n) estimator at one fixed (policy, critic) pair, over ``seeds``
+  independent batch-mean estimates of ``batch`` start states each: the norm of the mean, the
+  variance (E ||g - mean g||^2 of one batch-mean estimate), and on lqr the bias against the
+  closed-form gradient of the infinite-horizon return, ||E g - grad J|| / ||grad J||.
+  On lqr the policy is the linear Gaussian a = -K s + sigma eps and the critic is the exact q of a
+  stale gain K' != K (a critic lagging behind its policy), so short horizons inherit the critic's
+  error and long ones pay in variance. On pendulum and Brax the policy and critic come from a
+  short SVG training run; "full" unrolls a whole episode with no critic (SVG(inf)).
+* the evaluation return after a fixed budget of environment steps, training each n from scratch
+  with :mod:`mbpo.agents.unroll_trainer` (seeds vmapped in one program).
+
+Writes ``gradients.csv``, ``returns.csv``, ``summary.json`` and ``horizons.png`` to ``--out``.
+
+    python -m experiments.compare_horizons --preset cpu --out experiments/results/horizons_cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import math
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+import envs
+from envs import lqr as lqr_lib
+from mbpo import estimators
+from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, run_updates, train_seeds
+from mbpo.io import write_atomically, write_json, write_text
+from mbpo.policies import GaussianPolicy
+from mbpo.unroll import RolloutNoise
+
+FULL = None  # the "full" horizon: the whole episode, no critic
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Sizes of one run.
+
+    Attributes:
+      horizons: the n to compare (None is "full").
+      gradient_seeds: independent batch-mean gradient estimates per n.
+      gradient_batch: start states per estimate.
+      lqr_episode: steps of a "full" lqr unroll.
+      ode_episode: episode length of pendulum (and of "full").
+      pretrain_updates: SVG(16) updates that give the pendulum policy and critic measured.
+      budget: environment steps per training run for the return comparison.
+      return_horizons: the n trained for the return comparison.
+      return_seeds: seeds per n (vmapped).
+      num_envs: parallel environments while training.
+      brax_task: the Brax task ("" to skip Brax).
+      brax_backend: its physics pipeline.
+      brax_horizons: the n measured on Brax (gradient statistics).
+      brax_episode: steps of a "full" Brax unroll.
+      brax_budget: environment steps per Brax training run (0 skips Brax returns).
+    """
+
+    horizons: tuple[int | None, ...]
+    gradient_seeds: int
+    gradient_batch: int
+    lqr_episode: int
+    ode_episode: int
+    pretrain_updates: int
+    budget: int
+    return_horizons: tuple[int | None, ...]
+    return_seeds: int
+    num_envs: int
+    brax_task: str
+    brax_backend: str
+    brax_horizons: tuple[int | None, ...]
+    brax_episode: int
+    brax_budget: int
+
+
+ALL_HORIZONS = (0, 1, 2, 4, 8, 16, 32, 64, FULL)
+PRESETS = {
+    "cpu": Preset(
+        horizons=ALL_HORIZONS,
+        gradient_seeds=16,
+        gradient_batch=64,
+        lqr_episode=200,
+        ode_episode=200,
+        pretrain_updates=100,
+        budget=200_000,
+        return_horizons=(0, 4, 16, 32, 64, FULL),
+        return_seeds=2,
+        num_envs=32,
+        brax_task="inverted_pendulum",
+        brax_backend="positional",
+        brax_horizons=(1, 8, 32),
+        brax_episode=64,
+        brax_budget=0,
+    ),
+    "gpu": Preset(
+        horizons=ALL_HORIZONS,
+        gradient_seeds=64,
+        gradient_batch=256,
+        lqr_episode=400,
+        ode_episode=200,
+        pretrain_updates=300,
+        budget=2_000_000,
+        return_horizons=ALL_HORIZONS,
+        return_seeds=4,
+        num_envs=256,
+        brax_task="ant",
+        brax_backend="positional",
+        brax_horizons=(1, 4, 16, 64, FULL),
+        brax_episode=256,
+        brax_budget=2_000_000,
+    ),
+}
+
+
+def label(n: int | None) -> str:
+    return "full" if n is None else str(n)
+
+
+def gradient_statistics(samples: np.ndarray, true: np.ndarray | None = None) -> dict:
+    """Statistics of ``samples`` (seeds, P) of batch-mean gradient estimates."""
+    mean = samples.mean(0)
+    out = {
+        "norm": float(np.linalg.norm(mean)),
+        "variance": float(np.sum(samples.var(0, ddof=1))),
+    }
+    if true is not None:
+        se = np.sqrt(out["variance"] / samples.shape[0])
+        out["bias"] = float(np.linalg.norm(mean - true) / np.linalg.norm(true))
+        out["bias_se"] = float(se / np.linalg.norm(true))
+    return out
+
+
+def _gradient_samples(dynamics, policy_fn, params, q, states, n, episode, seeds, batch, eps_shape, gamma, key):
+    """(seeds, P) batch-mean SVG(n) gradients with start states drawn from ``states``."""
+    estimator = estimators.svg(n)
+    steps = estimator.num_steps(episode)
+
+    def one(k):
+        k_idx, k_noise = jax.random.split(k)
+        idx = jax.random.randint(k_idx, (batch,), 0, states.t.shape[0])
+        start = jax.tree.map(lambda x: x[idx], states)
+        noise = estimators.draw_noise(estimator, dynamics, k_noise, eps_shape, steps, batch)
+        grad = jax.grad(
+            lambda w: estimators.surrogate(estimator, dynamics, policy_fn(w), start, noise, gamma=gamma, q=q if estimator.bootstrap else None)[0]
+        )(params)
+        return ravel_pytree(grad)[0]
+
+    return np.asarray(jax.jit(jax.vmap(one))(jax.random.split(key, seeds)))
+
+
+def lqr_gradients(preset: Preset, key) -> list[dict]:
+    """SVG(n) on lqr against the closed-form gradient (float64)."""
+    task = envs.make("lqr")
+    gamma, sigma = 0.95, 0.3
+    K = jnp.array([[1.0, 1.5]])
+    stale = K + jnp.array([[0.3, -0.4]])
+    policy = GaussianPolicy(2, 1, (-math.inf,), (math.inf,), hidden=(), use_bias=False)
+    params = {"net": {"params": {"Dense_0": {"kernel": -K.T}}}, "log_std": jnp.log(jnp.array([sigma]))}
+    q = lambda obs, a: lqr_lib.q_value(task, stale, gamma, obs, a, sigma)  # noqa: E731
+    dK = lqr_lib.return_gradient(task, K, gamma, sigma)
+    # d J / d kernel = -(d J / d K)^T; the log-std gradient comes from autodiff of the closed form.
+    dlog_std = jax.grad(lambda ls: lqr_lib.expected_return(task, K, gamma, policy_std=jnp.exp(ls)))(jnp.log(sigma))
+    true = np.asarray(ravel_pytree({"net": {"params": {"Dense_0": {"kernel": -dK.T}}}, "log_std": jnp.atleast_1d(dlog_std)})[0])
+    states = jax.vmap(task.reset)(jax.random.split(key, 4096))
+    rows = []
+    for n in preset.horizons:
+        samples = _gradient_samples(
+            task, lambda w: (lambda o, e: policy.sample(w, o, e)), params, q, states, n, preset.lqr_episode,
+            preset.gradient_seeds, preset.gradient_batch, policy.eps_shape, gamma, jax.random.fold_in(key, -1 if n is None else n),
+        )
+        rows.append({"env": "lqr", "n": label(n), **gradient_statistics(samples, true)})
+        print(_format_row(rows[-1]), flush=True)
+    return rows
+
+
+def trained_gradients(env: str, preset: Preset, horizons, episode: int, key, **env_kwargs) -> list[dict]:
+    """SVG(n) gradient statistics at the policy and critic of a short SVG(16) run on ``env``."""
+    config = UnrollTrainerConfig(env=env, estimator="svg", horizon=16, gamma=0.95, num_envs=preset.num_envs, episode_length=episode)
+    trainer = make_trainer(config, envs.make(env, **env_kwargs))
+    ts = jax.jit(trainer.init)(key)
+    if preset.pretrain_updates:
+        ts, _ = run_updates(trainer, ts, preset.pretrain_updates)
+    q = lambda obs, a: trainer.critic.min_q(ts.target_critic_params, obs, a)  # noqa: E731
+    rows = []
+    for n in horizons:
+        samples = _gradient_samples(
+            trainer.dynamics, lambda w: trainer.policy_fn(w, ts.normalizer), ts.policy_params, q, ts.env_states, n, episode,
+            preset.gradient_seeds, preset.gradient_batch, trainer.policy.eps_shape, config.gamma, jax.random.fold_in(key, -1 if n is None else n),
+        )
+        rows.append({"env": env, "n": label(n), **gradient_statistics(samples)})
+        print(_format_row(rows[-1]), flush=True)
+    return rows
+
+
+def returns_after_budget(env: str, preset: Preset, horizons, episode: int, budget: int, **env_kwargs) -> list[dict]:
+    """Evaluation return of SVG(n) trained from scratch for ``budget`` environment steps."""
+    rows = []
+    for n in horizons:
+        config = UnrollTrainerConfig(env=env, estimator="svg", horizon=n, gamma=0.95, num_envs=preset.num_envs, episode_length=episode)
+        config = dataclasses.replace(config, num_updates=max(1, budget // (config.num_envs * config.window)))
+        _, result = train_seeds(config, preset.return_seeds, dynamics=envs.make(env, **env_kwargs))
+        for seed, ret in enumerate(result["eval_return"]):
+            rows.append({"env": env, "n": label(n), "seed": seed, "return": float(ret), "env_steps": result["env_steps"], "wall_time": result["wall_time"]})
+        r = np.asarray(result["eval_return"])
+        print(f"{env:>18s}  n = {label(n):>4s}  return {r.mean():9.2f} +- {r.std():7.2f}  ({result['env_steps']} env steps, {result['wall_time']:.0f} s)", flush=True)
+    return rows
+
+
+def _format_row(row: dict) -> str:
+    bias = f"  bias {row['bias']:.4f} +- {row['bias_se']:.4f}" if "bias" in row else ""
+    return f"{row['env']:>18s}  n = {row['n']:>4s}  |E g| {row['norm']:10.4g}  var {row['variance']:10.4g}{bias}"
+
+
+def _csv(rows: list[dict]) -> str:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def plot(gradient_rows: list[dict], return_rows: list[dict]):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(16, 4))
+    axes = figure.subplots(1, 4)
+    order = [label(n) for n in ALL_HORIZONS]
+    for env in dict.fromkeys(r["env"] for r in gradient_rows):
+        rows = sorted((r for r in gradient_rows if r["env"] == env), key=lambda r: order.index(r["n"]))
+        x = [order.index(r["n"]) for r in rows]
+        axes[1].semilogy(x, [r["variance"] / max(r["norm"], 1e-12) ** 2 for r in rows], "o-", label=env)
+        axes[2].semilogy(x, [r["norm"] for r in rows], "o-", label=env)
+        if "bias" in rows[0]:
+            axes[0].errorbar(x, [r["bias"] for r in rows], yerr=[2 * r["bias_se"] for r in rows], fmt="o-", label=env)
+    for env in dict.fromkeys(r["env"] for r in return_rows):
+        rows = [r for r in return_rows if r["env"] == env]
+        ns = sorted(dict.fromkeys(r["n"] for r in rows), key=order.index)
+        means = [np.mean([r["return"] for r in rows if r["n"] == n]) for n in ns]
+        stds = [np.std([r["return"] for r in rows if r["n"] == n]) for n in ns]
+        axes[3].errorbar([order.index(n) for n in ns], means, yerr=stds, fmt="o-", label=env)
+    titles = ["lqr: relative bias ||E g - grad J|| / ||grad J||", "relative variance var / |E g|^2", "|E g|", "return after the budget"]
+    for ax, title in zip(axes, titles):
+        ax.set_xticks(range(len(order)), order)
+        ax.set_xlabel("unroll horizon n")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def parse_args(argv=None) -> tuple[Preset, argparse.Namespace]:
+    parser = argparse.ArgumentParser(prog="python -m experiments.compare_horizons", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="cpu", help="cpu: minutes on a laptop CPU; gpu: one H100, < 10 minutes")
+    parser.add_argument("--out", type=pathlib.Path, required=True, help="directory for CSV, JSON and PNG")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-brax", action="store_true", help="leave out the Brax task")
+    args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} exists and is not a directory")
+    return PRESETS[args.preset], args
+
+
+def main(argv=None) -> None:
+    preset, args = parse_args(argv)
+    start = time.perf_counter()
+    key = jax.random.key(args.seed)
+    jax.config.update("jax_enable_x64", True)
+    gradient_rows = lqr_gradients(preset, jax.random.fold_in(key, 0))
+    jax.config.update("jax_enable_x64", False)
+    gradient_rows += trained_gradients("pendulum", preset, preset.horizons, preset.ode_episode, jax.random.fold_in(key, 1))
+    return_rows = returns_after_budget("pendulum", preset, preset.return_horizons, preset.ode_episode, preset.budget)
+    if preset.brax_task and not args.skip_brax:
+        brax = {"backend": preset.brax_backend}
+        gradient_rows += trained_gradients(preset.brax_task, dataclasses.replace(preset, pretrain_updates=min(preset.pretrain_updates, 20)), preset.brax_horizons, preset.brax_episode, jax.random.fold_in(key, 2), **brax)
+        if preset.brax_budget:
+            return_rows += returns_after_budget(preset.brax_task, preset, preset.brax_horizons, preset.brax_episode, preset.brax_budget, **brax)
+    summary = {
+        "command": " ".join(["python -m experiments.compare_horizons", *(argv if argv is not None else sys.argv[1:])]),
+        "preset": dataclasses.asdict(preset),
+        "jax": jax.__version__,
+        "device": jax.devices()[0].device_kind,
+        "wall_time": time.perf_counter() - start,
+        "gradients": gradient_rows,
+        "returns": return_rows,
+    }
+    write_text(args.out / "gradients.csv", _csv(gradient_rows))
+    write_text(args.out / "returns.csv", _csv(return_rows))
+    write_json(args.out / "summary.json", summary)
+    figure = plot(gradient_rows, return_rows)
+    write_atomically(args.out / "horizons.png", lambda f: figure.savefig(f, format="png", dpi=110))
+    print(f"wrote {args.out}/{{gradients.csv, returns.csv, summary.json, horizons.png}} in {summary['wall_time']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Trainers: each update is one jitted pure function of a named state, vmappable over seeds."""

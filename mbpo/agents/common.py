@@ -1,0 +1,75 @@
+"""Pieces every trainer shares: observation normalization, environment batches, evaluation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from mbpo.dynamics.base import Dynamics, State
+from mbpo.types import Array, Float, PRNGKey, Scalar
+from mbpo.unroll import PolicyFn, RolloutNoise, rollout
+
+
+class NormalizerState(struct.PyTreeNode):
+    """Running mean and variance of observations (Chan et al. parallel update)."""
+
+    mean: Float[Array, " obs"]
+    var: Float[Array, " obs"]
+    count: Scalar
+
+
+def normalizer_init(size: int) -> NormalizerState:
+    return NormalizerState(mean=jnp.zeros(size), var=jnp.ones(size), count=jnp.zeros(()))
+
+
+def normalizer_update(state: NormalizerState, obs: Float[Array, "B obs"]) -> NormalizerState:
+    """Merges the moments of the batch ``obs`` (any leading axes) into ``state``."""
+    obs = jax.lax.stop_gradient(obs.reshape(-1, obs.shape[-1]))
+    n = obs.shape[0]
+    batch_mean, batch_var = obs.mean(0), obs.var(0)
+    total = state.count + n
+    delta = batch_mean - state.mean
+    mean = state.mean + delta * n / total
+    m2 = state.var * state.count + batch_var * n + delta**2 * state.count * n / total
+    return NormalizerState(mean=mean, var=m2 / total, count=total)
+
+
+def normalize(state: NormalizerState, obs: Array, enabled: bool = True) -> Array:
+    """(obs - mean) / sqrt(var + 1e-6), with the statistics treated as constants."""
+    if not enabled:
+        return obs
+    mean, var = jax.lax.stop_gradient((state.mean, state.var))
+    return jnp.clip((obs - mean) / jnp.sqrt(var + 1e-6), -10.0, 10.0)
+
+
+def reset_finished(dynamics: Dynamics, states: State, key: PRNGKey, episode_length: int) -> State:
+    """Replaces the members of a batch of states that are done or at ``episode_length`` by fresh
+    ``reset`` states (the others continue: training windows run across episode boundaries)."""
+    batch = states.t.shape[0]
+    fresh = jax.vmap(dynamics.reset)(jax.random.split(key, batch))
+    finished = (states.done > 0) | (states.t >= episode_length)
+
+    def pick(new, old):
+        mask = finished.reshape((batch,) + (1,) * (old.ndim - 1))
+        return jnp.where(mask, new, old)
+
+    return jax.tree.map(pick, fresh, states)
+
+
+def evaluate(
+    dynamics: Dynamics, policy: PolicyFn, key: PRNGKey, *, num_envs: int, episode_length: int, eps_shape: tuple[int, ...]
+) -> Scalar:
+    """Mean undiscounted return of ``policy`` with zero noise (eps = 0: the mean action) over
+    ``num_envs`` episodes of ``episode_length`` steps from fresh resets; steps after a done do not count."""
+    k_reset, k_xi = jax.random.split(key)
+
+    def episode(k_r, k_x):
+        xi = jax.vmap(dynamics.sample_noise)(jax.random.split(k_x, episode_length)).reshape(episode_length, *dynamics.noise_shape)
+        noise = RolloutNoise(eps=jnp.zeros((episode_length, *eps_shape)), xi=xi)
+        _, traj = rollout(dynamics, policy, dynamics.reset(k_r), noise)
+        alive = jnp.cumprod(jnp.concatenate([jnp.ones(1), 1 - traj.done[:-1]]))
+        return jnp.sum(alive * traj.reward)
+
+    returns = jax.vmap(episode)(jax.random.split(k_reset, num_envs), jax.random.split(k_xi, num_envs))
+    return jnp.mean(returns)

@@ -1,0 +1,373 @@
+"""Policy optimization through the unroll engine: BPO (APG-style) and SVG(n)/DPMB (SHAC-style).
+
+One trainer, configured by the estimator (:mod:`mbpo.estimators`):
+
+* ``bpo``: short windows of ``horizon`` steps without reset (each window starts where the last
+  one ended, with the gradient stopped there), no critic; Adam with betas (0.7, 0.95), gradient
+  clipping and observation normalization, as brax's APG (Freeman et al. 2021).
+* ``svg`` / ``dpmb_r`` / ``dpmb_sf``: the same windows, ended by the bootstrap gamma^n q(s_n, a_n)
+  of a twin critic (min over the pair, target network) trained on the window's transitions with
+  TD(lambda) targets, as SHAC (Xu et al. 2022) with a q critic.
+
+``update`` is one jitted pure function ``TrainState -> (TrainState, metrics)``; ``jax.vmap`` of
+``init``/``update`` over keys trains several seeds in one program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+import envs
+from mbpo import estimators
+from mbpo.agents.common import NormalizerState, evaluate, normalize, normalizer_init, normalizer_update, reset_finished
+from mbpo.cli import option
+from mbpo.critics import QCritic, lambda_returns, polyak, q_loss
+from mbpo.dynamics.base import Dynamics, State
+from mbpo.policies import POLICIES, Policy
+from mbpo.types import Params, PRNGKey
+from mbpo.unroll import PolicyFn, RolloutNoise, rollout
+
+ESTIMATOR_POLICY = {"bpo": "deterministic", "dpmb_r": "deterministic", "dpmb_sf": "deterministic", "critic_only": "gaussian", "svg": "gaussian"}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UnrollTrainerConfig:
+    """Settings of :func:`make_trainer`; validated when built."""
+
+    env: str = option("pendulum", "task name (see `envs.names()`)")
+    estimator: str = option("svg", "bpo | svg | dpmb_r | dpmb_sf | critic_only", choices=tuple(estimators.ESTIMATORS))
+    horizon: int | None = option(
+        32, "model steps n per window, >= 0 (0: SVG(0) on 1-step data); none: whole episodes, no critic (SVG(inf)/BPO)"
+    )
+    policy: str | None = option(None, "deterministic | gaussian | tanh_gaussian; default: the estimator's kind")
+    num_envs: int = option(64, "parallel environments per update")
+    episode_length: int = option(200, "steps before an environment is reset")
+    num_updates: int = option(500, "policy updates")
+    gamma: float = option(0.95, "discount")
+    td_lambda: float = option(0.95, "lambda of the critic's TD(lambda) targets")
+    actor_lr: float = option(2e-3, "policy learning rate (Adam)")
+    critic_lr: float = option(2e-3, "critic learning rate (Adam)")
+    adam_b1: float = option(0.7, "Adam beta1 (APG/SHAC use 0.7)")
+    adam_b2: float = option(0.95, "Adam beta2 (APG/SHAC use 0.95)")
+    max_grad_norm: float = option(1.0, "global-norm gradient clipping")
+    critic_epochs: int = option(8, "passes over each window's transitions per critic update")
+    critic_minibatches: int = option(4, "minibatches per critic pass")
+    tau: float = option(0.2, "Polyak rate of the target critic")
+    hidden: tuple[int, ...] = option((64, 64), "hidden sizes of policy and critic")
+    init_std: float = option(0.5, "initial policy standard deviation (stochastic policies)")
+    normalize_observations: bool = option(True, "normalize observations with running statistics")
+    eval_every: int = option(25, "updates between evaluations")
+    eval_envs: int = option(32, "episodes per evaluation")
+    seed: int = option(0, "random seed")
+
+    def __post_init__(self):
+        if self.env not in envs.names():
+            raise ValueError(f"unknown env {self.env!r}; known envs: {', '.join(envs.names())}")
+        if self.estimator not in estimators.ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.estimator!r}; known: {', '.join(estimators.ESTIMATORS)}")
+        if self.policy is not None and self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; allowed: {', '.join(POLICIES)}")
+        if self.horizon is not None and (self.horizon < 0 or (self.horizon == 0 and self.estimator == "bpo")):
+            raise ValueError(f"horizon must be >= 0 (>= 1 for bpo) or None (whole episodes), got {self.horizon}")
+        if self.horizon is None and self.estimator in ("dpmb_sf", "critic_only"):
+            raise ValueError(f"{self.estimator} bootstraps with a critic: give a finite horizon, not None")
+        for name in ("num_envs", "episode_length", "num_updates", "critic_epochs", "critic_minibatches", "eval_every", "eval_envs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_envs * self.window % self.critic_minibatches:
+            raise ValueError(
+                f"critic_minibatches={self.critic_minibatches} must divide num_envs * window = {self.num_envs * self.window}"
+            )
+        if not 0 < self.gamma <= 1 or not 0 <= self.td_lambda <= 1 or not 0 < self.tau <= 1:
+            raise ValueError(f"need 0 < gamma <= 1, 0 <= td_lambda <= 1, 0 < tau <= 1; got {self.gamma}, {self.td_lambda}, {self.tau}")
+        if min(self.actor_lr, self.critic_lr, self.max_grad_norm, self.init_std) <= 0:
+            raise ValueError("actor_lr, critic_lr, max_grad_norm and init_std must be > 0")
+
+    @property
+    def window(self) -> int:
+        """Environment steps per update and environment: n, one for n = 0 (the critic's data), the
+        episode for ``horizon=None``."""
+        return self.episode_length if self.horizon is None else max(self.horizon, 1)
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything an update reads and writes; a pytree, so seeds vmap over it."""
+
+    policy_params: Params
+    policy_opt: optax.OptState
+    critic_params: Params
+    target_critic_params: Params
+    critic_opt: optax.OptState
+    normalizer: NormalizerState
+    env_states: State
+    key: PRNGKey
+    updates: jax.Array
+    env_steps: jax.Array
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: a static argument of jax.jit
+class Trainer:
+    """The pure functions of one configuration."""
+
+    config: UnrollTrainerConfig
+    dynamics: Dynamics
+    estimator: estimators.Estimator
+    policy: Policy
+    critic: QCritic
+    policy_fn: Callable[[Params, NormalizerState], PolicyFn]
+    init: Callable[[PRNGKey], TrainState]
+    update: Callable[[TrainState], tuple[TrainState, dict]]
+    evaluate: Callable[[TrainState, PRNGKey], jax.Array]
+
+
+def _optimizer(config: UnrollTrainerConfig, lr: float) -> optax.GradientTransformation:
+    # apply_if_finite: a non-finite gradient never reaches the parameters; the step is skipped and counted.
+    return optax.apply_if_finite(
+        optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2)),
+        max_consecutive_errors=1_000_000,
+    )
+
+
+def make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics | None = None) -> Trainer:
+    """Builds the pure ``init``/``update``/``evaluate`` functions for ``config``.
+
+    Args:
+      config: the settings.
+      dynamics: the model to optimize through; default ``envs.make(config.env)``.
+    """
+    dynamics = dynamics if dynamics is not None else envs.make(config.env)
+    estimator = estimators.make(config.estimator, config.horizon)
+    policy_kind = config.policy or ESTIMATOR_POLICY[config.estimator]
+    policy = POLICIES[policy_kind].for_dynamics(
+        dynamics, hidden=config.hidden, **({} if policy_kind == "deterministic" else {"init_std": config.init_std})
+    )
+    estimator.check_policy(policy_kind == "deterministic")
+    critic = QCritic(dynamics.observation_size, dynamics.action_size, num_q=2, hidden=config.hidden)
+    actor_opt = _optimizer(config, config.actor_lr)
+    critic_opt = _optimizer(config, config.critic_lr)
+    bootstrap = estimator.bootstrap
+    window = config.window
+    n = window if config.horizon is None else config.horizon
+
+    def policy_fn(params, normalizer):
+        return lambda obs, eps: policy.sample(params, normalize(normalizer, obs, config.normalize_observations), eps)
+
+    def init(key: PRNGKey) -> TrainState:
+        k_pi, k_q, k_env, key = jax.random.split(key, 4)
+        policy_params = policy.init(k_pi)
+        critic_params = critic.init(k_q)
+        env_states = jax.vmap(dynamics.reset)(jax.random.split(k_env, config.num_envs))
+        return TrainState(
+            policy_params=policy_params,
+            policy_opt=actor_opt.init(policy_params),
+            critic_params=critic_params,
+            target_critic_params=critic_params,
+            critic_opt=critic_opt.init(critic_params),
+            normalizer=normalizer_init(dynamics.observation_size),
+            env_states=env_states,
+            key=key,
+            updates=jnp.zeros((), jnp.int32),
+            env_steps=jnp.zeros((), jnp.int32),
+        )
+
+    def q_target(ts: TrainState):
+        return lambda obs, a: critic.min_q(ts.target_critic_params, obs, a)
+
+    def actor_step(ts: TrainState, noise: RolloutNoise):
+        def objective(w):
+            return estimators.surrogate(
+                estimator,
+                dynamics,
+                policy_fn(w, ts.normalizer),
+                jax.lax.stop_gradient(ts.env_states),
+                noise,
+                gamma=config.gamma,
+                q=q_target(ts) if bootstrap else None,
+            )
+
+        (value, result), grad = jax.value_and_grad(objective, has_aux=True)(ts.policy_params)
+        updates, opt_state = actor_opt.update(jax.tree.map(jnp.negative, grad), ts.policy_opt, ts.policy_params)
+        return optax.apply_updates(ts.policy_params, updates), opt_state, value, result, optax.tree.norm(grad)
+
+    def data_window(ts: TrainState, result, noise: RolloutNoise):
+        """The window's transitions (batch, time) and the action after its last state."""
+        if n > 0:
+            return jax.lax.stop_gradient((result.trajectory, result.final_state, result.final_action))
+        # SVG(0): the objective used no model step; collect one step of data for the critic.
+        pol = policy_fn(ts.policy_params, ts.normalizer)
+        eps = noise.eps  # (B, 1, ...): a_0 for the critic data and a_1 for its bootstrap
+        xi = jax.vmap(lambda k: dynamics.sample_noise(k)[None])(jax.random.split(jax.random.fold_in(ts.key, 7), config.num_envs))
+        final, traj = jax.vmap(lambda s, e, x: rollout(dynamics, pol, s, RolloutNoise(e, x), dynamics_gradient="stop"))(
+            ts.env_states, eps, xi
+        )
+        final_action = jax.vmap(pol)(final.obs, eps[:, 0])
+        return jax.lax.stop_gradient((traj, final, final_action))
+
+    def critic_step(ts: TrainState, traj, final_action, key):
+        next_action = jnp.concatenate([traj.action[:, 1:], final_action[:, None]], axis=1)
+        q_next = jax.vmap(jax.vmap(q_target(ts)))(traj.next_obs, next_action)
+        discount = config.gamma * (1 - traj.done)
+        targets = jax.vmap(lambda r, d, v: lambda_returns(r, d, v, config.td_lambda))(traj.reward, discount, q_next)
+        obs = traj.obs.reshape(-1, traj.obs.shape[-1])
+        act = traj.action.reshape(-1, traj.action.shape[-1])
+        y = targets.reshape(-1)
+        size = y.shape[0] // config.critic_minibatches
+
+        def epoch(carry, k):
+            def minibatch(carry, idx):
+                params, opt_state = carry
+                loss, grad = jax.value_and_grad(lambda p: q_loss(critic, p, obs[idx], act[idx], y[idx]))(params)
+                upd, opt_state = critic_opt.update(grad, opt_state, params)
+                return (optax.apply_updates(params, upd), opt_state), loss
+
+            perm = jax.random.permutation(k, y.shape[0]).reshape(config.critic_minibatches, size)
+            return jax.lax.scan(minibatch, carry, perm)
+
+        (params, opt_state), losses = jax.lax.scan(
+            epoch, (ts.critic_params, ts.critic_opt), jax.random.split(key, config.critic_epochs)
+        )
+        return params, opt_state, losses.mean()
+
+    def update(ts: TrainState) -> tuple[TrainState, dict]:
+        key, k_noise, k_critic, k_reset = jax.random.split(ts.key, 4)
+        noise = estimators.draw_noise(estimator, dynamics, k_noise, policy.eps_shape, n, config.num_envs)
+        policy_params, policy_opt, value, result, grad_norm = actor_step(ts, noise)
+        traj, final_state, final_action = data_window(ts, result, noise)
+        if bootstrap:
+            critic_params, critic_opt_state, critic_loss = critic_step(ts, traj, final_action, k_critic)
+            target = polyak(ts.target_critic_params, critic_params, config.tau)
+        else:
+            critic_params, critic_opt_state, target = ts.critic_params, ts.critic_opt, ts.target_critic_params
+            critic_loss = jnp.zeros(())
+        new = TrainState(
+            policy_params=policy_params,
+            policy_opt=policy_opt,
+            critic_params=critic_params,
+            target_critic_params=target,
+            critic_opt=critic_opt_state,
+            normalizer=normalizer_update(ts.normalizer, traj.obs),
+            env_states=reset_finished(dynamics, final_state, k_reset, config.episode_length),
+            key=key,
+            updates=ts.updates + 1,
+            env_steps=ts.env_steps + config.num_envs * window,
+        )
+        metrics = {
+            "objective": value,
+            "grad_norm": grad_norm,
+            "reward_per_step": traj.reward.mean(),
+            "critic_loss": critic_loss,
+            "skipped_updates": policy_opt.total_notfinite,
+        }
+        return new, metrics
+
+    def evaluate_fn(ts: TrainState, key: PRNGKey) -> jax.Array:
+        return evaluate(
+            dynamics,
+            policy_fn(ts.policy_params, ts.normalizer),
+            key,
+            num_envs=config.eval_envs,
+            episode_length=config.episode_length,
+            eps_shape=policy.eps_shape,
+        )
+
+    return Trainer(
+        config=config,
+        dynamics=dynamics,
+        estimator=estimator,
+        policy=policy,
+        critic=critic,
+        policy_fn=policy_fn,
+        init=init,
+        update=update,
+        evaluate=evaluate_fn,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("trainer", "num"))
+def run_updates(trainer: Trainer, ts: TrainState, num: int) -> tuple[TrainState, dict]:
+    """``num`` updates in one compiled ``lax.scan``; returns the last state and stacked metrics."""
+    return jax.lax.scan(lambda s, _: trainer.update(s), ts, None, length=num)
+
+
+def train(
+    config: UnrollTrainerConfig, *, dynamics: Dynamics | None = None, callback: Callable[[dict], None] | None = None
+) -> tuple[TrainState, list[dict]]:
+    """Trains one seed; calls ``callback(record)`` after each evaluation and returns the history.
+
+    Each record has ``updates``, ``env_steps``, ``wall_time`` (s, compilation included),
+    ``eval_return`` and the last update's metrics.
+    """
+    trainer = make_trainer(config, dynamics)
+    ts = jax.jit(trainer.init)(jax.random.key(config.seed))
+    evaluate_jit = jax.jit(trainer.evaluate)
+    eval_key = jax.random.key(config.seed + 10_000)
+    history: list[dict] = []
+    start = time.perf_counter()
+    done = 0
+    while done < config.num_updates:
+        num = min(config.eval_every, config.num_updates - done)
+        ts, metrics = run_updates(trainer, ts, num)
+        done += num
+        record = {
+            "updates": done,
+            "env_steps": int(ts.env_steps),
+            "eval_return": float(evaluate_jit(ts, eval_key)),
+            **{k: float(v[-1]) for k, v in metrics.items()},
+        }
+        record["wall_time"] = time.perf_counter() - start
+        history.append(record)
+        if callback is not None:
+            callback(record)
+    return ts, history
+
+
+def train_seeds(config: UnrollTrainerConfig, num_seeds: int, *, dynamics: Dynamics | None = None) -> tuple[TrainState, dict]:
+    """Trains ``num_seeds`` seeds (keys split from ``config.seed``) in one vmapped, jitted program.
+
+    Returns the stacked final states and, per seed, ``eval_return`` (shape (num_seeds,)),
+    ``env_steps`` and ``wall_time`` (s, compilation included).
+    """
+    if num_seeds < 1:
+        raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
+    trainer = make_trainer(config, dynamics)
+    start = time.perf_counter()
+    keys = jax.random.split(jax.random.key(config.seed), num_seeds)
+    ts = jax.jit(jax.vmap(trainer.init))(keys)
+    ts, _ = jax.jit(jax.vmap(lambda t: jax.lax.scan(lambda s, _: trainer.update(s), t, None, length=config.num_updates)))(ts)
+    returns = jax.jit(jax.vmap(trainer.evaluate))(ts, jax.random.split(jax.random.key(config.seed + 10_000), num_seeds))
+    returns = jax.device_get(returns)
+    return ts, {"eval_return": returns, "env_steps": int(ts.env_steps[0]), "wall_time": time.perf_counter() - start}
+
+
+def first_to_reach(history: list[dict], threshold: float) -> dict | None:
+    """The first record whose ``eval_return`` is >= ``threshold`` (None if never)."""
+    return next((r for r in history if r["eval_return"] >= threshold), None)
+
+
+def main(argv=None) -> None:
+    from mbpo.cli import parse
+
+    config = parse(UnrollTrainerConfig, argv, prog="python -m mbpo.agents.unroll_trainer")
+    print(f"training {config.estimator} (n = {config.horizon}) on {config.env}")
+
+    def report(r):
+        print(
+            f"updates {r['updates']:5d}  env steps {r['env_steps']:8d}  eval return {r['eval_return']:9.2f}  "
+            f"grad norm {r['grad_norm']:8.3f}  critic loss {r['critic_loss']:8.4f}  {r['wall_time']:6.1f} s",
+            flush=True,
+        )
+
+    train(config, callback=report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Writing results so that nothing already written is lost or half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+from collections.abc import Callable
+from typing import BinaryIO
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Writes a file through a temporary sibling and ``os.replace``, creating parent folders.
+
+    A reader never sees a half-written file, and a failed write leaves any old file in place.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+        # mkstemp creates the file private (0600); results are meant to be shared.
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def write_json(path: str | os.PathLike, data: object) -> None:
+    """``write_atomically`` of ``data`` as indented JSON."""
+    write_atomically(path, lambda file: file.write(json.dumps(data, indent=2).encode()))
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_atomically(path, lambda file: file.write(text.encode()))
