@@ -24,7 +24,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
 from mbpo.dynamics.base import Dynamics
 from mbpo.types import Array, Float

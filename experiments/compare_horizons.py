@@ -24,7 +24,6 @@ import argparse
 import csv
 import dataclasses
 import io
-import json
 import math
 import pathlib
 import sys
@@ -41,7 +40,6 @@ from mbpo import estimators
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, run_updates, train_seeds
 from mbpo.io import write_atomically, write_json, write_text
 from mbpo.policies import GaussianPolicy
-from mbpo.unroll import RolloutNoise
 
 FULL = None  # the "full" horizon: the whole episode, no critic
 

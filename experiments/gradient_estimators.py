@@ -16,11 +16,8 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import pathlib
-import tempfile
 from collections.abc import Callable
-from typing import BinaryIO
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +26,9 @@ from jaxtyping import Array, Float
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from mbpo.cli import add_arguments, build
 from mbpo.distributions import normal_log_prob
+from mbpo.io import write_atomically
 from mbpo.types import PRNGKey, Scalar
 
 Surrogate = Callable[[Scalar, Float[Array, "batch"]], Scalar]
@@ -230,43 +229,17 @@ def plot(estimates: dict[str, np.ndarray], target: float) -> Figure:
     return figure
 
 
-def write_atomically(path: pathlib.Path, write: Callable[[BinaryIO], object]) -> None:
-    """Writes a file through a temporary sibling and `os.replace`, creating parent folders.
-
-    A reader never sees a half-written file, and a failed write leaves any old file in place.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-        # mkstemp creates the file private (0600); results are meant to be shared.
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[ExperimentConfig, argparse.Namespace]:
     """Parses the command line into a validated config plus the output paths."""
     parser = argparse.ArgumentParser(
         prog="python -m experiments.gradient_estimators",
         description=__doc__.splitlines()[0],
     )
-    fields = dataclasses.fields(ExperimentConfig)
-    for field in fields:
-        parser.add_argument(
-            f"--{field.name}", type=field.type, default=field.default, help=field.metadata["help"]
-        )
+    add_arguments(parser, ExperimentConfig)
     parser.add_argument("--out", type=pathlib.Path, help="JSON file for the summary")
     parser.add_argument("--plot", type=pathlib.Path, help="PNG file for a violin plot")
     args = parser.parse_args(argv)
-    try:
-        config = ExperimentConfig(**{field.name: getattr(args, field.name) for field in fields})
-    except ValueError as error:
-        parser.error(str(error))
-    return config, args
+    return build(parser, ExperimentConfig, args), args
 
 
 def main(argv: list[str] | None = None) -> None:
