@@ -20,6 +20,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mbpo.critics import lambda_returns
 from mbpo.dynamics.base import Dynamics, State
@@ -47,7 +48,9 @@ class Estimator:
     policy: str = "any"
 
     def __post_init__(self):
-        if self.horizon is not None and (isinstance(self.horizon, bool) or not isinstance(self.horizon, int) or self.horizon < 0):
+        if self.horizon is not None and (
+            isinstance(self.horizon, bool) or not isinstance(self.horizon, (int, np.integer)) or self.horizon < 0
+        ):
             raise ValueError(f"horizon must be an int >= 0 or None (the whole episode), got {self.horizon!r}")
         if self.dynamics_gradient not in DYNAMICS_GRADIENTS:
             raise ValueError(f"unknown dynamics_gradient {self.dynamics_gradient!r}; allowed: {', '.join(DYNAMICS_GRADIENTS)}")
@@ -104,7 +107,10 @@ ESTIMATORS = {"bpo": bpo, "svg": svg, "dpmb_r": dpmb_r, "dpmb_sf": dpmb_sf, "cri
 
 
 def make(name: str, horizon: int | None = None) -> Estimator:
-    """``make("svg", 5)``, ``make("bpo")``, ... with a clear error for unknown names."""
+    """``make("svg", 5)``, ``make("bpo")``, ... with a clear error for unknown names.
+
+    BPO has no critic and no horizon of its own: the caller chooses how many steps it unrolls
+    (the trainer's window), so ``horizon`` is not used for it."""
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}")
     return ESTIMATORS[name]() if name == "bpo" else ESTIMATORS[name](horizon)

@@ -109,7 +109,8 @@ def rollout(
         raise ValueError(f"unknown dynamics_gradient {dynamics_gradient!r}; allowed: {', '.join(DYNAMICS_GRADIENTS)}")
     if dynamics_gradient == "score" and not dynamics.has_log_prob:
         raise ValueError(
-            f"dynamics_gradient='score' needs a transition density, but {type(dynamics).__name__} has no log_prob"
+            f"dynamics_gradient='score' needs a transition density, but "
+            f"{getattr(dynamics, 'name', type(dynamics).__name__)} ({type(dynamics).__name__}) has no log_prob"
         )
     n_eps, n_xi = jnp.shape(noise.eps)[0], jnp.shape(noise.xi)[0]
     if n_eps != n_xi:

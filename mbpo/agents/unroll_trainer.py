@@ -67,6 +67,9 @@ class UnrollTrainerConfig:
     eval_every: int = option(25, "updates between evaluations")
     eval_envs: int = option(32, "episodes per evaluation")
     seed: int = option(0, "random seed")
+    target_return: float | None = option(
+        None, "report the env steps and wall-clock at which the eval return first reaches this (pendulum: -200)"
+    )
 
     def __post_init__(self):
         if self.env not in envs.names():
@@ -365,7 +368,16 @@ def main(argv=None) -> None:
             flush=True,
         )
 
-    train(config, callback=report)
+    _, history = train(config, callback=report)
+    if config.target_return is not None:
+        hit = first_to_reach(history, config.target_return)
+        if hit is None:
+            print(f"eval return never reached {config.target_return} in {history[-1]['env_steps']} env steps")
+        else:
+            print(
+                f"reached eval return {hit['eval_return']:.1f} >= {config.target_return} after {hit['env_steps']} env steps, "
+                f"{hit['updates']} updates, {hit['wall_time']:.1f} s wall-clock (compilation included)"
+            )
 
 
 if __name__ == "__main__":
