@@ -176,7 +176,7 @@ def lqr_gradients(preset: Preset, key) -> list[dict]:
     for n in preset.horizons:
         samples = _gradient_samples(
             task, lambda w: (lambda o, e: policy.sample(w, o, e)), params, q, states, n, preset.lqr_episode,
-            preset.gradient_seeds, preset.gradient_batch, policy.eps_shape, gamma, jax.random.fold_in(key, -1 if n is None else n),
+            preset.gradient_seeds, preset.gradient_batch, policy.eps_shape, gamma, jax.random.fold_in(key, 1_000 if n is None else n),
         )
         rows.append({"env": "lqr", "n": label(n), **gradient_statistics(samples, true)})
         print(_format_row(rows[-1]), flush=True)
@@ -195,7 +195,7 @@ def trained_gradients(env: str, preset: Preset, horizons, episode: int, key, **e
     for n in horizons:
         samples = _gradient_samples(
             trainer.dynamics, lambda w: trainer.policy_fn(w, ts.normalizer), ts.policy_params, q, ts.env_states, n, episode,
-            preset.gradient_seeds, preset.gradient_batch, trainer.policy.eps_shape, config.gamma, jax.random.fold_in(key, -1 if n is None else n),
+            preset.gradient_seeds, preset.gradient_batch, trainer.policy.eps_shape, config.gamma, jax.random.fold_in(key, 1_000 if n is None else n),
         )
         rows.append({"env": env, "n": label(n), **gradient_statistics(samples)})
         print(_format_row(rows[-1]), flush=True)

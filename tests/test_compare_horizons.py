@@ -1,0 +1,55 @@
+"""The horizon comparison on a tiny preset: lqr bias shrinks with n, outputs are written."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import compare_horizons as ch
+
+TINY = dataclasses.replace(
+    ch.PRESETS["cpu"],
+    horizons=(0, 4, None),
+    gradient_seeds=8,
+    gradient_batch=32,
+    lqr_episode=120,
+    pretrain_updates=2,
+    budget=2 * 16 * 4,
+    return_horizons=(4,),
+    return_seeds=2,
+    num_envs=16,
+    brax_task="",
+)
+
+
+def test_lqr_bias_of_a_stale_critic_shrinks_with_the_horizon(x64):
+    rows = {r["n"]: r for r in ch.lqr_gradients(TINY, jax.random.key(0))}
+    # n = 0 inherits all of the stale critic's error; "full" (no critic, gamma^120 ~ 2e-3) almost none.
+    assert rows["0"]["bias"] > rows["0"]["bias_se"] * 6
+    assert rows["full"]["bias"] < rows["0"]["bias"] / 3
+    assert rows["full"]["bias"] < 4 * rows["full"]["bias_se"] + 0.01
+    # Longer unrolls without a critic are noisier.
+    assert rows["full"]["variance"] > rows["0"]["variance"]
+
+
+def test_main_writes_csv_json_and_png(tmp_path, monkeypatch):
+    monkeypatch.setitem(ch.PRESETS, "cpu", dataclasses.replace(TINY, horizons=(2,), return_horizons=(2,), budget=2 * 16 * 2))
+    out = tmp_path / "run"
+    ch.main(["--preset", "cpu", "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert {r["env"] for r in summary["gradients"]} == {"lqr", "pendulum"}
+    assert [r["n"] for r in summary["returns"]] == ["2", "2"]
+    assert all(np.isfinite(r["return"]) for r in summary["returns"])
+    assert (out / "gradients.csv").read_text().startswith("env,n,")
+    assert (out / "horizons.png").stat().st_size > 10_000
+
+
+def test_out_must_be_a_directory(tmp_path, capsys):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("keep me")
+    with pytest.raises(SystemExit) as exit_info:
+        ch.main(["--out", str(not_a_dir)])
+    assert exit_info.value.code == 2 and "is not a directory" in capsys.readouterr().err
+    assert not_a_dir.read_text() == "keep me"
