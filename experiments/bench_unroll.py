@@ -1,0 +1,383 @@
+"""Cost of the unroll engine's surrogate gradient, against a hand-written scan of the same J_n.
+
+For ``pendulum`` (a diffrax ODE) and ``lqr``, with a Gaussian MLP policy a = d(s, eps; w) (hidden
+(64, 64)) and a twin critic min_i q_i(s, a; theta), this times one jitted call of
+``jax.value_and_grad`` with respect to w of the batch mean over B start states of
+
+    J_n(w) = sum_{t<n} gamma^t r(s_t, a_t) + gamma^n min_i q_i(s_n, a_n; theta),
+    a_t = d(s_t, eps_t; w),    s_{t+1} = f(s_t, a_t, xi_t),
+
+computed two ways with the same parameters, start states and noise:
+
+1. engine: ``estimators.surrogate(estimators.svg(n), ...)``, i.e. :func:`mbpo.unroll.unroll`
+   vmapped over the batch, with its :class:`mbpo.dynamics.State` bookkeeping (reward, done, step
+   count, NaN-action flag, the stacked :class:`mbpo.unroll.Transition`) and its done masking;
+2. scan: a ``jax.lax.scan`` of the raw step, carrying only (x_t, o_t). For pendulum the raw step
+   is ``ODESolver.integrate(pendulum.vector_field, x, a, dynamics.params)`` followed by
+   ``pendulum.reward`` and ``pendulum.observation`` (the raw step of
+   :mod:`experiments.bench_dynamics`); for lqr it is s' = A s + B a + W xi with
+   r = -(s^T Q s + a^T R a).
+
+Before anything is timed, both are compiled once and their value and gradient are asserted equal
+(allclose). Then :func:`experiments.bench_dynamics.compare` warms both up and times them in
+interleaved repeats (engine, scan, scan, engine, ...), so drift in machine load hits both alike.
+``ratio`` is the median over repeats of engine time / scan time of two calls made back to back
+(goal <= 1.05); its quartiles show how much the machine's load blurs it. ``temp MiB`` is the
+scratch memory XLA reserves for one call (``memory_analysis().temp_size_in_bytes``), the cheap
+proxy for peak memory. Run as
+
+    python -m experiments.bench_unroll [--preset cpu|gpu] [--out PATH.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import pathlib
+import shlex
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+import envs
+from experiments.bench_dynamics import compare, pendulum_subject
+from mbpo import estimators
+from mbpo.critics import QCritic
+from mbpo.dynamics import Dynamics, State
+from mbpo.io import write_json
+from mbpo.policies import GaussianPolicy
+from mbpo.types import Action, Array, Float, Noise, Observation, Params, Scalar
+from mbpo.unroll import RolloutNoise
+
+# (x_t, a_t, xi_t) -> (x_{t+1}, o_{t+1}, r_t): one step of the task with no mbpo State.
+RawStep = Callable[[Array, Action, Noise], tuple[Array, Observation, Scalar]]
+# (subject, w, theta, batched start states, batched noise, *, gamma) -> the batch mean of J_n.
+Surrogate = Callable[..., Scalar]
+TASKS = ("pendulum", "lqr")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Preset:
+    """The measurement sizes of one run; validated when built.
+
+    Attributes:
+      batch: start states B per call, >= 1.
+      horizons: the unroll lengths n measured, each an int >= 1.
+      warmup: untimed calls of each compiled function before timing, >= 1.
+      repeats: timed calls of each compiled function, >= 2 (at least one pair in each order).
+      gamma: the discount, in (0, 1].
+    """
+
+    batch: int
+    horizons: tuple[int, ...]
+    warmup: int
+    repeats: int
+    gamma: float = 0.99
+
+    def __post_init__(self) -> None:
+        minimum = {"batch": 1, "warmup": 1, "repeats": 2}
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if not self.horizons or any(
+            isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.horizons
+        ):
+            raise ValueError(
+                f"horizons must be a non-empty tuple of ints >= 1, got {self.horizons!r}"
+            )
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
+
+
+PRESETS: dict[str, Preset] = {
+    # About 1-2 minutes on a 2-core CPU, a third of it compiling.
+    "cpu": Preset(batch=256, horizons=(1, 16, 64), warmup=3, repeats=60),
+    # A few minutes on one H100.
+    "gpu": Preset(batch=4096, horizons=(1, 16, 64), warmup=5, repeats=50),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Subject:
+    """A task with the policy and critic whose J_n is differentiated.
+
+    Attributes:
+      name: the task's registry name.
+      dynamics: the task as mbpo dynamics (what the engine unrolls).
+      raw_step: the same transition without mbpo (what the hand-written scan unrolls).
+      policy: the Gaussian MLP policy d(s, eps; w).
+      critic: the twin critic q_i(s, a; theta).
+    """
+
+    name: str
+    dynamics: Dynamics
+    raw_step: RawStep
+    policy: GaussianPolicy
+    critic: QCritic
+
+
+def make_subject(task: str) -> Subject:
+    """``pendulum`` or ``lqr`` with a Gaussian (64, 64) MLP policy and a twin (64, 64) critic."""
+    if task == "pendulum":
+        pendulum = pendulum_subject()
+        dynamics = pendulum.dynamics
+
+        def raw_step(x, a, xi):
+            # Deterministic dynamics: xi has shape (0,).
+            return pendulum.raw_step(x, a)
+
+    elif task == "lqr":
+        dynamics = envs.make("lqr")
+
+        def raw_step(s, a, xi):
+            s_next = dynamics.A @ s + dynamics.B @ a + dynamics.W @ xi
+            return s_next, s_next, -(s @ dynamics.Q @ s + a @ dynamics.R @ a)
+
+    else:
+        raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
+    return Subject(
+        name=task,
+        dynamics=dynamics,
+        raw_step=raw_step,
+        policy=GaussianPolicy.for_dynamics(dynamics, hidden=(64, 64)),
+        critic=QCritic(dynamics.observation_size, dynamics.action_size, num_q=2),
+    )
+
+
+def engine_surrogate(
+    subject: Subject, w: Params, theta: Params, states: State, noise: RolloutNoise, *, gamma: float
+) -> Scalar:
+    """mean_b J_n through ``estimators.surrogate(estimators.svg(n), ...)``, n = len(xi)."""
+    value, _ = estimators.surrogate(
+        estimators.svg(noise.xi.shape[1]),
+        subject.dynamics,
+        lambda obs, eps: subject.policy.sample(w, obs, eps),
+        states,
+        noise,
+        gamma=gamma,
+        q=lambda obs, a: subject.critic.min_q(theta, obs, a),
+    )
+    return value
+
+
+def scan_surrogate(
+    subject: Subject, w: Params, theta: Params, states: State, noise: RolloutNoise, *, gamma: float
+) -> Scalar:
+    """mean_b J_n by a ``lax.scan`` of ``subject.raw_step`` carrying (x_t, o_t) only."""
+
+    def one(
+        x_0: Array, obs_0: Observation, eps_t: Float[Array, "T act"], xi_t: Float[Array, "T ..."]
+    ) -> Scalar:
+        n = xi_t.shape[0]
+
+        def body(carry, noise_t):
+            x, obs = carry
+            eps, xi = noise_t
+            x_next, obs_next, r = subject.raw_step(x, subject.policy.sample(w, obs, eps), xi)
+            return (x_next, obs_next), r
+
+        (_, obs_n), r_t = jax.lax.scan(body, (x_0, obs_0), (eps_t[:n], xi_t))
+        a_n = subject.policy.sample(w, obs_n, eps_t[n])
+        discount_t = gamma ** jnp.arange(n, dtype=r_t.dtype)
+        return jnp.sum(discount_t * r_t) + gamma**n * subject.critic.min_q(theta, obs_n, a_n)
+
+    return jnp.mean(jax.vmap(one)(states.x, states.obs, noise.eps, noise.xi))
+
+
+def value_and_gradient(
+    subject: Subject, surrogate: Surrogate, gamma: float
+) -> Callable[[Params, Params, State, RolloutNoise], Float[Array, " P"]]:
+    """(w, theta, states, noise) -> [J, dJ/dw] as one flat vector (what ``compare`` needs)."""
+    value_and_grad = jax.value_and_grad(functools.partial(surrogate, subject, gamma=gamma))
+    return lambda *args: ravel_pytree(value_and_grad(*args))[0]
+
+
+def make_inputs(
+    subject: Subject, batch: int, horizon: int
+) -> tuple[Params, Params, State, RolloutNoise]:
+    """Fresh policy and critic parameters, ``batch`` start states and their SVG(n) noise."""
+
+    def draw(key):
+        key_w, key_theta, key_s, key_noise = jax.random.split(key, 4)
+        states = jax.vmap(subject.dynamics.reset)(jax.random.split(key_s, batch))
+        noise = estimators.draw_noise(
+            estimators.svg(horizon),
+            subject.dynamics,
+            key_noise,
+            subject.policy.eps_shape,
+            horizon,
+            batch,
+        )
+        return subject.policy.init(key_w), subject.critic.init(key_theta), states, noise
+
+    # One program, run once, so compiled unoptimized: op by op, or optimized, the network
+    # initializers alone take seconds to compile on a CPU.
+    key = jax.random.key(0)
+    return jax.jit(draw).lower(key).compile({"xla_backend_optimization_level": 0})(key)
+
+
+def check_same(engine: np.ndarray, scan: np.ndarray, *, rtol: float = 1e-4) -> None:
+    """Asserts that [J, dJ/dw] of the engine and of the scan agree (AssertionError otherwise).
+
+    float32 sums taken in another order differ by a few ulps of the largest entry, hence the
+    absolute tolerance on the gradient scaled by its largest magnitude.
+    """
+    np.testing.assert_allclose(engine[0], scan[0], rtol=rtol, err_msg="J_n differs")
+    atol = rtol * float(np.max(np.abs(scan[1:])))
+    np.testing.assert_allclose(engine[1:], scan[1:], rtol=rtol, atol=atol, err_msg="dJ/dw differs")
+
+
+def temp_bytes(compiled: jax.stages.Compiled) -> int | None:
+    """XLA's scratch memory for one call, or None where the backend does not report it."""
+    stats = compiled.memory_analysis()
+    return None if stats is None else getattr(stats, "temp_size_in_bytes", None)
+
+
+def measure(
+    subject: Subject, *, batch: int, horizon: int, warmup: int, repeats: int, gamma: float
+) -> dict:
+    """Compiles, checks and times the engine and the scan on one (task, B, n).
+
+    Returns:
+      ``task``, ``batch``, ``horizon``, ``value`` (J_n), for name in (engine, scan):
+      ``{name}_compile_s`` (trace + compile), ``{name}_temp_bytes``, ``{name}_times_s`` and their
+      median ``{name}_s``; ``ratio`` (median engine / scan time of back-to-back pairs),
+      ``ratio_quartiles`` and ``relative_difference`` (max |engine - scan| / max |scan| of
+      [J, dJ/dw]).
+
+    Raises:
+      AssertionError: if the engine and the scan disagree on J_n or its gradient.
+    """
+    args = make_inputs(subject, batch, horizon)
+    functions = {
+        "engine": value_and_gradient(subject, engine_surrogate, gamma),
+        "scan": value_and_gradient(subject, scan_surrogate, gamma),
+    }
+    row: dict = {"task": subject.name, "batch": batch, "horizon": horizon}
+    outputs = {}
+    for name, function in functions.items():
+        start = time.perf_counter()
+        compiled = jax.jit(function).lower(*args).compile()
+        row[f"{name}_compile_s"] = time.perf_counter() - start
+        row[f"{name}_temp_bytes"] = temp_bytes(compiled)
+        outputs[name] = np.asarray(compiled(*args))
+    check_same(outputs["engine"], outputs["scan"])
+    row["value"] = float(outputs["scan"][0])
+    # `compare` compiles again, from jax's cache: its compile times are not reported.
+    timed = compare(functions["engine"], functions["scan"], args, warmup=warmup, repeats=repeats)
+    for key, value in timed.items():
+        if not key.endswith("_compile_s"):
+            row[key.replace("adapter", "engine").replace("raw", "scan")] = value
+    pair_ratios = [e / s for e, s in zip(row["engine_times_s"], row["scan_times_s"])]
+    row["ratio_quartiles"] = [float(q) for q in np.quantile(pair_ratios, [0.25, 0.75])]
+    return row
+
+
+def benchmark(preset: Preset, tasks: tuple[str, ...] = TASKS) -> list[dict]:
+    """One :func:`measure` row per task and horizon of ``preset``."""
+    rows = []
+    for task in tasks:
+        subject = make_subject(task)
+        for horizon in preset.horizons:
+            rows.append(
+                measure(
+                    subject,
+                    batch=preset.batch,
+                    horizon=horizon,
+                    warmup=preset.warmup,
+                    repeats=preset.repeats,
+                    gamma=preset.gamma,
+                )
+            )
+    return rows
+
+
+def _mib(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / 2**20:.2f}"
+
+
+def format_table(report: dict) -> str:
+    """The report as fixed-width text: a header, then one row per task and horizon."""
+    lines = [
+        f"jax {report['jax_version']} on {report['device_kind']} ({report['platform']}), "
+        + f"preset {report['preset']}, wall time {report['wall_s']:.1f} s, load average "
+        + f"{report['load_average_1min'][0]:.1f} at the start, "
+        + f"{report['load_average_1min'][1]:.1f} at the end",
+        f"command: {report['command']}",
+        "time of one jitted value_and_grad of mean_b J_n w.r.t. the policy parameters (median);",
+        "ratio = engine time / scan time, median [quartiles] over back-to-back pairs "
+        + "(goal <= 1.05);",
+        "rel diff = max |engine - scan| / max |scan| of [J_n, dJ_n/dw]; temp = XLA scratch memory",
+        "",
+        f"{'task':<10}{'B':>6}{'n':>4}{'engine ms':>11}{'scan ms':>10}{'ratio':>7}"
+        + f"{'quartiles':>14}{'rel diff':>10}{'temp MiB e/s':>16}{'compile s e/s':>16}",
+    ]
+    for row in report["rows"]:
+        low, high = row["ratio_quartiles"]
+        lines.append(
+            f"{row['task']:<10}{row['batch']:>6}{row['horizon']:>4}"
+            + f"{1e3 * row['engine_s']:>11.3f}{1e3 * row['scan_s']:>10.3f}{row['ratio']:>7.3f}"
+            + f"{f'[{low:.2f}, {high:.2f}]':>14}{row['relative_difference']:>10.1e}"
+            + f"{_mib(row['engine_temp_bytes']) + ' / ' + _mib(row['scan_temp_bytes']):>16}"
+            + f"{row['engine_compile_s']:>9.2f} /{row['scan_compile_s']:>5.2f}"
+        )
+    return "\n".join(lines)
+
+
+def json_path(text: str) -> pathlib.Path:
+    """The ``--out`` argument: a path ending in .json that is not a folder."""
+    path = pathlib.Path(text)
+    if path.suffix != ".json" or path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a PATH.json file, got {text!r}")
+    return path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses the command line; an unknown preset or a bad ``--out`` exits with code 2."""
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench_unroll", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="cpu", help="measurement sizes"
+    )
+    parser.add_argument(
+        "--out", type=json_path, metavar="PATH.json", help="JSON file for the report"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    preset = PRESETS[args.preset]
+    start = time.perf_counter()
+    device = jax.devices()[0]
+    # Other processes on the machine distort timings; the load tells how much to trust them.
+    load_at_start = os.getloadavg()[0]
+    report = {
+        "command": shlex.join(["python", "-m", "experiments.bench_unroll", *argv]),
+        "jax_version": jax.__version__,
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "preset": args.preset,
+        "config": dataclasses.asdict(preset),
+        "rows": benchmark(preset),
+    }
+    report["load_average_1min"] = [load_at_start, os.getloadavg()[0]]
+    report["wall_s"] = time.perf_counter() - start
+    print(format_table(report))
+    if args.out is not None:
+        write_json(args.out, report)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
