@@ -36,7 +36,6 @@ import argparse
 import dataclasses
 import os
 import pathlib
-import shlex
 import statistics
 import sys
 import time
@@ -49,7 +48,7 @@ import numpy as np
 import envs
 from envs import brax_tasks, pendulum
 from mbpo.dynamics import BACKENDS, Dynamics, ODESolver, State
-from mbpo.io import write_json
+from mbpo.io import run_header, write_json
 from mbpo.types import Action, Array, Float, Observation, PyTree, Scalar
 from mbpo.unroll import RolloutNoise, rollout, sample_noise
 
@@ -353,7 +352,7 @@ def format_table(report: dict) -> str:
         f"jax {report['jax_version']} on {report['device_kind']} ({report['platform']}), "
         + f"preset {report['preset']}, wall time {report['wall_s']:.1f} s, "
         + "1-min load average {:.1f} at the start, {:.1f} at the end".format(
-            *report["load_average_1min"]
+            report["load_average_1min_at_start"], report["load_average_1min_at_end"]
         ),
         f"command: {report['command']}",
         "ratio = adapter time / raw lax.scan time, median over back-to-back pairs (goal <= 1.05);",
@@ -405,14 +404,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     preset = PRESETS[args.preset]
     start = time.perf_counter()
-    device = jax.devices()[0]
-    # Other processes on the machine distort timings; the load tells how much to trust them.
-    load_at_start = os.getloadavg()[0]
     report = {
-        "command": shlex.join(["python", "-m", "experiments.bench_dynamics", *argv]),
-        "jax_version": jax.__version__,
-        "platform": device.platform,
-        "device_kind": device.device_kind,
+        **run_header("experiments.bench_dynamics", argv),
         "preset": args.preset,
         "tasks": [
             benchmark_task(pendulum_subject(), preset.pendulum),
@@ -420,7 +413,7 @@ def main(argv: list[str] | None = None) -> None:
         ],
     }
     report["wall_s"] = time.perf_counter() - start
-    report["load_average_1min"] = [load_at_start, os.getloadavg()[0]]
+    report["load_average_1min_at_end"] = os.getloadavg()[0]
     print(format_table(report))
     if args.out is not None:
         write_json(args.out, report)

@@ -36,7 +36,6 @@ import dataclasses
 import functools
 import os
 import pathlib
-import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -51,7 +50,7 @@ from experiments.bench_dynamics import compare, pendulum_subject
 from mbpo import estimators
 from mbpo.critics import QCritic
 from mbpo.dynamics import Dynamics, State
-from mbpo.io import write_json
+from mbpo.io import run_header, write_json
 from mbpo.policies import GaussianPolicy
 from mbpo.types import Action, Array, Float, Noise, Observation, Params, Scalar
 from mbpo.unroll import RolloutNoise
@@ -309,8 +308,8 @@ def format_table(report: dict) -> str:
     lines = [
         f"jax {report['jax_version']} on {report['device_kind']} ({report['platform']}), "
         + f"preset {report['preset']}, wall time {report['wall_s']:.1f} s, load average "
-        + f"{report['load_average_1min'][0]:.1f} at the start, "
-        + f"{report['load_average_1min'][1]:.1f} at the end",
+        + f"{report['load_average_1min_at_start']:.1f} at the start, "
+        + f"{report['load_average_1min_at_end']:.1f} at the end",
         f"command: {report['command']}",
         "time of one jitted value_and_grad of mean_b J_n w.r.t. the policy parameters (median);",
         "ratio = engine time / scan time, median [quartiles] over back-to-back pairs "
@@ -359,19 +358,13 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     preset = PRESETS[args.preset]
     start = time.perf_counter()
-    device = jax.devices()[0]
-    # Other processes on the machine distort timings; the load tells how much to trust them.
-    load_at_start = os.getloadavg()[0]
     report = {
-        "command": shlex.join(["python", "-m", "experiments.bench_unroll", *argv]),
-        "jax_version": jax.__version__,
-        "platform": device.platform,
-        "device_kind": device.device_kind,
+        **run_header("experiments.bench_unroll", argv),
         "preset": args.preset,
         "config": dataclasses.asdict(preset),
         "rows": benchmark(preset),
     }
-    report["load_average_1min"] = [load_at_start, os.getloadavg()[0]]
+    report["load_average_1min_at_end"] = os.getloadavg()[0]
     report["wall_s"] = time.perf_counter() - start
     print(format_table(report))
     if args.out is not None:

@@ -38,7 +38,7 @@ import envs
 from envs import lqr as lqr_lib
 from mbpo import estimators
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, run_updates, train_seeds
-from mbpo.io import write_atomically, write_json, write_text
+from mbpo.io import run_header, write_atomically, write_json, write_text
 from mbpo.policies import GaussianPolicy
 
 FULL = None  # the "full" horizon: the whole episode, no critic
@@ -287,10 +287,8 @@ def main(argv=None) -> None:
         if preset.brax_budget:
             return_rows += returns_after_budget(preset.brax_task, preset, preset.brax_horizons, preset.brax_episode, preset.brax_budget, **brax)
     summary = {
-        "command": " ".join(["python -m experiments.compare_horizons", *(argv if argv is not None else sys.argv[1:])]),
+        **run_header("experiments.compare_horizons", list(argv if argv is not None else sys.argv[1:])),
         "preset": dataclasses.asdict(preset),
-        "jax": jax.__version__,
-        "device": jax.devices()[0].device_kind,
         "wall_time": time.perf_counter() - start,
         "gradients": gradient_rows,
         "returns": return_rows,

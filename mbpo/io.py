@@ -36,3 +36,21 @@ def write_json(path: str | os.PathLike, data: object) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     write_atomically(path, lambda file: file.write(text.encode()))
+
+
+def run_header(module: str, argv: list[str]) -> dict:
+    """What every recorded result starts with: the exact command, the jax version, the device, and
+    the 1-minute load average (other processes on a shared machine distort timings)."""
+    import os
+    import shlex
+
+    import jax
+
+    device = jax.devices()[0]
+    return {
+        "command": shlex.join(["python", "-m", module, *argv]),
+        "jax_version": jax.__version__,
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "load_average_1min_at_start": os.getloadavg()[0],
+    }
