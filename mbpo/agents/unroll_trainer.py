@@ -50,7 +50,7 @@ class UnrollTrainerConfig:
     policy: str | None = option(None, "deterministic | gaussian | tanh_gaussian; default: the estimator's kind")
     num_envs: int = option(64, "parallel environments per update")
     episode_length: int = option(200, "steps before an environment is reset")
-    num_updates: int = option(500, "policy updates")
+    num_updates: int = option(800, "policy updates")
     gamma: float = option(0.95, "discount")
     td_lambda: float = option(0.95, "lambda of the critic's TD(lambda) targets")
     actor_lr: float = option(2e-3, "policy learning rate (Adam)")

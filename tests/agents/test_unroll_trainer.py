@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from envs import lqr as lqr_lib
+from mbpo.agents.common import evaluate
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, run_updates, train, train_seeds
 from mbpo.cli import parse
 
@@ -51,16 +53,26 @@ def test_nonfinite_gradient_is_skipped_and_counted():
         np.testing.assert_array_equal(before, after)
 
 
-@pytest.mark.parametrize("estimator,horizon", [("svg", 4), ("bpo", 10)])
-def test_learning_improves_lqr_return(estimator, horizon):
-    """A small run on lqr beats its initial policy by a clear margin (3 seeds, all of them)."""
+@pytest.mark.parametrize("estimator,horizon", [("svg", 8), ("bpo", 10)])
+def test_learning_closes_most_of_the_gap_to_the_riccati_policy_on_lqr(estimator, horizon):
+    """100 updates close >= 75% of the gap between the initial policy's return and the Riccati
+    gain's, on each of 3 seeds (same evaluation episodes for all three policies)."""
     config = dataclasses.replace(SMALL, estimator=estimator, horizon=horizon, num_updates=100, actor_lr=3e-3)
     trainer = make_trainer(config)
     keys = jax.random.split(jax.random.key(config.seed), 3)
     eval_keys = jax.random.split(jax.random.key(config.seed + 10_000), 3)
-    initial = jax.vmap(trainer.evaluate)(jax.vmap(trainer.init)(keys), eval_keys)
+    initial = np.asarray(jax.vmap(trainer.evaluate)(jax.vmap(trainer.init)(keys), eval_keys))
+    gain, _ = lqr_lib.riccati(trainer.dynamics, config.gamma)
+    optimal = np.asarray(
+        jax.vmap(
+            lambda k: evaluate(
+                trainer.dynamics, lambda o, e: -gain @ o, k, num_envs=config.eval_envs, episode_length=config.episode_length, eps_shape=(1,)
+            )
+        )(eval_keys)
+    )
     _, result = train_seeds(config, 3)
-    assert np.all(np.asarray(result["eval_return"]) > 0.5 * np.asarray(initial)), (initial, result["eval_return"])
+    final = np.asarray(result["eval_return"])
+    assert np.all(optimal - final <= 0.25 * (optimal - initial)), (initial, final, optimal)
 
 
 def test_train_reports_progress():
