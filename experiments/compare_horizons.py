@@ -53,7 +53,8 @@ class Preset:
       gradient_seeds: independent batch-mean gradient estimates per n.
       gradient_batch: start states per estimate.
       lqr_episode: steps of a "full" lqr unroll.
-      ode_episode: episode length of pendulum (and of "full").
+      task: the trained task (an ODE task: pendulum, cartpole; lqr for quick checks).
+      ode_episode: its episode length (and the length of "full").
       pretrain_updates: SVG(16) updates that give the pendulum policy and critic measured.
       budget: environment steps per training run for the return comparison.
       return_horizons: the n trained for the return comparison.
@@ -70,6 +71,7 @@ class Preset:
     gradient_seeds: int
     gradient_batch: int
     lqr_episode: int
+    task: str
     ode_episode: int
     pretrain_updates: int
     budget: int
@@ -90,6 +92,7 @@ PRESETS = {
         gradient_seeds=16,
         gradient_batch=64,
         lqr_episode=200,
+        task="pendulum",
         ode_episode=200,
         pretrain_updates=100,
         budget=200_000,
@@ -107,6 +110,7 @@ PRESETS = {
         gradient_seeds=64,
         gradient_batch=256,
         lqr_episode=400,
+        task="pendulum",
         ode_episode=200,
         pretrain_updates=300,
         budget=2_000_000,
@@ -241,8 +245,11 @@ def plot(gradient_rows: list[dict], return_rows: list[dict]):
         x = [order.index(r["n"]) for r in rows]
         axes[1].semilogy(x, [r["variance"] / max(r["norm"], 1e-12) ** 2 for r in rows], "o-", label=env)
         axes[2].semilogy(x, [r["norm"] for r in rows], "o-", label=env)
-        if "bias" in rows[0]:
-            axes[0].errorbar(x, [r["bias"] for r in rows], yerr=[2 * r["bias_se"] for r in rows], fmt="o-", label=env)
+        exact = [(xi, r) for xi, r in zip(x, rows) if "bias" in r]
+        if exact:
+            axes[0].errorbar(
+                [xi for xi, _ in exact], [r["bias"] for _, r in exact], yerr=[2 * r["bias_se"] for _, r in exact], fmt="o-", label=env
+            )
     for env in dict.fromkeys(r["env"] for r in return_rows):
         rows = [r for r in return_rows if r["env"] == env]
         ns = sorted(dict.fromkeys(r["n"] for r in rows), key=order.index)
@@ -279,8 +286,8 @@ def main(argv=None) -> None:
     jax.config.update("jax_enable_x64", True)
     gradient_rows = lqr_gradients(preset, jax.random.fold_in(key, 0))
     jax.config.update("jax_enable_x64", False)
-    gradient_rows += trained_gradients("pendulum", preset, preset.horizons, preset.ode_episode, jax.random.fold_in(key, 1))
-    return_rows = returns_after_budget("pendulum", preset, preset.return_horizons, preset.ode_episode, preset.budget)
+    gradient_rows += trained_gradients(preset.task, preset, preset.horizons, preset.ode_episode, jax.random.fold_in(key, 1))
+    return_rows = returns_after_budget(preset.task, preset, preset.return_horizons, preset.ode_episode, preset.budget)
     if preset.brax_task and not args.skip_brax:
         brax = {"backend": preset.brax_backend}
         gradient_rows += trained_gradients(preset.brax_task, dataclasses.replace(preset, pretrain_updates=min(preset.pretrain_updates, 20)), preset.brax_horizons, preset.brax_episode, jax.random.fold_in(key, 2), **brax)

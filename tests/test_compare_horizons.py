@@ -35,11 +35,12 @@ def test_lqr_bias_of_a_stale_critic_shrinks_with_the_horizon(x64):
 
 
 def test_main_writes_csv_json_and_png(tmp_path, monkeypatch):
-    monkeypatch.setitem(ch.PRESETS, "cpu", dataclasses.replace(TINY, horizons=(2,), return_horizons=(2,), budget=2 * 16 * 2))
+    # lqr stands in for pendulum here: the same code path, compiled in a fraction of the time.
+    monkeypatch.setitem(ch.PRESETS, "cpu", dataclasses.replace(TINY, task="lqr", ode_episode=40, horizons=(2,), return_horizons=(2,), budget=2 * 16 * 2))
     out = tmp_path / "run"
     ch.main(["--preset", "cpu", "--out", str(out)])
     summary = json.loads((out / "summary.json").read_text())
-    assert {r["env"] for r in summary["gradients"]} == {"lqr", "pendulum"}
+    assert [r["env"] for r in summary["gradients"]] == ["lqr", "lqr"]
     assert [r["n"] for r in summary["returns"]] == ["2", "2"]
     assert all(np.isfinite(r["return"]) for r in summary["returns"])
     assert (out / "gradients.csv").read_text().startswith("env,n,")

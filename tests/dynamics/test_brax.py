@@ -11,7 +11,8 @@ from mbpo.unroll import open_loop
 
 
 def test_gradient_through_brax_steps_is_finite_and_nonzero():
-    task = envs.make("inverted_pendulum", backend="positional")
+    # generalized compiles its gradient about 3x faster than positional on a CPU.
+    task = envs.make("inverted_pendulum", backend="generalized")
     assert task.noise_shape == (0,) and task.action_size == 1 and task.observation_size == 4
     state = task.reset(jax.random.key(0))
 

@@ -1,0 +1,414 @@
+"""Our BPO against brax's own APG on one Brax task: time per update and return at equal updates.
+
+Both train a policy by differentiating the return of ``horizon``-step windows through the same
+Brax physics, ``num_envs`` environments at a time, with Adam (betas 0.7, 0.95), global-norm
+clipping at 1, observation normalization and the same hidden sizes, for ``num_updates`` updates in
+``num_evals - 1`` compiled chunks of ``num_updates / (num_evals - 1)`` updates, evaluated after each
+chunk (and before training) on ``eval_envs`` episodes of ``episode_length`` steps with the mean
+action. Ours is :mod:`mbpo.agents.unroll_trainer` with ``estimator="bpo"`` and ``gamma=1`` (APG
+does not discount), in this process; APG is ``brax.training.agents.apg.train``, run by
+``experiments/apg_worker.py`` in a second virtual environment (brax 0.14.2's agents need jax 0.9,
+mbpo needs jax 0.10), one subprocess per seed. Create that environment once (about 1.5 minutes):
+
+    python3.11 -m venv /work/venv-apg
+    /work/venv-apg/bin/pip install "jax[cpu]<0.10" brax==0.14.2
+
+(on a CUDA machine ``"jax[cuda12]<0.10"``; this installed jax 0.9.2). Then, from the repository
+root, under mbpo's environment:
+
+    python -m experiments.bench_vs_brax_apg --preset cpu [--apg-python /work/venv-apg/bin/python]
+        [--out experiments/results/bench_vs_brax_apg_cpu.json]
+
+What is the same: the Brax environment and backend, ``num_envs``, ``episode_length``, the window
+(APG's ``horizon_length`` = our ``horizon``; the gradient is stopped between windows), the number
+of updates, the hidden sizes with tanh layers (APG set to ``activation=tanh, layer_norm=False``;
+brax's default is elu with layer norm), Adam(0.7, 0.95) at a constant rate (APG set to
+``use_schedule=False``; brax's default decays it by 0.997 per update), global-norm clipping at 1
+(APG's ``max_gradient_norm``, default 1e9), observation normalization, and the evaluation
+(``eval_envs`` episodes from fresh resets, the mean action, rewards after a done not counted).
+
+What differs, as brax 0.14.2's APG is written:
+
+* objective: APG minimizes -mean over envs and steps of r_t; ours maximizes the mean over envs of
+  sum_t alive_t r_t (gamma = 1). Same direction, but ours is ``horizon`` times larger, so the
+  global-norm clip acts more often on ours (brax also clips each element to [-1, 1] after it, a
+  no-op once the norm is <= 1).
+* policy: APG's is a tanh-squashed Gaussian (std 0.1 softplus(.)) sampled, reparameterized, in
+  training, with an orthogonal(0.01) last layer; ours is deterministic, tanh(d(s; w)), its last
+  layer initialized at scale 0.1.
+* resets: APG resets inside the window, at done or ``episode_length``, to that env's own first
+  start state (``AutoResetWrapper``), and scatters the envs' start step counters over the episode;
+  ours resets at the end of a window, to a fresh random start state, all envs in step, and does
+  not count rewards after a done inside the window.
+* training start states: hence APG trains on ``num_envs`` fixed start states (for reacher, targets)
+  while ours draws new ones at every reset; both are evaluated on fresh ones.
+* seeds: the same seed numbers, but different random streams (brax's ``PRNGKey(seed)`` split its
+  way, ours ``jax.random.key(seed)``), so the initial policies differ.
+
+How it is timed: time per update is the wall time of a compiled chunk of updates (a
+``lax.scan``, waited for with ``block_until_ready``, evaluation excluded) divided by its updates,
+summed over the chunks during which nothing compiled (ours: compile events counted around each
+chunk; APG: see ``apg_worker.py``: with jax 0.9 its first two chunks compile), then averaged per
+seed; the table gives the mean +- std over seeds. Our seeds share one compiled program; each APG
+seed is a new process, sharing compiled programs through jax's persistent cache in a temporary
+folder. The two sides never run at once: seeds alternate (ours 0, APG 0, ours 1, ...), so that
+load from other processes that drifts during the run falls on both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+
+import envs
+from envs import brax_tasks
+from mbpo.agents.unroll_trainer import Trainer, UnrollTrainerConfig, make_trainer, run_updates
+from mbpo.io import run_header, write_json
+
+DEFAULT_APG_PYTHON = "/work/venv-apg/bin/python"
+WORKER = pathlib.Path(__file__).with_name("apg_worker.py")
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Preset:
+    """One comparison; both sides get these settings.
+
+    Attributes:
+      env: a Brax task of ``envs.brax_tasks.TASKS``. Its reward must depend smoothly on the
+        actions: inverted_pendulum pays a constant 1 per step and ends by a threshold, so its
+        analytic gradient is exactly 0 for both methods and only the timing would mean anything.
+      backend: Brax physics pipeline.
+      num_envs: parallel training environments.
+      episode_length: steps before an environment is reset, in training and evaluation.
+      horizon: steps per differentiated window.
+      num_updates: policy updates, a multiple of ``num_evals - 1``.
+      num_evals: evaluations, the one before training included; >= 4 (APG's first two chunks
+        compile, so at least one timed chunk needs a third).
+      learning_rate: Adam learning rate.
+      hidden: hidden layer sizes of the policy.
+      eval_envs: episodes per evaluation.
+      seeds: seeds 0, ..., seeds - 1 of each method.
+    """
+
+    env: str
+    backend: str
+    num_envs: int
+    episode_length: int
+    horizon: int
+    num_updates: int
+    num_evals: int
+    learning_rate: float
+    hidden: tuple[int, ...]
+    eval_envs: int
+    seeds: int
+
+    def __post_init__(self):
+        if self.env not in brax_tasks.TASKS:
+            raise ValueError(
+                f"env must be a Brax task ({', '.join(brax_tasks.TASKS)}), got {self.env!r}"
+            )
+        for name in ("num_envs", "episode_length", "horizon", "num_updates", "eval_envs", "seeds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_evals < 4 or self.num_updates % (self.num_evals - 1):
+            raise ValueError(
+                "need num_evals >= 4 and num_updates a multiple of num_evals - 1; "
+                f"got num_updates={self.num_updates}, num_evals={self.num_evals}"
+            )
+
+    @property
+    def updates_per_chunk(self) -> int:
+        return self.num_updates // (self.num_evals - 1)
+
+
+PRESETS: dict[str, Preset] = {
+    # Reacher: no termination and a smooth reward (-distance - |a|^2). On a 2-core CPU most of the
+    # run is compiling Brax gradients (1-2 min per program).
+    "cpu": Preset(
+        env="reacher",
+        backend="positional",
+        num_envs=32,
+        episode_length=128,
+        horizon=16,
+        num_updates=60,
+        num_evals=5,
+        learning_rate=2e-3,
+        hidden=(64, 64),
+        eval_envs=128,
+        seeds=3,
+    ),
+    # One GPU (not run yet): ant, whose reward has a forward-velocity term through the contacts.
+    "gpu": Preset(
+        env="ant",
+        backend="positional",
+        num_envs=256,
+        episode_length=1000,
+        horizon=32,
+        num_updates=200,
+        num_evals=5,
+        learning_rate=1e-3,
+        hidden=(64, 64),
+        eval_envs=128,
+        seeds=3,
+    ),
+}
+
+
+def trainer_config(preset: Preset) -> UnrollTrainerConfig:
+    """Our settings for ``preset`` (the seed is given to ``init`` directly)."""
+    return UnrollTrainerConfig(
+        env=preset.env,
+        estimator="bpo",
+        horizon=preset.horizon,
+        num_envs=preset.num_envs,
+        episode_length=preset.episode_length,
+        num_updates=preset.num_updates,
+        gamma=1.0,
+        actor_lr=preset.learning_rate,
+        max_grad_norm=1.0,
+        hidden=preset.hidden,
+        normalize_observations=True,
+        eval_every=preset.updates_per_chunk,
+        eval_envs=preset.eval_envs,
+    )
+
+
+def worker_command(preset: Preset, apg_python: str, seed: int, cache: str) -> list[str]:
+    """The ``apg_worker.py`` command line for ``preset`` and ``seed``."""
+    return [
+        apg_python,
+        str(WORKER),
+        *("--env", preset.env, "--backend", preset.backend),
+        *("--num-envs", str(preset.num_envs), "--episode-length", str(preset.episode_length)),
+        *("--horizon", str(preset.horizon), "--num-updates", str(preset.num_updates)),
+        *("--num-evals", str(preset.num_evals), "--learning-rate", str(preset.learning_rate)),
+        *("--adam-b1", "0.7", "--adam-b2", "0.95", "--use-schedule", "false"),
+        *("--max-grad-norm", "1.0"),
+        *("--hidden", *map(str, preset.hidden), "--activation", "tanh", "--layer-norm", "false"),
+        *("--normalize-observations", "true", "--deterministic-eval", "true"),
+        *("--eval-envs", str(preset.eval_envs), "--seed", str(seed), "--compilation-cache", cache),
+    ]
+
+
+class CompileCounter:
+    """Counts jax's backend compiles, so that a timed chunk that compiled can be left out."""
+
+    def __init__(self):
+        self.count = 0
+        jax.monitoring.register_event_duration_secs_listener(self)
+
+    def __call__(self, event: str, duration: float, **kwargs) -> None:
+        self.count += event == COMPILE_EVENT
+
+
+def train_ours(trainer: Trainer, preset: Preset, seed: int, compiles: CompileCounter) -> dict:
+    """One seed of our BPO in chunks of ``preset.updates_per_chunk`` updates, evaluated after each.
+
+    Returns ``evals`` (``updates``, ``eval_return``), ``eval_return`` (the last), ``chunk_times_s``,
+    ``chunk_compiled``, ``time_per_update_s`` (over the chunks that did not compile, None if none)
+    and ``skipped_updates`` (non-finite gradients skipped).
+    """
+    ts = jax.jit(trainer.init)(jax.random.key(seed))
+    evaluate = jax.jit(trainer.evaluate)
+    eval_key = jax.random.key(seed + 10_000)
+    evals = [{"updates": 0, "eval_return": float(evaluate(ts, eval_key))}]
+    chunk_times, chunk_compiled = [], []
+    for chunk in range(1, preset.num_evals):
+        before = compiles.count
+        start = time.perf_counter()
+        ts, metrics = jax.block_until_ready(run_updates(trainer, ts, preset.updates_per_chunk))
+        chunk_times.append(time.perf_counter() - start)
+        chunk_compiled.append(compiles.count > before)
+        evals.append(
+            {
+                "updates": chunk * preset.updates_per_chunk,
+                "eval_return": float(evaluate(ts, eval_key)),
+            }
+        )
+        print(
+            f"[ours seed {seed}] {evals[-1]} {chunk_times[-1]:.2f} s compiled {chunk_compiled[-1]}",
+            flush=True,
+        )
+    steady = [t for t, compiled in zip(chunk_times, chunk_compiled) if not compiled]
+    return {
+        "seed": seed,
+        "evals": evals,
+        "eval_return": evals[-1]["eval_return"],
+        "chunk_times_s": chunk_times,
+        "chunk_compiled": chunk_compiled,
+        "time_per_update_s": sum(steady) / (len(steady) * preset.updates_per_chunk)
+        if steady
+        else None,
+        "skipped_updates": int(metrics["skipped_updates"][-1]),
+    }
+
+
+def run_apg(preset: Preset, apg_python: str, seed: int, cache: str) -> dict:
+    """One seed of brax APG through ``apg_worker.py``; its JSON report, with ``wall_s`` added."""
+    command = worker_command(preset, apg_python, seed, cache)
+    start = time.perf_counter()
+    # The worker's stderr (brax's warnings, its progress) passes through to ours.
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"the APG worker failed with exit code {done.returncode}: {' '.join(command)}"
+        )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report["wall_s"] = time.perf_counter() - start
+    return report
+
+
+def mean_std(values: list[float | None]) -> dict:
+    """Mean and sample std (0 for one value) of the values that are not None."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
+
+
+def summarize(ours: list[dict], apg: list[dict]) -> dict:
+    """Mean +- std over seeds of time per update and of the returns; the ratio and the goals."""
+    summary = {}
+    for name, runs in (("ours", ours), ("apg", apg)):
+        summary[name] = {
+            "time_per_update_s": mean_std([r["time_per_update_s"] for r in runs]),
+            "eval_return": mean_std([r["eval_return"] for r in runs]),
+            "curve": [
+                {"updates": e["updates"], **mean_std([r["evals"][i]["eval_return"] for r in runs])}
+                for i, e in enumerate(runs[0]["evals"])
+            ],
+        }
+    t_ours, t_apg = (
+        summary["ours"]["time_per_update_s"]["mean"],
+        summary["apg"]["time_per_update_s"]["mean"],
+    )
+    summary["time_ratio"] = t_ours / t_apg if t_ours is not None and t_apg is not None else None
+    summary["time_goal_met"] = summary["time_ratio"] is not None and summary["time_ratio"] <= 1.0
+    summary["return_goal_met"] = (
+        summary["ours"]["eval_return"]["mean"] >= summary["apg"]["eval_return"]["mean"]
+    )
+    return summary
+
+
+def _pm(stat: dict, scale: float = 1.0, digits: int = 2) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{scale * stat['mean']:.{digits}f} +- {scale * stat['std']:.{digits}f}"
+
+
+def format_table(report: dict) -> str:
+    """The report as fixed-width text: settings, the two goals, the return at each evaluation."""
+    p, s = report["preset_settings"], report["summary"]
+    chunk = p["num_updates"] // (p["num_evals"] - 1)
+    ratio = "n/a" if s["time_ratio"] is None else f"{s['time_ratio']:.2f}"
+    time_goal = "met" if s["time_goal_met"] else "NOT met"
+    return_goal = "met" if s["return_goal_met"] else "NOT met"
+    difference = s["ours"]["eval_return"]["mean"] - s["apg"]["eval_return"]["mean"]
+    ours_first = report["ours"][0]["chunk_times_s"][0]
+    apg_first = report["apg"][0]["epoch_times_s"][0]
+    lines = [
+        f"preset {report['preset']}: {p['env']}[{p['backend']}], {p['num_envs']} envs, "
+        + f"episode {p['episode_length']}, horizon {p['horizon']}, hidden {tuple(p['hidden'])}, "
+        + f"lr {p['learning_rate']}, {p['num_updates']} updates in {p['num_evals'] - 1} chunks "
+        + f"of {chunk}, {p['seeds']} seeds, {p['eval_envs']} eval episodes",
+        f"ours: mbpo bpo, jax {report['jax_version']}; APG: brax {report['apg_brax_version']}, "
+        + f"jax {report['apg_jax_version']}; device {report['device_kind']}",
+        f"wall time {report['wall_s']:.0f} s (ours {report['ours_wall_s']:.0f} s, "
+        + f"APG {report['apg_wall_s']:.0f} s); load average "
+        + f"{report['load_average_1min_at_start']:.1f} at the start, "
+        + f"{report['load_average_1min_at_end']:.1f} at the end",
+        "",
+        f"{'':<34}{'ours':>20}{'brax APG':>20}{'ours/APG':>10}  goal",
+        f"{'time per update, ms (no compile)':<34}"
+        + f"{_pm(s['ours']['time_per_update_s'], 1e3):>20}"
+        + f"{_pm(s['apg']['time_per_update_s'], 1e3):>20}{ratio:>10}  <= 1.0: {time_goal}",
+        f"{'eval return @ ' + str(p['num_updates']) + ' updates':<34}"
+        + f"{_pm(s['ours']['eval_return']):>20}{_pm(s['apg']['eval_return']):>20}{'':>10}"
+        + f"  ours >= APG: {return_goal} (difference {difference:+.2f})",
+        f"{'first chunk (compiles), s, seed 0':<34}{ours_first:>20.1f}{apg_first:>20.1f}",
+        "",
+        f"{'eval return by updates':<34}{'ours':>20}{'brax APG':>20}",
+    ]
+    for o, a in zip(s["ours"]["curve"], s["apg"]["curve"]):
+        lines.append(f"{o['updates']:<34}{_pm(o):>20}{_pm(a):>20}")
+    lines.append("(mean +- std over seeds)")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses the command line; an unknown preset or a missing ``--apg-python`` exits with 2."""
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench_vs_brax_apg", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="cpu", help="the comparison's settings"
+    )
+    parser.add_argument(
+        "--apg-python",
+        default=DEFAULT_APG_PYTHON,
+        help=f"python of the jax-0.9 environment with brax 0.14.2 (default: {DEFAULT_APG_PYTHON})",
+    )
+    parser.add_argument("--out", type=pathlib.Path, help="JSON file for the report")
+    args = parser.parse_args(argv)
+    if not os.access(args.apg_python, os.X_OK):
+        parser.error(
+            f"--apg-python {args.apg_python} is not an executable file. Brax's APG needs "
+            "jax < 0.10; create its environment with: python3.11 -m venv /work/venv-apg && "
+            '/work/venv-apg/bin/pip install "jax[cpu]<0.10" brax==0.14.2 '
+            "(or pass --apg-python PATH to another such python)"
+        )
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    preset = PRESETS[args.preset]
+    start = time.perf_counter()
+    report = {**run_header("experiments.bench_vs_brax_apg", argv), "preset": args.preset}
+    report["preset_settings"] = dataclasses.asdict(preset)
+    report["ours_config"] = dataclasses.asdict(trainer_config(preset))
+
+    compiles = CompileCounter()
+    trainer = make_trainer(trainer_config(preset), envs.make(preset.env, backend=preset.backend))
+    report["ours"], report["apg"] = [], []
+    report["ours_wall_s"] = report["apg_wall_s"] = 0.0
+    with tempfile.TemporaryDirectory(prefix="apg-jax-cache-") as cache:
+        # Seeds alternate between the two sides, so that load from other processes that drifts
+        # during the run falls on both alike.
+        for seed in range(preset.seeds):
+            side_start = time.perf_counter()
+            report["ours"].append(train_ours(trainer, preset, seed, compiles))
+            report["ours_wall_s"] += time.perf_counter() - side_start
+            side_start = time.perf_counter()
+            report["apg"].append(run_apg(preset, args.apg_python, seed, cache))
+            report["apg_wall_s"] += time.perf_counter() - side_start
+    report["apg_command_seed0"] = " ".join(worker_command(preset, args.apg_python, 0, "CACHE_DIR"))
+    report["apg_jax_version"] = report["apg"][0]["jax_version"]
+    report["apg_brax_version"] = report["apg"][0]["brax_version"]
+    report["summary"] = summarize(report["ours"], report["apg"])
+    report["wall_s"] = time.perf_counter() - start
+    report["load_average_1min_at_end"] = os.getloadavg()[0]
+    print(format_table(report))
+    if args.out is not None:
+        write_json(args.out, report)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
