@@ -144,9 +144,21 @@ def make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics | None = None) 
 
     Args:
       config: the settings.
-      dynamics: the model to optimize through; default ``envs.make(config.env)``.
+      dynamics: the model to optimize through; default ``envs.make(config.env)``, in which case
+        the trainer is cached per config, so its compiled programs are reused (a resumed or
+        evaluated run in the same process compiles nothing again).
     """
-    dynamics = dynamics if dynamics is not None else envs.make(config.env)
+    if dynamics is None:
+        return _registered_task_trainer(config)
+    return _make_trainer(config, dynamics)
+
+
+@functools.lru_cache(maxsize=16)
+def _registered_task_trainer(config: UnrollTrainerConfig) -> Trainer:
+    return _make_trainer(config, envs.make(config.env))
+
+
+def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
     estimator = estimators.make(config.estimator, config.horizon)
     policy_kind = config.policy or ESTIMATOR_POLICY[config.estimator]
     policy = POLICIES[policy_kind].for_dynamics(
@@ -301,20 +313,36 @@ def run_updates(trainer: Trainer, ts: TrainState, num: int) -> tuple[TrainState,
 
 
 def train(
-    config: UnrollTrainerConfig, *, dynamics: Dynamics | None = None, callback: Callable[[dict], None] | None = None
+    config: UnrollTrainerConfig,
+    *,
+    dynamics: Dynamics | None = None,
+    callback: Callable[[dict, TrainState], None] | None = None,
+    resume: tuple[TrainState, list[dict]] | None = None,
 ) -> tuple[TrainState, list[dict]]:
-    """Trains one seed; calls ``callback(record)`` after each evaluation and returns the history.
+    """Trains one seed in chunks of ``eval_every`` updates, evaluating after each chunk.
 
-    Each record has ``updates``, ``env_steps``, ``wall_time`` (s, compilation included),
-    ``eval_return`` and the last update's metrics.
+    Args:
+      config: the settings.
+      dynamics: the model; default ``envs.make(config.env)``.
+      callback: called as ``callback(record, state)`` after each evaluation (a checkpoint hook).
+      resume: (state, history) saved by a callback of an earlier run of the same config; the run
+        continues from there and ends bit-identical to an uninterrupted one (same chunks, same keys).
+
+    Returns:
+      The final state and the history: one record per evaluation with ``updates``, ``env_steps``,
+      ``wall_time`` (s, compilation included, summed over resumed runs), ``eval_return`` and the
+      last update's metrics.
     """
     trainer = make_trainer(config, dynamics)
-    ts = jax.jit(trainer.init)(jax.random.key(config.seed))
+    if resume is None:
+        ts, history = jax.jit(trainer.init)(jax.random.key(config.seed)), []
+    else:
+        ts, history = resume[0], list(resume[1])
     evaluate_jit = jax.jit(trainer.evaluate)
     eval_key = jax.random.key(config.seed + 10_000)
-    history: list[dict] = []
+    offset = history[-1]["wall_time"] if history else 0.0
     start = time.perf_counter()
-    done = 0
+    done = int(ts.updates)
     while done < config.num_updates:
         num = min(config.eval_every, config.num_updates - done)
         ts, metrics = run_updates(trainer, ts, num)
@@ -325,10 +353,10 @@ def train(
             "eval_return": float(evaluate_jit(ts, eval_key)),
             **{k: float(v[-1]) for k, v in metrics.items()},
         }
-        record["wall_time"] = time.perf_counter() - start
+        record["wall_time"] = offset + time.perf_counter() - start
         history.append(record)
         if callback is not None:
-            callback(record)
+            callback(record, ts)
     return ts, history
 
 
@@ -361,7 +389,7 @@ def main(argv=None) -> None:
     config = parse(UnrollTrainerConfig, argv, prog="python -m mbpo.agents.unroll_trainer")
     print(f"training {config.estimator} (n = {config.horizon}) on {config.env}")
 
-    def report(r):
+    def report(r, _):
         print(
             f"updates {r['updates']:5d}  env steps {r['env_steps']:8d}  eval return {r['eval_return']:9.2f}  "
             f"grad norm {r['grad_norm']:8.3f}  critic loss {r['critic_loss']:8.4f}  {r['wall_time']:6.1f} s",

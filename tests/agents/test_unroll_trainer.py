@@ -77,7 +77,7 @@ def test_learning_closes_most_of_the_gap_to_the_riccati_policy_on_lqr(estimator,
 
 def test_train_reports_progress():
     records = []
-    _, history = train(dataclasses.replace(SMALL, num_updates=4, eval_every=2), callback=records.append)
+    _, history = train(dataclasses.replace(SMALL, num_updates=4, eval_every=2), callback=lambda r, ts: records.append(r))
     assert [r["updates"] for r in records] == [2, 4] and records == history
     assert {"eval_return", "env_steps", "grad_norm", "wall_time", "skipped_updates"} <= set(records[0])
 

@@ -1,0 +1,163 @@
+"""The ``mbpo`` command: ``mbpo envs | train | evaluate | compare``.
+
+    mbpo envs                                   list the tasks and their sizes
+    mbpo train --env pendulum --estimator svg --horizon 32 --run-dir runs/svg32
+    mbpo train --resume runs/svg32              continue a killed run (bit-identical on CPU)
+    mbpo train --config runs/svg32/config.json  replay a run's settings
+    mbpo evaluate runs/svg32 --episodes 64
+    mbpo compare --preset cpu --out runs/horizons
+
+Bad input exits with code 2 and a message naming the value, before anything is compiled or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import sys
+import time
+
+from mbpo.cli import add_arguments, build
+
+
+def _envs(args: argparse.Namespace) -> None:
+    import envs
+
+    print(f"{'name':26s} {'kind':6s} {'obs':>4s} {'act':>4s} {'noise':>8s}  log_prob")
+    for name in envs.names():
+        if envs.is_brax(name) and not args.brax:
+            print(f"{name:26s} brax   (sizes: mbpo envs --brax; building Brax systems takes seconds each)")
+            continue
+        task = envs.make(name)
+        kind = "brax" if envs.is_brax(name) else "jax"
+        print(f"{name:26s} {kind:6s} {task.observation_size:4d} {task.action_size:4d} {str(task.noise_shape):>8s}  {task.has_log_prob}")
+
+
+def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from mbpo import runner
+    from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, train, train_seeds
+
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    config = build(parser, UnrollTrainerConfig, args)
+    if args.resume is not None:
+        run_dir = args.resume
+        try:
+            config = runner.load_config(run_dir)
+        except (runner.RunDirError, ValueError, TypeError) as error:
+            parser.error(str(error))
+    else:
+        run_dir = args.run_dir or pathlib.Path("runs") / f"{config.env}-{config.estimator}-{config.horizon}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if (run_dir / runner.CHECKPOINT).exists():
+            parser.error(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --run-dir")
+    try:
+        runner.check_writable(run_dir)
+    except runner.RunDirError as error:
+        parser.error(str(error))
+
+    if args.seeds > 1:
+        runner.save_config(run_dir, config)
+        _, result = train_seeds(config, args.seeds)
+        rows = [{"seed": i, "eval_return": float(r), "env_steps": result["env_steps"]} for i, r in enumerate(result["eval_return"])]
+        runner.write_metrics(run_dir, rows)
+        print(f"{args.seeds} seeds: eval returns {[round(r['eval_return'], 2) for r in rows]} after {result['env_steps']} env steps; {run_dir}")
+        return
+
+    resume = None
+    if args.resume is not None:
+        trainer = make_trainer(config)
+        import jax
+
+        try:
+            resume = runner.load_checkpoint(run_dir, jax.jit(trainer.init)(jax.random.key(config.seed)))
+        except runner.RunDirError as error:
+            parser.error(str(error))
+        print(f"resuming {run_dir} at update {resume[1][-1]['updates'] if resume[1] else 0}")
+    else:
+        runner.save_config(run_dir, config)
+
+    def checkpoint(record, state):
+        history.append(record)
+        runner.save_checkpoint(run_dir, state, history)
+        runner.write_metrics(run_dir, history)
+        rate = record["env_steps"] / max(record["wall_time"], 1e-9)
+        print(
+            f"[{record['updates']:6d}/{config.num_updates}] return {record['eval_return']:9.2f}  "
+            f"grad norm {record['grad_norm']:8.3f}  {rate:9.0f} env steps/s (compile included)",
+            flush=True,
+        )
+
+    history = list(resume[1]) if resume else []
+    _, history = train(config, callback=checkpoint, resume=resume)
+    runner.plot_learning_curve(run_dir, history, f"{config.estimator} n={config.horizon} on {config.env}")
+    print(f"wrote {run_dir}/{{{runner.CONFIG}, {runner.METRICS}, {runner.CHECKPOINT}, {runner.CURVE}}}")
+
+
+def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    import jax
+
+    from mbpo import runner
+    from mbpo.agents.unroll_trainer import make_trainer
+
+    try:
+        config = runner.load_config(args.run_dir)
+        config = dataclasses.replace(config, eval_envs=args.episodes)
+        trainer = make_trainer(config)
+        state, history = runner.load_checkpoint(args.run_dir, jax.jit(trainer.init)(jax.random.key(config.seed)))
+    except (runner.RunDirError, ValueError) as error:
+        parser.error(str(error))
+    value = float(jax.jit(trainer.evaluate)(state, jax.random.key(args.seed)))
+    print(f"{args.run_dir}: mean return {value:.2f} over {args.episodes} episodes after {int(state.updates)} updates")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from mbpo.agents.unroll_trainer import UnrollTrainerConfig
+
+    parser = argparse.ArgumentParser(prog="mbpo", description="Policy optimization through differentiable dynamics.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_envs = sub.add_parser("envs", help="list the tasks and their sizes")
+    p_envs.add_argument("--brax", action="store_true", help="also build the Brax tasks to show their sizes")
+    p_train = sub.add_parser("train", help="train BPO / SVG(n) / DPMB through the unroll engine")
+    add_arguments(p_train, UnrollTrainerConfig)
+    p_train.add_argument("--run-dir", type=pathlib.Path, help="where config, metrics, checkpoint and plots go")
+    p_train.add_argument("--resume", type=pathlib.Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p_train.add_argument("--config", type=pathlib.Path, metavar="FILE", help="a config.json whose values become the defaults")
+    p_train.add_argument("--seeds", type=int, default=1, help="train N seeds in one vmapped program")
+    p_eval = sub.add_parser("evaluate", help="evaluate the checkpoint of a run directory")
+    p_eval.add_argument("run_dir", type=pathlib.Path)
+    p_eval.add_argument("--episodes", type=int, default=32)
+    p_eval.add_argument("--seed", type=int, default=12345)
+    sub.add_parser("compare", help="compare unroll horizons (python -m experiments.compare_horizons --help)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        from experiments import compare_horizons
+
+        compare_horizons.main(argv[1:])
+        return
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    subparser = parser._subparsers._group_actions[0].choices[args.command]  # argparse keeps them here only
+    if args.command == "envs":
+        _envs(args)
+    elif args.command == "train":
+        if args.config is not None:
+            from mbpo import runner
+
+            try:
+                defaults = dataclasses.asdict(runner.load_config(args.config))
+            except (runner.RunDirError, ValueError, TypeError) as error:
+                subparser.error(str(error))
+            subparser.set_defaults(**defaults)
+            args = parser.parse_args(argv)
+        _train(subparser, args)
+    else:
+        _evaluate(subparser, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The `mbpo` command end to end on tiny runs: run directory, resume, refusals."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mbpo import main as cli
+from mbpo import runner
+
+TINY = ["--env", "lqr", "--horizon", "3", "--num-envs", "8", "--episode-length", "12", "--num-updates", "6",
+        "--eval-every", "2", "--eval-envs", "4", "--hidden", "8", "--critic-epochs", "1", "--critic-minibatches", "1"]
+
+
+def _leaves(run_dir):
+    with np.load(run_dir / runner.CHECKPOINT) as data:
+        return {k: data[k] for k in data.files}
+
+
+def test_train_writes_the_run_directory_and_evaluate_reads_it(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    cli.main(["train", *TINY, "--run-dir", str(run_dir)])
+    assert {p.name for p in run_dir.iterdir()} == {runner.CONFIG, runner.METRICS, runner.CHECKPOINT, runner.CURVE}
+    assert json.loads((run_dir / runner.CONFIG).read_text())["horizon"] == 3
+    rows = (run_dir / runner.METRICS).read_text().splitlines()
+    assert rows[0].startswith("updates,env_steps,eval_return") and len(rows) == 4
+    cli.main(["evaluate", str(run_dir), "--episodes", "4"])
+    assert "mean return" in capsys.readouterr().out
+    # --config replays the settings; an explicit option still overrides them.
+    replay = tmp_path / "replay"
+    cli.main(["train", "--config", str(run_dir / runner.CONFIG), "--num-updates", "2", "--run-dir", str(replay)])
+    assert json.loads((replay / runner.CONFIG).read_text())["horizon"] == 3
+    assert json.loads((replay / runner.CONFIG).read_text())["num_updates"] == 2
+
+
+def test_killed_run_resumes_bit_identical(tmp_path, monkeypatch):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    cli.main(["train", *TINY, "--run-dir", str(whole)])
+
+    saved = runner.save_checkpoint
+    calls = []
+
+    def dies_after_two(*args):
+        saved(*args)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "save_checkpoint", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["train", *TINY, "--run-dir", str(killed)])
+    monkeypatch.setattr(runner, "save_checkpoint", saved)
+    assert json.loads(_leaves(killed)["history"].tobytes())[-1]["updates"] == 4
+    cli.main(["train", "--resume", str(killed)])
+    a, b = _leaves(whole), _leaves(killed)
+    assert a.keys() == b.keys()
+    for name in a:
+        if name != "history":
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert [r["eval_return"] for r in json.loads(a["history"].tobytes())] == [
+        r["eval_return"] for r in json.loads(b["history"].tobytes())
+    ]
+
+
+def test_corrupted_or_missing_checkpoint_is_refused_and_left_alone(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    cli.main(["train", *TINY, "--num-updates", "2", "--run-dir", str(run_dir)])
+    data = (run_dir / runner.CHECKPOINT).read_bytes()
+    (run_dir / runner.CHECKPOINT).write_bytes(data[: len(data) // 2])
+    for argv in (["evaluate", str(run_dir)], ["train", "--resume", str(run_dir)]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 2 and "corrupted" in capsys.readouterr().err
+    assert (run_dir / runner.CHECKPOINT).read_bytes() == data[: len(data) // 2]
+    (run_dir / runner.CHECKPOINT).unlink()
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--resume", str(run_dir)])
+    assert info.value.code == 2 and "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--estimator", "ppo"], "invalid choice: 'ppo'"),
+        (["--env", "moon_lander"], "unknown env 'moon_lander'"),
+        (["--horizon", "-1"], "horizon must be >= 0"),
+        (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, extra, message):
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", *TINY, *extra, "--run-dir", str(run_dir)])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def test_unwritable_run_directory_exits_2(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", *TINY, "--run-dir", str(blocker / "run")])
+    assert info.value.code == 2 and "not writable" in capsys.readouterr().err
+    assert blocker.read_text() == "keep"
+
+
+def test_envs_lists_every_task(capsys):
+    import envs
+
+    cli.main(["envs"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in envs.names())
