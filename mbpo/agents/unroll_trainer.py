@@ -45,12 +45,12 @@ class UnrollTrainerConfig:
     env: str = option("pendulum", "task name (see `envs.names()`)")
     estimator: str = option("svg", "bpo | svg | dpmb_r | dpmb_sf | critic_only", choices=tuple(estimators.ESTIMATORS))
     horizon: int | None = option(
-        32, "model steps n per window, >= 0 (0: SVG(0) on 1-step data); none: whole episodes, no critic (SVG(inf)/BPO)"
+        4, "model steps n per window, >= 0 (0: SVG(0) on 1-step data); none: whole episodes, no critic (SVG(inf)/BPO)"
     )
     policy: str | None = option(None, "deterministic | gaussian | tanh_gaussian; default: the estimator's kind")
     num_envs: int = option(64, "parallel environments per update")
     episode_length: int = option(200, "steps before an environment is reset")
-    num_updates: int = option(800, "policy updates")
+    num_updates: int = option(1500, "policy updates")
     gamma: float = option(0.95, "discount")
     td_lambda: float = option(0.95, "lambda of the critic's TD(lambda) targets")
     actor_lr: float = option(2e-3, "policy learning rate (Adam)")
