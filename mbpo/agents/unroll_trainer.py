@@ -31,6 +31,7 @@ from mbpo.agents.common import NormalizerState, evaluate, normalize, normalizer_
 from mbpo.cli import option
 from mbpo.critics import QCritic, lambda_returns, polyak, q_loss
 from mbpo.dynamics.base import Dynamics, State
+from mbpo.parallel import make_mesh, shard_train_state
 from mbpo.policies import POLICIES, Policy
 from mbpo.types import Params, PRNGKey
 from mbpo.unroll import PolicyFn, RolloutNoise, rollout
@@ -328,16 +329,24 @@ def train(
       resume: (state, history) saved by a callback of an earlier run of the same config; the run
         continues from there and ends bit-identical to an uninterrupted one (same chunks, same keys).
 
+    With several JAX devices the environment batch is split over all of them (:mod:`mbpo.parallel`)
+    and gradients are averaged across devices; ``num_envs`` must divide evenly.
+
     Returns:
       The final state and the history: one record per evaluation with ``updates``, ``env_steps``,
       ``wall_time`` (s, compilation included, summed over resumed runs), ``eval_return`` and the
       last update's metrics.
     """
+    devices = jax.device_count()
+    if config.num_envs % devices:
+        raise ValueError(f"num_envs={config.num_envs} must be a multiple of the {devices} devices it is split over")
     trainer = make_trainer(config, dynamics)
     if resume is None:
         ts, history = jax.jit(trainer.init)(jax.random.key(config.seed)), []
     else:
         ts, history = resume[0], list(resume[1])
+    if devices > 1:
+        ts = shard_train_state(ts, make_mesh())
     evaluate_jit = jax.jit(trainer.evaluate)
     eval_key = jax.random.key(config.seed + 10_000)
     offset = history[-1]["wall_time"] if history else 0.0
