@@ -77,21 +77,35 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     else:
         runner.save_config(run_dir, config)
 
+    from tensorboardX import SummaryWriter
+    from tqdm import tqdm
+
+    history = list(resume[1]) if resume else []
+    done = history[-1]["updates"] if history else 0
+    bar = tqdm(total=config.num_updates, initial=done, unit="update", dynamic_ncols=True, file=sys.stdout)
+    board = SummaryWriter(logdir=str(run_dir / runner.TENSORBOARD))
+    last = {"time": time.perf_counter(), "steps": history[-1]["env_steps"] if history else 0}
+
     def checkpoint(record, state):
         history.append(record)
         runner.save_checkpoint(run_dir, state, history)
         runner.write_metrics(run_dir, history)
-        rate = record["env_steps"] / max(record["wall_time"], 1e-9)
-        print(
-            f"[{record['updates']:6d}/{config.num_updates}] return {record['eval_return']:9.2f}  "
-            f"grad norm {record['grad_norm']:8.3f}  {rate:9.0f} env steps/s (compile included)",
-            flush=True,
-        )
+        for name, value in record.items():
+            board.add_scalar(name, value, global_step=record["env_steps"])
+        board.flush()
+        now = time.perf_counter()
+        rate = (record["env_steps"] - last["steps"]) / max(now - last["time"], 1e-9)
+        last.update(time=now, steps=record["env_steps"])
+        bar.set_postfix(ret=f"{record['eval_return']:.1f}", grad=f"{record['grad_norm']:.3g}", steps_per_s=f"{rate:.0f}")
+        bar.update(record["updates"] - bar.n)
 
-    history = list(resume[1]) if resume else []
-    _, history = train(config, callback=checkpoint, resume=resume)
+    try:
+        _, history = train(config, callback=checkpoint, resume=resume)
+    finally:
+        bar.close()
+        board.close()
     runner.plot_learning_curve(run_dir, history, f"{config.estimator} n={config.horizon} on {config.env}")
-    print(f"wrote {run_dir}/{{{runner.CONFIG}, {runner.METRICS}, {runner.CHECKPOINT}, {runner.CURVE}}}")
+    print(f"wrote {run_dir}/{{{runner.CONFIG}, {runner.METRICS}, {runner.CHECKPOINT}, {runner.CURVE}, {runner.TENSORBOARD}/}}")
 
 
 def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -5,6 +5,7 @@
     RUN_DIR/checkpoint.npz   the whole TrainState and the history, rewritten atomically after
                              every evaluation (a crash leaves the previous one whole)
     RUN_DIR/learning_curve.png
+    RUN_DIR/tensorboard/     TensorBoard event files (``tensorboard --logdir RUN_DIR``)
 
 A checkpoint is one ``.npz`` file of the state's leaves in ``jax.tree`` order (PRNG keys as their
 raw key data) plus the history as JSON; the zip format's CRC-32 checks make a damaged file fail to
@@ -27,7 +28,7 @@ import numpy as np
 from mbpo.agents.unroll_trainer import TrainState, UnrollTrainerConfig
 from mbpo.io import write_atomically, write_json, write_text
 
-CONFIG, METRICS, CHECKPOINT, CURVE = "config.json", "metrics.csv", "checkpoint.npz", "learning_curve.png"
+CONFIG, METRICS, CHECKPOINT, CURVE, TENSORBOARD = "config.json", "metrics.csv", "checkpoint.npz", "learning_curve.png", "tensorboard"
 
 
 class RunDirError(ValueError):

@@ -17,10 +17,32 @@ def _leaves(run_dir):
         return {k: data[k] for k in data.files}
 
 
+def _history(run_dir):
+    return json.loads(_leaves(run_dir)["history"].tobytes())
+
+
+def _tensorboard_scalars(run_dir) -> dict:
+    """Reads the TFRecord event files back: 8-byte length, 4-byte crc, payload, 4-byte crc."""
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict = {}
+    for path in sorted((run_dir / runner.TENSORBOARD).iterdir()):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            length = int.from_bytes(data[offset : offset + 8], "little")
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 16 + length
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append(pytest.approx(value.simple_value, rel=1e-6))
+    return scalars
+
+
 def test_train_writes_the_run_directory_and_evaluate_reads_it(tmp_path, capsys):
     run_dir = tmp_path / "run"
     cli.main(["train", *TINY, "--run-dir", str(run_dir)])
-    assert {p.name for p in run_dir.iterdir()} == {runner.CONFIG, runner.METRICS, runner.CHECKPOINT, runner.CURVE}
+    assert {p.name for p in run_dir.iterdir()} == {runner.CONFIG, runner.METRICS, runner.CHECKPOINT, runner.CURVE, runner.TENSORBOARD}
+    assert _tensorboard_scalars(run_dir)["eval_return"] == [r["eval_return"] for r in _history(run_dir)]
     assert json.loads((run_dir / runner.CONFIG).read_text())["horizon"] == 3
     rows = (run_dir / runner.METRICS).read_text().splitlines()
     assert rows[0].startswith("updates,env_steps,eval_return") and len(rows) == 4
