@@ -59,9 +59,15 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.seeds > 1:
         runner.save_config(run_dir, config)
         _, result = train_seeds(config, args.seeds)
-        rows = [{"seed": i, "eval_return": float(r), "env_steps": result["env_steps"]} for i, r in enumerate(result["eval_return"])]
+        rows = [
+            {"updates": r["updates"], "env_steps": r["env_steps"], "wall_time": r["wall_time"], "seed": i, "eval_return": ret}
+            for r in result["history"]
+            for i, ret in enumerate(r["eval_return"])
+        ]
         runner.write_metrics(run_dir, rows)
-        print(f"{args.seeds} seeds: eval returns {[round(r['eval_return'], 2) for r in rows]} after {result['env_steps']} env steps; {run_dir}")
+        runner.plot_learning_curve(run_dir, rows, f"{config.estimator} n={config.horizon} on {config.env}, {args.seeds} seeds")
+        final = [round(float(r), 2) for r in result["eval_return"]]
+        print(f"{args.seeds} seeds (one vmapped program): eval returns {final} after {result['env_steps']} env steps; wrote {run_dir}")
         return
 
     resume = None

@@ -105,12 +105,19 @@ def write_metrics(run_dir: pathlib.Path, history: list[dict]) -> None:
     write_text(run_dir / METRICS, buffer.getvalue())
 
 
-def plot_learning_curve(run_dir: pathlib.Path, history: list[dict], title: str) -> None:
+def plot_learning_curve(run_dir: pathlib.Path, rows: list[dict], title: str) -> None:
+    """Evaluation return against environment steps; with a ``seed`` column, the mean over seeds
+    with a band from the lowest to the highest seed."""
     from matplotlib.figure import Figure
 
+    steps = sorted({r["env_steps"] for r in rows})
+    returns = np.array([[r["eval_return"] for r in rows if r["env_steps"] == s] for s in steps])
     figure = Figure(figsize=(6, 4))
     axes = figure.subplots()
-    axes.plot([r["env_steps"] for r in history], [r["eval_return"] for r in history], "o-")
+    axes.plot(steps, returns.mean(1), "o-", label=f"mean of {returns.shape[1]} seeds" if returns.shape[1] > 1 else None)
+    if returns.shape[1] > 1:
+        axes.fill_between(steps, returns.min(1), returns.max(1), alpha=0.25, label="min-max over seeds")
+        axes.legend(fontsize=8)
     axes.set_xlabel("environment steps")
     axes.set_ylabel("evaluation return")
     axes.set_title(title, fontsize=9)

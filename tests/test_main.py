@@ -126,6 +126,15 @@ def test_unwritable_run_directory_exits_2(tmp_path, capsys):
     assert blocker.read_text() == "keep"
 
 
+def test_seeds_train_in_one_program_with_a_row_per_seed_and_evaluation(tmp_path, capsys):
+    run_dir = tmp_path / "seeds"
+    cli.main(["train", *TINY, "--seeds", "3", "--run-dir", str(run_dir)])
+    rows = (run_dir / runner.METRICS).read_text().splitlines()
+    assert rows[0] == "updates,env_steps,wall_time,seed,eval_return" and len(rows) == 1 + 3 * 3
+    assert (run_dir / runner.CURVE).stat().st_size > 10_000
+    assert "3 seeds (one vmapped program)" in capsys.readouterr().out
+
+
 def test_envs_lists_every_task(capsys):
     import envs
 

@@ -369,22 +369,38 @@ def train(
     return ts, history
 
 
-def train_seeds(config: UnrollTrainerConfig, num_seeds: int, *, dynamics: Dynamics | None = None) -> tuple[TrainState, dict]:
-    """Trains ``num_seeds`` seeds (keys split from ``config.seed``) in one vmapped, jitted program.
+@functools.partial(jax.jit, static_argnames=("trainer", "num"))
+def _run_updates_seeds(trainer: Trainer, ts: TrainState, num: int) -> TrainState:
+    return jax.vmap(lambda t: jax.lax.scan(lambda s, _: trainer.update(s), t, None, length=num)[0])(ts)
 
-    Returns the stacked final states and, per seed, ``eval_return`` (shape (num_seeds,)),
-    ``env_steps`` and ``wall_time`` (s, compilation included).
+
+def train_seeds(config: UnrollTrainerConfig, num_seeds: int, *, dynamics: Dynamics | None = None) -> tuple[TrainState, dict]:
+    """Trains ``num_seeds`` seeds (keys split from ``config.seed``) in one vmapped, jitted program,
+    evaluating every seed after each chunk of ``eval_every`` updates.
+
+    Returns the stacked final states and a dict with the final ``eval_return`` per seed (shape
+    (num_seeds,)), ``env_steps``, ``wall_time`` (s, compilation included) and ``history``: one
+    record per evaluation with ``updates``, ``env_steps``, ``wall_time`` and ``eval_return`` (a
+    list over seeds).
     """
     if num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
     trainer = make_trainer(config, dynamics)
     start = time.perf_counter()
-    keys = jax.random.split(jax.random.key(config.seed), num_seeds)
-    ts = jax.jit(jax.vmap(trainer.init))(keys)
-    ts, _ = jax.jit(jax.vmap(lambda t: jax.lax.scan(lambda s, _: trainer.update(s), t, None, length=config.num_updates)))(ts)
-    returns = jax.jit(jax.vmap(trainer.evaluate))(ts, jax.random.split(jax.random.key(config.seed + 10_000), num_seeds))
-    returns = jax.device_get(returns)
-    return ts, {"eval_return": returns, "env_steps": int(ts.env_steps[0]), "wall_time": time.perf_counter() - start}
+    ts = jax.jit(jax.vmap(trainer.init))(jax.random.split(jax.random.key(config.seed), num_seeds))
+    eval_keys = jax.random.split(jax.random.key(config.seed + 10_000), num_seeds)
+    evaluate_seeds = jax.jit(jax.vmap(trainer.evaluate))
+    history, done = [], 0
+    while done < config.num_updates:
+        num = min(config.eval_every, config.num_updates - done)
+        ts = _run_updates_seeds(trainer, ts, num)
+        done += num
+        returns = jax.device_get(evaluate_seeds(ts, eval_keys))
+        history.append(
+            {"updates": done, "env_steps": int(ts.env_steps[0]), "wall_time": time.perf_counter() - start, "eval_return": returns.tolist()}
+        )
+    last = history[-1]
+    return ts, {"eval_return": returns, "env_steps": last["env_steps"], "wall_time": last["wall_time"], "history": history}
 
 
 def first_to_reach(history: list[dict], threshold: float) -> dict | None:
