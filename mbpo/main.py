@@ -4,7 +4,7 @@
     mbpo train --env pendulum --estimator svg --horizon 32 --run-dir runs/svg32
     mbpo train --resume runs/svg32              continue a killed run (bit-identical on CPU)
     mbpo train --config runs/svg32/config.json  replay a run's settings
-    mbpo evaluate runs/svg32 --episodes 64
+    mbpo evaluate runs/svg32 --episodes 64 --render
     mbpo compare --preset cpu --out runs/horizons
 
 Bad input exits with code 2 and a message naming the value, before anything is compiled or written.
@@ -129,6 +129,12 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         parser.error(str(error))
     value = float(jax.jit(trainer.evaluate)(state, jax.random.key(args.seed)))
     print(f"{args.run_dir}: mean return {value:.2f} over {args.episodes} episodes after {int(state.updates)} updates")
+    if args.render:
+        from mbpo.render import episode_states, render
+
+        policy = trainer.policy_fn(state.policy_params, state.normalizer)
+        states = episode_states(trainer.dynamics, policy, jax.random.key(args.seed), config.episode_length, trainer.policy.eps_shape)
+        print(f"wrote {render(trainer.dynamics, states, args.run_dir / 'episode')}")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -148,6 +154,7 @@ def make_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("run_dir", type=pathlib.Path)
     p_eval.add_argument("--episodes", type=int, default=32)
     p_eval.add_argument("--seed", type=int, default=12345)
+    p_eval.add_argument("--render", action="store_true", help="also draw one episode: RUN_DIR/episode.html (Brax) or .png")
     sub.add_parser("compare", help="compare unroll horizons (python -m experiments.compare_horizons --help)", add_help=False)
     return parser
 
