@@ -5,7 +5,8 @@
     mbpo train --resume runs/svg32              continue a killed run (bit-identical on CPU)
     mbpo train --config runs/svg32/config.json  replay a run's settings
     mbpo evaluate runs/svg32 --episodes 64 --render
-    mbpo compare --preset cpu --out runs/horizons
+    mbpo compare horizons --preset cpu --out runs/horizons
+    mbpo compare estimators --env pendulum --estimators svg dpmb_r bpo --out runs/estimators
 
 Bad input exits with code 2 and a message naming the value, before anything is compiled or written.
 """
@@ -155,16 +156,19 @@ def make_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--episodes", type=int, default=32)
     p_eval.add_argument("--seed", type=int, default=12345)
     p_eval.add_argument("--render", action="store_true", help="also draw one episode: RUN_DIR/episode.html (Brax) or .png")
-    sub.add_parser("compare", help="compare unroll horizons (python -m experiments.compare_horizons --help)", add_help=False)
+    sub.add_parser("compare", help="compare horizons or estimators: mbpo compare {horizons,estimators} --help", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:
-        from experiments import compare_horizons
+        from experiments import compare_estimators, compare_horizons
 
-        compare_horizons.main(argv[1:])
+        kinds = {"horizons": compare_horizons.main, "estimators": compare_estimators.main}
+        if len(argv) < 2 or argv[1] not in kinds:
+            make_parser().error(f"mbpo compare needs one of: {', '.join(kinds)} (then --help), got {argv[1:2]}")
+        kinds[argv[1]](argv[2:])
         return
     parser = make_parser()
     args = parser.parse_args(argv)

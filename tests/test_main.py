@@ -135,6 +135,17 @@ def test_seeds_train_in_one_program_with_a_row_per_seed_and_evaluation(tmp_path,
     assert "3 seeds (one vmapped program)" in capsys.readouterr().out
 
 
+def test_compare_estimators_writes_curves(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    cli.main(["compare", "estimators", *TINY, "--num-updates", "4", "--estimators", "svg", "bpo", "--seeds", "2", "--out", str(out)])
+    rows = (out / "curves.csv").read_text().splitlines()
+    assert rows[0] == "estimator,updates,env_steps,wall_time,seed,eval_return" and len(rows) == 1 + 2 * 2 * 2
+    assert (out / "curves.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit) as info:
+        cli.main(["compare", "algorithms"])
+    assert info.value.code == 2 and "horizons, estimators" in capsys.readouterr().err
+
+
 def test_envs_lists_every_task(capsys):
     import envs
 

@@ -1,0 +1,85 @@
+"""Estimators compared on one task: learning curves of BPO, SVG(n), DPMB-R and DPMB-SF (seeds vmapped).
+
+Each estimator trains from scratch with the same task, horizon, environments and number of
+updates; all seeds of one estimator run in one vmapped program. Writes ``curves.csv`` (one row
+per estimator, evaluation and seed), ``summary.json`` and ``curves.png`` (mean with a min-max band
+over seeds) to ``--out``.
+
+    python -m experiments.compare_estimators --env pendulum --estimators svg dpmb_r bpo --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import sys
+
+import numpy as np
+
+from experiments.compare_horizons import _csv
+from mbpo import estimators
+from mbpo.agents.unroll_trainer import UnrollTrainerConfig, train_seeds
+from mbpo.cli import add_arguments, build
+from mbpo.io import run_header, write_atomically, write_json, write_text
+
+
+def compare(config: UnrollTrainerConfig, names: list[str], seeds: int) -> list[dict]:
+    """Rows ``{estimator, updates, env_steps, wall_time, seed, eval_return}`` for every estimator."""
+    rows = []
+    for name in names:
+        _, result = train_seeds(dataclasses.replace(config, estimator=name), seeds)
+        for record in result["history"]:
+            for seed, value in enumerate(record["eval_return"]):
+                rows.append({"estimator": name, "updates": record["updates"], "env_steps": record["env_steps"], "wall_time": record["wall_time"], "seed": seed, "eval_return": value})
+        final = np.asarray(result["eval_return"])
+        print(f"{name:>12s}: return {final.mean():9.2f} +- {final.std():7.2f} after {result['env_steps']} env steps ({result['wall_time']:.0f} s)", flush=True)
+    return rows
+
+
+def plot(rows: list[dict], title: str):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
+    for i, name in enumerate(dict.fromkeys(r["estimator"] for r in rows)):
+        mine = [r for r in rows if r["estimator"] == name]
+        steps = sorted({r["env_steps"] for r in mine})
+        values = np.array([[r["eval_return"] for r in mine if r["env_steps"] == s] for s in steps])
+        axes.plot(steps, values.mean(1), "o-", color=f"C{i}", label=name)
+        axes.fill_between(steps, values.min(1), values.max(1), color=f"C{i}", alpha=0.2)
+    axes.set_xlabel("environment steps")
+    axes.set_ylabel("evaluation return")
+    axes.set_title(title, fontsize=9)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m experiments.compare_estimators", description=__doc__.splitlines()[0])
+    add_arguments(parser, UnrollTrainerConfig)
+    parser.add_argument("--estimators", nargs="+", default=["svg", "dpmb_r", "bpo"], choices=tuple(estimators.ESTIMATORS))
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per estimator (vmapped)")
+    parser.add_argument("--out", type=pathlib.Path, required=True, help="directory for CSV, JSON and PNG")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} exists and is not a directory")
+    config = build(parser, UnrollTrainerConfig, args)
+    for name in args.estimators:  # every estimator's config is validated before anything trains
+        build(parser, UnrollTrainerConfig, argparse.Namespace(**{**vars(args), "estimator": name}))
+    rows = compare(config, args.estimators, args.seeds)
+    title = f"{config.env}, horizon {config.horizon}, {args.seeds} seeds"
+    write_text(args.out / "curves.csv", _csv(rows))
+    write_json(args.out / "summary.json", {**run_header("experiments.compare_estimators", argv), "config": dataclasses.asdict(config), "rows": rows})
+    figure = plot(rows, title)
+    write_atomically(args.out / "curves.png", lambda f: figure.savefig(f, format="png", dpi=110))
+    print(f"wrote {args.out}/{{curves.csv, summary.json, curves.png}}")
+
+
+if __name__ == "__main__":
+    main()
