@@ -31,6 +31,7 @@ from mbpo.agents.common import NormalizerState, evaluate, normalize, normalizer_
 from mbpo.cli import option
 from mbpo.critics import QCritic, lambda_returns, polyak, q_loss
 from mbpo.dynamics.base import Dynamics, State
+from mbpo.dynamics.brax_env import BACKENDS
 from mbpo.parallel import make_mesh, shard_train_state
 from mbpo.policies import POLICIES, Policy
 from mbpo.types import Params, PRNGKey
@@ -44,6 +45,7 @@ class UnrollTrainerConfig:
     """Settings of :func:`make_trainer`; validated when built."""
 
     env: str = option("pendulum", "task name (see `envs.names()`)")
+    brax_backend: str = option("generalized", "physics pipeline of Brax tasks: generalized | positional | spring | mjx")
     estimator: str = option("svg", "bpo | svg | dpmb_r | dpmb_sf | critic_only", choices=tuple(estimators.ESTIMATORS))
     horizon: int | None = option(
         4, "model steps n per window, >= 0 (0: SVG(0) on 1-step data); none: whole episodes, no critic (SVG(inf)/BPO)"
@@ -75,6 +77,8 @@ class UnrollTrainerConfig:
     def __post_init__(self):
         if self.env not in envs.names():
             raise ValueError(f"unknown env {self.env!r}; known envs: {', '.join(envs.names())}")
+        if self.brax_backend not in BACKENDS:
+            raise ValueError(f"unknown brax_backend {self.brax_backend!r}; allowed: {', '.join(BACKENDS)}")
         if self.estimator not in estimators.ESTIMATORS:
             raise ValueError(f"unknown estimator {self.estimator!r}; known: {', '.join(estimators.ESTIMATORS)}")
         if self.policy is not None and self.policy not in POLICIES:
@@ -156,7 +160,8 @@ def make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics | None = None) 
 
 @functools.lru_cache(maxsize=16)
 def _registered_task_trainer(config: UnrollTrainerConfig) -> Trainer:
-    return _make_trainer(config, envs.make(config.env))
+    kwargs = {"backend": config.brax_backend} if envs.is_brax(config.env) else {}
+    return _make_trainer(config, envs.make(config.env, **kwargs))
 
 
 def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
