@@ -57,13 +57,23 @@ def plot(rows: list[dict], title: str):
     return figure
 
 
+# Defaults each preset gives the options (explicit options still override them).
+PRESETS = {
+    "cpu": {"num_envs": 64, "num_updates": 1500, "seeds": 2},  # minutes on a 2-core CPU (pendulum)
+    "gpu": {"num_envs": 1024, "num_updates": 3000, "seeds": 8},  # one H100, well under 10 minutes
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m experiments.compare_estimators", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="cpu", help="sizes: cpu (minutes here) or gpu (one H100)")
     add_arguments(parser, UnrollTrainerConfig)
     parser.add_argument("--estimators", nargs="+", default=["svg", "dpmb_r", "bpo"], choices=tuple(estimators.ESTIMATORS))
     parser.add_argument("--seeds", type=int, default=2, help="seeds per estimator (vmapped)")
     parser.add_argument("--out", type=pathlib.Path, required=True, help="directory for CSV, JSON and PNG")
+    preset, _ = parser.parse_known_args(argv)
+    parser.set_defaults(**PRESETS[preset.preset])
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
