@@ -50,7 +50,7 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error(str(error))
     else:
         run_dir = args.run_dir or pathlib.Path("runs") / f"{config.env}-{config.estimator}-{config.horizon}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if (run_dir / runner.CHECKPOINT).exists():
+        if runner.has_checkpoint(run_dir):
             parser.error(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --run-dir")
     try:
         runner.check_writable(run_dir)
@@ -112,7 +112,7 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         bar.close()
         board.close()
     runner.plot_learning_curve(run_dir, history, f"{config.estimator} n={config.horizon} on {config.env}")
-    print(f"wrote {run_dir}/{{{runner.CONFIG}, {runner.METRICS}, {runner.CHECKPOINT}, {runner.CURVE}, {runner.TENSORBOARD}/}}")
+    print(f"wrote {run_dir}/{{{runner.CONFIG}, {runner.METRICS}, {runner.CHECKPOINTS}/, {runner.CURVE}, {runner.TENSORBOARD}/}}")
 
 
 def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -2,14 +2,16 @@
 
     RUN_DIR/config.json      the resolved UnrollTrainerConfig (replay with ``mbpo train --config``)
     RUN_DIR/metrics.csv      one row per evaluation
-    RUN_DIR/checkpoint.npz   the whole TrainState and the history, rewritten atomically after
-                             every evaluation (a crash leaves the previous one whole)
+    RUN_DIR/checkpoints/U/   the whole TrainState after U updates (orbax), with U.json beside it
+                             (the history); written after every evaluation, the last two kept
     RUN_DIR/learning_curve.png
     RUN_DIR/tensorboard/     TensorBoard event files (``tensorboard --logdir RUN_DIR``)
 
-A checkpoint is one ``.npz`` file of the state's leaves in ``jax.tree`` order (PRNG keys as their
-raw key data) plus the history as JSON; the zip format's CRC-32 checks make a damaged file fail to
-load, and a leaf whose shape or dtype differs from the config's fresh state is refused.
+Orbax writes each checkpoint into a temporary directory and renames it when complete, and the
+history JSON is written (atomically) only after that, so the newest step with both is always
+whole: a crash mid-save leaves the previous one to resume from. PRNG keys are stored as their raw
+key data. A checkpoint that fails to restore (damaged, or from another config) is refused and left
+as it is.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import dataclasses
 import io
 import json
 import pathlib
-import zipfile
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +30,8 @@ import numpy as np
 from mbpo.agents.unroll_trainer import TrainState, UnrollTrainerConfig
 from mbpo.io import write_atomically, write_json, write_text
 
-CONFIG, METRICS, CHECKPOINT, CURVE, TENSORBOARD = "config.json", "metrics.csv", "checkpoint.npz", "learning_curve.png", "tensorboard"
+CONFIG, METRICS, CHECKPOINTS, CURVE, TENSORBOARD = "config.json", "metrics.csv", "checkpoints", "learning_curve.png", "tensorboard"
+KEEP = 2  # checkpoints kept: the newest and the one before it
 
 
 class RunDirError(ValueError):
@@ -63,38 +66,56 @@ def _is_key(x) -> bool:
     return jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
+def _complete_steps(run_dir: pathlib.Path) -> list[int]:
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir() and (root / f"{p.name}.json").exists())
+
+
+def has_checkpoint(run_dir: pathlib.Path) -> bool:
+    return bool(_complete_steps(run_dir))
+
+
 def save_checkpoint(run_dir: pathlib.Path, state: TrainState, history: list[dict]) -> None:
-    """Writes the state and history atomically (a temporary file, then ``os.replace``)."""
-    leaves = [np.asarray(jax.random.key_data(x) if _is_key(x) else x) for x in jax.tree.leaves(state)]
-    buffer = io.BytesIO()
-    np.savez(buffer, history=np.frombuffer(json.dumps(history).encode(), np.uint8), **{f"leaf_{i}": x for i, x in enumerate(leaves)})
-    write_atomically(run_dir / CHECKPOINT, lambda file: file.write(buffer.getvalue()))
+    """Saves the state (orbax) after ``history[-1]["updates"]`` updates, then the history beside it."""
+    import orbax.checkpoint as ocp
+
+    step = history[-1]["updates"]
+    root = (run_dir / CHECKPOINTS).absolute()
+    raw = jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, state)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(root / f"{step:08d}", raw, force=True)
+        checkpointer.wait_until_finished()
+    write_json(root / f"{step:08d}.json", history)
+    for old in _complete_steps(run_dir)[:-KEEP]:
+        (root / f"{old:08d}.json").unlink()
+        shutil.rmtree(root / f"{old:08d}")
 
 
 def load_checkpoint(run_dir: pathlib.Path, template: TrainState) -> tuple[TrainState, list[dict]]:
-    """Restores a checkpoint into the structure of ``template`` (a fresh state of the same config)."""
-    path = run_dir / CHECKPOINT
-    if not path.exists():
-        raise RunDirError(f"no checkpoint at {path}: nothing to resume")
+    """Restores the newest complete checkpoint into the structure of ``template`` (a fresh state
+    of the same config)."""
+    import orbax.checkpoint as ocp
+
+    steps = _complete_steps(run_dir)
+    if not steps:
+        raise RunDirError(f"no checkpoint in {run_dir / CHECKPOINTS}: nothing to resume")
+    path = (run_dir / CHECKPOINTS / f"{steps[-1]:08d}").absolute()
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((jax.random.key_data(x) if _is_key(x) else x).shape, (jax.random.key_data(x) if _is_key(x) else x).dtype),
+        template,
+    )
     try:
-        with np.load(path) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
-        raise RunDirError(f"checkpoint {path} is corrupted ({error}); it was left as it is") from None
-    template_leaves, treedef = jax.tree.flatten(template)
-    if len(arrays) != len(template_leaves) + 1 or "history" not in arrays:
-        raise RunDirError(f"checkpoint {path} has {len(arrays) - 1} arrays, the config's state has {len(template_leaves)}")
-    leaves = []
-    for i, like in enumerate(template_leaves):
-        value = arrays[f"leaf_{i}"]
-        raw = jax.random.key_data(like) if _is_key(like) else like
-        if value.shape != raw.shape or value.dtype != raw.dtype:
-            raise RunDirError(
-                f"checkpoint {path} leaf {i} has {value.dtype}{list(value.shape)}, the config needs {raw.dtype}{list(raw.shape)}"
-            )
-        leaves.append(jax.random.wrap_key_data(value, impl=jax.random.key_impl(like)) if _is_key(like) else jnp.asarray(value))
-    history = json.loads(arrays["history"].tobytes().decode())
-    return jax.tree.unflatten(treedef, leaves), history
+        with ocp.StandardCheckpointer() as checkpointer:
+            raw = checkpointer.restore(path, target)
+        history = json.loads((path.parent / f"{path.name}.json").read_text())
+    except Exception as error:  # orbax and tensorstore raise many types for a damaged checkpoint
+        raise RunDirError(f"checkpoint {path} is corrupted or from another config ({str(error)[:200]}); it was left as it is") from None
+    state = jax.tree.map(
+        lambda like, x: jax.random.wrap_key_data(x, impl=jax.random.key_impl(like)) if _is_key(like) else jnp.asarray(x), template, raw
+    )
+    return state, history
 
 
 def write_metrics(run_dir: pathlib.Path, history: list[dict]) -> None:

@@ -1,7 +1,9 @@
 """The `mbpo` command end to end on tiny runs: run directory, resume, refusals."""
 
 import json
+import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -12,13 +14,18 @@ TINY = ["--env", "lqr", "--horizon", "3", "--num-envs", "8", "--episode-length",
         "--eval-every", "2", "--eval-envs", "4", "--hidden", "8", "--critic-epochs", "1", "--critic-minibatches", "1"]
 
 
-def _leaves(run_dir):
-    with np.load(run_dir / runner.CHECKPOINT) as data:
-        return {k: data[k] for k in data.files}
+def _checkpoint(run_dir):
+    """(leaves with PRNG keys as key data, history) of the run's newest checkpoint."""
+    from mbpo.agents.unroll_trainer import make_trainer
+
+    trainer = make_trainer(runner.load_config(run_dir))
+    state, history = runner.load_checkpoint(run_dir, jax.jit(trainer.init)(jax.random.key(0)))
+    keys_as_data = jax.tree.map(lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x, state)
+    return [np.asarray(x) for x in jax.tree.leaves(keys_as_data)], history
 
 
 def _history(run_dir):
-    return json.loads(_leaves(run_dir)["history"].tobytes())
+    return _checkpoint(run_dir)[1]
 
 
 def _tensorboard_scalars(run_dir) -> dict:
@@ -41,7 +48,9 @@ def _tensorboard_scalars(run_dir) -> dict:
 def test_train_writes_the_run_directory_and_evaluate_reads_it(tmp_path, capsys):
     run_dir = tmp_path / "run"
     cli.main(["train", *TINY, "--run-dir", str(run_dir)])
-    assert {p.name for p in run_dir.iterdir()} == {runner.CONFIG, runner.METRICS, runner.CHECKPOINT, runner.CURVE, runner.TENSORBOARD}
+    assert {p.name for p in run_dir.iterdir()} == {runner.CONFIG, runner.METRICS, runner.CHECKPOINTS, runner.CURVE, runner.TENSORBOARD}
+    # After 3 evaluations the newest two checkpoints are kept.
+    assert sorted(p.name for p in (run_dir / runner.CHECKPOINTS).iterdir()) == ["00000004", "00000004.json", "00000006", "00000006.json"]
     assert _tensorboard_scalars(run_dir)["eval_return"] == [r["eval_return"] for r in _history(run_dir)]
     assert json.loads((run_dir / runner.CONFIG).read_text())["horizon"] == 3
     rows = (run_dir / runner.METRICS).read_text().splitlines()
@@ -72,29 +81,29 @@ def test_killed_run_resumes_bit_identical(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         cli.main(["train", *TINY, "--run-dir", str(killed)])
     monkeypatch.setattr(runner, "save_checkpoint", saved)
-    assert json.loads(_leaves(killed)["history"].tobytes())[-1]["updates"] == 4
+    assert _history(killed)[-1]["updates"] == 4
     cli.main(["train", "--resume", str(killed)])
-    a, b = _leaves(whole), _leaves(killed)
-    assert a.keys() == b.keys()
-    for name in a:
-        if name != "history":
-            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    assert [r["eval_return"] for r in json.loads(a["history"].tobytes())] == [
-        r["eval_return"] for r in json.loads(b["history"].tobytes())
-    ]
+    (a, history_a), (b, history_b) = _checkpoint(whole), _checkpoint(killed)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert [r["eval_return"] for r in history_a] == [r["eval_return"] for r in history_b]
 
 
 def test_corrupted_or_missing_checkpoint_is_refused_and_left_alone(tmp_path, capsys):
     run_dir = tmp_path / "run"
     cli.main(["train", *TINY, "--num-updates", "2", "--run-dir", str(run_dir)])
-    data = (run_dir / runner.CHECKPOINT).read_bytes()
-    (run_dir / runner.CHECKPOINT).write_bytes(data[: len(data) // 2])
+    data_files = [p for p in (run_dir / runner.CHECKPOINTS / "00000002").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert data_files
+    for path in data_files:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    damaged = {p: p.read_bytes() for p in data_files}
     for argv in (["evaluate", str(run_dir)], ["train", "--resume", str(run_dir)]):
         with pytest.raises(SystemExit) as info:
             cli.main(argv)
         assert info.value.code == 2 and "corrupted" in capsys.readouterr().err
-    assert (run_dir / runner.CHECKPOINT).read_bytes() == data[: len(data) // 2]
-    (run_dir / runner.CHECKPOINT).unlink()
+    assert all(p.read_bytes() == content for p, content in damaged.items())
+    shutil.rmtree(run_dir / runner.CHECKPOINTS)
     with pytest.raises(SystemExit) as info:
         cli.main(["train", "--resume", str(run_dir)])
     assert info.value.code == 2 and "no checkpoint" in capsys.readouterr().err
