@@ -17,11 +17,10 @@ import sys
 
 import numpy as np
 
-from experiments.compare_horizons import _csv
 from mbpo import estimators
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, train_seeds
 from mbpo.cli import add_arguments, build
-from mbpo.io import run_header, write_atomically, write_json, write_text
+from mbpo.io import csv_text, run_header, write_atomically, write_json, write_text
 
 
 def compare(config: UnrollTrainerConfig, names: list[str], seeds: int) -> list[dict]:
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         build(parser, UnrollTrainerConfig, argparse.Namespace(**{**vars(args), "estimator": name}))
     rows = compare(config, args.estimators, args.seeds)
     title = f"{config.env}, horizon {config.horizon}, {args.seeds} seeds"
-    write_text(args.out / "curves.csv", _csv(rows))
+    write_text(args.out / "curves.csv", csv_text(rows))
     write_json(args.out / "summary.json", {**run_header("experiments.compare_estimators", argv), "config": dataclasses.asdict(config), "rows": rows})
     figure = plot(rows, title)
     write_atomically(args.out / "curves.png", lambda f: figure.savefig(f, format="png", dpi=110))

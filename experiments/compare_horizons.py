@@ -21,9 +21,7 @@ Writes ``gradients.csv``, ``returns.csv``, ``summary.json`` and ``horizons.png``
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import math
 import pathlib
 import sys
@@ -38,7 +36,7 @@ import envs
 from envs import lqr as lqr_lib
 from mbpo import estimators
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, run_updates, train_seeds
-from mbpo.io import run_header, write_atomically, write_json, write_text
+from mbpo.io import csv_text, run_header, write_atomically, write_json, write_text
 from mbpo.policies import GaussianPolicy
 
 FULL = None  # the "full" horizon: the whole episode, no critic
@@ -225,15 +223,6 @@ def _format_row(row: dict) -> str:
     return f"{row['env']:>18s}  n = {row['n']:>4s}  |E g| {row['norm']:10.4g}  var {row['variance']:10.4g}{bias}"
 
 
-def _csv(rows: list[dict]) -> str:
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def plot(gradient_rows: list[dict], return_rows: list[dict]):
     from matplotlib.figure import Figure
 
@@ -300,8 +289,8 @@ def main(argv=None) -> None:
         "gradients": gradient_rows,
         "returns": return_rows,
     }
-    write_text(args.out / "gradients.csv", _csv(gradient_rows))
-    write_text(args.out / "returns.csv", _csv(return_rows))
+    write_text(args.out / "gradients.csv", csv_text(gradient_rows))
+    write_text(args.out / "returns.csv", csv_text(return_rows))
     write_json(args.out / "summary.json", summary)
     figure = plot(gradient_rows, return_rows)
     write_atomically(args.out / "horizons.png", lambda f: figure.savefig(f, format="png", dpi=110))

@@ -38,6 +38,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_atomically(path, lambda file: file.write(text.encode()))
 
 
+def csv_text(rows: list[dict]) -> str:
+    """``rows`` as CSV text; the header is the union of their keys in first-seen order."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def run_header(module: str, argv: list[str]) -> dict:
     """What every recorded result starts with: the exact command, the jax version, the device, and
     the 1-minute load average (other processes on a shared machine distort timings)."""

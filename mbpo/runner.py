@@ -16,9 +16,7 @@ as it is.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import pathlib
 import shutil
@@ -28,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbpo.agents.unroll_trainer import TrainState, UnrollTrainerConfig
-from mbpo.io import write_atomically, write_json, write_text
+from mbpo.io import csv_text, write_atomically, write_json, write_text
 
 CONFIG, METRICS, CHECKPOINTS, CURVE, TENSORBOARD = "config.json", "metrics.csv", "checkpoints", "learning_curve.png", "tensorboard"
 KEEP = 2  # checkpoints kept: the newest and the one before it
@@ -119,11 +117,7 @@ def load_checkpoint(run_dir: pathlib.Path, template: TrainState) -> tuple[TrainS
 
 
 def write_metrics(run_dir: pathlib.Path, history: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
-    writer.writeheader()
-    writer.writerows(history)
-    write_text(run_dir / METRICS, buffer.getvalue())
+    write_text(run_dir / METRICS, csv_text(history))
 
 
 def plot_learning_curve(run_dir: pathlib.Path, rows: list[dict], title: str) -> None:
