@@ -139,6 +139,11 @@ def open_loop(dynamics: Dynamics, state: State, actions: Array, xi: Array) -> tu
     return rollout(dynamics, lambda obs, a: a, state, RolloutNoise(eps=actions, xi=xi))
 
 
+def alive_mask(done_t: Float[Array, " T"]) -> Float[Array, " T"]:
+    """alive_t = prod_{k<t} (1 - done_k): 1 up to and including the step that terminates."""
+    return jnp.cumprod(jnp.concatenate([jnp.ones(1, done_t.dtype), 1 - done_t[:-1]]))
+
+
 class UnrollResult(NamedTuple):
     """What :func:`unroll` returns besides the surrogate.
 
@@ -202,7 +207,7 @@ def unroll(
             dynamics, policy, state, RolloutNoise(eps=noise.eps[:n], xi=noise.xi), dynamics_gradient=dynamics_gradient
         )
         discount_t = gamma ** jnp.arange(n, dtype=dtype)
-        alive_t = jnp.cumprod(jnp.concatenate([jnp.ones(1, dtype), 1 - traj.done[:-1]]))
+        alive_t = alive_mask(traj.done)
         weight_t = discount_t * alive_t
         discount_n = gamma**n * alive_t[-1] * (1 - traj.done[-1])
         rewards = weight_t * traj.reward

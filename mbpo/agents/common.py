@@ -8,7 +8,7 @@ from flax import struct
 
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.types import Array, Float, PRNGKey, Scalar
-from mbpo.unroll import PolicyFn, RolloutNoise, rollout
+from mbpo.unroll import PolicyFn, RolloutNoise, alive_mask, rollout
 
 
 class NormalizerState(struct.PyTreeNode):
@@ -68,8 +68,7 @@ def evaluate(
         xi = jax.vmap(dynamics.sample_noise)(jax.random.split(k_x, episode_length)).reshape(episode_length, *dynamics.noise_shape)
         noise = RolloutNoise(eps=jnp.zeros((episode_length, *eps_shape)), xi=xi)
         _, traj = rollout(dynamics, policy, dynamics.reset(k_r), noise)
-        alive = jnp.cumprod(jnp.concatenate([jnp.ones(1), 1 - traj.done[:-1]]))
-        return jnp.sum(alive * traj.reward)
+        return jnp.sum(alive_mask(traj.done) * traj.reward)
 
     returns = jax.vmap(episode)(jax.random.split(k_reset, num_envs), jax.random.split(k_xi, num_envs))
     return jnp.mean(returns)

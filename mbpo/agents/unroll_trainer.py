@@ -312,10 +312,22 @@ def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
     )
 
 
+def _scan_updates(trainer: Trainer, ts: TrainState, num: int) -> tuple[TrainState, dict]:
+    return jax.lax.scan(lambda s, _: trainer.update(s), ts, None, length=num)
+
+
 @functools.partial(jax.jit, static_argnames=("trainer", "num"))
 def run_updates(trainer: Trainer, ts: TrainState, num: int) -> tuple[TrainState, dict]:
     """``num`` updates in one compiled ``lax.scan``; returns the last state and stacked metrics."""
-    return jax.lax.scan(lambda s, _: trainer.update(s), ts, None, length=num)
+    return _scan_updates(trainer, ts, num)
+
+
+def _chunks(config: UnrollTrainerConfig, done: int):
+    """(updates in the chunk, updates done after it) for chunks of ``eval_every`` from ``done``."""
+    while done < config.num_updates:
+        num = min(config.eval_every, config.num_updates - done)
+        done += num
+        yield num, done
 
 
 def train(
@@ -356,11 +368,8 @@ def train(
     eval_key = jax.random.key(config.seed + 10_000)
     offset = history[-1]["wall_time"] if history else 0.0
     start = time.perf_counter()
-    done = int(ts.updates)
-    while done < config.num_updates:
-        num = min(config.eval_every, config.num_updates - done)
+    for num, done in _chunks(config, int(ts.updates)):
         ts, metrics = run_updates(trainer, ts, num)
-        done += num
         record = {
             "updates": done,
             "env_steps": int(ts.env_steps),
@@ -376,7 +385,7 @@ def train(
 
 @functools.partial(jax.jit, static_argnames=("trainer", "num"))
 def _run_updates_seeds(trainer: Trainer, ts: TrainState, num: int) -> TrainState:
-    return jax.vmap(lambda t: jax.lax.scan(lambda s, _: trainer.update(s), t, None, length=num)[0])(ts)
+    return jax.vmap(lambda t: _scan_updates(trainer, t, num)[0])(ts)
 
 
 def train_seeds(config: UnrollTrainerConfig, num_seeds: int, *, dynamics: Dynamics | None = None) -> tuple[TrainState, dict]:
@@ -395,11 +404,9 @@ def train_seeds(config: UnrollTrainerConfig, num_seeds: int, *, dynamics: Dynami
     ts = jax.jit(jax.vmap(trainer.init))(jax.random.split(jax.random.key(config.seed), num_seeds))
     eval_keys = jax.random.split(jax.random.key(config.seed + 10_000), num_seeds)
     evaluate_seeds = jax.jit(jax.vmap(trainer.evaluate))
-    history, done = [], 0
-    while done < config.num_updates:
-        num = min(config.eval_every, config.num_updates - done)
+    history = []
+    for num, done in _chunks(config, 0):
         ts = _run_updates_seeds(trainer, ts, num)
-        done += num
         returns = jax.device_get(evaluate_seeds(ts, eval_keys))
         history.append(
             {"updates": done, "env_steps": int(ts.env_steps[0]), "wall_time": time.perf_counter() - start, "eval_return": returns.tolist()}
