@@ -97,6 +97,17 @@ class Dynamics(struct.PyTreeNode, abc.ABC):
             "through the dynamics need the reward as a separate function r(s, a, s')"
         )
 
+    def _infer_noise(self, x: PyTree, action: Action, x_next: PyTree) -> Noise:
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot infer its noise xi from an observed transition; off-policy "
+            "SVG needs a dynamics with has_noise_inference = True (Gaussian models, additive-noise ODEs)"
+        )
+
+    @property
+    def has_noise_inference(self) -> bool:
+        """Whether ``infer_noise(state, action, next_state)`` recovers xi (always for deterministic dynamics)."""
+        return int(np.prod(self.noise_shape)) == 0 or type(self)._infer_noise is not Dynamics._infer_noise
+
     @property
     def has_log_prob(self) -> bool:
         """Whether ``log_prob(state, action, next_state)`` (and ``reward``) are available."""
@@ -141,6 +152,15 @@ class Dynamics(struct.PyTreeNode, abc.ABC):
         action = jnp.asarray(action)
         check_array("action", action, (self.action_size,), floating=True)
         return self._log_prob(state.x, action, next_state.x)
+
+    def infer_noise(self, state: State, action: Action, next_state: State) -> Noise:
+        """Noise inference (Heess et al. 2015): the xi with ``step(state, action, xi) == next_state``,
+        e.g. xi = Sigma(s, a)^-1 (s' - mu(s, a)) for a Gaussian model. Zero-size for deterministic dynamics."""
+        action = jnp.asarray(action)
+        check_array("action", action, (self.action_size,), floating=True)
+        if int(np.prod(self.noise_shape)) == 0:
+            return jnp.zeros(self.noise_shape, next_state.obs.dtype)
+        return self._infer_noise(state.x, action, next_state.x)
 
     def reward(self, state: State, action: Action, next_state: State) -> Scalar:
         """r(s, a, s') as a function of its three arguments (where ``has_log_prob``): DPMB-SF

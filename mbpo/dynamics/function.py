@@ -31,6 +31,7 @@ class FunctionDynamics(Dynamics):
     observation_fn: Callable[[Array], Observation] = struct.field(pytree_node=False)
     done_fn: Callable[[Array], Done] | None = struct.field(pytree_node=False)
     log_prob_fn: Callable[[Array, Action, Array, Params], Scalar] | None = struct.field(pytree_node=False)
+    infer_noise_fn: Callable[[Array, Action, Array, Params], Noise] | None = struct.field(pytree_node=False)
     noise_fn: Callable[[PRNGKey, tuple[int, ...]], Noise] = struct.field(pytree_node=False)
     sizes: tuple[int, int] = struct.field(pytree_node=False)  # (observation_size, action_size)
     noise_shape_: tuple[int, ...] = struct.field(pytree_node=False)
@@ -75,6 +76,15 @@ class FunctionDynamics(Dynamics):
     def _reward(self, x, action, x_next):
         return self.reward_fn(x, action, x_next, self.params)
 
+    @property
+    def has_noise_inference(self) -> bool:
+        return int(np.prod(self.noise_shape)) == 0 or self.infer_noise_fn is not None
+
+    def _infer_noise(self, x, action, x_next):
+        if self.infer_noise_fn is None:
+            return super()._infer_noise(x, action, x_next)
+        return self.infer_noise_fn(x, action, x_next, self.params)
+
     def sample_noise(self, key):
         return self.noise_fn(key, self.noise_shape)
 
@@ -104,6 +114,7 @@ def make_function_dynamics(
     observation: Callable[[Array], Observation] | None = None,
     done: Callable[[Array], Done] | None = None,
     log_prob: Callable[[Array, Action, Array, Params], Scalar] | None = None,
+    infer_noise: Callable[[Array, Action, Array, Params], Noise] | None = None,
     noise: Callable[[PRNGKey, tuple[int, ...]], Noise] = _normal_noise,
     name: str = "custom",
     transition_name: str = "transition",
@@ -149,6 +160,7 @@ def make_function_dynamics(
         observation_fn=observation,
         done_fn=done,
         log_prob_fn=log_prob,
+        infer_noise_fn=infer_noise,
         noise_fn=noise,
         sizes=(int(obs.shape[0]), int(action_size)),
         noise_shape_=noise_shape,
@@ -169,6 +181,7 @@ def from_function(
     observation: Callable[[Array], Observation] | None = None,
     done: Callable[[Array], Done] | None = None,
     log_prob: Callable[[Array, Action, Array], Scalar] | None = None,
+    infer_noise: Callable[[Array, Action, Array], Noise] | None = None,
     name: str = "custom",
 ) -> FunctionDynamics:
     """Wraps a plain JAX transition ``s' = transition(s, a, xi)`` as a :class:`Dynamics`.
@@ -199,5 +212,6 @@ def from_function(
         observation=observation,
         done=done,
         log_prob=None if log_prob is None else (lambda s, a, s_next, _: log_prob(s, a, s_next)),
+        infer_noise=None if infer_noise is None else (lambda s, a, s_next, _: infer_noise(s, a, s_next)),
         name=name,
     )

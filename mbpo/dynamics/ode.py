@@ -149,10 +149,13 @@ def from_ode(
     def transition(x, u, xi, p):
         return integrate(vector_field, x, u, p) + jnp.asarray(std, x.dtype) * xi
 
+    def infer_noise(x, u, x_next, p):
+        """xi = (x' - Phi_dt(x, u)) / noise_std, the inverse of ``transition``."""
+        return (x_next - integrate(vector_field, x, u, p)) / jnp.asarray(std, x.dtype)
+
     def log_prob(x, u, x_next, p):
-        sigma = jnp.asarray(std, x.dtype)
-        z = (x_next - integrate(vector_field, x, u, p)) / sigma
-        return jnp.sum(-0.5 * z**2 - jnp.log(sigma) - 0.5 * jnp.log(2 * jnp.pi))
+        z = infer_noise(x, u, x_next, p)
+        return jnp.sum(-0.5 * z**2 - jnp.log(jnp.asarray(std, x.dtype)) - 0.5 * jnp.log(2 * jnp.pi))
 
     return make_function_dynamics(
         transition=transition,
@@ -166,6 +169,7 @@ def from_ode(
         observation=observation,
         done=done,
         log_prob=log_prob,
+        infer_noise=infer_noise,
         name=name,
         transition_name="vector_field",
     )
