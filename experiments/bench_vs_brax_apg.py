@@ -72,7 +72,8 @@ import jax
 
 import envs
 from envs import brax_tasks
-from mbpo.agents.unroll_trainer import Trainer, UnrollTrainerConfig, make_trainer, run_updates
+from mbpo.agents.loop import Trainer, run_updates
+from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer
 from mbpo.io import run_header, write_json
 
 DEFAULT_APG_PYTHON = "/work/venv-apg/bin/python"

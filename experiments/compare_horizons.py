@@ -35,7 +35,8 @@ from jax.flatten_util import ravel_pytree
 import envs
 from envs import lqr as lqr_lib
 from mbpo import estimators
-from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, run_updates, train_seeds
+from mbpo.agents.loop import run_updates
+from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, train_seeds
 from mbpo.io import csv_text, run_header, write_atomically, write_json, write_text
 from mbpo.policies import GaussianPolicy
 
@@ -196,7 +197,7 @@ def trained_gradients(env: str, preset: Preset, horizons, episode: int, key, **e
     rows = []
     for n in horizons:
         samples = _gradient_samples(
-            trainer.dynamics, lambda w: trainer.policy_fn(w, ts.normalizer), ts.policy_params, q, ts.env_states, n, episode,
+            trainer.dynamics, lambda w: trainer.act(ts.replace(policy_params=w)), ts.policy_params, q, ts.env_states, n, episode,
             preset.gradient_seeds, preset.gradient_batch, trainer.policy.eps_shape, config.gamma, jax.random.fold_in(key, 1_000 if n is None else n),
         )
         rows.append({"env": env, "n": label(n), **gradient_statistics(samples)})

@@ -12,6 +12,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from mbpo.networks import MLP, check_activation
 from mbpo.types import Action, Array, Float, Observation, Params, PRNGKey, Scalar
@@ -147,3 +148,19 @@ def q_loss(critic: QCritic, params: Params, obs: Float[Array, "B obs"], action: 
     """Mean over the batch and the ensemble of 0.5 (q_i(s, a; theta) - y)^2."""
     q = jax.vmap(critic.q, in_axes=(None, 0, 0))(params, obs, action)
     return 0.5 * jnp.mean((q - jax.lax.stop_gradient(y)[:, None]) ** 2)
+
+
+def q_step(
+    critic: QCritic,
+    optimizer: optax.GradientTransformation,
+    params: Params,
+    opt_state: optax.OptState,
+    obs: Float[Array, "B obs"],
+    action: Float[Array, "B act"],
+    y: Float[Array, " B"],
+) -> tuple[Params, optax.OptState, Scalar]:
+    """One gradient step of :func:`q_loss` towards the targets ``y``: the critic update of every
+    algorithm (SVG(n), DPMB, NFQCA, FQI, DDPG, TD3, SAC). Returns (theta', optimizer state, loss)."""
+    loss, grad = jax.value_and_grad(lambda p: q_loss(critic, p, obs, action, y))(params)
+    updates, opt_state = optimizer.update(grad, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss

@@ -133,7 +133,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     if args.render:
         from mbpo.render import episode_states, render
 
-        policy = trainer.policy_fn(state.policy_params, state.normalizer)
+        policy = trainer.act(state)
         states = episode_states(trainer.dynamics, policy, jax.random.key(args.seed), config.episode_length, trainer.policy.eps_shape)
         print(f"wrote {render(trainer.dynamics, states, args.run_dir / 'episode')}")
 

@@ -9,7 +9,8 @@ import textwrap
 SCRIPT = textwrap.dedent(
     """
     import jax, numpy as np
-    from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, run_updates, train
+    from mbpo.agents.loop import run_updates
+    from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, train
     from mbpo.parallel import make_mesh, shard_train_state
     assert jax.device_count() == 4
     config = UnrollTrainerConfig(env="lqr", estimator="svg", horizon=3, num_envs=16, episode_length=12, hidden=(8,),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from collections.abc import Callable
 
 import jax
@@ -27,15 +26,16 @@ from flax import struct
 
 import envs
 from mbpo import estimators
+from mbpo.agents import loop
 from mbpo.agents.common import NormalizerState, evaluate, normalize, normalizer_init, normalizer_update, reset_finished
+from mbpo.agents.loop import Trainer, first_to_reach
 from mbpo.cli import option
-from mbpo.critics import QCritic, lambda_returns, polyak, q_loss
+from mbpo.critics import QCritic, lambda_returns, polyak, q_step
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.dynamics.brax_env import BACKENDS
-from mbpo.parallel import make_mesh, shard_train_state
-from mbpo.policies import POLICIES, Policy
+from mbpo.policies import POLICIES
 from mbpo.types import Params, PRNGKey
-from mbpo.unroll import PolicyFn, RolloutNoise, rollout
+from mbpo.unroll import RolloutNoise, rollout
 
 ESTIMATOR_POLICY = {"bpo": "deterministic", "dpmb_r": "deterministic", "dpmb_sf": "deterministic", "critic_only": "gaussian", "svg": "gaussian"}
 
@@ -119,21 +119,6 @@ class TrainState(struct.PyTreeNode):
     key: PRNGKey
     updates: jax.Array
     env_steps: jax.Array
-
-
-@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: a static argument of jax.jit
-class Trainer:
-    """The pure functions of one configuration."""
-
-    config: UnrollTrainerConfig
-    dynamics: Dynamics
-    estimator: estimators.Estimator
-    policy: Policy
-    critic: QCritic
-    policy_fn: Callable[[Params, NormalizerState], PolicyFn]
-    init: Callable[[PRNGKey], TrainState]
-    update: Callable[[TrainState], tuple[TrainState, dict]]
-    evaluate: Callable[[TrainState, PRNGKey], jax.Array]
 
 
 def _optimizer(config: UnrollTrainerConfig, lr: float) -> optax.GradientTransformation:
@@ -244,10 +229,8 @@ def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
 
         def epoch(carry, k):
             def minibatch(carry, idx):
-                params, opt_state = carry
-                loss, grad = jax.value_and_grad(lambda p: q_loss(critic, p, obs[idx], act[idx], y[idx]))(params)
-                upd, opt_state = critic_opt.update(grad, opt_state, params)
-                return (optax.apply_updates(params, upd), opt_state), loss
+                params, opt_state, loss = q_step(critic, critic_opt, *carry, obs[idx], act[idx], y[idx])
+                return (params, opt_state), loss
 
             perm = jax.random.permutation(k, y.shape[0]).reshape(config.critic_minibatches, size)
             return jax.lax.scan(minibatch, carry, perm)
@@ -302,32 +285,13 @@ def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
     return Trainer(
         config=config,
         dynamics=dynamics,
-        estimator=estimator,
         policy=policy,
         critic=critic,
-        policy_fn=policy_fn,
+        act=lambda ts: policy_fn(ts.policy_params, ts.normalizer),
         init=init,
         update=update,
         evaluate=evaluate_fn,
     )
-
-
-def _scan_updates(trainer: Trainer, ts: TrainState, num: int) -> tuple[TrainState, dict]:
-    return jax.lax.scan(lambda s, _: trainer.update(s), ts, None, length=num)
-
-
-@functools.partial(jax.jit, static_argnames=("trainer", "num"))
-def run_updates(trainer: Trainer, ts: TrainState, num: int) -> tuple[TrainState, dict]:
-    """``num`` updates in one compiled ``lax.scan``; returns the last state and stacked metrics."""
-    return _scan_updates(trainer, ts, num)
-
-
-def _chunks(config: UnrollTrainerConfig, done: int):
-    """(updates in the chunk, updates done after it) for chunks of ``eval_every`` from ``done``."""
-    while done < config.num_updates:
-        num = min(config.eval_every, config.num_updates - done)
-        done += num
-        yield num, done
 
 
 def train(
@@ -337,87 +301,13 @@ def train(
     callback: Callable[[dict, TrainState], None] | None = None,
     resume: tuple[TrainState, list[dict]] | None = None,
 ) -> tuple[TrainState, list[dict]]:
-    """Trains one seed in chunks of ``eval_every`` updates, evaluating after each chunk.
-
-    Args:
-      config: the settings.
-      dynamics: the model; default ``envs.make(config.env)``.
-      callback: called as ``callback(record, state)`` after each evaluation (a checkpoint hook).
-      resume: (state, history) saved by a callback of an earlier run of the same config; the run
-        continues from there and ends bit-identical to an uninterrupted one (same chunks, same keys).
-
-    With several JAX devices the environment batch is split over all of them (:mod:`mbpo.parallel`)
-    and gradients are averaged across devices; ``num_envs`` must divide evenly.
-
-    Returns:
-      The final state and the history: one record per evaluation with ``updates``, ``env_steps``,
-      ``wall_time`` (s, compilation included, summed over resumed runs), ``eval_return`` and the
-      last update's metrics.
-    """
-    devices = jax.device_count()
-    if config.num_envs % devices:
-        raise ValueError(f"num_envs={config.num_envs} must be a multiple of the {devices} devices it is split over")
-    trainer = make_trainer(config, dynamics)
-    if resume is None:
-        ts, history = jax.jit(trainer.init)(jax.random.key(config.seed)), []
-    else:
-        ts, history = resume[0], list(resume[1])
-    if devices > 1:
-        ts = shard_train_state(ts, make_mesh())
-    evaluate_jit = jax.jit(trainer.evaluate)
-    eval_key = jax.random.key(config.seed + 10_000)
-    offset = history[-1]["wall_time"] if history else 0.0
-    start = time.perf_counter()
-    for num, done in _chunks(config, int(ts.updates)):
-        ts, metrics = run_updates(trainer, ts, num)
-        record = {
-            "updates": done,
-            "env_steps": int(ts.env_steps),
-            "eval_return": float(evaluate_jit(ts, eval_key)),
-            **{k: float(v[-1]) for k, v in metrics.items()},
-        }
-        record["wall_time"] = offset + time.perf_counter() - start
-        history.append(record)
-        if callback is not None:
-            callback(record, ts)
-    return ts, history
-
-
-@functools.partial(jax.jit, static_argnames=("trainer", "num"))
-def _run_updates_seeds(trainer: Trainer, ts: TrainState, num: int) -> TrainState:
-    return jax.vmap(lambda t: _scan_updates(trainer, t, num)[0])(ts)
+    """:func:`mbpo.agents.loop.train` of ``make_trainer(config, dynamics)``."""
+    return loop.train(make_trainer(config, dynamics), callback=callback, resume=resume)
 
 
 def train_seeds(config: UnrollTrainerConfig, num_seeds: int, *, dynamics: Dynamics | None = None) -> tuple[TrainState, dict]:
-    """Trains ``num_seeds`` seeds (keys split from ``config.seed``) in one vmapped, jitted program,
-    evaluating every seed after each chunk of ``eval_every`` updates.
-
-    Returns the stacked final states and a dict with the final ``eval_return`` per seed (shape
-    (num_seeds,)), ``env_steps``, ``wall_time`` (s, compilation included) and ``history``: one
-    record per evaluation with ``updates``, ``env_steps``, ``wall_time`` and ``eval_return`` (a
-    list over seeds).
-    """
-    if num_seeds < 1:
-        raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
-    trainer = make_trainer(config, dynamics)
-    start = time.perf_counter()
-    ts = jax.jit(jax.vmap(trainer.init))(jax.random.split(jax.random.key(config.seed), num_seeds))
-    eval_keys = jax.random.split(jax.random.key(config.seed + 10_000), num_seeds)
-    evaluate_seeds = jax.jit(jax.vmap(trainer.evaluate))
-    history = []
-    for num, done in _chunks(config, 0):
-        ts = _run_updates_seeds(trainer, ts, num)
-        returns = jax.device_get(evaluate_seeds(ts, eval_keys))
-        history.append(
-            {"updates": done, "env_steps": int(ts.env_steps[0]), "wall_time": time.perf_counter() - start, "eval_return": returns.tolist()}
-        )
-    last = history[-1]
-    return ts, {"eval_return": returns, "env_steps": last["env_steps"], "wall_time": last["wall_time"], "history": history}
-
-
-def first_to_reach(history: list[dict], threshold: float) -> dict | None:
-    """The first record whose ``eval_return`` is >= ``threshold`` (None if never)."""
-    return next((r for r in history if r["eval_return"] >= threshold), None)
+    """:func:`mbpo.agents.loop.train_seeds` of ``make_trainer(config, dynamics)``."""
+    return loop.train_seeds(make_trainer(config, dynamics), num_seeds)
 
 
 def main(argv=None) -> None:

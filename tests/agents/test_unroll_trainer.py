@@ -9,7 +9,8 @@ import pytest
 
 from envs import lqr as lqr_lib
 from mbpo.agents.common import evaluate
-from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, run_updates, train, train_seeds
+from mbpo.agents.loop import run_updates
+from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, train, train_seeds
 from mbpo.cli import parse
 
 SMALL = UnrollTrainerConfig(env="lqr", estimator="svg", horizon=4, num_envs=16, episode_length=40, num_updates=4, hidden=(16,), eval_envs=8, eval_every=2, critic_epochs=2, critic_minibatches=2)

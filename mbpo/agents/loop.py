@@ -1,0 +1,162 @@
+"""The one training loop of mbpo: chunks of jitted updates, evaluation, seeds vmapped.
+
+Every trainer (:mod:`mbpo.agents.unroll_trainer` for BPO/SVG(n)/DPMB, :mod:`mbpo.agents.off_policy`
+for NFQCA/FQI/DDPG/TD3/SAC, :mod:`mbpo.agents.mbpo_loop` for model-based policy optimization) is
+a :class:`Trainer`: pure ``init(key) -> state``, ``update(state) -> (state, metrics)`` and
+``evaluate(state, key) -> return``. This module runs any of them: ``eval_every`` updates in one
+compiled ``lax.scan``, then an evaluation, with checkpoint callbacks and resumption.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jax
+
+from mbpo.dynamics.base import Dynamics
+from mbpo.parallel import make_mesh, shard_train_state
+from mbpo.types import PRNGKey, PyTree
+
+
+class LoopConfig(Protocol):
+    """The fields of a trainer config that the loop reads."""
+
+    num_envs: int
+    num_updates: int
+    eval_every: int
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: a static argument of jax.jit
+class Trainer:
+    """The pure functions of one configuration.
+
+    Attributes:
+      config: the trainer's config (a frozen dataclass with the :class:`LoopConfig` fields).
+      dynamics: the environment the policy acts in.
+      policy: the policy (mbpo.policies).
+      critic: the critic (mbpo.critics.QCritic), or None.
+      act: ``state -> ((obs, eps) -> action)``: the policy of a train state (eps = 0: its mean).
+      init: ``key -> state``.
+      update: ``state -> (state, metrics)``; one jitted pure function.
+      evaluate: ``(state, key) -> mean return`` with the mean action.
+    """
+
+    config: Any
+    dynamics: Dynamics
+    policy: Any
+    critic: Any
+    act: Callable[[PyTree], Callable]
+    init: Callable[[PRNGKey], PyTree]
+    update: Callable[[PyTree], tuple[PyTree, dict]]
+    evaluate: Callable[[PyTree, PRNGKey], jax.Array]
+
+
+def _scan_updates(trainer: Trainer, ts: PyTree, num: int) -> tuple[PyTree, dict]:
+    return jax.lax.scan(lambda s, _: trainer.update(s), ts, None, length=num)
+
+
+@functools.partial(jax.jit, static_argnames=("trainer", "num"))
+def run_updates(trainer: Trainer, ts: PyTree, num: int) -> tuple[PyTree, dict]:
+    """``num`` updates in one compiled ``lax.scan``; returns the last state and stacked metrics."""
+    return _scan_updates(trainer, ts, num)
+
+
+def _chunks(config: LoopConfig, done: int):
+    """(updates in the chunk, updates done after it) for chunks of ``eval_every`` from ``done``."""
+    while done < config.num_updates:
+        num = min(config.eval_every, config.num_updates - done)
+        done += num
+        yield num, done
+
+
+def train(
+    trainer: Trainer,
+    *,
+    callback: Callable[[dict, PyTree], None] | None = None,
+    resume: tuple[PyTree, list[dict]] | None = None,
+) -> tuple[PyTree, list[dict]]:
+    """Trains one seed in chunks of ``eval_every`` updates, evaluating after each chunk.
+
+    Args:
+      trainer: the pure functions of one configuration.
+      callback: called as ``callback(record, state)`` after each evaluation (a checkpoint hook).
+      resume: (state, history) saved by a callback of an earlier run of the same config; the run
+        continues from there and ends bit-identical to an uninterrupted one (same chunks, same keys).
+
+    With several JAX devices the environment batch is split over all of them (:mod:`mbpo.parallel`)
+    and gradients are averaged across devices; ``num_envs`` must divide evenly.
+
+    Returns:
+      The final state and the history: one record per evaluation with ``updates``, ``env_steps``,
+      ``wall_time`` (s, compilation included, summed over resumed runs), ``eval_return`` and the
+      last update's metrics.
+    """
+    config = trainer.config
+    devices = jax.device_count()
+    if config.num_envs % devices:
+        raise ValueError(f"num_envs={config.num_envs} must be a multiple of the {devices} devices it is split over")
+    if resume is None:
+        ts, history = jax.jit(trainer.init)(jax.random.key(config.seed)), []
+    else:
+        ts, history = resume[0], list(resume[1])
+    if devices > 1:
+        ts = shard_train_state(ts, make_mesh())
+    evaluate_jit = jax.jit(trainer.evaluate)
+    eval_key = jax.random.key(config.seed + 10_000)
+    offset = history[-1]["wall_time"] if history else 0.0
+    start = time.perf_counter()
+    for num, done in _chunks(config, int(ts.updates)):
+        ts, metrics = run_updates(trainer, ts, num)
+        record = {
+            "updates": done,
+            "env_steps": int(ts.env_steps),
+            "eval_return": float(evaluate_jit(ts, eval_key)),
+            **{k: float(v[-1]) for k, v in metrics.items()},
+        }
+        record["wall_time"] = offset + time.perf_counter() - start
+        history.append(record)
+        if callback is not None:
+            callback(record, ts)
+    return ts, history
+
+
+@functools.partial(jax.jit, static_argnames=("trainer", "num"))
+def _run_updates_seeds(trainer: Trainer, ts: PyTree, num: int) -> PyTree:
+    return jax.vmap(lambda t: _scan_updates(trainer, t, num)[0])(ts)
+
+
+def train_seeds(trainer: Trainer, num_seeds: int) -> tuple[PyTree, dict]:
+    """Trains ``num_seeds`` seeds (keys split from ``config.seed``) in one vmapped, jitted program,
+    evaluating every seed after each chunk of ``eval_every`` updates.
+
+    Returns the stacked final states and a dict with the final ``eval_return`` per seed (shape
+    (num_seeds,)), ``env_steps``, ``wall_time`` (s, compilation included) and ``history``: one
+    record per evaluation with ``updates``, ``env_steps``, ``wall_time`` and ``eval_return`` (a
+    list over seeds).
+    """
+    if num_seeds < 1:
+        raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
+    config = trainer.config
+    start = time.perf_counter()
+    ts = jax.jit(jax.vmap(trainer.init))(jax.random.split(jax.random.key(config.seed), num_seeds))
+    eval_keys = jax.random.split(jax.random.key(config.seed + 10_000), num_seeds)
+    evaluate_seeds = jax.jit(jax.vmap(trainer.evaluate))
+    history = []
+    for num, done in _chunks(config, 0):
+        ts = _run_updates_seeds(trainer, ts, num)
+        returns = jax.device_get(evaluate_seeds(ts, eval_keys))
+        history.append(
+            {"updates": done, "env_steps": int(ts.env_steps[0]), "wall_time": time.perf_counter() - start, "eval_return": returns.tolist()}
+        )
+    last = history[-1]
+    return ts, {"eval_return": returns, "env_steps": last["env_steps"], "wall_time": last["wall_time"], "history": history}
+
+
+def first_to_reach(history: list[dict], threshold: float) -> dict | None:
+    """The first record whose ``eval_return`` is >= ``threshold`` (None if never)."""
+    return next((r for r in history if r["eval_return"] >= threshold), None)
