@@ -26,6 +26,11 @@ from mbpo.types import Action, Array, Noise, Observation, Params, PRNGKey, Scala
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
+def _normal_log_prob(eps: Array, std: Array) -> Scalar:
+    """log N(mu + std eps; mu, std^2) = sum_i -eps_i^2 / 2 - log std_i - log(2 pi) / 2."""
+    return jnp.sum(-0.5 * eps**2 - jnp.log(std) - 0.5 * jnp.log(2 * jnp.pi))
+
+
 @dataclasses.dataclass(frozen=True)
 class _PolicyBase:
     """Shared configuration.
@@ -156,8 +161,12 @@ class GaussianPolicy(_PolicyBase):
 
     def log_prob(self, params: Params, obs: Observation, action: Action) -> Scalar:
         eps = self.noise_from_action(params, obs, action)
-        std = self.std(params, obs)
-        return jnp.sum(-0.5 * eps**2 - jnp.log(std) - 0.5 * jnp.log(2 * jnp.pi))
+        return _normal_log_prob(eps, self.std(params, obs))
+
+    def sample_and_log_prob(self, params: Params, obs: Observation, eps: Noise) -> tuple[Action, Scalar]:
+        """(a, log pi(a|s; w)) for a = sample(w, s, eps), the density computed from eps (no inversion)."""
+        u, std = self._mean_std(params, obs)
+        return self._squash(u) + std * eps, _normal_log_prob(eps, std)
 
     def noise_from_action(self, params: Params, obs: Observation, action: Action) -> Noise:
         """eps = (a - d(s; w)) / sigma(s; w)."""
@@ -193,14 +202,21 @@ class TanhGaussianPolicy(GaussianPolicy):
         y = jnp.clip((action - c) / h, -1 + 1e-6, 1 - 1e-6)
         return jnp.arctanh(y)
 
+    def _log_det(self, u: Array) -> Array:
+        """log |da/du| = log h + log(1 - tanh(u)^2) = log h + 2 (log 2 - u - softplus(-2u)) (stable)."""
+        _, h = self._center_half_width(u.dtype)
+        return jnp.log(h) + 2 * (jnp.log(2.0) - u - jax.nn.softplus(-2 * u))
+
     def log_prob(self, params: Params, obs: Observation, action: Action) -> Scalar:
         u_mean, std = self._mean_std(params, obs)
         u = self._pre_squash(action)
-        eps = (u - u_mean) / std
-        _, h = self._center_half_width(action.dtype)
-        # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), stable for large |u|.
-        log_det = jnp.log(h) + 2 * (jnp.log(2.0) - u - jax.nn.softplus(-2 * u))
-        return jnp.sum(-0.5 * eps**2 - jnp.log(std) - 0.5 * jnp.log(2 * jnp.pi) - log_det)
+        return _normal_log_prob((u - u_mean) / std, std) - jnp.sum(self._log_det(u))
+
+    def sample_and_log_prob(self, params: Params, obs: Observation, eps: Noise) -> tuple[Action, Scalar]:
+        """(a, log pi(a|s; w)) from eps directly: exact even where tanh saturates (SAC's actor loss)."""
+        u_mean, std = self._mean_std(params, obs)
+        u = u_mean + std * eps
+        return self._squash(u), _normal_log_prob(eps, std) - jnp.sum(self._log_det(u))
 
     def noise_from_action(self, params: Params, obs: Observation, action: Action) -> Noise:
         """eps = (atanh((a - c) / h) - mu(s; w)) / sigma(s; w)."""

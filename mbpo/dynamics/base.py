@@ -44,6 +44,13 @@ class State(struct.PyTreeNode):
     t: Step
     nan_action: Flag
 
+    @classmethod
+    def from_observation(cls, obs: Observation) -> State:
+        """A state that is its observation (x = obs): the start of an n = 0 surrogate on replayed
+        observations (model-free actors) and of models whose state is the observation."""
+        zero = jnp.zeros((), obs.dtype)
+        return cls(x=obs, obs=obs, reward=zero, done=zero, t=jnp.zeros((), jnp.int32), nan_action=jnp.zeros((), bool))
+
 
 class NaNActionError(FloatingPointError):
     """Raised by :func:`check_actions_finite` when a NaN action reached a dynamics step."""

@@ -1,0 +1,115 @@
+"""Experience replay: a pure-JAX fixed-capacity ring buffer, and fixed basepoints for batch methods.
+
+The buffer follows the optax pattern: :func:`ring_buffer` closes over the capacity and returns a
+:class:`RingBuffer` of pure functions ``init``, ``insert``, ``sample`` over a
+:class:`RingBufferState`. Everything is jittable and vmappable over seeds (the state is a pytree
+of arrays with a leading ``capacity`` axis).
+
+The items are :class:`mbpo.unroll.Transition` pytrees (s, a, r, done, s', log_prob),
+the same record the unroll engine produces, so replay data and model rollouts look alike
+(collectors store zeros in ``log_prob`` unless they know the dynamics density).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mbpo.dynamics.base import Dynamics
+from mbpo.types import Array, Int, PRNGKey, PyTree
+from mbpo.unroll import PolicyFn, RolloutNoise, Transition, rollout
+
+
+class RingBufferState(NamedTuple):
+    """Storage and bookkeeping of :func:`ring_buffer`.
+
+    Attributes:
+      data: the items, every leaf with a leading axis of length ``capacity``.
+      position: where the next item goes.
+      size: how many slots hold data (at most ``capacity``).
+    """
+
+    data: PyTree
+    position: Int[Array, ""]
+    size: Int[Array, ""]
+
+
+class RingBuffer(NamedTuple):
+    """The pure functions of a ring buffer (see :func:`ring_buffer`)."""
+
+    init: Callable[[PyTree], RingBufferState]
+    insert: Callable[[RingBufferState, PyTree], RingBufferState]
+    sample: Callable[[RingBufferState, PRNGKey, int], PyTree]
+
+
+def ring_buffer(capacity: int) -> RingBuffer:
+    """A first-in-first-out buffer of ``capacity`` items that overwrites the oldest when full.
+
+    ``init(example)`` allocates zeros shaped like one item ``example``; ``insert(state, batch)``
+    writes a batch (leading axis B <= capacity) at positions (position + 0..B-1) mod capacity;
+    ``sample(state, key, n)`` draws n items uniformly with replacement from the filled slots (the
+    caller must insert before sampling: an empty buffer returns slot 0's zeros).
+    """
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+        raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
+
+    def init(example: PyTree) -> RingBufferState:
+        data = jax.tree.map(lambda x: jnp.zeros((capacity, *jnp.shape(x)), jnp.result_type(x)), example)
+        return RingBufferState(data=data, position=jnp.zeros((), jnp.int32), size=jnp.zeros((), jnp.int32))
+
+    def insert(state: RingBufferState, batch: PyTree) -> RingBufferState:
+        sizes = {jnp.shape(x)[0] for x in jax.tree.leaves(batch)}
+        if len(sizes) != 1:
+            raise ValueError(f"every leaf of the batch needs the same leading axis, got sizes {sorted(sizes)}")
+        (num,) = sizes
+        if num > capacity:
+            raise ValueError(f"cannot insert {num} items into a buffer of capacity {capacity}")
+        index = (state.position + jnp.arange(num)) % capacity
+        data = jax.tree.map(lambda d, x: d.at[index].set(x.astype(d.dtype)), state.data, batch)
+        return RingBufferState(
+            data=data, position=(state.position + num) % capacity, size=jnp.minimum(state.size + num, capacity)
+        )
+
+    def sample(state: RingBufferState, key: PRNGKey, num: int) -> PyTree:
+        index = jax.random.randint(key, (num,), 0, jnp.maximum(state.size, 1))
+        return jax.tree.map(lambda d: d[index], state.data)
+
+    return RingBuffer(init=init, insert=insert, sample=sample)
+
+
+def uniform_policy(dynamics: Dynamics) -> PolicyFn:
+    """a ~ U(low, high) driven by eps ~ N(0, I) (through the normal CDF), so it is a PolicyFn."""
+    low, high = (jnp.asarray(b) for b in dynamics.action_bounds)
+    if not (jnp.all(jnp.isfinite(low)) and jnp.all(jnp.isfinite(high))):
+        raise ValueError(f"uniform random actions need a bounded action box, got low={low}, high={high}")
+    return lambda obs, eps: low + (high - low) * jax.scipy.stats.norm.cdf(eps)
+
+
+def basepoints(dynamics: Dynamics, key: PRNGKey, num: int, *, segment: int = 50, num_envs: int = 64) -> Transition:
+    """A fixed set of ``num`` transitions (s, a, r, done, s') for batch methods (NFQCA, FQI).
+
+    Start states are drawn from ``dynamics.reset``; uniformly random actions drive ``num_envs``
+    trajectories of ``segment`` steps from there (repeated from fresh resets until ``num`` are
+    collected), so the set covers the reset distribution and what random actions reach from it.
+    Transitions after a termination are kept with done = 1.
+    """
+    if num < 1 or segment < 1 or num_envs < 1:
+        raise ValueError(f"num, segment and num_envs must be >= 1, got {num}, {segment}, {num_envs}")
+    policy = uniform_policy(dynamics)
+    rounds = -(-num // (segment * num_envs))
+
+    def trajectory(k):
+        k_reset, k_noise = jax.random.split(k)
+        eps = jax.random.normal(k_noise, (segment, dynamics.action_size))
+        xi = jax.vmap(dynamics.sample_noise)(jax.random.split(jax.random.fold_in(k_noise, 1), segment))
+        noise = RolloutNoise(eps=eps, xi=xi.reshape(segment, *dynamics.noise_shape))
+        _, traj = rollout(dynamics, policy, dynamics.reset(k_reset), noise)
+        # Steps after a termination stay in the set, marked done so that they bootstrap nothing.
+        return traj.replace(done=1 - jnp.cumprod(1 - traj.done))
+
+    traj = jax.vmap(trajectory)(jax.random.split(key, rounds * num_envs))
+    flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:])[:num], traj)
+    return jax.lax.stop_gradient(flat)
