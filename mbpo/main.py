@@ -2,6 +2,7 @@
 
     mbpo envs                                   list the tasks and their sizes
     mbpo train --env pendulum --estimator svg --horizon 32 --run-dir runs/svg32
+    mbpo train --algo sac --env pendulum --run-dir runs/sac       (nfqca | fqi | fqi_amortized | ddpg | td3 | sac)
     mbpo train --resume runs/svg32              continue a killed run (bit-identical on CPU)
     mbpo train --config runs/svg32/config.json  replay a run's settings
     mbpo evaluate runs/svg32 --episodes 64 --render
@@ -35,13 +36,14 @@ def _envs(args: argparse.Namespace) -> None:
         print(f"{name:26s} {kind:6s} {task.observation_size:4d} {task.action_size:4d} {str(task.noise_shape):>8s}  {task.has_log_prob}")
 
 
-def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, config_class: type) -> None:
     from mbpo import runner
-    from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, train, train_seeds
+    from mbpo.agents import loop
+    from mbpo.agents.registry import make_trainer
 
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
-    config = build(parser, UnrollTrainerConfig, args)
+    config = build(parser, config_class, args)
     if args.resume is not None:
         run_dir = args.resume
         try:
@@ -49,7 +51,7 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         except (runner.RunDirError, ValueError, TypeError) as error:
             parser.error(str(error))
     else:
-        run_dir = args.run_dir or pathlib.Path("runs") / f"{config.env}-{config.estimator}-{config.horizon}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = args.run_dir or pathlib.Path("runs") / f"{config.env}-{config.label}-{time.strftime('%Y%m%d-%H%M%S')}"
         if runner.has_checkpoint(run_dir):
             parser.error(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --run-dir")
     try:
@@ -59,14 +61,14 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
     if args.seeds > 1:
         runner.save_config(run_dir, config)
-        _, result = train_seeds(config, args.seeds)
+        _, result = loop.train_seeds(make_trainer(config), args.seeds)
         rows = [
             {"updates": r["updates"], "env_steps": r["env_steps"], "wall_time": r["wall_time"], "seed": i, "eval_return": ret}
             for r in result["history"]
             for i, ret in enumerate(r["eval_return"])
         ]
         runner.write_metrics(run_dir, rows)
-        runner.plot_learning_curve(run_dir, rows, f"{config.estimator} n={config.horizon} on {config.env}, {args.seeds} seeds")
+        runner.plot_learning_curve(run_dir, rows, f"{config.label} on {config.env}, {args.seeds} seeds")
         final = [round(float(r), 2) for r in result["eval_return"]]
         print(f"{args.seeds} seeds (one vmapped program): eval returns {final} after {result['env_steps']} env steps; wrote {run_dir}")
         return
@@ -107,11 +109,11 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         bar.update(record["updates"] - bar.n)
 
     try:
-        _, history = train(config, callback=checkpoint, resume=resume)
+        _, history = loop.train(make_trainer(config), callback=checkpoint, resume=resume)
     finally:
         bar.close()
         board.close()
-    runner.plot_learning_curve(run_dir, history, f"{config.estimator} n={config.horizon} on {config.env}")
+    runner.plot_learning_curve(run_dir, history, f"{config.label} on {config.env}")
     print(f"wrote {run_dir}/{{{runner.CONFIG}, {runner.METRICS}, {runner.CHECKPOINTS}/, {runner.CURVE}, {runner.TENSORBOARD}/}}")
 
 
@@ -119,7 +121,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     import jax
 
     from mbpo import runner
-    from mbpo.agents.unroll_trainer import make_trainer
+    from mbpo.agents.registry import make_trainer
 
     try:
         config = runner.load_config(args.run_dir)
@@ -138,15 +140,44 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         print(f"wrote {render(trainer.dynamics, states, args.run_dir / 'episode')}")
 
 
-def make_parser() -> argparse.ArgumentParser:
+def _train_config_class(argv: list[str]) -> type:
+    """The config class ``mbpo train`` parses: from ``--algo``, else from ``--config``/``--resume``'s
+    saved config, else the unroll trainer's."""
+    from mbpo import runner
+    from mbpo.agents import registry
+
+    pre = argparse.ArgumentParser(prog="mbpo train", add_help=False)
+    pre.add_argument("--algo")
+    pre.add_argument("--config", type=pathlib.Path)
+    pre.add_argument("--resume", type=pathlib.Path)
+    known, _ = pre.parse_known_args(argv[1:])
+    try:
+        if known.algo is not None:
+            return registry.config_class(known.algo)
+        saved = known.config or known.resume
+        if saved is not None:
+            return type(runner.load_config(saved))
+    except (runner.RunDirError, ValueError) as error:
+        pre.error(str(error))
+    return registry.TRAINERS["unroll"][0]
+
+
+def make_parser(train_config: type | None = None) -> argparse.ArgumentParser:
+    """The ``mbpo`` parser; ``train`` takes the options of ``train_config`` (default: the unroll trainer's)."""
+    from mbpo import estimators
     from mbpo.agents.unroll_trainer import UnrollTrainerConfig
 
+    train_config = train_config or UnrollTrainerConfig
     parser = argparse.ArgumentParser(prog="mbpo", description="Policy optimization through differentiable dynamics.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_envs = sub.add_parser("envs", help="list the tasks and their sizes")
     p_envs.add_argument("--brax", action="store_true", help="also build the Brax tasks to show their sizes")
-    p_train = sub.add_parser("train", help="train BPO / SVG(n) / DPMB through the unroll engine")
-    add_arguments(p_train, UnrollTrainerConfig)
+    p_train = sub.add_parser(
+        "train", help="train an algorithm: --algo bpo | svg | dpmb_r | dpmb_sf | nfqca | fqi | fqi_amortized | ddpg | td3 | sac"
+    )
+    add_arguments(p_train, train_config)
+    if train_config is UnrollTrainerConfig:
+        p_train.add_argument("--algo", choices=tuple(estimators.ESTIMATORS), help="the estimator (same as --estimator)")
     p_train.add_argument("--run-dir", type=pathlib.Path, help="where config, metrics, checkpoint and plots go")
     p_train.add_argument("--resume", type=pathlib.Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p_train.add_argument("--config", type=pathlib.Path, metavar="FILE", help="a config.json whose values become the defaults")
@@ -170,7 +201,8 @@ def main(argv: list[str] | None = None) -> None:
             make_parser().error(f"mbpo compare needs one of: {', '.join(kinds)} (then --help), got {argv[1:2]}")
         kinds[argv[1]](argv[2:])
         return
-    parser = make_parser()
+    train_config = _train_config_class(argv) if argv[:1] == ["train"] else None
+    parser = make_parser(train_config)
     args = parser.parse_args(argv)
     subparser = parser._subparsers._group_actions[0].choices[args.command]  # argparse keeps them here only
     if args.command == "envs":
@@ -181,11 +213,15 @@ def main(argv: list[str] | None = None) -> None:
 
             try:
                 defaults = dataclasses.asdict(runner.load_config(args.config))
+                if getattr(args, "algo", None) is not None and "estimator" in defaults:
+                    defaults["estimator"] = args.algo
             except (runner.RunDirError, ValueError, TypeError) as error:
                 subparser.error(str(error))
             subparser.set_defaults(**defaults)
             args = parser.parse_args(argv)
-        _train(subparser, args)
+        if "estimator" in vars(args) and getattr(args, "algo", None) is not None:
+            args.estimator = args.algo
+        _train(subparser, args, train_config)
     else:
         _evaluate(subparser, args)
 

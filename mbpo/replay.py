@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mbpo.dynamics.base import Dynamics
 from mbpo.types import Array, Int, PRNGKey, PyTree
@@ -82,10 +83,10 @@ def ring_buffer(capacity: int) -> RingBuffer:
 
 def uniform_policy(dynamics: Dynamics) -> PolicyFn:
     """a ~ U(low, high) driven by eps ~ N(0, I) (through the normal CDF), so it is a PolicyFn."""
-    low, high = (jnp.asarray(b) for b in dynamics.action_bounds)
-    if not (jnp.all(jnp.isfinite(low)) and jnp.all(jnp.isfinite(high))):
+    low, high = (np.asarray(b, float) for b in dynamics.action_bounds)
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
         raise ValueError(f"uniform random actions need a bounded action box, got low={low}, high={high}")
-    return lambda obs, eps: low + (high - low) * jax.scipy.stats.norm.cdf(eps)
+    return lambda obs, eps: (low + (high - low) * jax.scipy.stats.norm.cdf(eps)).astype(eps.dtype)
 
 
 def basepoints(dynamics: Dynamics, key: PRNGKey, num: int, *, segment: int = 50, num_envs: int = 64) -> Transition:

@@ -1,8 +1,8 @@
 """Run directories: the resolved config, metrics, a checkpoint and plots of one training run.
 
-    RUN_DIR/config.json      the resolved UnrollTrainerConfig (replay with ``mbpo train --config``)
+    RUN_DIR/config.json      the resolved config and its trainer (replay with ``mbpo train --config``)
     RUN_DIR/metrics.csv      one row per evaluation
-    RUN_DIR/checkpoints/U/   the whole TrainState after U updates (orbax), with U.json beside it
+    RUN_DIR/checkpoints/U/   the whole train state after U updates (orbax), with U.json beside it
                              (the history); written after every evaluation, the last two kept
     RUN_DIR/learning_curve.png
     RUN_DIR/tensorboard/     TensorBoard event files (``tensorboard --logdir RUN_DIR``)
@@ -16,7 +16,6 @@ as it is.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 import shutil
@@ -25,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mbpo.agents.unroll_trainer import TrainState, UnrollTrainerConfig
+from mbpo.agents import registry
 from mbpo.io import csv_text, write_atomically, write_json, write_text
 
 CONFIG, METRICS, CHECKPOINTS, CURVE, TENSORBOARD = "config.json", "metrics.csv", "checkpoints", "learning_curve.png", "tensorboard"
@@ -36,20 +35,12 @@ class RunDirError(ValueError):
     """A run directory (or its checkpoint or config) that cannot be used; nothing was overwritten."""
 
 
-def save_config(run_dir: pathlib.Path, config: UnrollTrainerConfig) -> None:
-    write_json(run_dir / CONFIG, dataclasses.asdict(config))
+def save_config(run_dir: pathlib.Path, config) -> None:
+    write_json(run_dir / CONFIG, registry.config_to_dict(config))
 
 
-def config_from_dict(values: dict) -> UnrollTrainerConfig:
-    """The config from JSON values (lists become tuples); unknown keys are refused by name."""
-    known = {f.name for f in dataclasses.fields(UnrollTrainerConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise RunDirError(f"unknown config keys {unknown}; allowed: {sorted(known)}")
-    return UnrollTrainerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-
-def load_config(path: pathlib.Path) -> UnrollTrainerConfig:
+def load_config(path: pathlib.Path):
+    """The config saved in ``path`` (a run directory or a config.json)."""
     path = path / CONFIG if path.is_dir() else path
     try:
         values = json.loads(path.read_text())
@@ -57,7 +48,10 @@ def load_config(path: pathlib.Path) -> UnrollTrainerConfig:
         raise RunDirError(f"no config at {path}") from None
     except json.JSONDecodeError as error:
         raise RunDirError(f"{path} is not valid JSON: {error}") from None
-    return config_from_dict(values)
+    try:
+        return registry.config_from_dict(values)
+    except ValueError as error:
+        raise RunDirError(f"{path}: {error}") from None
 
 
 def _is_key(x) -> bool:
@@ -75,7 +69,7 @@ def has_checkpoint(run_dir: pathlib.Path) -> bool:
     return bool(_complete_steps(run_dir))
 
 
-def save_checkpoint(run_dir: pathlib.Path, state: TrainState, history: list[dict]) -> None:
+def save_checkpoint(run_dir: pathlib.Path, state, history: list[dict]) -> None:
     """Saves the state (orbax) after ``history[-1]["updates"]`` updates, then the history beside it."""
     import orbax.checkpoint as ocp
 
@@ -91,7 +85,7 @@ def save_checkpoint(run_dir: pathlib.Path, state: TrainState, history: list[dict
         shutil.rmtree(root / f"{old:08d}")
 
 
-def load_checkpoint(run_dir: pathlib.Path, template: TrainState) -> tuple[TrainState, list[dict]]:
+def load_checkpoint(run_dir: pathlib.Path, template):
     """Restores the newest complete checkpoint into the structure of ``template`` (a fresh state
     of the same config)."""
     import orbax.checkpoint as ocp

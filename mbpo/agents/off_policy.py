@@ -67,7 +67,7 @@ class OffPolicyConfig:
     batch_size: int = option(256, "transitions per gradient step")
     buffer_capacity: int = option(100_000, "replay buffer size (online algorithms)")
     warmup_steps: int = option(2_000, "env steps with uniformly random actions before learning starts (online)")
-    gamma: float = option(0.99, "discount")
+    gamma: float = option(0.95, "discount (0.95 as the unroll trainer; batch methods need many iterations for gamma near 1)")
     tau: float = option(0.005, "Polyak rate of the target networks (online algorithms)")
     actor_lr: float = option(1e-3, "policy learning rate")
     critic_lr: float = option(1e-3, "critic learning rate")
@@ -457,7 +457,7 @@ def _make_trainer(config: OffPolicyConfig, dynamics: Dynamics) -> Trainer:
             exploration=jnp.zeros((config.num_envs, act_size), dtype),
             key=key,
             updates=jnp.zeros((), jnp.int32),
-            env_steps=jnp.zeros((), jnp.int32),
+            env_steps=jnp.asarray(0 if config.online else config.num_basepoints, jnp.int32),  # batch: all data up front
         )
 
     def behaviour(ts: OffPolicyState, obs: Observation, eps: Action, ou_noise: Action) -> tuple[Action, Action]:

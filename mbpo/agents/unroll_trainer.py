@@ -100,6 +100,11 @@ class UnrollTrainerConfig:
             raise ValueError("actor_lr, critic_lr, max_grad_norm and init_std must be > 0")
 
     @property
+    def label(self) -> str:
+        """A short name for run directories and plots, e.g. ``svg-4``."""
+        return f"{self.estimator}-{self.horizon}"
+
+    @property
     def window(self) -> int:
         """Environment steps per update and environment: n, one for n = 0 (the critic's data), the
         episode for ``horizon=None``."""

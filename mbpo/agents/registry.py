@@ -1,0 +1,64 @@
+"""Which trainer runs which algorithm: ``mbpo train --algo NAME`` and saved run configs.
+
+| --algo                                    | config                  | trainer                        |
+| ----------------------------------------- | ----------------------- | ------------------------------ |
+| bpo, svg, dpmb_r, dpmb_sf, critic_only    | UnrollTrainerConfig     | mbpo.agents.unroll_trainer     |
+| nfqca, fqi, fqi_amortized, ddpg, td3, sac | OffPolicyConfig         | mbpo.agents.off_policy         |
+
+A run directory's ``config.json`` records the trainer's name under ``"trainer"``, so a run is
+resumed and evaluated by the trainer that wrote it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mbpo import estimators
+from mbpo.agents import off_policy, unroll_trainer
+from mbpo.agents.loop import Trainer
+from mbpo.dynamics.base import Dynamics
+
+TRAINERS = {
+    "unroll": (unroll_trainer.UnrollTrainerConfig, unroll_trainer.make_trainer),
+    "off_policy": (off_policy.OffPolicyConfig, off_policy.make_trainer),
+}
+ALGOS: dict[str, str] = {**{name: "unroll" for name in estimators.ESTIMATORS}, **{name: "off_policy" for name in off_policy.ALGOS}}
+
+
+def trainer_name(config) -> str:
+    """The TRAINERS key of a config object."""
+    for name, (cls, _) in TRAINERS.items():
+        if isinstance(config, cls):
+            return name
+    raise TypeError(f"not a trainer config: {type(config).__name__}; known: {', '.join(c.__name__ for c, _ in TRAINERS.values())}")
+
+
+def config_class(algo: str) -> type:
+    """The config class that trains ``algo``."""
+    if algo not in ALGOS:
+        raise ValueError(f"unknown algo {algo!r}; known: {', '.join(ALGOS)}")
+    return TRAINERS[ALGOS[algo]][0]
+
+
+def make_trainer(config, dynamics: Dynamics | None = None) -> Trainer:
+    """The trainer of any registered config."""
+    return TRAINERS[trainer_name(config)][1](config, dynamics)
+
+
+def config_to_dict(config) -> dict:
+    return {"trainer": trainer_name(config), **dataclasses.asdict(config)}
+
+
+def config_from_dict(values: dict):
+    """The config from JSON values (lists become tuples; no "trainer" key means the unroll
+    trainer, as in runs written before the registry); unknown keys raise ValueError by name."""
+    values = dict(values)
+    name = values.pop("trainer", "unroll")
+    if name not in TRAINERS:
+        raise ValueError(f"unknown trainer {name!r} in the config; known: {', '.join(TRAINERS)}")
+    cls = TRAINERS[name][0]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown} for {cls.__name__}; allowed: {sorted(known)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
