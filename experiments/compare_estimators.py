@@ -23,30 +23,44 @@ from mbpo.cli import add_arguments, build
 from mbpo.io import csv_text, run_header, write_atomically, write_json, write_text
 
 
+def seed_rows(label: str, result: dict, key: str = "estimator") -> list[dict]:
+    """One row ``{key: label, updates, env_steps, wall_time, seed, eval_return}`` per evaluation and
+    seed of a :func:`mbpo.agents.loop.train_seeds` result."""
+    return [
+        {key: label, "updates": r["updates"], "env_steps": r["env_steps"], "wall_time": r["wall_time"], "seed": seed, "eval_return": value}
+        for r in result["history"]
+        for seed, value in enumerate(r["eval_return"])
+    ]
+
+
 def compare(config: UnrollTrainerConfig, names: list[str], seeds: int) -> list[dict]:
     """Rows ``{estimator, updates, env_steps, wall_time, seed, eval_return}`` for every estimator."""
     rows = []
     for name in names:
         _, result = train_seeds(dataclasses.replace(config, estimator=name), seeds)
-        for record in result["history"]:
-            for seed, value in enumerate(record["eval_return"]):
-                rows.append({"estimator": name, "updates": record["updates"], "env_steps": record["env_steps"], "wall_time": record["wall_time"], "seed": seed, "eval_return": value})
+        rows += seed_rows(name, result)
         final = np.asarray(result["eval_return"])
         print(f"{name:>12s}: return {final.mean():9.2f} +- {final.std():7.2f} after {result['env_steps']} env steps ({result['wall_time']:.0f} s)", flush=True)
     return rows
 
 
-def plot(rows: list[dict], title: str):
+def plot(rows: list[dict], title: str, key: str = "estimator", *, threshold: float | None = None, log_x: bool = False):
+    """Evaluation return against env steps per ``key`` value: the mean with a min-max band over
+    seeds; a dashed line at ``threshold``."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 4))
     axes = figure.subplots()
-    for i, name in enumerate(dict.fromkeys(r["estimator"] for r in rows)):
-        mine = [r for r in rows if r["estimator"] == name]
+    for i, name in enumerate(dict.fromkeys(r[key] for r in rows)):
+        mine = [r for r in rows if r[key] == name]
         steps = sorted({r["env_steps"] for r in mine})
         values = np.array([[r["eval_return"] for r in mine if r["env_steps"] == s] for s in steps])
-        axes.plot(steps, values.mean(1), "o-", color=f"C{i}", label=name)
+        axes.plot(steps, values.mean(1), "o-", color=f"C{i}", label=name, markersize=3)
         axes.fill_between(steps, values.min(1), values.max(1), color=f"C{i}", alpha=0.2)
+    if threshold is not None:
+        axes.axhline(threshold, color="k", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    if log_x:
+        axes.set_xscale("log")
     axes.set_xlabel("environment steps")
     axes.set_ylabel("evaluation return")
     axes.set_title(title, fontsize=9)

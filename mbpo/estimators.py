@@ -24,8 +24,10 @@ import numpy as np
 
 from mbpo.critics import lambda_returns
 from mbpo.dynamics.base import Dynamics, State
+from mbpo.noise_inference import infer_transition_noise
+from mbpo.replay import Segment
+from mbpo.types import Array, Float, Params, PRNGKey, Scalar
 from mbpo.unroll import DYNAMICS_GRADIENTS, PolicyFn, QFn, RolloutNoise, UnrollResult, sample_noise, unroll
-from mbpo.types import Array, Float, PRNGKey, Scalar
 
 POLICY_KINDS = ("deterministic", "stochastic", "any")
 
@@ -136,8 +138,10 @@ def surrogate(
     gamma: float,
     q: QFn | None = None,
     baseline: QFn | None = None,
+    weights: Float[Array, " B"] | None = None,
 ) -> tuple[Scalar, UnrollResult]:
-    """The batch mean of J_n over start states ``states`` (leading batch axis) and ``noise``.
+    """The batch mean of J_n over start states ``states`` (leading batch axis) and ``noise``,
+    each weighted by ``weights`` (importance weights of off-policy data; their gradient is stopped).
 
     ``jax.grad`` of the first output w.r.t. the parameters ``policy`` closes over is the estimate.
     """
@@ -157,7 +161,67 @@ def surrogate(
         )
 
     values, results = jax.vmap(one)(states, noise)
+    if weights is not None:
+        values = jax.lax.stop_gradient(weights) * values
     return jnp.mean(values), results
+
+
+def replay_surrogate(
+    estimator: Estimator,
+    dynamics: Dynamics,
+    policy,
+    params: Params,
+    segments: Segment,
+    key: PRNGKey,
+    *,
+    gamma: float,
+    q: QFn,
+    max_weight: float = 1.0,
+) -> tuple[Scalar, dict]:
+    """Off-policy SVG(n) from replayed real segments (SVG(1)-ER for n = 1; Heess et al. 2015).
+
+    For each stored segment (s_0, a_0, s_1, ..., s_n) the noise that reproduces it is inferred at
+    the current parameters w (reference text, "Noise Inference in SVG"):
+
+        eps_t = noise_from_action(w, s_t, a_t),    xi_t = infer_noise(s_t, a_t, s_{t+1}),
+
+    held fixed (gradient stopped), and the segment is re-simulated through ``dynamics`` (a learned
+    model or the true differentiable dynamics) as a function of w from s_0, ending with
+    gamma^n q(s_n, d(s_n, eps_n; w)) with a fresh eps_n. Each segment is weighted by the truncated
+    importance weight min(max_weight, prod_t pi(a_t | s_t; w) / mu(a_t | s_t)). On data from the
+    current policy the inferred noise is the noise that was drawn and the weights are 1, so the
+    gradient is the on-policy SVG(n) gradient.
+
+    Args:
+      estimator: a bootstrapping estimator whose horizon n equals the segments' length.
+      dynamics: the model the segments are re-simulated through (``has_noise_inference``).
+      policy: a policy with ``sample``, ``log_prob`` and ``noise_from_action`` (:mod:`mbpo.policies`,
+        :class:`mbpo.flows.FlowPolicy`).
+      params: w, the parameters differentiated.
+      segments: a batch of :class:`mbpo.replay.Segment` (leading axes (B, n + 1) / (B, n)).
+      key: draws eps_n.
+      gamma: the discount.
+      q: the critic q(s, a).
+      max_weight: the truncation c of the importance weights.
+
+    Returns:
+      (the weighted mean of J_n, {"weight": mean weight, "eps": the inferred eps, "xi": the inferred xi}).
+    """
+    n = segments.action.shape[1]
+    if not estimator.bootstrap or estimator.horizon != n:
+        raise ValueError(f"{estimator.name} does not match segments of {n} steps: need a bootstrapping estimator with horizon {n}")
+    first = jax.tree.map(lambda x: x[:, :-1], segments.state)
+    after = jax.tree.map(lambda x: x[:, 1:], segments.state)
+    inferred = jax.lax.stop_gradient(infer_transition_noise(policy, params, dynamics, first, segments.action, after))
+    eps_n = jax.random.normal(key, (segments.action.shape[0], 1, *policy.eps_shape), inferred.eps.dtype)
+    noise = RolloutNoise(eps=jnp.concatenate([inferred.eps, eps_n], axis=1), xi=inferred.xi)
+    log_pi = jax.vmap(jax.vmap(policy.log_prob, in_axes=(None, 0, 0)), in_axes=(None, 0, 0))(params, first.obs, segments.action)
+    weights = jnp.minimum(max_weight, jnp.exp(jnp.sum(log_pi - segments.log_prob, axis=1)))
+    start = jax.tree.map(lambda x: x[:, 0], segments.state)
+    value, _ = surrogate(
+        estimator, dynamics, lambda obs, eps: policy.sample(params, obs, eps), start, noise, gamma=gamma, q=q, weights=weights
+    )
+    return value, {"weight": jnp.mean(jax.lax.stop_gradient(weights)), "eps": inferred.eps, "xi": inferred.xi}
 
 
 def score_surrogate(log_prob_t: Float[Array, " T"], advantage_t: Float[Array, " T"]) -> Scalar:

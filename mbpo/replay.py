@@ -18,10 +18,26 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
-from mbpo.dynamics.base import Dynamics
-from mbpo.types import Array, Int, PRNGKey, PyTree
+from mbpo.dynamics.base import Dynamics, State
+from mbpo.types import Array, Float, Int, PRNGKey, PyTree
 from mbpo.unroll import PolicyFn, RolloutNoise, Transition, rollout
+
+
+class Segment(struct.PyTreeNode):
+    """n consecutive real steps, stored for off-policy SVG(n) (n = 1: SVG(1)-ER).
+
+    Attributes:
+      state: the n + 1 states s_0..s_n (every leaf with a leading axis n + 1); ``state.reward[t]``
+        and ``state.done[t]`` belong to the transition that produced s_t.
+      action: a_0..a_{n-1}, shape (n, act).
+      log_prob: log mu(a_t | s_t) of the behaviour policy, shape (n,) (for importance weights).
+    """
+
+    state: State
+    action: Float[Array, "n act"]
+    log_prob: Float[Array, " n"]
 
 
 class RingBufferState(NamedTuple):

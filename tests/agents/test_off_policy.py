@@ -250,23 +250,25 @@ def _random_policy_return(dynamics, episode_length, episodes=32):
     return float(jnp.mean(jax.jit(jax.vmap(episode))(jax.random.split(jax.random.key(99), episodes))))
 
 
-SMALL_RUNS = {
-    "sac": dict(num_updates=500, num_envs=8, gradient_steps=8, warmup_steps=500),
-    "td3": dict(num_updates=500, num_envs=8, gradient_steps=8, warmup_steps=500),
-    "ddpg": dict(num_updates=500, num_envs=8, gradient_steps=8, warmup_steps=500),
-    "nfqca": dict(num_updates=30, num_basepoints=5000, gradient_steps=50),
-    "fqi_amortized": dict(num_updates=30, num_basepoints=5000, gradient_steps=50, maximize_steps=15, maximize_restarts=2, num_optimized=128),
-    "fqi": dict(num_updates=30, num_basepoints=5000, gradient_steps=50, maximize_steps=15, maximize_restarts=2),
+SMALL_RUNS = {  # 10000 env steps (online) or 8000 random-action basepoints (batch)
+    "sac": dict(num_updates=1250, num_envs=8, gradient_steps=8, warmup_steps=500),
+    "td3": dict(num_updates=1250, num_envs=8, gradient_steps=8, warmup_steps=500),
+    "ddpg": dict(num_updates=1250, num_envs=8, gradient_steps=8, warmup_steps=500),
+    "nfqca": dict(num_updates=40, num_basepoints=8000, gradient_steps=100),
+    "fqi_amortized": dict(num_updates=40, num_basepoints=8000, gradient_steps=100, maximize_steps=15, maximize_restarts=2, num_optimized=128),
+    "fqi": dict(num_updates=40, num_basepoints=8000, gradient_steps=100, maximize_steps=15, maximize_restarts=2),
 }
+MARGIN = 300.0
 
 
 @pytest.mark.parametrize("algo", list(SMALL_RUNS))
 def test_small_pendulum_run_beats_a_random_policy(algo):
-    """Pendulum swing-up, <= 5000 env steps or basepoints: the learned policy's return must be at
-    least 2x better (half the cost) than uniformly random actions' (about -5200 here)."""
+    """Pendulum swing-up: after <= 10000 env steps the learned policy's return must beat uniformly
+    random actions' (about -820 here; hanging still scores about -800) by MARGIN = 300: only a
+    policy that swings up and balances for part of the episode does that."""
     config = OffPolicyConfig(algo=algo, hidden=(64, 64), batch_size=128, eval_every=SMALL_RUNS[algo]["num_updates"], **SMALL_RUNS[algo])
     _, history = loop.train(make_trainer(config))
     random_return = _random_policy_return(PENDULUM, config.episode_length)
-    assert random_return < -2000
-    assert history[-1]["eval_return"] > 0.5 * random_return, (history[-1], random_return)
-    assert history[-1]["env_steps"] <= 5000
+    assert -1000 < random_return < -600
+    assert history[-1]["eval_return"] > random_return + MARGIN, (history[-1], random_return)
+    assert history[-1]["env_steps"] <= 10_000

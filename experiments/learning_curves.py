@@ -1,0 +1,260 @@
+"""Learning curves of every algorithm, model-free and model-based, with env steps and wall-clock
+to a return threshold.
+
+    python -m experiments.learning_curves --preset cpu --out experiments/results/learning_curves_cpu
+
+Algorithms (each a config of a registered trainer, seeds vmapped in one program):
+
+* model-free (:mod:`mbpo.agents.off_policy`): SAC, TD3, DDPG (online, replay) and NFQCA, FQI,
+  amortized FQI (batch, on fixed random-action basepoints: their env steps are the basepoints);
+* through the true differentiable dynamics (:mod:`mbpo.agents.unroll_trainer`): SVG(n) with a
+  critic and BPO; every simulated step counts as an env step, the steps of the differentiated
+  windows included;
+* through a learned model (:mod:`mbpo.agents.mbpo_loop`, when present): only real env steps count.
+
+Writes ``curves.csv`` (one row per algorithm, task, evaluation and seed), ``summary.json``,
+``summary.md`` and one ``curves_<task>.png`` per task (log env-step axis) to ``--out``. The
+summary gives, per algorithm and task, the env steps and wall-clock (compilation included, all
+seeds in one program) at which the mean return over seeds first reaches the threshold, and the
+ratio of SAC's env steps to each algorithm's (the issue's goal: SVG(n) with a critic >= 10x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+from experiments.compare_estimators import plot, seed_rows
+from mbpo.agents import loop, registry
+from mbpo.agents.off_policy import OffPolicyConfig
+from mbpo.agents.unroll_trainer import UnrollTrainerConfig
+from mbpo.io import csv_text, run_header, write_atomically, write_json, write_text
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One task of the comparison.
+
+    Attributes:
+      env: registered task name.
+      threshold: the return that counts as solved (evaluation return, mean over seeds).
+      episode_length: steps per episode, in training and evaluation.
+      brax_backend: the Brax pipeline (Brax tasks).
+      algorithms: algorithm name -> config overrides (the config class follows from the trainer
+        registry: ``registry.config_class``; SVG/BPO names are ``svg-4``, ``bpo-16`` with the
+        horizon after the dash).
+    """
+
+    env: str
+    threshold: float
+    episode_length: int
+    brax_backend: str = "positional"
+    algorithms: tuple[tuple[str, dict], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Tasks and seeds of one run."""
+
+    tasks: tuple[Task, ...]
+    seeds: int
+
+
+ONLINE = {"num_envs": 8, "gradient_steps": 8, "batch_size": 128, "hidden": (64, 64), "warmup_steps": 500}
+BATCH = {"gradient_steps": 100, "batch_size": 128, "hidden": (64, 64), "maximize_steps": 15, "maximize_restarts": 2}
+
+PRESETS = {
+    # About 15-20 minutes on a 2-core CPU. Brax compiles take 30-70 s per program here, so the
+    # Brax task runs the three online model-free methods and SVG only.
+    "cpu": Preset(
+        seeds=2,
+        tasks=(
+            Task(
+                env="pendulum",
+                threshold=-200.0,
+                episode_length=200,
+                algorithms=(
+                    ("sac", {**ONLINE, "num_updates": 2000, "eval_every": 100}),
+                    ("td3", {**ONLINE, "num_updates": 2000, "eval_every": 100}),
+                    ("ddpg", {**ONLINE, "num_updates": 2000, "eval_every": 100}),
+                    ("nfqca", {**BATCH, "num_basepoints": 8000, "num_updates": 60, "eval_every": 10}),
+                    ("fqi_amortized", {**BATCH, "num_basepoints": 8000, "num_updates": 60, "eval_every": 10, "num_optimized": 128}),
+                    ("fqi", {**BATCH, "num_basepoints": 8000, "num_updates": 60, "eval_every": 10}),
+                    ("svg-4", {"num_envs": 64, "num_updates": 1500, "eval_every": 25}),
+                    ("svg-4-small", {"num_envs": 8, "num_updates": 3000, "eval_every": 50}),
+                    ("bpo-16", {"num_envs": 64, "num_updates": 1500, "eval_every": 50, "actor_lr": 1e-3}),
+                ),
+            ),
+            Task(
+                env="inverted_pendulum",
+                threshold=180.0,
+                episode_length=200,
+                algorithms=(
+                    ("sac", {**ONLINE, "num_updates": 1000, "eval_every": 100}),
+                    ("td3", {**ONLINE, "num_updates": 1000, "eval_every": 100}),
+                    ("svg-4", {"num_envs": 16, "num_updates": 300, "eval_every": 25, "hidden": (64, 64)}),
+                ),
+            ),
+        ),
+    ),
+    # One H100: larger budgets and seeds, every algorithm on both tasks.
+    "gpu": Preset(
+        seeds=5,
+        tasks=(
+            Task(
+                env="pendulum",
+                threshold=-200.0,
+                episode_length=200,
+                algorithms=(
+                    ("sac", {**ONLINE, "num_updates": 4000, "eval_every": 100}),
+                    ("td3", {**ONLINE, "num_updates": 4000, "eval_every": 100}),
+                    ("ddpg", {**ONLINE, "num_updates": 4000, "eval_every": 100}),
+                    ("nfqca", {**BATCH, "num_basepoints": 16000, "num_updates": 100, "eval_every": 10}),
+                    ("fqi_amortized", {**BATCH, "num_basepoints": 16000, "num_updates": 100, "eval_every": 10}),
+                    ("fqi", {**BATCH, "num_basepoints": 16000, "num_updates": 100, "eval_every": 10}),
+                    ("svg-4", {"num_envs": 64, "num_updates": 2000, "eval_every": 25}),
+                    ("svg-4-small", {"num_envs": 8, "num_updates": 4000, "eval_every": 50}),
+                    ("bpo-16", {"num_envs": 64, "num_updates": 2000, "eval_every": 50, "actor_lr": 1e-3}),
+                ),
+            ),
+            Task(
+                env="inverted_pendulum",
+                threshold=180.0,
+                episode_length=200,
+                algorithms=(
+                    ("sac", {**ONLINE, "num_updates": 2000, "eval_every": 100}),
+                    ("td3", {**ONLINE, "num_updates": 2000, "eval_every": 100}),
+                    ("ddpg", {**ONLINE, "num_updates": 2000, "eval_every": 100}),
+                    ("nfqca", {**BATCH, "num_basepoints": 16000, "num_updates": 60, "eval_every": 10}),
+                    ("svg-4", {"num_envs": 64, "num_updates": 600, "eval_every": 25, "hidden": (64, 64)}),
+                ),
+            ),
+        ),
+    ),
+}
+
+
+def make_config(task: Task, name: str, overrides: dict):
+    """The trainer config of algorithm ``name`` (``sac``, ``svg-4``, ``svg-4-small``, ``bpo-16``, ...)."""
+    algo, *rest = name.split("-")
+    common = {"env": task.env, "episode_length": task.episode_length, "brax_backend": task.brax_backend}
+    cls = registry.config_class(algo)
+    if cls is OffPolicyConfig:
+        return OffPolicyConfig(algo=algo, **common, **overrides)
+    if cls is UnrollTrainerConfig:
+        horizon = int(rest[0]) if rest else None
+        return UnrollTrainerConfig(estimator=algo, horizon=horizon, **common, **overrides)
+    return cls(**common, **overrides)
+
+
+def first_crossing(rows: list[dict], threshold: float) -> dict | None:
+    """The first evaluation (by env steps) at which the mean return over seeds is >= threshold."""
+    for steps in sorted({r["env_steps"] for r in rows}):
+        at = [r for r in rows if r["env_steps"] == steps]
+        if np.mean([r["eval_return"] for r in at]) >= threshold:
+            return {"env_steps": steps, "wall_time": max(r["wall_time"] for r in at)}
+    return None
+
+
+def summarize(rows: list[dict], preset: Preset) -> list[dict]:
+    """Per task and algorithm: env steps and wall-clock to the threshold, the final return, and
+    SAC's env steps to the threshold divided by the algorithm's."""
+    table = []
+    for task in preset.tasks:
+        mine = [r for r in rows if r["task"] == task.env]
+        sac = first_crossing([r for r in mine if r["algorithm"] == "sac"], task.threshold)
+        for name, _ in task.algorithms:
+            runs = [r for r in mine if r["algorithm"] == name]
+            if not runs:
+                continue
+            hit = first_crossing(runs, task.threshold)
+            last = max(r["env_steps"] for r in runs)
+            final = [r["eval_return"] for r in runs if r["env_steps"] == last]
+            table.append({
+                "task": task.env,
+                "algorithm": name,
+                "threshold": task.threshold,
+                "env_steps_to_threshold": hit and hit["env_steps"],
+                "wall_time_to_threshold": hit and round(hit["wall_time"], 1),
+                "sac_steps_over_these": round(sac["env_steps"] / hit["env_steps"], 3) if (sac and hit) else None,
+                "final_return_mean": round(float(np.mean(final)), 1),
+                "final_return_min": round(float(np.min(final)), 1),
+                "env_steps": last,
+            })  # fmt: skip
+    return table
+
+
+def format_table(table: list[dict]) -> str:
+    lines = [
+        "| task | algorithm | env steps to threshold | wall-clock to threshold (s) | SAC steps / these | final return (mean, min over seeds) | env steps run |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for t in table:
+        lines.append(
+            f"| {t['task']} (>= {t['threshold']:g}) | {t['algorithm']} | {t['env_steps_to_threshold'] or 'not reached'} | "
+            f"{t['wall_time_to_threshold'] or '-'} | {t['sac_steps_over_these'] or '-'} | "
+            f"{t['final_return_mean']}, {t['final_return_min']} | {t['env_steps']} |"
+        )
+    return "\n".join(lines)
+
+
+def run(preset: Preset, only: list[str] | None = None) -> list[dict]:
+    """Trains every algorithm of every task (``only``: a subset of algorithm names)."""
+    configs = [(task, name, make_config(task, name, overrides)) for task in preset.tasks for name, overrides in task.algorithms]
+    rows = []
+    for task, name, config in configs:  # all configs are validated above, before anything trains
+        if only and name not in only:
+            continue
+        start = time.perf_counter()
+        _, result = loop.train_seeds(registry.make_trainer(config), preset.seeds)
+        for row in seed_rows(name, result, key="algorithm"):
+            rows.append({"task": task.env, **row})
+        final = np.asarray(result["eval_return"])
+        print(f"{task.env:>18s} {name:>14s}: return {final.mean():9.2f} (min {final.min():9.2f}) after {result['env_steps']} env steps, "
+              f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m experiments.learning_curves", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="cpu", help="cpu (minutes here) or gpu (one H100)")
+    parser.add_argument("--only", nargs="+", help="run only these algorithm names of the preset")
+    parser.add_argument("--seeds", type=int, help="override the preset's seeds")
+    parser.add_argument("--out", type=pathlib.Path, required=True, help="directory for CSV, JSON, Markdown and PNG")
+    args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} exists and is not a directory")
+    preset = PRESETS[args.preset]
+    if args.seeds is not None:
+        if args.seeds < 1:
+            parser.error(f"--seeds must be >= 1, got {args.seeds}")
+        preset = dataclasses.replace(preset, seeds=args.seeds)
+    names = {name for task in preset.tasks for name, _ in task.algorithms}
+    if args.only and set(args.only) - names:
+        parser.error(f"--only: unknown algorithm names {sorted(set(args.only) - names)}; this preset has {sorted(names)}")
+    rows = run(preset, args.only)
+    table = summarize(rows, preset)
+    header = run_header("experiments.learning_curves", argv)
+    write_text(args.out / "curves.csv", csv_text(rows))
+    write_json(args.out / "summary.json", {**header, "preset": args.preset, "seeds": preset.seeds, "summary": table})
+    text = format_table(table)
+    write_text(args.out / "summary.md", f"# Learning curves ({args.preset} preset, {preset.seeds} seeds)\n\n"
+               f"`{header['command']}`, {time.strftime('%Y-%m-%d')}, jax {header['jax_version']} on {header['device_kind']} "
+               f"(load {header['load_average_1min_at_start']:.1f} at start)\n\n{text}\n")  # fmt: skip
+    for task in preset.tasks:
+        mine = [r for r in rows if r["task"] == task.env]
+        if mine:
+            figure = plot(mine, f"{task.env}, {preset.seeds} seeds", key="algorithm", threshold=task.threshold, log_x=True)
+            write_atomically(args.out / f"curves_{task.env}.png", lambda f, fig=figure: fig.savefig(f, format="png", dpi=110))
+    print(text)
+    print(f"wrote {args.out}/{{curves.csv, summary.json, summary.md, curves_<task>.png}}")
+
+
+if __name__ == "__main__":
+    main()
