@@ -58,15 +58,16 @@ class RingBuffer(NamedTuple):
     """The pure functions of a ring buffer (see :func:`ring_buffer`)."""
 
     init: Callable[[PyTree], RingBufferState]
-    insert: Callable[[RingBufferState, PyTree], RingBufferState]
+    insert: Callable[..., RingBufferState]
     sample: Callable[[RingBufferState, PRNGKey, int], PyTree]
 
 
 def ring_buffer(capacity: int) -> RingBuffer:
     """A first-in-first-out buffer of ``capacity`` items that overwrites the oldest when full.
 
-    ``init(example)`` allocates zeros shaped like one item ``example``; ``insert(state, batch)``
-    writes a batch (leading axis B <= capacity) at positions (position + 0..B-1) mod capacity;
+    ``init(example)`` allocates zeros shaped like one item ``example``; ``insert(state, batch,
+    mask=None)`` writes a batch (leading axis B <= capacity) at positions (position + 0..B-1) mod
+    capacity, only the items where ``mask`` is True if given (jittable: the count may be traced);
     ``sample(state, key, n)`` draws n items uniformly with replacement from the filled slots (the
     caller must insert before sampling: an empty buffer returns slot 0's zeros).
     """
@@ -77,18 +78,20 @@ def ring_buffer(capacity: int) -> RingBuffer:
         data = jax.tree.map(lambda x: jnp.zeros((capacity, *jnp.shape(x)), jnp.result_type(x)), example)
         return RingBufferState(data=data, position=jnp.zeros((), jnp.int32), size=jnp.zeros((), jnp.int32))
 
-    def insert(state: RingBufferState, batch: PyTree) -> RingBufferState:
+    def insert(state: RingBufferState, batch: PyTree, mask: Array | None = None) -> RingBufferState:
         sizes = {jnp.shape(x)[0] for x in jax.tree.leaves(batch)}
         if len(sizes) != 1:
             raise ValueError(f"every leaf of the batch needs the same leading axis, got sizes {sorted(sizes)}")
         (num,) = sizes
         if num > capacity:
             raise ValueError(f"cannot insert {num} items into a buffer of capacity {capacity}")
-        index = (state.position + jnp.arange(num)) % capacity
-        data = jax.tree.map(lambda d, x: d.at[index].set(x.astype(d.dtype)), state.data, batch)
-        return RingBufferState(
-            data=data, position=(state.position + num) % capacity, size=jnp.minimum(state.size + num, capacity)
-        )
+        if mask is None:
+            mask = jnp.ones(num, bool)
+        # Kept items go to consecutive slots; dropped ones to the out-of-range slot ``capacity``.
+        count = jnp.sum(mask, dtype=jnp.int32)
+        index = jnp.where(mask, (state.position + jnp.cumsum(mask) - 1) % capacity, capacity)
+        data = jax.tree.map(lambda d, x: d.at[index].set(x.astype(d.dtype), mode="drop"), state.data, batch)
+        return RingBufferState(data=data, position=(state.position + count) % capacity, size=jnp.minimum(state.size + count, capacity))
 
     def sample(state: RingBufferState, key: PRNGKey, num: int) -> PyTree:
         index = jax.random.randint(key, (num,), 0, jnp.maximum(state.size, 1))

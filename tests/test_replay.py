@@ -25,6 +25,17 @@ def test_insert_wraps_around_and_overwrites_the_oldest():
     np.testing.assert_array_equal(state.data["v"][:, 1], [-5, -6, -2, -3, -4])
 
 
+def test_masked_insert_keeps_only_the_marked_items_in_order():
+    buf = ring_buffer(5)
+    state = buf.insert(buf.init({"x": jnp.zeros(()), "v": jnp.zeros(2)}), _items(0, 3))
+    mask = jnp.array([True, False, True, False, True])
+    state = jax.jit(buf.insert)(state, _items(10, 5), mask)  # keeps 10, 12, 14 at slots 3, 4, 0
+    assert int(state.size) == 5 and int(state.position) == 1
+    np.testing.assert_array_equal(state.data["x"], [14, 1, 2, 10, 12])
+    empty = buf.insert(state, _items(20, 2), jnp.zeros(2, bool))
+    jax.tree.map(np.testing.assert_array_equal, empty, state)
+
+
 def test_sample_draws_only_filled_slots_uniformly():
     buf = ring_buffer(100)
     state = buf.insert(buf.init({"x": jnp.zeros(()), "v": jnp.zeros(2)}), _items(1, 10))
