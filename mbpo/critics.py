@@ -144,6 +144,19 @@ def n_step_targets(
     return jax.lax.stop_gradient(y) if stop_target_gradients else y
 
 
+def window_targets(
+    q_target, traj, final_action: Float[Array, "B act"], gamma: float, lambda_: float
+) -> Float[Array, "B T"]:
+    """TD(lambda) targets for a batch of n-step windows (SHAC-style critic data): the next action
+    of step t is a_{t+1} of the window, and a_n = ``final_action`` after its last state;
+    q_target(s, a) bootstraps (its gradient stopped). ``traj`` is a batch of
+    :class:`mbpo.unroll.Transition` with leading axes (B, T)."""
+    next_action = jnp.concatenate([traj.action[:, 1:], final_action[:, None]], axis=1)
+    q_next = jax.vmap(jax.vmap(q_target))(traj.next_obs, next_action)
+    discount = gamma * (1 - traj.done)
+    return jax.vmap(lambda r, d, v: lambda_returns(r, d, v, lambda_))(traj.reward, discount, q_next)
+
+
 def q_loss(critic: QCritic, params: Params, obs: Float[Array, "B obs"], action: Float[Array, "B act"], y: Float[Array, " B"]) -> Scalar:
     """Mean over the batch and the ensemble of 0.5 (q_i(s, a; theta) - y)^2."""
     q = jax.vmap(critic.q, in_axes=(None, 0, 0))(params, obs, action)

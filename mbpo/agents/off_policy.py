@@ -81,7 +81,7 @@ class OffPolicyConfig:
     target_noise: float = option(0.2, "TD3: target policy smoothing std, in half-widths")
     target_noise_clip: float = option(0.5, "TD3: clip of the smoothing noise, in half-widths")
     policy_delay: int = option(2, "TD3: critic steps per actor (and target) update")
-    init_alpha: float = option(0.2, "SAC: initial entropy temperature")
+    init_alpha: float = option(0.2, "SAC: initial entropy temperature (0 with autotune_alpha false: no entropy bonus)")
     autotune_alpha: bool = option(True, "SAC: tune alpha towards target_entropy")
     alpha_lr: float = option(1e-3, "SAC: temperature learning rate")
     target_entropy: float | None = option(None, "SAC: target entropy; none: -action_size")
@@ -120,9 +120,11 @@ class OffPolicyConfig:
             raise ValueError(f"buffer_capacity={self.buffer_capacity} must hold one iteration's num_envs={self.num_envs}")
         if not 0 < self.gamma <= 1 or not 0 < self.tau <= 1:
             raise ValueError(f"need 0 < gamma <= 1 and 0 < tau <= 1; got gamma={self.gamma}, tau={self.tau}")
-        for name in ("actor_lr", "critic_lr", "max_grad_norm", "ou_theta", "ou_dt", "init_alpha", "alpha_lr", "maximize_lr"):
+        for name in ("actor_lr", "critic_lr", "max_grad_norm", "ou_theta", "ou_dt", "alpha_lr", "maximize_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not (self.init_alpha > 0 or (self.init_alpha == 0 and not self.autotune_alpha)):
+            raise ValueError(f"init_alpha must be > 0 (or 0 with autotune_alpha=False: no entropy bonus), got {self.init_alpha}")
         for name in ("ou_sigma", "explore_std", "target_noise", "target_noise_clip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -255,7 +257,7 @@ class Agent:
         policy_params = self.policy.init(k_pi)
         critic_params = self.critic.init(k_q)
         value_params = self.value.init(k_v) if self.value is not None else ()
-        log_alpha = jnp.log(jnp.asarray(self.config.init_alpha, jnp.float32))
+        log_alpha = jnp.log(jnp.asarray(max(self.config.init_alpha, 1e-30), jnp.float32))
         return Learner(
             policy_params=policy_params,
             target_policy_params=policy_params,
@@ -350,19 +352,24 @@ class Agent:
         upd, value_opt = self.critic_opt.update(grad, learner.value_opt, learner.value_params)
         return learner._replace(value_params=optax.apply_updates(learner.value_params, upd), value_opt=value_opt), value
 
+    def critic_step(self, learner: Learner, batch: Transition, key: PRNGKey) -> tuple[Learner, Scalar]:
+        """One :func:`mbpo.critics.q_step` towards y = r + gamma (1 - done) v(s') (target noise drawn from ``key``)."""
+        k_next, k_max = jax.random.split(key)
+        target_eps = jax.random.normal(k_next, batch.action.shape, batch.obs.dtype)  # TD3 smoothing, SAC's a'
+        y = self.critic_targets(learner, batch, target_eps, k_max)
+        critic_params, critic_opt, loss = q_step(
+            self.critic, self.critic_opt, learner.critic_params, learner.critic_opt, batch.obs, batch.action, y
+        )
+        return learner._replace(critic_params=critic_params, critic_opt=critic_opt), loss
+
     # --- one online gradient step ------------------------------------------------------------
     def gradient_step(self, learner: Learner, batch: Transition, key: PRNGKey) -> tuple[Learner, dict]:
         """Critic step on y, then (TD3: every ``policy_delay``-th step) the actor step and the
         Polyak updates of the targets."""
         c = self.config
-        k_next, k_max, k_actor, k_value = jax.random.split(key, 4)
+        k_critic, k_actor, k_value = jax.random.split(key, 3)
         shape = (batch.reward.shape[0], *self.policy.eps_shape)
-        target_eps = jax.random.normal(k_next, batch.action.shape, batch.obs.dtype)  # TD3 smoothing, SAC's a'
-        y = self.critic_targets(learner, batch, target_eps, k_max)
-        critic_params, critic_opt, critic_loss = q_step(
-            self.critic, self.critic_opt, learner.critic_params, learner.critic_opt, batch.obs, batch.action, y
-        )
-        learner = learner._replace(critic_params=critic_params, critic_opt=critic_opt)
+        learner, critic_loss = self.critic_step(learner, batch, k_critic)
         metrics = {"critic_loss": critic_loss}
         if self.value is not None:
             learner, metrics["value_loss"] = self.value_step(learner, batch.obs, jax.random.normal(k_value, shape, batch.obs.dtype))

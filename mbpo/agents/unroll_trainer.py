@@ -30,7 +30,7 @@ from mbpo.agents import loop
 from mbpo.agents.common import NormalizerState, evaluate, normalize, normalizer_init, normalizer_update, reset_finished
 from mbpo.agents.loop import Trainer, first_to_reach
 from mbpo.cli import option
-from mbpo.critics import QCritic, lambda_returns, polyak, q_step
+from mbpo.critics import QCritic, polyak, q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.dynamics.brax_env import BACKENDS
 from mbpo.policies import POLICIES
@@ -223,10 +223,7 @@ def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
         return jax.lax.stop_gradient((traj, final, final_action))
 
     def critic_step(ts: TrainState, traj, final_action, key):
-        next_action = jnp.concatenate([traj.action[:, 1:], final_action[:, None]], axis=1)
-        q_next = jax.vmap(jax.vmap(q_target(ts)))(traj.next_obs, next_action)
-        discount = config.gamma * (1 - traj.done)
-        targets = jax.vmap(lambda r, d, v: lambda_returns(r, d, v, config.td_lambda))(traj.reward, discount, q_next)
+        targets = window_targets(q_target(ts), traj, final_action, config.gamma, config.td_lambda)
         obs = traj.obs.reshape(-1, traj.obs.shape[-1])
         act = traj.action.reshape(-1, traj.action.shape[-1])
         y = targets.reshape(-1)

@@ -1,0 +1,408 @@
+"""Model-based policy optimization with a learned Gaussian ensemble (MBPO-style loop).
+
+Each iteration (one jitted pure ``update``):
+
+1. collect: ``num_envs`` real environments each take ``horizon`` = n steps with the current
+   stochastic policy (uniform random actions during warm-up); the n-step segment (s_0, a_0, ...,
+   s_n) and the behaviour log-densities go to the replay buffer (every ``holdout_every``-th
+   iteration's segments to the holdout buffer instead);
+2. model: ``model_steps`` gradient steps of the PETS loss on transitions from the replay buffer,
+   each member on its own random minibatch (bootstrap by resampling), inputs normalized with the
+   buffer's statistics; elites re-selected by their MSE on the holdout buffer;
+3. critic: ``critic_steps`` TD(0) steps on real transitions, y = r + gamma (1 - done) min_i
+   q_i(s', a'), a' ~ pi(s') (:meth:`mbpo.agents.off_policy.Agent.critic_step`, the shared critic);
+4. policy, by ``policy_update``:
+
+   * ``svg``: SVG(n) on the model: n-step rollouts from replayed states with fresh noise, each
+     transition by a random elite (PETS' TS-1), bootstrapped with gamma^n q(s_n, a_n);
+   * ``svg_er``: off-policy SVG(n) from replay (Heess et al. 2015's SVG(1)-ER for n = 1): the noise
+     of the stored real segments is inferred and the segments re-simulated through the model
+     (:func:`mbpo.estimators.replay_surrogate`), with truncated importance weights;
+   * ``sac``: MBPO (Janner et al. 2019): k-step model rollouts from replayed states with the SAC
+     policy, k growing linearly from ``rollout_min`` to ``rollout_max`` between iterations
+     ``rollout_from`` and ``rollout_to``, stored in a model buffer; SAC steps on that buffer.
+
+``model="true"`` replaces the learned model by the task's own differentiable dynamics (steps 2 is
+skipped): off-policy SVG(n) from replay through the true dynamics. Then every simulated step of
+step 4 counts as an environment step; with the learned model only real steps count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+import envs
+from mbpo import estimators
+from mbpo.agents.common import evaluate, reset_finished
+from mbpo.agents.loop import Trainer
+from mbpo.agents.off_policy import Learner, OffPolicyConfig, make_agent
+from mbpo.cli import option
+from mbpo.critics import polyak, q_step, window_targets
+from mbpo.dynamics.base import Dynamics, State
+from mbpo.dynamics.brax_env import BACKENDS
+from mbpo.models.ensemble import ElitesMean, GaussianEnsemble, ModelState, RandomElite, fit_normalizer, from_ensemble, select_elites
+from mbpo.policies import GaussianPolicy, TanhGaussianPolicy
+from mbpo.replay import RingBufferState, Segment, ring_buffer, uniform_policy
+from mbpo.types import PRNGKey
+from mbpo.unroll import Transition, alive_mask, rollout
+
+POLICY_UPDATES = ("svg", "svg_er", "sac")
+MODELS = ("learned", "true")
+MEMBERS = ("random_elite", "elites_mean")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelBasedConfig:
+    """Settings of the model-based loop; validated when built."""
+
+    algo: str = option("mbpo", "the trainer's name (mbpo train --algo mbpo)", choices=("mbpo",))
+    policy_update: str = option("svg", "svg | svg_er | sac (module docstring)", choices=POLICY_UPDATES)
+    model: str = option("learned", "learned: the Gaussian ensemble; true: the task's own dynamics", choices=MODELS)
+    env: str = option("pendulum", "task name (see `envs.names()`)")
+    brax_backend: str = option("generalized", "physics pipeline of Brax tasks")
+    horizon: int = option(3, "n: model steps of SVG(n), and the length of the real segments collected per env and iteration")
+    num_envs: int = option(4, "real environments")
+    episode_length: int = option(200, "real steps before an environment is reset (at a segment's end)")
+    num_updates: int = option(400, "iterations")
+    warmup_steps: int = option(400, "real env steps with uniformly random actions first")
+    buffer_capacity: int = option(50_000, "real transitions the replay buffer holds")
+    holdout_every: int = option(5, "every k-th iteration's segments are held out for elite selection")
+    members: int = option(5, "ensemble members")
+    elites: int = option(3, "elites")
+    model_hidden: tuple[int, ...] = option((128, 128), "hidden sizes of each member")
+    model_steps: int = option(20, "model gradient steps per iteration")
+    model_batch: int = option(128, "transitions per member and model step")
+    model_lr: float = option(1e-3, "model learning rate (Adam)")
+    member: str = option("random_elite", "how the model picks a member: random_elite (per step) | elites_mean", choices=MEMBERS)
+    policy: str = option("gaussian", "svg/svg_er policy: gaussian | tanh_gaussian (sac: tanh_gaussian)")
+    hidden: tuple[int, ...] = option((64, 64), "hidden sizes of policy and critic")
+    init_std: float = option(0.5, "initial policy std (svg, svg_er)")
+    policy_steps: int = option(10, "policy gradient steps per iteration")
+    critic_steps: int = option(10, "critic TD(0) steps on real transitions per iteration (svg, svg_er)")
+    model_critic: bool = option(True, "svg: also fit the critic to TD(lambda) targets of each model rollout (SHAC-style)")
+    td_lambda: float = option(0.95, "lambda of the model-rollout critic targets")
+    batch_size: int = option(128, "start states, segments or transitions per step")
+    gamma: float = option(0.95, "discount")
+    actor_lr: float = option(1e-3, "policy learning rate")
+    critic_lr: float = option(1e-3, "critic learning rate")
+    tau: float = option(0.01, "Polyak rate of the target critic")
+    max_weight: float = option(2.0, "svg_er: truncation of the importance weights")
+    rollout_min: int = option(1, "sac: model rollout length at the start")
+    rollout_max: int = option(5, "sac: model rollout length at the end")
+    rollout_from: int = option(20, "sac: iteration where the rollout length starts growing")
+    rollout_to: int = option(200, "sac: iteration where it reaches rollout_max")
+    model_rollouts: int = option(256, "sac: model rollouts started per iteration")
+    model_buffer_capacity: int = option(50_000, "sac: model transitions kept")
+    eval_every: int = option(25, "iterations between evaluations")
+    eval_envs: int = option(32, "episodes per evaluation")
+    seed: int = option(0, "random seed")
+    target_return: float | None = option(None, "report the env steps and wall-clock at which the eval return first reaches this")
+
+    def __post_init__(self):
+        for name, allowed in (("policy_update", POLICY_UPDATES), ("model", MODELS), ("member", MEMBERS), ("policy", ("gaussian", "tanh_gaussian"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
+        if self.env not in envs.names():
+            raise ValueError(f"unknown env {self.env!r}; known envs: {', '.join(envs.names())}")
+        if self.brax_backend not in BACKENDS:
+            raise ValueError(f"unknown brax_backend {self.brax_backend!r}; allowed: {', '.join(BACKENDS)}")
+        for name in (
+            "horizon", "num_envs", "episode_length", "num_updates", "buffer_capacity", "holdout_every", "members", "elites",
+            "model_steps", "model_batch", "policy_steps", "critic_steps", "batch_size", "rollout_min", "rollout_max",
+            "model_rollouts", "model_buffer_capacity", "eval_every", "eval_envs",
+        ):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.elites > self.members:
+            raise ValueError(f"elites must be <= members = {self.members}, got {self.elites}")
+        if self.rollout_min > self.rollout_max or self.rollout_from > self.rollout_to:
+            raise ValueError(f"need rollout_min <= rollout_max and rollout_from <= rollout_to, got {self.rollout_min}, {self.rollout_max}, {self.rollout_from}, {self.rollout_to}")
+        if self.model == "true" and self.policy_update == "sac":
+            raise ValueError("policy_update='sac' with model='true' is SAC with extra simulator steps: use --algo sac")
+        if not 0 <= self.td_lambda <= 1:
+            raise ValueError(f"td_lambda must be in [0, 1], got {self.td_lambda}")
+        if not 0 < self.gamma <= 1 or not 0 < self.tau <= 1 or self.max_weight <= 0 or self.warmup_steps < 0:
+            raise ValueError(f"need 0 < gamma <= 1, 0 < tau <= 1, max_weight > 0, warmup_steps >= 0; got {self.gamma}, {self.tau}, {self.max_weight}, {self.warmup_steps}")
+        if min(self.model_lr, self.actor_lr, self.critic_lr, self.init_std) <= 0:
+            raise ValueError("model_lr, actor_lr, critic_lr and init_std must be > 0")
+
+    @property
+    def label(self) -> str:
+        return f"mbpo-{self.policy_update}-{self.horizon}" + ("-true" if self.model == "true" else "")
+
+    @property
+    def segments_capacity(self) -> int:
+        return max(self.buffer_capacity // self.horizon, self.num_envs)
+
+
+class ModelBasedState(struct.PyTreeNode):
+    """Everything an iteration reads and writes (a pytree: seeds vmap over it).
+
+    Attributes:
+      model: the ensemble's parameters, normalizer and elites.
+      model_opt: its optimizer state.
+      learner: policy, critic, targets, optimizer states (and SAC's temperature).
+      segments: real n-step segments (replay); holdout: real transitions held out for elites.
+      model_data: SAC's model-generated transitions (a one-slot placeholder otherwise).
+      env_states, key, updates, env_steps (real steps, plus simulator steps of model="true").
+    """
+
+    model: ModelState
+    model_opt: optax.OptState
+    learner: Learner
+    segments: RingBufferState
+    holdout: RingBufferState
+    model_data: RingBufferState
+    env_states: State
+    key: PRNGKey
+    updates: jax.Array
+    env_steps: jax.Array
+
+
+def _transitions(segments: Segment) -> Transition:
+    """The n transitions of each segment, flattened: (B * n) observation-space transitions."""
+    obs = segments.state.obs
+    flat = Transition(
+        obs=obs[:, :-1], action=segments.action, reward=segments.state.reward[:, 1:], done=segments.state.done[:, 1:],
+        next_obs=obs[:, 1:], log_prob=segments.log_prob,
+    )  # fmt: skip
+    return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), flat)
+
+
+def _observation_states(state: State) -> State:
+    """The same states with x = obs: the state of a model that works in observation space."""
+    return state.replace(x=state.obs)
+
+
+def make_trainer(config: ModelBasedConfig, dynamics: Dynamics | None = None) -> Trainer:
+    """The pure ``init``/``update``/``evaluate`` of ``config`` (cached per config for registered tasks)."""
+    if dynamics is None:
+        return _registered_task_trainer(config)
+    return _make_trainer(config, dynamics)
+
+
+@functools.lru_cache(maxsize=16)
+def _registered_task_trainer(config: ModelBasedConfig) -> Trainer:
+    kwargs = {"backend": config.brax_backend} if envs.is_brax(config.env) else {}
+    return _make_trainer(config, envs.make(config.env, **kwargs))
+
+
+def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
+    c = config
+    n = c.horizon
+    obs_size, act_size = dynamics.observation_size, dynamics.action_size
+    agent_config = OffPolicyConfig(
+        algo="sac", env=c.env, hidden=c.hidden, gamma=c.gamma, tau=c.tau, actor_lr=c.actor_lr, critic_lr=c.critic_lr,
+        batch_size=c.batch_size, autotune_alpha=c.policy_update == "sac", init_alpha=0.2 if c.policy_update == "sac" else 0.0,
+    )  # fmt: skip
+    agent = make_agent(agent_config, dynamics)
+    if c.policy_update != "sac":  # SVG: a reparameterized Gaussian policy; the critic bootstraps with alpha = 0
+        cls = GaussianPolicy if c.policy == "gaussian" else TanhGaussianPolicy
+        agent = dataclasses.replace(agent, policy=cls.for_dynamics(dynamics, hidden=c.hidden, init_std=c.init_std))
+    policy = agent.policy
+    estimator = estimators.svg(n)
+    ensemble = GaussianEnsemble(observation_size=obs_size, action_size=act_size, num_members=c.members, num_elites=c.elites,
+                                hidden=c.model_hidden, learn_reward=True)  # fmt: skip
+    model_opt = optax.adam(c.model_lr)
+    actor_opt = agent.actor_opt
+    segments_buffer = ring_buffer(c.segments_capacity)
+    holdout_buffer = ring_buffer(max(c.buffer_capacity // c.holdout_every, c.num_envs * n))
+    model_buffer = ring_buffer(c.model_buffer_capacity if c.policy_update == "sac" else 1)
+    random_policy = uniform_policy(dynamics)
+    low, high = (jnp.asarray(b) for b in dynamics.action_bounds)
+    uniform_log_density = -float(jnp.sum(jnp.log(high - low)))
+
+    def model_dynamics(model: ModelState) -> Dynamics:
+        if c.model == "true":
+            return dynamics
+        member = RandomElite() if c.member == "random_elite" else ElitesMean()
+        return from_ensemble(ensemble, model, start_obs=jnp.zeros((1, obs_size)), member=member, action_low=low, action_high=high)
+
+    def init(key: PRNGKey) -> ModelBasedState:
+        k_model, k_agent, k_env, key = jax.random.split(key, 4)
+        env_states = jax.vmap(dynamics.reset)(jax.random.split(k_env, c.num_envs))
+        dtype = env_states.obs.dtype
+        one_state = jax.tree.map(lambda x: x[0], env_states)
+        segment = Segment(state=jax.tree.map(lambda x: jnp.stack([x] * (n + 1)), one_state), action=jnp.zeros((n, act_size), dtype),
+                          log_prob=jnp.zeros(n, dtype))  # fmt: skip
+        transition = Transition(obs=one_state.obs, action=jnp.zeros(act_size, dtype), reward=jnp.zeros((), dtype), done=jnp.zeros((), dtype),
+                                next_obs=one_state.obs, log_prob=jnp.zeros((), dtype))  # fmt: skip
+        model = ensemble.init(k_model)
+        return ModelBasedState(
+            model=model,
+            model_opt=model_opt.init(model.params),
+            learner=agent.init(k_agent, obs_size),
+            segments=segments_buffer.init(segment),
+            holdout=holdout_buffer.init(transition),
+            model_data=model_buffer.init(transition),
+            env_states=env_states,
+            key=key,
+            updates=jnp.zeros((), jnp.int32),
+            env_steps=jnp.zeros((), jnp.int32),
+        )
+
+    def collect(ts: ModelBasedState, key: PRNGKey) -> tuple[ModelBasedState, Segment]:
+        """Every env takes n real steps; returns the new state (envs reset at the segment's end)."""
+        k_eps, k_xi, k_reset = jax.random.split(key, 3)
+        warm = ts.env_steps < c.warmup_steps
+        w = ts.learner.policy_params
+
+        def act(obs, eps):
+            a_pi = policy.sample(w, obs, eps)
+            a = jnp.where(warm, random_policy(obs, eps), a_pi)
+            return a, jnp.where(warm, uniform_log_density, policy.log_prob(w, obs, a))
+
+        def one_env(s0, eps, xi):
+            def body(s, noise):
+                a, log_mu = act(s.obs, noise[0])
+                s_next = dynamics.step(s, a, noise[1])
+                return s_next, (s_next, a, log_mu)
+
+            _, (states, actions, log_mu) = jax.lax.scan(body, s0, (eps, xi))
+            return Segment(state=jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), s0, states), action=actions, log_prob=log_mu)
+
+        eps = jax.random.normal(k_eps, (c.num_envs, n, *policy.eps_shape), ts.env_states.obs.dtype)
+        xi = jax.vmap(jax.vmap(dynamics.sample_noise))(jax.random.split(k_xi, (c.num_envs, n))).reshape(c.num_envs, n, *dynamics.noise_shape)
+        segments = jax.lax.stop_gradient(jax.vmap(one_env)(ts.env_states, eps, xi))
+        final = jax.tree.map(lambda x: x[:, -1], segments.state)
+        held = ts.updates % c.holdout_every == c.holdout_every - 1
+        keep = jnp.full((c.num_envs,), ~held)
+        flat = _transitions(segments)
+        ts = ts.replace(
+            segments=segments_buffer.insert(ts.segments, segments, keep),
+            holdout=holdout_buffer.insert(ts.holdout, flat, jnp.full((c.num_envs * n,), held)),
+            env_states=reset_finished(dynamics, final, k_reset, c.episode_length),
+            env_steps=ts.env_steps + c.num_envs * n,
+        )
+        return ts, segments
+
+    def sample_segments(ts: ModelBasedState, key: PRNGKey, num: int) -> Segment:
+        return segments_buffer.sample(ts.segments, key, num)
+
+    def model_update(ts: ModelBasedState, key: PRNGKey) -> tuple[ModelBasedState, dict]:
+        k_norm, k_steps, k_hold = jax.random.split(key, 3)
+        sample = _transitions(sample_segments(ts, k_norm, max(2048 // n, 1)))
+        normalizer = fit_normalizer(jnp.concatenate([sample.obs, sample.action], axis=1))
+
+        def step(carry, k):
+            params, opt_state = carry
+            batch = _transitions(sample_segments(ts, k, c.members * c.model_batch))  # one minibatch per member
+            per_member = jax.tree.map(lambda x: x[: c.members * c.model_batch].reshape(c.members, c.model_batch, *x.shape[1:]), batch)
+            target = jnp.concatenate([per_member.next_obs - per_member.obs, per_member.reward[..., None]], axis=-1)
+            loss, grad = jax.value_and_grad(ensemble.loss)(params, normalizer, per_member.obs, per_member.action, target)
+            updates, opt_state = model_opt.update(grad, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        (params, opt_state), losses = jax.lax.scan(step, (ts.model.params, ts.model_opt), jax.random.split(k_steps, c.model_steps))
+        hold = holdout_buffer.sample(ts.holdout, k_hold, 1024)
+        target = jnp.concatenate([hold.next_obs - hold.obs, hold.reward[:, None]], axis=-1)
+        mse = ensemble.mse(params, normalizer, hold.obs, hold.action, target)
+        elites = jnp.where(ts.holdout.size > 0, select_elites(mse, c.elites), ts.model.elites)
+        model = ModelState(params=params, normalizer=normalizer, elites=elites)
+        return ts.replace(model=model, model_opt=opt_state), {"model_loss": losses.mean(), "model_holdout_mse": jnp.sort(mse)[: c.elites].mean()}
+
+    def critic_update(learner: Learner, ts: ModelBasedState, key: PRNGKey) -> tuple[Learner, jax.Array]:
+        def step(learner, k):
+            k_batch, k_step = jax.random.split(k)
+            batch = _transitions(sample_segments(ts, k_batch, max(c.batch_size // n, 1)))
+            learner, loss = agent.critic_step(learner, batch, k_step)
+            return learner._replace(target_critic_params=polyak(learner.target_critic_params, learner.critic_params, c.tau)), loss
+
+        learner, losses = jax.lax.scan(step, learner, jax.random.split(key, c.critic_steps))
+        return learner, losses.mean()
+
+    def svg_step(learner: Learner, ts: ModelBasedState, model: Dynamics, key: PRNGKey) -> tuple[Learner, dict]:
+        k_batch, k_noise = jax.random.split(key)
+        segments = sample_segments(ts, k_batch, c.batch_size)
+        q = functools.partial(agent.critic.min_q, learner.critic_params)
+        if c.model == "learned":
+            segments = segments.replace(state=_observation_states(segments.state))
+
+        def objective(w):
+            if c.policy_update == "svg_er":
+                value, info = estimators.replay_surrogate(estimator, model, policy, w, segments, k_noise, gamma=c.gamma, q=q, max_weight=c.max_weight)
+                return value, (info["weight"], None)
+            # svg: fresh noise from replayed states at every depth of the stored segments
+            starts = jax.tree.map(lambda x: x[jnp.arange(c.batch_size), jax.random.randint(k_noise, (c.batch_size,), 0, n)], segments.state)
+            noise = estimators.draw_noise(estimator, model, jax.random.fold_in(k_noise, 1), policy.eps_shape, n, c.batch_size)
+            value, result = estimators.surrogate(estimator, model, functools.partial(policy.sample, w), starts, noise, gamma=c.gamma, q=q)
+            return value, (jnp.ones(()), result)
+
+        (value, (weight, result)), grad = jax.value_and_grad(objective, has_aux=True)(learner.policy_params)
+        updates, opt_state = actor_opt.update(jax.tree.map(jnp.negative, grad), learner.policy_opt, learner.policy_params)
+        learner = learner._replace(policy_params=optax.apply_updates(learner.policy_params, updates), policy_opt=opt_state)
+        metrics = {"objective": value, "grad_norm": optax.tree.norm(grad), "weight": weight}
+        if result is not None and c.model_critic:  # the rollout's TD(lambda) targets train the critic too
+            traj, final_action = jax.lax.stop_gradient((result.trajectory, result.final_action))
+            q_target = functools.partial(agent.critic.min_q, learner.target_critic_params)
+            y = window_targets(q_target, traj, final_action, c.gamma, c.td_lambda).reshape(-1)
+            flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), traj)
+            critic_params, critic_opt, metrics["model_critic_loss"] = q_step(
+                agent.critic, agent.critic_opt, learner.critic_params, learner.critic_opt, flat.obs, flat.action, y
+            )
+            target = polyak(learner.target_critic_params, critic_params, c.tau)
+            learner = learner._replace(critic_params=critic_params, critic_opt=critic_opt, target_critic_params=target)
+        return learner, metrics
+
+    def rollout_length(updates: jax.Array) -> jax.Array:
+        frac = jnp.clip((updates - c.rollout_from) / max(c.rollout_to - c.rollout_from, 1), 0.0, 1.0)
+        return jnp.floor(c.rollout_min + frac * (c.rollout_max - c.rollout_min)).astype(jnp.int32)
+
+    def sac_model_data(ts: ModelBasedState, model: Dynamics, key: PRNGKey) -> RingBufferState:
+        """MBPO's branched rollouts: k(iteration) model steps from replayed real states."""
+        k_start, k_noise = jax.random.split(key)
+        starts = _transitions(sample_segments(ts, k_start, c.model_rollouts))
+        starts = jax.vmap(State.from_observation)(starts.obs[: c.model_rollouts])
+        noise = estimators.draw_noise(estimators.svg(None), model, k_noise, policy.eps_shape, c.rollout_max, c.model_rollouts)
+
+        def one(s0, nz):
+            _, traj = rollout(model, functools.partial(policy.sample, ts.learner.policy_params), s0, nz, dynamics_gradient="stop")
+            return traj
+
+        traj = jax.lax.stop_gradient(jax.vmap(one)(starts, noise))
+        depth = jnp.arange(c.rollout_max)[None, :] < rollout_length(ts.updates)
+        mask = depth & (jax.vmap(alive_mask)(traj.done) > 0)
+        flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), traj)
+        return model_buffer.insert(ts.model_data, flat, mask.reshape(-1))
+
+    def update(ts: ModelBasedState) -> tuple[ModelBasedState, dict]:
+        key, k_collect, k_model, k_critic, k_policy, k_data = jax.random.split(ts.key, 6)
+        ts, _ = collect(ts, k_collect)
+        metrics = {}
+        if c.model == "learned":
+            ts, metrics = model_update(ts, k_model)
+        model = model_dynamics(ts.model)
+        learning = ts.env_steps >= max(c.warmup_steps, c.num_envs * n)
+        learner = ts.learner
+        if c.policy_update == "sac":
+            ts = ts.replace(model_data=sac_model_data(ts, model, k_data))
+
+            def sac_step(learner, k):
+                k_b, k_g = jax.random.split(k)
+                return agent.gradient_step(learner, model_buffer.sample(ts.model_data, k_b, c.batch_size), k_g)
+
+            learner, m = jax.lax.scan(sac_step, learner, jax.random.split(k_policy, c.policy_steps))
+            metrics.update({k: v.mean() for k, v in m.items()}, rollout_length=rollout_length(ts.updates))
+        else:
+            learner, metrics["critic_loss"] = critic_update(learner, ts, k_critic)
+            learner, m = jax.lax.scan(lambda lr, k: svg_step(lr, ts, model, k), learner, jax.random.split(k_policy, c.policy_steps))
+            metrics.update({k: v.mean() for k, v in m.items()})
+        learner = jax.tree.map(lambda new, old: jnp.where(learning, new, old), learner, ts.learner)
+        simulated = c.batch_size * n * c.policy_steps if c.model == "true" else 0
+        ts = ts.replace(learner=learner, key=key, updates=ts.updates + 1, env_steps=ts.env_steps + jnp.where(learning, simulated, 0))
+        metrics["skipped_updates"] = learner.policy_opt.total_notfinite
+        return ts, metrics
+
+    def act(ts: ModelBasedState):
+        return functools.partial(policy.sample, ts.learner.policy_params)
+
+    def evaluate_fn(ts: ModelBasedState, key: PRNGKey) -> jax.Array:
+        return evaluate(dynamics, act(ts), key, num_envs=c.eval_envs, episode_length=c.episode_length, eps_shape=policy.eps_shape)
+
+    return Trainer(config=config, dynamics=dynamics, policy=policy, critic=agent.critic, act=act, init=init, update=update, evaluate=evaluate_fn)
