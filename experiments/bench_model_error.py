@@ -25,7 +25,8 @@ Reported, for k = 1 (one step) and k = h (``horizon``, 10):
 
 Run as
 
-    python -m experiments.bench_model_error [--preset cpu|gpu] [--out PATH.json]
+    python -m experiments.bench_model_error [--preset cpu|gpu] [--tasks NAME ...] [--seed S]
+        [--out PATH.json]
 """
 
 from __future__ import annotations
@@ -330,6 +331,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--preset", choices=sorted(PRESETS), default="cpu", help="data and model sizes"
     )
     parser.add_argument(
+        "--tasks", nargs="+", choices=list(TASKS), help="a subset of tasks (default: the preset's)"
+    )
+    parser.add_argument(
         "--seed", type=int, default=0, help="seed of the data, the split and the model"
     )
     parser.add_argument(
@@ -342,6 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     preset = PRESETS[args.preset]
+    if args.tasks is not None:
+        preset = dataclasses.replace(preset, tasks=tuple(args.tasks))
     start = time.perf_counter()
     report = {
         **run_header("experiments.bench_model_error", argv),
