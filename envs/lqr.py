@@ -73,6 +73,10 @@ class LQR(Dynamics):
     def _reward(self, x, action, x_next):
         return self.stage_reward(x, action)
 
+    def _infer_noise(self, x, action, x_next):
+        """xi = W^-1 (s' - A s - B a)."""
+        return jnp.linalg.solve(self.W, x_next - self.mean_next(x, action))
+
     def _log_prob(self, x, action, x_next):
         cov = self.W @ self.W.T
         diff = x_next - self.mean_next(x, action)

@@ -67,10 +67,10 @@ class ModelBasedConfig:
     env: str = option("pendulum", "task name (see `envs.names()`)")
     brax_backend: str = option("generalized", "physics pipeline of Brax tasks")
     horizon: int = option(3, "n: model steps of SVG(n), and the length of the real segments collected per env and iteration")
-    num_envs: int = option(4, "real environments")
+    num_envs: int = option(1, "real environments")
     episode_length: int = option(200, "real steps before an environment is reset (at a segment's end)")
-    num_updates: int = option(400, "iterations")
-    warmup_steps: int = option(400, "real env steps with uniformly random actions first")
+    num_updates: int = option(500, "iterations")
+    warmup_steps: int = option(150, "real env steps with uniformly random actions first (bounded action boxes)")
     buffer_capacity: int = option(50_000, "real transitions the replay buffer holds")
     holdout_every: int = option(5, "every k-th iteration's segments are held out for elite selection")
     members: int = option(5, "ensemble members")
@@ -201,10 +201,11 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
         algo="sac", env=c.env, hidden=c.hidden, gamma=c.gamma, tau=c.tau, actor_lr=c.actor_lr, critic_lr=c.critic_lr,
         batch_size=c.batch_size, autotune_alpha=c.policy_update == "sac", init_alpha=0.2 if c.policy_update == "sac" else 0.0,
     )  # fmt: skip
-    agent = make_agent(agent_config, dynamics)
+    svg_policy = None
     if c.policy_update != "sac":  # SVG: a reparameterized Gaussian policy; the critic bootstraps with alpha = 0
         cls = GaussianPolicy if c.policy == "gaussian" else TanhGaussianPolicy
-        agent = dataclasses.replace(agent, policy=cls.for_dynamics(dynamics, hidden=c.hidden, init_std=c.init_std))
+        svg_policy = cls.for_dynamics(dynamics, hidden=c.hidden, init_std=c.init_std)
+    agent = make_agent(agent_config, dynamics, svg_policy)
     policy = agent.policy
     estimator = estimators.svg(n)
     ensemble = GaussianEnsemble(observation_size=obs_size, action_size=act_size, num_members=c.members, num_elites=c.elites,
@@ -214,9 +215,11 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
     segments_buffer = ring_buffer(c.segments_capacity)
     holdout_buffer = ring_buffer(max(c.buffer_capacity // c.holdout_every, c.num_envs * n))
     model_buffer = ring_buffer(c.model_buffer_capacity if c.policy_update == "sac" else 1)
-    random_policy = uniform_policy(dynamics)
     low, high = (jnp.asarray(b) for b in dynamics.action_bounds)
-    uniform_log_density = -float(jnp.sum(jnp.log(high - low)))
+    bounded = bool(jnp.all(jnp.isfinite(low)) and jnp.all(jnp.isfinite(high)))
+    # Warm-up acts uniformly at random in a bounded box, with the initial policy otherwise.
+    random_policy = uniform_policy(dynamics) if bounded else None
+    uniform_log_density = -float(jnp.sum(jnp.log(high - low))) if bounded else 0.0
 
     def model_dynamics(model: ModelState) -> Dynamics:
         if c.model == "true":
@@ -254,8 +257,10 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
         w = ts.learner.policy_params
 
         def act(obs, eps):
-            a_pi = policy.sample(w, obs, eps)
-            a = jnp.where(warm, random_policy(obs, eps), a_pi)
+            a = policy.sample(w, obs, eps)
+            if random_policy is None:
+                return a, policy.log_prob(w, obs, a)
+            a = jnp.where(warm, random_policy(obs, eps), a)
             return a, jnp.where(warm, uniform_log_density, policy.log_prob(w, obs, a))
 
         def one_env(s0, eps, xi):

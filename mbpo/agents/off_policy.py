@@ -43,7 +43,7 @@ from mbpo.critics import QCritic, VCritic, polyak, q_step, td0_targets
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.dynamics.brax_env import BACKENDS
 from mbpo.exploration import OrnsteinUhlenbeck, perturb, smoothed_target_action
-from mbpo.policies import DeterministicPolicy, TanhGaussianPolicy
+from mbpo.policies import DeterministicPolicy, GaussianPolicy, TanhGaussianPolicy
 from mbpo.replay import RingBufferState, basepoints, ring_buffer, uniform_policy
 from mbpo.types import Action, Array, Float, Observation, Params, PRNGKey, Scalar
 from mbpo.unroll import PolicyFn, RolloutNoise, Transition
@@ -396,14 +396,15 @@ class Agent:
         return learner._replace(steps=learner.steps + 1), metrics
 
 
-def make_agent(config: OffPolicyConfig, dynamics: Dynamics) -> Agent:
-    """The :class:`Agent` of ``config`` sized for ``dynamics``."""
+def make_agent(config: OffPolicyConfig, dynamics: Dynamics, policy: GaussianPolicy | None = None) -> Agent:
+    """The :class:`Agent` of ``config`` sized for ``dynamics``; ``policy`` replaces the algorithm's
+    own (the model-based loop's SVG policies with a SAC-style critic, alpha = 0)."""
     low, high = dynamics.action_bounds
-    if not (all(math.isfinite(v) for v in low) and all(math.isfinite(v) for v in high)):
+    if policy is None and not (all(math.isfinite(v) for v in low) and all(math.isfinite(v) for v in high)):
         raise ValueError(f"{config.algo} needs a bounded action box, got low={low}, high={high}")
-    if config.algo == "sac":
+    if policy is None and config.algo == "sac":
         policy = TanhGaussianPolicy.for_dynamics(dynamics, hidden=config.hidden, activation="relu", init_std=1.0)
-    else:
+    elif policy is None:
         policy = DeterministicPolicy.for_dynamics(dynamics, hidden=config.hidden, activation="relu")
     num_q = 2 if config.algo in ("td3", "sac") else 1
     critic = QCritic(dynamics.observation_size, dynamics.action_size, num_q=num_q, hidden=config.hidden)
