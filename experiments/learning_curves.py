@@ -10,7 +10,9 @@ Algorithms (each a config of a registered trainer, seeds vmapped in one program)
 * through the true differentiable dynamics (:mod:`mbpo.agents.unroll_trainer`): SVG(n) with a
   critic and BPO; every simulated step counts as an env step, the steps of the differentiated
   windows included;
-* through a learned model (:mod:`mbpo.agents.mbpo_loop`, when present): only real env steps count.
+* through a learned Gaussian ensemble (:mod:`mbpo.agents.mbpo_loop`): SVG(n) on model rollouts,
+  off-policy SVG(n) from replay with inferred noise (SVG-ER) and SAC on model rollouts (MBPO);
+  only real env steps count.
 
 Writes ``curves.csv`` (one row per algorithm, task, evaluation and seed), ``summary.json``,
 ``summary.md`` and one ``curves_<task>.png`` per task (log env-step axis) to ``--out``. The
@@ -65,6 +67,7 @@ class Preset:
     seeds: int
 
 
+MODEL_BASED = {"num_envs": 1, "warmup_steps": 150, "eval_every": 50}
 ONLINE = {"num_envs": 8, "gradient_steps": 8, "batch_size": 128, "hidden": (64, 64), "warmup_steps": 500}
 BATCH = {"gradient_steps": 100, "batch_size": 128, "hidden": (64, 64), "maximize_steps": 15, "maximize_restarts": 2}
 
@@ -88,6 +91,9 @@ PRESETS = {
                     ("svg-4", {"num_envs": 64, "num_updates": 1500, "eval_every": 25}),
                     ("svg-4-small", {"num_envs": 8, "num_updates": 3000, "eval_every": 50}),
                     ("bpo-16", {"num_envs": 64, "num_updates": 1500, "eval_every": 50, "actor_lr": 1e-3}),
+                    ("mbpo-svg-3", {**MODEL_BASED, "policy_update": "svg", "horizon": 3, "num_updates": 700}),
+                    ("mbpo-svg_er-1", {**MODEL_BASED, "policy_update": "svg_er", "horizon": 1, "num_updates": 1500}),
+                    ("mbpo-sac", {**MODEL_BASED, "policy_update": "sac", "horizon": 1, "num_updates": 1500, "policy_steps": 20}),
                 ),
             ),
             Task(
@@ -120,6 +126,9 @@ PRESETS = {
                     ("svg-4", {"num_envs": 64, "num_updates": 2000, "eval_every": 25}),
                     ("svg-4-small", {"num_envs": 8, "num_updates": 4000, "eval_every": 50}),
                     ("bpo-16", {"num_envs": 64, "num_updates": 2000, "eval_every": 50, "actor_lr": 1e-3}),
+                    ("mbpo-svg-3", {**MODEL_BASED, "policy_update": "svg", "horizon": 3, "num_updates": 1000}),
+                    ("mbpo-svg_er-1", {**MODEL_BASED, "policy_update": "svg_er", "horizon": 1, "num_updates": 3000}),
+                    ("mbpo-sac", {**MODEL_BASED, "policy_update": "sac", "horizon": 1, "num_updates": 3000, "policy_steps": 20}),
                 ),
             ),
             Task(
