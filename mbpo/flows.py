@@ -92,6 +92,11 @@ class _Coupling:
     use_bias: bool = True
     init_scale: float = 0.01
 
+    def __post_init__(self):
+        _check_int("dim", self.dim, 1)
+        _check_int("context_dim", self.context_dim, 1)
+        check_activation(self.activation)
+
     @property
     def transformed(self) -> np.ndarray:
         if self.parity is None or self.dim == 1:
@@ -175,6 +180,12 @@ class SplineCoupling(_Coupling):
 
     num_bins: int = 8
     tail_bound: float = 3.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_int("num_bins", self.num_bins, 2)
+        if not self.tail_bound > 0:
+            raise ValueError(f"tail_bound must be > 0, got {self.tail_bound!r}")
 
     @property
     def params_per_coordinate(self) -> int:

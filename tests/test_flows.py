@@ -20,6 +20,7 @@ from mbpo.flows import (
     _fit,
     fit_flow,
     flow_dynamics,
+    rational_quadratic_spline,
 )
 
 pytestmark = pytest.mark.usefixtures("x64")
@@ -112,14 +113,13 @@ def test_log_det_is_that_of_the_jacobian(dim, kind):
 
 
 def test_zero_network_output_is_the_identity_spline():
-    layer = SplineCoupling(
-        dim=2, context_dim=CONTEXT, parity=None, num_bins=4, hidden=(8,), init_scale=0.0
-    )
-    params = init_f64(layer, 0)
-    v = jnp.array([-0.7, 0.4])
-    x, log_det = layer.forward(params, v, _normal(0, (CONTEXT,)))
-    np.testing.assert_allclose(x, v, atol=1e-14)
-    np.testing.assert_allclose(log_det, 0.0, atol=1e-14)
+    v = jnp.array([-2.5, -0.7, 0.0, 0.4, 1.9, 2.5])  # inside the tail bound 2 and outside it
+    for inverse in (False, True):
+        x, log_det = rational_quadratic_spline(
+            v, jnp.zeros((6, 3 * 4 - 1)), tail_bound=2.0, inverse=inverse
+        )
+        np.testing.assert_allclose(x, v, atol=1e-14)
+        np.testing.assert_allclose(log_det, 0.0, atol=1e-14)
 
 
 def test_box_squash_log_det_and_inverse():
@@ -188,9 +188,10 @@ def _bimodal(key, n):
 
 def test_fitted_flow_beats_a_fitted_gaussian_on_a_bimodal_conditional():
     """Held-out log-likelihood: the mixture's entropy is ~0.9 nats below a Gaussian's of its variance,
-    so a fitted 1-D spline flow should win by a wide margin; we ask for 0.4 nats per sample."""
-    x_train, c_train = _bimodal(jax.random.key(0), 1024)
-    x_test, c_test = _bimodal(jax.random.key(1), 1024)
+    so a fitted 1-D spline flow should win by a wide margin; we ask for 0.4 nats per sample (it wins
+    by 0.73 with these seeds)."""
+    x_train, c_train = _bimodal(jax.random.key(0), 512)
+    x_test, c_test = _bimodal(jax.random.key(1), 512)
     common = {"dim": 1, "context_dim": CONTEXT, "hidden": (16, 16)}
     models = {  # the Gaussian on minibatches, the flow on the full batch: both paths of fit_flow
         "gaussian": (ConditionalFlow(num_layers=0, **common), 128),
@@ -203,16 +204,16 @@ def test_fitted_flow_beats_a_fitted_gaussian_on_a_bimodal_conditional():
             init_f64(flow, 2),
             x_train,
             c_train,
-            steps=300,
+            steps=200,
             learning_rate=1e-2,
             batch_size=batch_size,
         )
-        assert fit.loss_t.shape == (300,)
-        assert float(fit.loss_t[-20:].mean()) < float(fit.loss_t[:20].mean()) - 0.2, (
-            name
-        )  # it learned
+        assert fit.loss_t.shape == (200,)
+        # It learned: the loss fell.
+        assert float(fit.loss_t[-20:].mean()) < float(fit.loss_t[:20].mean()) - 0.2, name
         log_prob = _jit(jax.vmap(flow.log_prob, (None, 0, 0)))(fit.params, x_test, c_test)
         held_out[name] = float(jnp.mean(log_prob))
+    print(held_out)
     assert held_out["flow"] > held_out["gaussian"] + 0.4, held_out
 
     # New data, learning rate and key: the jitted fit is not traced again.
@@ -222,7 +223,7 @@ def test_fitted_flow_beats_a_fitted_gaussian_on_a_bimodal_conditional():
         init_f64(flow, 3),
         x_test,
         c_test,
-        steps=300,
+        steps=200,
         learning_rate=1e-3,
         key=jax.random.key(1),
     )
@@ -327,6 +328,8 @@ def test_bad_configuration_raises_naming_the_value():
         ConditionalFlow(dim=1, context_dim=2, kinds=("planar",))
     with pytest.raises(ValueError, match="tail_bound must be > 0, got -1.0"):
         ConditionalFlow(dim=1, context_dim=2, tail_bound=-1.0)
+    with pytest.raises(ValueError, match="num_bins must be an int >= 2, got 1"):
+        SplineCoupling(dim=2, context_dim=1, num_bins=1)
     with pytest.raises(ValueError, match="num_bins must be an int >= 2, got 1"):
         FlowPolicy(3, 1, (-1.0,), (1.0,), num_bins=1)
     with pytest.raises(ValueError, match="flow has dim 3, but reset returns a state of shape"):
