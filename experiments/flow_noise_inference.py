@@ -39,7 +39,6 @@ import argparse
 import dataclasses
 import datetime
 import os
-import pathlib
 import sys
 import time
 from typing import NamedTuple
@@ -49,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.stats import norm
 
+from experiments.bench_unroll import json_path
 from mbpo.dynamics import FunctionDynamics, State
 from mbpo.flows import ConditionalFlow, fit_flow, flow_dynamics
 from mbpo.io import run_header, write_json
@@ -365,14 +365,6 @@ def format_table(report: dict) -> str:
         cells = [f"{fmt.format(row[key])} [{row[key + '_std']:.2g}]" for key, _, fmt in COLUMNS]
         lines.append(f"{row['model']:<10}" + "".join(f"{cell:>{WIDTH}}" for cell in cells))
     return "\n".join(lines)
-
-
-def json_path(text: str) -> pathlib.Path:
-    """The ``--out`` argument: a path ending in .json that is not a folder."""
-    path = pathlib.Path(text)
-    if path.suffix != ".json" or path.is_dir():
-        raise argparse.ArgumentTypeError(f"expected a PATH.json file, got {text!r}")
-    return path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
