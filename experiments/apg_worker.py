@@ -2,15 +2,17 @@
 
 The reference side of :mod:`experiments.bench_vs_brax_apg`. It runs under a second virtual
 environment with jax 0.9: brax 0.14.2's training agents call ``jax.device_put_replicated``, which
-jax 0.10 removed. For the same reason it imports nothing from mbpo (and nothing else from this
-repository). Create that environment once (from any folder; about 1.5 minutes):
+jax 0.10 removed. For the same reason it imports nothing from mbpo; from this repository only
+:mod:`experiments._baselines` (standard library only). Create that environment once (about 1.5
+minutes):
 
     python3.11 -m venv /work/venv-apg
     /work/venv-apg/bin/pip install "jax[cpu]<0.10" brax==0.14.2
 
-(on a CUDA machine ``"jax[cuda12]<0.10"``; this installed jax 0.9.2, the newest 0.9.*). Run as
+(on a CUDA machine ``"jax[cuda12]<0.10"``; this installed jax 0.9.2, the newest 0.9.*). Run from
+the repository root as
 
-    /work/venv-apg/bin/python experiments/apg_worker.py --env reacher --backend positional \\
+    /work/venv-apg/bin/python -m experiments.apg_worker --env reacher --backend positional \\
         --num-envs 32 --episode-length 128 --horizon 16 --num-updates 60 --num-evals 5 --seed 0
 
 How brax's APG is driven: ``train(environment, episode_length, policy_updates=num_updates,
@@ -35,36 +37,29 @@ it shortens the later runs, and a program loaded from it still counts as a compi
 Output: one JSON line on stdout (everything else the libraries print goes to stderr) with the
 settings, ``evals`` (``updates``, ``eval_return``, ``eval_return_std`` of each evaluation),
 ``eval_return`` (the last), ``epoch_times_s``, ``epoch_compiled``, ``compiles`` (``[name, s]``
-of each program compiled before each evaluation), ``time_per_update_s``,
-``steady_updates``, ``train_s`` (the ``train`` call) and ``total_s`` (the process, imports
-included).
+of each program compiled before each evaluation), ``compile_s`` (lowering and XLA compile time of
+every program), ``time_per_update_s``, ``steady_updates``, ``train_s`` (the ``train`` call) and
+``total_s`` (the process, imports included).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import functools
-import json
-import os
-import sys
 import time
-import typing
+
+from experiments._baselines import (
+    BraxProgress,
+    import_jax,
+    option,
+    parse_settings,
+    worker_header,
+    worker_main,
+)
 
 START = time.perf_counter()
 
 ACTIVATIONS = ("tanh", "elu", "relu", "swish")
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-# Compiled outside brax's timed epoch: the evaluation unroll, and the squeeze of the replicated
-# parameters handed to it.
-UNTIMED_PROGRAMS = frozenset({"jit(generate_eval_unroll)", "jit(squeeze)"})
-
-
-def option(default, help: str):
-    """A dataclass field with a default and its ``--help`` text (mbpo.cli.option, which this
-    script cannot import)."""
-    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -151,98 +146,26 @@ class ApgSettings:
         return self.num_updates // (self.num_evals - 1)
 
 
-def _boolean(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def parse(argv: list[str] | None = None) -> ApgSettings:
     """``--field-name`` options for the fields of :class:`ApgSettings`; bad values exit with 2."""
-    parser = argparse.ArgumentParser(prog="apg_worker.py", description=__doc__.splitlines()[0])
-    hints = typing.get_type_hints(ApgSettings)
-    converters = {
-        tuple[int, ...]: {"type": int, "nargs": "+"},
-        bool: {"type": _boolean},
-        str | None: {"type": str},
-    }
-    for field in dataclasses.fields(ApgSettings):
-        parser.add_argument(
-            f"--{field.name.replace('_', '-')}",
-            default=field.default,
-            help=f"{field.metadata['help']} (default: {field.default})",
-            **converters.get(hints[field.name], {"type": hints[field.name]}),
-        )
-    args = vars(parser.parse_args(argv))
-    try:
-        return ApgSettings(
-            **{name: tuple(v) if isinstance(v, list) else v for name, v in args.items()}
-        )
-    except ValueError as error:
-        parser.error(str(error))
-
-
-class CompileLog:
-    """The programs jax compiled (or loaded from its persistent cache): ``[name, s]`` in order."""
-
-    def __init__(self):
-        self.compiles: list[list] = []
-
-    def __call__(self, event: str, duration: float, **kwargs) -> None:
-        if event == COMPILE_EVENT:
-            self.compiles.append([str(kwargs.get("fun_name", "?")), round(duration, 3)])
-
-    def take(self) -> list[list]:
-        compiles, self.compiles = self.compiles, []
-        return compiles
+    return parse_settings(
+        ApgSettings, argv, prog="apg_worker.py", description=__doc__.splitlines()[0]
+    )
 
 
 def run(settings: ApgSettings) -> dict:
     """Trains brax APG with ``settings`` and returns the report (see the module docstring)."""
-    if settings.compilation_cache:
-        # Each program loaded from the cache makes XLA:CPU log two false "machine type doesn't
-        # match" errors (about tuning flags of the very machine that compiled it). Not
-        # setdefault: importing brax sets the variable to 1, and a parent that did passes it on.
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    import jax
-
-    if settings.compilation_cache:
-        jax.config.update("jax_compilation_cache_dir", settings.compilation_cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    import brax
+    import_jax(settings.compilation_cache)
     from brax import envs
     from brax.training.agents.apg import networks as apg_networks
     from brax.training.agents.apg import train as apg
     from flax import linen
 
-    compile_log = CompileLog()
-    jax.monitoring.register_event_duration_secs_listener(compile_log)
-    evals: list[dict] = []
-    epoch_times: list[float] = []
-    epoch_compiled: list[bool] = []
-    compiles: list[list] = []
-
-    def progress(step: int, metrics: dict) -> None:
-        compiles.append(compile_log.take())
-        compiled = [name for name, _ in compiles[-1] if name not in UNTIMED_PROGRAMS]
-        evals.append(
-            {
-                "updates": step * settings.updates_per_epoch,
-                "eval_return": float(metrics["eval/episode_reward"]),
-                "eval_return_std": float(metrics["eval/episode_reward_std"]),
-            }
-        )
-        if step > 0:
-            epoch_times.append(float(metrics["training/walltime"]) - sum(epoch_times))
-            epoch_compiled.append(bool(compiled))
-        print(
-            f"[apg seed {settings.seed}] eval {step}: {evals[-1]} compiled {compiled}",
-            file=sys.stderr,
-            flush=True,
-        )
-
+    progress = BraxProgress(
+        label=f"apg seed {settings.seed}",
+        x_name="updates",
+        x_of_step=lambda step: step * settings.updates_per_epoch,
+    )
     network_factory = functools.partial(
         apg_networks.make_apg_networks,
         hidden_layer_sizes=settings.hidden,
@@ -269,21 +192,14 @@ def run(settings: ApgSettings) -> dict:
         progress_fn=progress,
     )
     train_s = time.perf_counter() - start
-    steady = [t for t, compiled in zip(epoch_times, epoch_compiled) if not compiled]
-    steady_updates = len(steady) * settings.updates_per_epoch
+    steady_updates = len(progress.steady_times()) * settings.updates_per_epoch
     return {
-        "implementation": "brax.training.agents.apg",
-        "settings": dataclasses.asdict(settings),
-        "jax_version": jax.__version__,
-        "brax_version": brax.__version__,
-        "device": str(jax.devices()[0].device_kind),
+        **worker_header("brax.training.agents.apg", settings),
         "updates_per_epoch": settings.updates_per_epoch,
-        "evals": evals,
-        "eval_return": evals[-1]["eval_return"],
-        "epoch_times_s": epoch_times,
-        "epoch_compiled": epoch_compiled,
-        "compiles": compiles,
-        "time_per_update_s": sum(steady) / steady_updates if steady_updates else None,
+        **progress.report(),
+        "time_per_update_s": sum(progress.steady_times()) / steady_updates
+        if steady_updates
+        else None,
         "steady_updates": steady_updates,
         "train_s": train_s,
         "total_s": time.perf_counter() - START,
@@ -291,11 +207,7 @@ def run(settings: ApgSettings) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = parse(argv)
-    # stdout carries only the JSON line; brax and jax print warnings and notices there too.
-    with contextlib.redirect_stdout(sys.stderr):
-        report = run(settings)
-    print(json.dumps(report), flush=True)
+    worker_main(parse, run, argv)
 
 
 if __name__ == "__main__":

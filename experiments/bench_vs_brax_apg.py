@@ -59,11 +59,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import pathlib
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -72,13 +68,15 @@ import jax
 
 import envs
 from envs import brax_tasks
+from experiments import _baselines
+from experiments._baselines import CompileLog, mean_std, pm
+from experiments.apg_worker import ApgSettings
 from mbpo.agents.loop import Trainer, run_updates
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer
 from mbpo.io import run_header, write_json
 
 DEFAULT_APG_PYTHON = "/work/venv-apg/bin/python"
-WORKER = pathlib.Path(__file__).with_name("apg_worker.py")
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+WORKER_MODULE = "experiments.apg_worker"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -185,35 +183,38 @@ def trainer_config(preset: Preset) -> UnrollTrainerConfig:
     )
 
 
-def worker_command(preset: Preset, apg_python: str, seed: int, cache: str) -> list[str]:
-    """The ``apg_worker.py`` command line for ``preset`` and ``seed``."""
-    return [
-        apg_python,
-        str(WORKER),
-        *("--env", preset.env, "--backend", preset.backend),
-        *("--num-envs", str(preset.num_envs), "--episode-length", str(preset.episode_length)),
-        *("--horizon", str(preset.horizon), "--num-updates", str(preset.num_updates)),
-        *("--num-evals", str(preset.num_evals), "--learning-rate", str(preset.learning_rate)),
-        *("--adam-b1", "0.7", "--adam-b2", "0.95", "--use-schedule", "false"),
-        *("--max-grad-norm", "1.0"),
-        *("--hidden", *map(str, preset.hidden), "--activation", "tanh", "--layer-norm", "false"),
-        *("--normalize-observations", "true", "--deterministic-eval", "true"),
-        *("--eval-envs", str(preset.eval_envs), "--seed", str(seed), "--compilation-cache", cache),
-    ]
+def worker_settings(preset: Preset, seed: int, cache: str | None) -> ApgSettings:
+    """APG's settings for ``preset`` and ``seed``."""
+    return ApgSettings(
+        env=preset.env,
+        backend=preset.backend,
+        num_envs=preset.num_envs,
+        episode_length=preset.episode_length,
+        horizon=preset.horizon,
+        num_updates=preset.num_updates,
+        num_evals=preset.num_evals,
+        learning_rate=preset.learning_rate,
+        adam_b1=0.7,
+        adam_b2=0.95,
+        use_schedule=False,
+        max_grad_norm=1.0,
+        hidden=preset.hidden,
+        activation="tanh",
+        layer_norm=False,
+        normalize_observations=True,
+        deterministic_eval=True,
+        eval_envs=preset.eval_envs,
+        seed=seed,
+        compilation_cache=cache,
+    )
 
 
-class CompileCounter:
-    """Counts jax's backend compiles, so that a timed chunk that compiled can be left out."""
-
-    def __init__(self):
-        self.count = 0
-        jax.monitoring.register_event_duration_secs_listener(self)
-
-    def __call__(self, event: str, duration: float, **kwargs) -> None:
-        self.count += event == COMPILE_EVENT
+def worker_command(preset: Preset, apg_python: str, seed: int, cache: str | None) -> list[str]:
+    """The ``apg_worker`` command line for ``preset`` and ``seed`` (run from the repository root)."""
+    return _baselines.command_line(apg_python, WORKER_MODULE, worker_settings(preset, seed, cache))
 
 
-def train_ours(trainer: Trainer, preset: Preset, seed: int, compiles: CompileCounter) -> dict:
+def train_ours(trainer: Trainer, preset: Preset, seed: int, compiles: CompileLog) -> dict:
     """One seed of our BPO in chunks of ``preset.updates_per_chunk`` updates, evaluated after each.
 
     Returns ``evals`` (``updates``, ``eval_return``), ``eval_return`` (the last), ``chunk_times_s``,
@@ -226,11 +227,11 @@ def train_ours(trainer: Trainer, preset: Preset, seed: int, compiles: CompileCou
     evals = [{"updates": 0, "eval_return": float(evaluate(ts, eval_key))}]
     chunk_times, chunk_compiled = [], []
     for chunk in range(1, preset.num_evals):
-        before = compiles.count
+        before = len(compiles.compiles)
         start = time.perf_counter()
         ts, metrics = jax.block_until_ready(run_updates(trainer, ts, preset.updates_per_chunk))
         chunk_times.append(time.perf_counter() - start)
-        chunk_compiled.append(compiles.count > before)
+        chunk_compiled.append(len(compiles.compiles) > before)
         evals.append(
             {
                 "updates": chunk * preset.updates_per_chunk,
@@ -252,33 +253,6 @@ def train_ours(trainer: Trainer, preset: Preset, seed: int, compiles: CompileCou
         if steady
         else None,
         "skipped_updates": int(metrics["skipped_updates"][-1]),
-    }
-
-
-def run_apg(preset: Preset, apg_python: str, seed: int, cache: str) -> dict:
-    """One seed of brax APG through ``apg_worker.py``; its JSON report, with ``wall_s`` added."""
-    command = worker_command(preset, apg_python, seed, cache)
-    start = time.perf_counter()
-    # The worker's stderr (brax's warnings, its progress) passes through to ours.
-    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"the APG worker failed with exit code {done.returncode}: {' '.join(command)}"
-        )
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    report["wall_s"] = time.perf_counter() - start
-    return report
-
-
-def mean_std(values: list[float | None]) -> dict:
-    """Mean and sample std (0 for one value) of the values that are not None."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return {"mean": None, "std": None, "n": 0}
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "n": len(values),
     }
 
 
@@ -306,12 +280,6 @@ def summarize(ours: list[dict], apg: list[dict]) -> dict:
     return summary
 
 
-def _pm(stat: dict, scale: float = 1.0, digits: int = 2) -> str:
-    if stat["mean"] is None:
-        return "n/a"
-    return f"{scale * stat['mean']:.{digits}f} +- {scale * stat['std']:.{digits}f}"
-
-
 def format_table(report: dict) -> str:
     """The report as fixed-width text: settings, the two goals, the return at each evaluation."""
     p, s = report["preset_settings"], report["summary"]
@@ -336,44 +304,32 @@ def format_table(report: dict) -> str:
         "",
         f"{'':<34}{'ours':>20}{'brax APG':>20}{'ours/APG':>10}  goal",
         f"{'time per update, ms (no compile)':<34}"
-        + f"{_pm(s['ours']['time_per_update_s'], 1e3):>20}"
-        + f"{_pm(s['apg']['time_per_update_s'], 1e3):>20}{ratio:>10}  <= 1.0: {time_goal}",
+        + f"{pm(s['ours']['time_per_update_s'], 1e3):>20}"
+        + f"{pm(s['apg']['time_per_update_s'], 1e3):>20}{ratio:>10}  <= 1.0: {time_goal}",
         f"{'eval return @ ' + str(p['num_updates']) + ' updates':<34}"
-        + f"{_pm(s['ours']['eval_return']):>20}{_pm(s['apg']['eval_return']):>20}{'':>10}"
+        + f"{pm(s['ours']['eval_return']):>20}{pm(s['apg']['eval_return']):>20}{'':>10}"
         + f"  ours >= APG: {return_goal} (difference {difference:+.2f})",
         f"{'first chunk (compiles), s, seed 0':<34}{ours_first:>20.1f}{apg_first:>20.1f}",
         "",
         f"{'eval return by updates':<34}{'ours':>20}{'brax APG':>20}",
     ]
     for o, a in zip(s["ours"]["curve"], s["apg"]["curve"]):
-        lines.append(f"{o['updates']:<34}{_pm(o):>20}{_pm(a):>20}")
+        lines.append(f"{o['updates']:<34}{pm(o):>20}{pm(a):>20}")
     lines.append("(mean +- std over seeds)")
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses the command line; an unknown preset or a missing ``--apg-python`` exits with 2."""
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.bench_vs_brax_apg", description=__doc__.splitlines()[0]
+    return _baselines.parse_bench_args(
+        argv,
+        prog="python -m experiments.bench_vs_brax_apg",
+        description=__doc__.splitlines()[0],
+        presets=PRESETS,
+        python_flag="--apg-python",
+        default_python=DEFAULT_APG_PYTHON,
+        agent="Brax's APG",
     )
-    parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="cpu", help="the comparison's settings"
-    )
-    parser.add_argument(
-        "--apg-python",
-        default=DEFAULT_APG_PYTHON,
-        help=f"python of the jax-0.9 environment with brax 0.14.2 (default: {DEFAULT_APG_PYTHON})",
-    )
-    parser.add_argument("--out", type=pathlib.Path, help="JSON file for the report")
-    args = parser.parse_args(argv)
-    if not os.access(args.apg_python, os.X_OK):
-        parser.error(
-            f"--apg-python {args.apg_python} is not an executable file. Brax's APG needs "
-            "jax < 0.10; create its environment with: python3.11 -m venv /work/venv-apg && "
-            '/work/venv-apg/bin/pip install "jax[cpu]<0.10" brax==0.14.2 '
-            "(or pass --apg-python PATH to another such python)"
-        )
-    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -385,20 +341,16 @@ def main(argv: list[str] | None = None) -> None:
     report["preset_settings"] = dataclasses.asdict(preset)
     report["ours_config"] = dataclasses.asdict(trainer_config(preset))
 
-    compiles = CompileCounter()
+    compiles = CompileLog()
     trainer = make_trainer(trainer_config(preset), envs.make(preset.env, backend=preset.backend))
-    report["ours"], report["apg"] = [], []
-    report["ours_wall_s"] = report["apg_wall_s"] = 0.0
     with tempfile.TemporaryDirectory(prefix="apg-jax-cache-") as cache:
-        # Seeds alternate between the two sides, so that load from other processes that drifts
-        # during the run falls on both alike.
-        for seed in range(preset.seeds):
-            side_start = time.perf_counter()
-            report["ours"].append(train_ours(trainer, preset, seed, compiles))
-            report["ours_wall_s"] += time.perf_counter() - side_start
-            side_start = time.perf_counter()
-            report["apg"].append(run_apg(preset, args.apg_python, seed, cache))
-            report["apg_wall_s"] += time.perf_counter() - side_start
+        sides = {
+            "ours": lambda seed: train_ours(trainer, preset, seed, compiles),
+            "apg": lambda seed: _baselines.run_worker(
+                worker_command(preset, args.apg_python, seed, cache)
+            ),
+        }
+        report.update(_baselines.alternate_seeds(preset.seeds, sides))
     report["apg_command_seed0"] = " ".join(worker_command(preset, args.apg_python, 0, "CACHE_DIR"))
     report["apg_jax_version"] = report["apg"][0]["jax_version"]
     report["apg_brax_version"] = report["apg"][0]["brax_version"]

@@ -1,0 +1,482 @@
+"""Our SAC against brax's own SAC on one Brax task: env steps per second and return at equal steps.
+
+Both run soft actor-critic (Haarnoja et al. 2018, the automatic-temperature version) with twin
+critics, ``num_envs`` environments at a time: every training step, each env steps once with an
+action sampled from the tanh-Gaussian policy and stores the transition in a uniform replay
+buffer, then ``gradient_steps`` gradient steps follow on batches of ``batch_size``; before that,
+``warmup_steps`` env steps fill the buffer. Ours is :mod:`mbpo.agents.off_policy` with
+``algo="sac"``, in this process, in compiled chunks of ``chunk_updates`` updates
+(:func:`mbpo.agents.loop.run_updates`); brax's is ``brax.training.agents.sac.train``, run by
+``experiments/sac_worker.py`` in a second virtual environment (brax 0.14.2's agents need jax 0.9,
+mbpo needs jax 0.10), one subprocess per seed, in epochs of the same number of training steps.
+Create that environment once (about 1.5 minutes):
+
+    python3.11 -m venv /work/venv-apg
+    /work/venv-apg/bin/pip install "jax[cpu]<0.10" brax==0.14.2
+
+(on a CUDA machine ``"jax[cuda12]<0.10"``; this installed jax 0.9.2). Then, from the repository
+root, under mbpo's environment:
+
+    python -m experiments.bench_vs_brax_sac --preset cpu [--brax-python /work/venv-apg/bin/python]
+        [--out experiments/results/bench_vs_brax_sac_cpu.json]
+
+The run: one chunk of warmup (``warmup_steps = chunk_updates * num_envs``), then
+``train_chunks`` training chunks, each followed by an evaluation on ``eval_envs`` episodes of
+``episode_length`` steps from fresh resets with the mean action tanh(mu(s)) (brax:
+``deterministic_eval=True``), rewards after a done not counted; one more before training. So
+both sides are evaluated at the same env steps: 0 and ``warmup_steps + k * chunk_updates *
+num_envs``, k = 1, ..., ``train_chunks``.
+
+What is the same: the Brax environment and backend, ``num_envs``, ``episode_length`` (a time
+limit; action repeat 1), the env steps of warmup and training, the buffer size (brax's
+``max_replay_size`` = our ``buffer_capacity``; uniform sampling with replacement), ``batch_size``,
+the gradient steps per training step (brax's ``grad_updates_per_step`` = our
+``gradient_steps``), the discount (``discounting`` = ``gamma``), Adam at one constant learning
+rate for policy and critics (``learning_rate`` = our ``actor_lr`` = ``critic_lr``), the Polyak
+rate ``tau`` of the target critics, the hidden sizes of the policy and of each of the two critics
+with relu layers (brax's ``make_sac_networks(hidden_layer_sizes=hidden)``), the twin-critic
+target y = r + gamma (1 - done) (min_i q_i(s', a'; targ) - alpha log pi(a'|s')), a' ~ pi, the
+loss 0.5 mean (q_i - y)^2 over batch and critics, the actor loss mean(alpha log pi - min_i q_i),
+reward scaling 1, no observation normalization on either side (ours has none; brax's
+``normalize_observations=False``), and the temperature: set to brax's fixed choices (alpha
+starts at 1, its own Adam at 3e-4, target entropy -0.5 * action_size).
+
+What differs, as brax 0.14.2's SAC is written:
+
+* warmup actions: brax fills the buffer with its initial policy's samples; ours with uniform
+  random actions. Ours also takes one round of ``gradient_steps`` at the last warmup update
+  (learning starts once ``warmup_steps`` are stored), brax none.
+* time limits: brax truncates at ``episode_length`` by auto-resetting, so the stored next
+  observation is the reset one, and it drops those transitions from the critic loss; ours stores
+  the true next observation and bootstraps through the time limit.
+* resets: brax's ``AutoResetWrapper`` returns each env to its own first start state, so it trains
+  on ``num_envs`` fixed start states; ours draws a fresh start state at every reset. Both are
+  evaluated on fresh ones.
+* temperature loss: brax's is alpha (-log pi - H) with its own fresh action sample, its gradient
+  in log alpha scaled by alpha; ours is log alpha (-log pi - H) on the actor's sample (Haarnoja
+  et al.'s form). Under Adam the two differ only in that per-step scale.
+* networks: brax initializes every layer lecun-uniform and its std is softplus(.) + 0.001; our
+  hidden layers are lecun-normal, the last ones glorot-uniform (the policy's scaled by 0.1), and
+  our std is exp(clip(log_std + head, -5, 2)) from an initial std of 1.
+* optimizer: ours clips the global gradient norm at ``max_grad_norm`` (set to 1e9: never acts)
+  and skips non-finite updates; brax's Adam has neither.
+* seeds: the same seed numbers, but different random streams, so the initial policies differ.
+
+How it is timed: env steps per second is the env steps of a compiled chunk (a ``lax.scan`` of
+``chunk_updates`` training steps, waited for with ``block_until_ready``, evaluation excluded)
+over its wall time, summed over the training chunks during which nothing compiled (ours:
+compile events counted around each chunk; brax: see ``sac_worker.py``: its first epoch, which
+includes the warmup, compiles), per seed; the table gives the mean +- std over seeds, and also
+that of each seed's fastest chunk (on a shared machine, the chunk least slowed by others). Compile
+time is reported apart: the lowering and XLA compile time of every program of seed 0 (training
+and evaluation; tracing is not in it, see ``experiments._baselines.COMPILE_PHASES``), and the
+wall time of the warmup and first training chunk, which includes everything. Our seeds share one compiled program; each brax seed is a new
+process, sharing compiled programs through jax's persistent cache in a temporary folder. The two
+sides never run at once: seeds alternate (ours 0, brax 0, ours 1, ...), so that load from other
+processes that drifts during the run falls on both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+
+import jax
+
+import envs
+from envs import brax_tasks
+from experiments import _baselines
+from experiments._baselines import CompileLog, mean_std, pm
+from experiments.sac_worker import SacSettings
+from mbpo.agents.loop import Trainer, run_updates
+from mbpo.agents.off_policy import OffPolicyConfig, make_trainer
+from mbpo.dynamics.brax_env import BACKENDS
+from mbpo.io import run_header, write_json
+
+DEFAULT_BRAX_PYTHON = "/work/venv-apg/bin/python"
+WORKER_MODULE = "experiments.sac_worker"
+NO_CLIPPING = 1e9  # our optimizer always clips the global norm; brax's never does
+BRAX_ALPHA = {"init_alpha": 1.0, "alpha_lr": 3e-4, "target_entropy_per_action": -0.5}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Preset:
+    """One comparison; both sides get these settings.
+
+    Attributes:
+      env: a Brax task of ``envs.brax_tasks.TASKS``.
+      backend: Brax physics pipeline.
+      num_envs: parallel training environments, each stepped once per training step.
+      episode_length: steps before an environment is reset, in training and evaluation.
+      chunk_updates: training steps per compiled chunk (brax: per epoch); the warmup is one
+        chunk of env steps.
+      train_chunks: training chunks, each followed by an evaluation; >= 2 (brax's first
+        compiles, so at least one timed chunk needs a second).
+      batch_size: transitions per gradient step.
+      gradient_steps: gradient steps per training step.
+      learning_rate: Adam learning rate of policy and critics.
+      discount: gamma.
+      tau: Polyak rate of the target critics.
+      buffer_capacity: replay buffer size.
+      hidden: hidden layer sizes of the policy and of each critic.
+      eval_envs: episodes per evaluation.
+      seeds: seeds 0, ..., seeds - 1 of each side.
+    """
+
+    env: str
+    backend: str
+    num_envs: int
+    episode_length: int
+    chunk_updates: int
+    train_chunks: int
+    batch_size: int
+    gradient_steps: int
+    learning_rate: float
+    discount: float
+    tau: float
+    buffer_capacity: int
+    hidden: tuple[int, ...]
+    eval_envs: int
+    seeds: int
+
+    def __post_init__(self):
+        if self.env not in brax_tasks.TASKS:
+            raise ValueError(
+                f"env must be a Brax task ({', '.join(brax_tasks.TASKS)}), got {self.env!r}"
+            )
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        for name in (
+            "num_envs",
+            "episode_length",
+            "chunk_updates",
+            "batch_size",
+            "gradient_steps",
+            "eval_envs",
+            "seeds",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.train_chunks < 2:
+            raise ValueError(
+                f"train_chunks must be >= 2 (brax's first epoch compiles), got {self.train_chunks}"
+            )
+        if self.buffer_capacity < self.num_envs:
+            raise ValueError(
+                f"buffer_capacity={self.buffer_capacity} must hold one step of all "
+                f"num_envs={self.num_envs} envs"
+            )
+        if self.learning_rate <= 0 or not 0 < self.discount <= 1 or not 0 < self.tau <= 1:
+            raise ValueError(
+                "need learning_rate > 0, 0 < discount <= 1 and 0 < tau <= 1; got "
+                f"{self.learning_rate}, {self.discount}, {self.tau}"
+            )
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"hidden must be a non-empty tuple of sizes >= 1, got {self.hidden}")
+
+    @property
+    def chunk_env_steps(self) -> int:
+        return self.chunk_updates * self.num_envs
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.chunk_env_steps
+
+    @property
+    def env_steps(self) -> int:
+        """All env steps, the warmup included."""
+        return (1 + self.train_chunks) * self.chunk_env_steps
+
+
+PRESETS: dict[str, Preset] = {
+    # inverted_pendulum: reward 1 per step until |angle| > 0.2, so the return is the steps
+    # balanced (at most episode_length). Both sides go from ~40 to the 100s within 4k env steps.
+    "cpu": Preset(
+        env="inverted_pendulum",
+        backend="positional",
+        num_envs=16,
+        episode_length=200,
+        chunk_updates=128,
+        train_chunks=6,
+        batch_size=256,
+        gradient_steps=8,
+        learning_rate=1e-3,
+        discount=0.99,
+        tau=0.005,
+        buffer_capacity=100_000,
+        hidden=(64, 64),
+        eval_envs=128,
+        seeds=3,
+    ),
+    # One GPU (not run yet): halfcheetah, brax's default network sizes, 106k env steps.
+    "gpu": Preset(
+        env="halfcheetah",
+        backend="positional",
+        num_envs=128,
+        episode_length=1000,
+        chunk_updates=64,
+        train_chunks=12,
+        batch_size=512,
+        gradient_steps=32,
+        learning_rate=6e-4,
+        discount=0.99,
+        tau=0.005,
+        buffer_capacity=1_000_000,
+        hidden=(256, 256),
+        eval_envs=128,
+        seeds=3,
+    ),
+}
+
+
+def trainer_config(preset: Preset, action_size: int) -> OffPolicyConfig:
+    """Our settings for ``preset`` on a task with ``action_size`` actions (the seed is given to
+    ``init`` directly)."""
+    return OffPolicyConfig(
+        algo="sac",
+        env=preset.env,
+        brax_backend=preset.backend,
+        num_envs=preset.num_envs,
+        episode_length=preset.episode_length,
+        num_updates=(1 + preset.train_chunks) * preset.chunk_updates,
+        gradient_steps=preset.gradient_steps,
+        batch_size=preset.batch_size,
+        buffer_capacity=preset.buffer_capacity,
+        warmup_steps=preset.warmup_steps,
+        gamma=preset.discount,
+        tau=preset.tau,
+        actor_lr=preset.learning_rate,
+        critic_lr=preset.learning_rate,
+        max_grad_norm=NO_CLIPPING,
+        hidden=preset.hidden,
+        init_alpha=BRAX_ALPHA["init_alpha"],
+        autotune_alpha=True,
+        alpha_lr=BRAX_ALPHA["alpha_lr"],
+        target_entropy=BRAX_ALPHA["target_entropy_per_action"] * action_size,
+        eval_every=preset.chunk_updates,
+        eval_envs=preset.eval_envs,
+    )
+
+
+def worker_settings(preset: Preset, seed: int, cache: str | None) -> SacSettings:
+    """Brax's settings for ``preset`` and ``seed``."""
+    return SacSettings(
+        env=preset.env,
+        backend=preset.backend,
+        num_envs=preset.num_envs,
+        episode_length=preset.episode_length,
+        env_steps=preset.env_steps,
+        warmup_steps=preset.warmup_steps,
+        num_evals=1 + preset.train_chunks,
+        batch_size=preset.batch_size,
+        grad_updates_per_step=preset.gradient_steps,
+        learning_rate=preset.learning_rate,
+        discount=preset.discount,
+        tau=preset.tau,
+        max_replay_size=preset.buffer_capacity,
+        hidden=preset.hidden,
+        activation="relu",
+        reward_scaling=1.0,
+        normalize_observations=False,
+        deterministic_eval=True,
+        eval_envs=preset.eval_envs,
+        seed=seed,
+        compilation_cache=cache,
+    )
+
+
+def worker_command(preset: Preset, brax_python: str, seed: int, cache: str | None) -> list[str]:
+    """The ``sac_worker`` command line for ``preset`` and ``seed`` (run from the repository root)."""
+    return _baselines.command_line(brax_python, WORKER_MODULE, worker_settings(preset, seed, cache))
+
+
+def train_ours(trainer: Trainer, preset: Preset, seed: int, compiles: CompileLog) -> dict:
+    """One seed of our SAC: a warmup chunk, then ``preset.train_chunks`` chunks, evaluated before
+    training and after each training chunk.
+
+    Returns ``evals`` (``env_steps``, ``eval_return``), ``eval_return`` (the last),
+    ``chunk_times_s`` and ``chunk_compiled`` (the warmup chunk first), ``env_steps_per_s`` (over
+    the training chunks that did not compile, None if none), ``fastest_env_steps_per_s`` (the
+    fastest of those chunks), ``compile_s`` (compile time during
+    this seed: all of it for the first seed run, as the later ones reuse its programs), the last
+    ``alpha`` and ``skipped_updates`` (non-finite gradients skipped).
+    """
+    compile_start = compiles.seconds
+    ts = jax.jit(trainer.init)(jax.random.key(seed))
+    evaluate = jax.jit(trainer.evaluate)
+    eval_key = jax.random.key(seed + 10_000)
+    evals = [{"env_steps": 0, "eval_return": float(evaluate(ts, eval_key))}]
+    chunk_times, chunk_compiled = [], []
+    for chunk in range(1 + preset.train_chunks):
+        before = len(compiles.compiles)
+        start = time.perf_counter()
+        ts, metrics = jax.block_until_ready(run_updates(trainer, ts, preset.chunk_updates))
+        chunk_times.append(time.perf_counter() - start)
+        chunk_compiled.append(len(compiles.compiles) > before)
+        if chunk > 0:
+            evals.append(
+                {"env_steps": int(ts.env_steps), "eval_return": float(evaluate(ts, eval_key))}
+            )
+        print(
+            f"[ours seed {seed}] chunk {chunk} ({'train' if chunk else 'warmup'}) {evals[-1]} "
+            f"{chunk_times[-1]:.2f} s compiled {chunk_compiled[-1]}",
+            flush=True,
+        )
+    steady = [t for t, compiled in zip(chunk_times[1:], chunk_compiled[1:]) if not compiled]
+    return {
+        "seed": seed,
+        "evals": evals,
+        "eval_return": evals[-1]["eval_return"],
+        "chunk_times_s": chunk_times,
+        "chunk_compiled": chunk_compiled,
+        "env_steps_per_s": len(steady) * preset.chunk_env_steps / sum(steady) if steady else None,
+        "fastest_env_steps_per_s": preset.chunk_env_steps / min(steady) if steady else None,
+        "compile_s": compiles.seconds - compile_start,
+        "alpha": float(metrics["alpha"][-1]),
+        "skipped_updates": int(metrics["skipped_updates"][-1]),
+    }
+
+
+def summarize(ours: list[dict], brax: list[dict]) -> dict:
+    """Mean +- std over seeds of env steps per second and of the returns; the ratio and the goals.
+
+    Raises ValueError if the two sides were evaluated at different env steps.
+    """
+    sides = {"ours": ours, "brax": brax}
+    steps = {name: [e["env_steps"] for e in runs[0]["evals"]] for name, runs in sides.items()}
+    if steps["ours"] != steps["brax"]:
+        raise ValueError(
+            f"evaluated at different env steps: ours {steps['ours']}, brax {steps['brax']}"
+        )
+    summary = {}
+    for name, runs in sides.items():
+        summary[name] = {
+            "env_steps_per_s": mean_std([r["env_steps_per_s"] for r in runs]),
+            "fastest_env_steps_per_s": mean_std([r["fastest_env_steps_per_s"] for r in runs]),
+            "eval_return": mean_std([r["eval_return"] for r in runs]),
+            "compile_s_seed0": runs[0]["compile_s"],
+            "curve": [
+                {"env_steps": s, **mean_std([r["evals"][i]["eval_return"] for r in runs])}
+                for i, s in enumerate(steps[name])
+            ],
+        }
+    for rate in ("env_steps_per_s", "fastest_env_steps_per_s"):
+        ours_rate, brax_rate = (summary[n][rate]["mean"] for n in ("ours", "brax"))
+        summary["speed_ratio" if rate == "env_steps_per_s" else "fastest_speed_ratio"] = (
+            ours_rate / brax_rate if ours_rate is not None and brax_rate is not None else None
+        )
+    summary["speed_goal_met"] = summary["speed_ratio"] is not None and summary["speed_ratio"] >= 1.0
+    summary["return_goal_met"] = (
+        summary["ours"]["eval_return"]["mean"] >= summary["brax"]["eval_return"]["mean"]
+    )
+    return summary
+
+
+def format_table(report: dict) -> str:
+    """The report as fixed-width text: settings, the two goals, compile time, the return curve."""
+    p, s = report["preset_settings"], report["summary"]
+    chunk_steps = p["chunk_updates"] * p["num_envs"]
+    ratio, fastest_ratio = (
+        "n/a" if s[name] is None else f"{s[name]:.2f}"
+        for name in ("speed_ratio", "fastest_speed_ratio")
+    )
+    speed_goal = "met" if s["speed_goal_met"] else "NOT met"
+    return_goal = "met" if s["return_goal_met"] else "NOT met"
+    difference = s["ours"]["eval_return"]["mean"] - s["brax"]["eval_return"]["mean"]
+    # Both include the warmup: ours runs it as a chunk of its own, brax's timed first epoch
+    # starts with it.
+    ours_first = sum(report["ours"][0]["chunk_times_s"][:2])
+    brax_first = report["brax"][0]["epoch_times_s"][0]
+    final_steps = s["ours"]["curve"][-1]["env_steps"]
+    lines = [
+        f"preset {report['preset']}: {p['env']}[{p['backend']}], {p['num_envs']} envs, "
+        + f"episode {p['episode_length']}, batch {p['batch_size']}, {p['gradient_steps']} "
+        + f"gradient steps per training step, hidden {tuple(p['hidden'])}, "
+        + f"lr {p['learning_rate']}, gamma {p['discount']}, tau {p['tau']}, buffer "
+        + f"{p['buffer_capacity']}, warmup {chunk_steps} env steps, {p['train_chunks']} chunks "
+        + f"of {p['chunk_updates']} training steps ({chunk_steps} env steps), {p['seeds']} "
+        + f"seeds, {p['eval_envs']} eval episodes",
+        f"ours: mbpo sac, jax {report['jax_version']}; brax SAC: brax "
+        + f"{report['brax_version']}, jax {report['brax_jax_version']}; device "
+        + f"{report['device_kind']}",
+        f"wall time {report['wall_s']:.0f} s (ours {report['ours_wall_s']:.0f} s, "
+        + f"brax {report['brax_wall_s']:.0f} s); load average "
+        + f"{report['load_average_1min_at_start']:.1f} at the start, "
+        + f"{report['load_average_1min_at_end']:.1f} at the end",
+        "",
+        f"{'':<38}{'ours':>20}{'brax SAC':>20}{'ours/brax':>10}  goal",
+        f"{'env steps per s (no compile)':<38}{pm(s['ours']['env_steps_per_s'], digits=0):>20}"
+        + f"{pm(s['brax']['env_steps_per_s'], digits=0):>20}{ratio:>10}  >= 1.0: {speed_goal}",
+        f"{'  fastest chunk of each seed':<38}"
+        + f"{pm(s['ours']['fastest_env_steps_per_s'], digits=0):>20}"
+        + f"{pm(s['brax']['fastest_env_steps_per_s'], digits=0):>20}{fastest_ratio:>10}",
+        f"{'eval return @ ' + str(final_steps) + ' env steps':<38}"
+        + f"{pm(s['ours']['eval_return'], digits=1):>20}"
+        + f"{pm(s['brax']['eval_return'], digits=1):>20}{'':>10}"
+        + f"  ours >= brax: {return_goal} (difference {difference:+.1f})",
+        f"{'lower + XLA compile s, seed 0':<38}{s['ours']['compile_s_seed0']:>20.1f}"
+        + f"{s['brax']['compile_s_seed0']:>20.1f}",
+        f"{'warmup + first chunk s, seed 0':<38}{ours_first:>20.1f}{brax_first:>20.1f}",
+        "",
+        f"{'eval return by env steps':<38}{'ours':>20}{'brax SAC':>20}",
+    ]
+    for o, b in zip(s["ours"]["curve"], s["brax"]["curve"]):
+        lines.append(f"{o['env_steps']:<38}{pm(o, digits=1):>20}{pm(b, digits=1):>20}")
+    lines.append("(mean +- std over seeds)")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses the command line; an unknown preset or a missing ``--brax-python`` exits with 2."""
+    return _baselines.parse_bench_args(
+        argv,
+        prog="python -m experiments.bench_vs_brax_sac",
+        description=__doc__.splitlines()[0],
+        presets=PRESETS,
+        python_flag="--brax-python",
+        default_python=DEFAULT_BRAX_PYTHON,
+        agent="Brax's SAC",
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    preset = PRESETS[args.preset]
+    start = time.perf_counter()
+    report = {**run_header("experiments.bench_vs_brax_sac", argv), "preset": args.preset}
+    report["preset_settings"] = dataclasses.asdict(preset)
+
+    compiles = CompileLog()
+    dynamics = envs.make(preset.env, backend=preset.backend)
+    config = trainer_config(preset, dynamics.action_size)
+    report["ours_config"] = dataclasses.asdict(config)
+    trainer = make_trainer(config, dynamics)
+    with tempfile.TemporaryDirectory(prefix="sac-jax-cache-") as cache:
+        sides = {
+            "ours": lambda seed: train_ours(trainer, preset, seed, compiles),
+            "brax": lambda seed: _baselines.run_worker(
+                worker_command(preset, args.brax_python, seed, cache)
+            ),
+        }
+        report.update(_baselines.alternate_seeds(preset.seeds, sides))
+    report["brax_command_seed0"] = " ".join(
+        worker_command(preset, args.brax_python, 0, "CACHE_DIR")
+    )
+    report["brax_jax_version"] = report["brax"][0]["jax_version"]
+    report["brax_version"] = report["brax"][0]["brax_version"]
+    report["summary"] = summarize(report["ours"], report["brax"])
+    report["wall_s"] = time.perf_counter() - start
+    report["load_average_1min_at_end"] = os.getloadavg()[0]
+    print(format_table(report))
+    if args.out is not None:
+        write_json(args.out, report)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""Brax's own SAC (``brax.training.agents.sac.train``) on one seed, timed; prints one JSON line.
+
+The reference side of :mod:`experiments.bench_vs_brax_sac`. It runs under a second virtual
+environment with jax 0.9: brax 0.14.2's training agents call ``jax.device_put_replicated``, which
+jax 0.10 removed. For the same reason it imports nothing from mbpo; from this repository only
+:mod:`experiments._baselines` (standard library only). Create that environment once (about 1.5
+minutes):
+
+    python3.11 -m venv /work/venv-apg
+    /work/venv-apg/bin/pip install "jax[cpu]<0.10" brax==0.14.2
+
+(on a CUDA machine ``"jax[cuda12]<0.10"``). Run from the repository root as
+
+    /work/venv-apg/bin/python -m experiments.sac_worker --env inverted_pendulum \\
+        --backend positional --num-envs 16 --env-steps 14336 --warmup-steps 2048 --num-evals 7 --seed 0
+
+How brax's SAC is driven: ``train(environment, num_timesteps=env_steps, episode_length,
+action_repeat=1, num_envs, num_eval_envs, learning_rate, discounting, seed, batch_size, num_evals,
+normalize_observations, reward_scaling, tau, min_replay_size=warmup_steps, max_replay_size,
+grad_updates_per_step, deterministic_eval, network_factory=make_sac_networks(hidden_layer_sizes,
+activation))``. It first fills the replay buffer with ``warmup_steps`` env steps of its initial
+policy (one compiled ``lax.scan``, no gradient steps), then runs ``num_evals - 1`` training epochs
+of ``(env_steps - warmup_steps) / ((num_evals - 1) num_envs)`` training steps (one compiled
+``lax.scan`` each), a training step being one step of every env and then
+``grad_updates_per_step`` gradient steps on batches of ``batch_size``; it evaluates before the
+warmup and after each epoch.
+
+How it is timed: brax reports the cumulative training wall time (``training/walltime``: the
+warmup, then each epoch's compiled scan and a ``block_until_ready``, evaluation excluded); the
+first epoch's time here includes the warmup. A listener on jax's compile events marks the epochs
+during which anything but the evaluation programs compiled (with jax 0.9.2 only the first does).
+``env_steps_per_s`` is the env steps of the other epochs over their summed time; it is None when
+every epoch compiled (raise ``--num-evals``). ``fastest_env_steps_per_s`` is the rate of the
+fastest of those epochs (on a shared machine, the one least slowed by others). ``compile_s``
+sums the lowering and XLA compile time of every program of the run, evaluation included (not
+the tracing: see ``experiments._baselines.COMPILE_PHASES``). ``--compilation-cache DIR`` shares
+compiled programs between seeds through jax's persistent cache: it shortens the later runs, and a
+program loaded from it still counts as a compile.
+
+Output: one JSON line on stdout (everything else the libraries print goes to stderr) with the
+settings, ``evals`` (``env_steps``, ``eval_return``, ``eval_return_std`` of each evaluation),
+``eval_return`` (the last), ``epoch_times_s``, ``epoch_compiled``, ``compiles`` (``[name, s]`` of
+each program compiled before each evaluation), ``compile_s``, ``env_steps_per_s``,
+``fastest_env_steps_per_s``, ``steady_env_steps``, ``train_s`` (the ``train`` call) and ``total_s`` (the process, imports
+included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+
+from experiments._baselines import (
+    BraxProgress,
+    import_jax,
+    option,
+    parse_settings,
+    worker_header,
+    worker_main,
+)
+
+START = time.perf_counter()
+
+ACTIVATIONS = ("relu", "tanh", "elu", "swish")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SacSettings:
+    """One brax SAC run; the help of each field says which ``sac.train`` argument it sets."""
+
+    env: str = option("inverted_pendulum", "Brax environment name (``brax.envs.get_environment``).")
+    backend: str = option(
+        "positional", "Brax physics pipeline: generalized | positional | spring | mjx."
+    )
+    num_envs: int = option(16, "Parallel training environments (``num_envs``).")
+    episode_length: int = option(
+        200, "Steps before an environment is truncated and reset, in training and evaluation."
+    )
+    env_steps: int = option(
+        14336,
+        "Env steps in all, the warmup included (``num_timesteps``); env_steps - warmup_steps must "
+        "be a multiple of (num_evals - 1) num_envs.",
+    )
+    warmup_steps: int = option(
+        2048,
+        "Env steps of the initial policy that fill the replay buffer before any gradient step "
+        "(``min_replay_size``); a multiple of num_envs.",
+    )
+    num_evals: int = option(
+        7,
+        "Evaluations, the one before training included (``num_evals``); >= 3, since the first "
+        "training epoch compiles.",
+    )
+    batch_size: int = option(256, "Transitions per gradient step (``batch_size``).")
+    grad_updates_per_step: int = option(
+        8, "Gradient steps per step of all envs (``grad_updates_per_step``)."
+    )
+    learning_rate: float = option(
+        1e-3, "Adam learning rate of policy and critics (``learning_rate``)."
+    )
+    discount: float = option(0.99, "Discount gamma (``discounting``).")
+    tau: float = option(0.005, "Polyak rate of the target critics (``tau``).")
+    max_replay_size: int = option(100_000, "Replay buffer size (``max_replay_size``).")
+    hidden: tuple[int, ...] = option(
+        (64, 64),
+        "Hidden layer sizes of policy and critics (``hidden_layer_sizes`` of "
+        "``make_sac_networks``).",
+    )
+    activation: str = option("relu", "Hidden activation: relu | tanh | elu | swish.")
+    reward_scaling: float = option(1.0, "Reward multiplier in the critic target.")
+    normalize_observations: bool = option(
+        False, "Running mean/std normalization of observations (``normalize_observations``)."
+    )
+    deterministic_eval: bool = option(
+        True, "Evaluate the mode tanh(mu) rather than a sample (``deterministic_eval``)."
+    )
+    eval_envs: int = option(128, "Episodes per evaluation (``num_eval_envs``).")
+    seed: int = option(0, "Random seed (``seed``).")
+    compilation_cache: str | None = option(
+        None, "Folder of jax's persistent compilation cache; none: no cache."
+    )
+
+    def __post_init__(self):
+        for name in (
+            "num_envs",
+            "episode_length",
+            "env_steps",
+            "warmup_steps",
+            "batch_size",
+            "grad_updates_per_step",
+            "max_replay_size",
+            "eval_envs",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_evals < 3:
+            raise ValueError(
+                f"num_evals must be >= 3 (the first epoch compiles), got {self.num_evals}"
+            )
+        if self.warmup_steps % self.num_envs:
+            raise ValueError(
+                f"warmup_steps={self.warmup_steps} must be a multiple of num_envs={self.num_envs} "
+                "(brax rounds the warmup up to whole steps of all envs)"
+            )
+        per_epoch = (self.num_evals - 1) * self.num_envs
+        if self.env_steps <= self.warmup_steps or (self.env_steps - self.warmup_steps) % per_epoch:
+            raise ValueError(
+                f"env_steps - warmup_steps = {self.env_steps - self.warmup_steps} must be a "
+                f"positive multiple of (num_evals - 1) num_envs = {per_epoch} (brax rounds the "
+                "steps per epoch up)"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {self.activation!r}; allowed: {', '.join(ACTIVATIONS)}"
+            )
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"hidden must be a non-empty tuple of sizes >= 1, got {self.hidden}")
+        if self.learning_rate <= 0 or not 0 < self.discount <= 1 or not 0 < self.tau <= 1:
+            raise ValueError(
+                "need learning_rate > 0, 0 < discount <= 1 and 0 < tau <= 1; got "
+                f"{self.learning_rate}, {self.discount}, {self.tau}"
+            )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Training steps (steps of all envs) per epoch."""
+        return (self.env_steps - self.warmup_steps) // ((self.num_evals - 1) * self.num_envs)
+
+
+def parse(argv: list[str] | None = None) -> SacSettings:
+    """``--field-name`` options for the fields of :class:`SacSettings`; bad values exit with 2."""
+    return parse_settings(
+        SacSettings, argv, prog="sac_worker.py", description=__doc__.splitlines()[0]
+    )
+
+
+def run(settings: SacSettings) -> dict:
+    """Trains brax SAC with ``settings`` and returns the report (see the module docstring)."""
+    import_jax(settings.compilation_cache)
+    from brax import envs
+    from brax.training.agents.sac import networks as sac_networks
+    from brax.training.agents.sac import train as sac
+    from flax import linen
+
+    progress = BraxProgress(
+        label=f"brax sac seed {settings.seed}", x_name="env_steps", x_of_step=int
+    )
+    network_factory = functools.partial(
+        sac_networks.make_sac_networks,
+        hidden_layer_sizes=settings.hidden,
+        activation=getattr(linen, settings.activation),
+    )
+    start = time.perf_counter()
+    sac.train(
+        environment=envs.get_environment(settings.env, backend=settings.backend),
+        num_timesteps=settings.env_steps,
+        episode_length=settings.episode_length,
+        action_repeat=1,
+        num_envs=settings.num_envs,
+        num_eval_envs=settings.eval_envs,
+        learning_rate=settings.learning_rate,
+        discounting=settings.discount,
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        num_evals=settings.num_evals,
+        normalize_observations=settings.normalize_observations,
+        reward_scaling=settings.reward_scaling,
+        tau=settings.tau,
+        min_replay_size=settings.warmup_steps,
+        max_replay_size=settings.max_replay_size,
+        grad_updates_per_step=settings.grad_updates_per_step,
+        deterministic_eval=settings.deterministic_eval,
+        network_factory=network_factory,
+        progress_fn=progress,
+    )
+    train_s = time.perf_counter() - start
+    steady = progress.steady_times()
+    epoch_env_steps = settings.steps_per_epoch * settings.num_envs
+    return {
+        **worker_header("brax.training.agents.sac", settings),
+        "steps_per_epoch": settings.steps_per_epoch,
+        **progress.report(),
+        "env_steps_per_s": len(steady) * epoch_env_steps / sum(steady) if steady else None,
+        "fastest_env_steps_per_s": epoch_env_steps / min(steady) if steady else None,
+        "steady_env_steps": len(steady) * epoch_env_steps,
+        "train_s": train_s,
+        "total_s": time.perf_counter() - START,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    worker_main(parse, run, argv)
+
+
+if __name__ == "__main__":
+    main()
