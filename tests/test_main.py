@@ -16,7 +16,7 @@ TINY = ["--env", "lqr", "--horizon", "3", "--num-envs", "8", "--episode-length",
 
 def _checkpoint(run_dir):
     """(leaves with PRNG keys as key data, history) of the run's newest checkpoint."""
-    from mbpo.agents.unroll_trainer import make_trainer
+    from mbpo.agents.registry import make_trainer
 
     trainer = make_trainer(runner.load_config(run_dir))
     state, history = runner.load_checkpoint(run_dir, jax.jit(trainer.init)(jax.random.key(0)))
@@ -64,8 +64,18 @@ def test_train_writes_the_run_directory_and_evaluate_reads_it(tmp_path, capsys):
     assert json.loads((replay / runner.CONFIG).read_text())["num_updates"] == 2
 
 
-def test_killed_run_resumes_bit_identical(tmp_path, monkeypatch):
+SAC_TINY = ["--algo", "sac", "--env", "pendulum", "--num-envs", "4", "--episode-length", "20", "--num-updates", "6", "--eval-every", "2",
+            "--eval-envs", "4", "--hidden", "8", "--gradient-steps", "2", "--batch-size", "16", "--warmup-steps", "8",
+            "--buffer-capacity", "64"]  # fmt: skip
+MBPO_TINY = ["--algo", "mbpo", "--env", "pendulum", "--horizon", "2", "--num-envs", "2", "--episode-length", "20", "--num-updates", "4",
+             "--eval-every", "2", "--eval-envs", "4", "--hidden", "8", "--model-hidden", "8", "--members", "2", "--elites", "1",
+             "--model-steps", "2", "--policy-steps", "2", "--critic-steps", "2", "--batch-size", "8", "--warmup-steps", "4"]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv", [TINY, SAC_TINY], ids=["svg", "sac"])
+def test_killed_run_resumes_bit_identical(tmp_path, monkeypatch, argv):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
+    TINY = argv
     cli.main(["train", *TINY, "--run-dir", str(whole)])
 
     saved = runner.save_checkpoint
@@ -153,6 +163,42 @@ def test_compare_estimators_writes_curves(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["compare", "algorithms"])
     assert info.value.code == 2 and "horizons, estimators" in capsys.readouterr().err
+
+
+def test_algo_picks_the_trainer_and_its_options(tmp_path, capsys):
+    sac, mbpo, svg = tmp_path / "sac", tmp_path / "mbpo", tmp_path / "svg"
+    cli.main(["train", *SAC_TINY, "--run-dir", str(sac)])
+    config = json.loads((sac / runner.CONFIG).read_text())
+    assert config["trainer"] == "off_policy" and config["algo"] == "sac" and config["gradient_steps"] == 2
+    cli.main(["train", *MBPO_TINY, "--policy-update", "svg_er", "--run-dir", str(mbpo)])
+    config = json.loads((mbpo / runner.CONFIG).read_text())
+    assert config["trainer"] == "mbpo" and config["policy_update"] == "svg_er" and config["members"] == 2
+    assert len((mbpo / runner.METRICS).read_text().splitlines()) == 3
+    for run in (sac, mbpo):
+        cli.main(["evaluate", str(run), "--episodes", "2"])
+        assert "mean return" in capsys.readouterr().out
+    # The estimators are algorithms of the unroll trainer: --algo svg is --estimator svg.
+    cli.main(["train", *TINY, "--algo", "dpmb_r", "--num-updates", "2", "--run-dir", str(svg)])
+    assert json.loads((svg / runner.CONFIG).read_text())["estimator"] == "dpmb_r"
+    # --resume and --config find the trainer from the saved config.
+    cli.main(["train", "--config", str(sac / runner.CONFIG), "--num-updates", "2", "--run-dir", str(tmp_path / "again")])
+    assert json.loads((tmp_path / "again" / runner.CONFIG).read_text())["algo"] == "sac"
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--algo", "ppo"], "unknown algo 'ppo'"),
+        (["--algo", "sac", "--tau", "2"], "0 < tau <= 1"),
+        (["--algo", "sac", "--estimator", "svg"], "unrecognized arguments: --estimator"),
+        (["--algo", "mbpo", "--elites", "9"], "elites must be <= members"),
+    ],
+)
+def test_bad_algorithm_options_exit_2(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", *argv, "--run-dir", str(tmp_path / "run")])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_envs_lists_every_task(capsys):
