@@ -506,6 +506,16 @@ class FlowPolicy(_PolicyBase):
         y, log_det = self.squash.inverse(action)
         return self.flow.log_prob(params, y, obs) + log_det
 
+    def sample_and_log_prob(self, params: Params, obs: Observation, eps: Noise) -> tuple[Action, Scalar]:
+        """(a, log pi(a|s; w)) from eps by the forward pass: log N(eps) - log|det dy/deps| -
+        log|det da/dy| (no inversion; exact where the squashing saturates)."""
+        y, log_det = self.flow.forward(params, eps, obs)
+        log_pi = jnp.sum(normal_log_prob(eps, 0.0, 1.0)) - log_det
+        if self.squash is None:
+            return y, log_pi
+        action, squash_log_det = self.squash.forward(y)
+        return action, log_pi - squash_log_det
+
     def noise_from_action(self, params: Params, obs: Observation, action: Action) -> Noise:
         """eps = f^-1(atanh((a - c) / h); s, w), exact."""
         y = action if self.squash is None else self.squash.inverse(action)[0]

@@ -354,3 +354,14 @@ def test_wrong_shapes_raise_naming_the_shape():
         flow.log_prob(params, jnp.zeros((4, 2)), jnp.zeros(2))
     with pytest.raises(ValueError, match=r"context must have shape \(5, 2\), got \(5, 1\)"):
         fit_flow(flow, params, jnp.zeros((5, 2)), jnp.zeros((5, 1)))
+
+
+def test_flow_policy_sample_and_log_prob_agrees_with_the_inverse(x64):
+    from mbpo.flows import FlowPolicy
+
+    policy = FlowPolicy(observation_size=3, action_size=2, action_low=(-2.0, -1.0), action_high=(2.0, 1.0), hidden=(8,))
+    params = policy.init(jax.random.key(0))
+    obs, eps = jax.random.normal(jax.random.key(1), (3,)), jax.random.normal(jax.random.key(2), (2,))
+    action, log_pi = policy.sample_and_log_prob(params, obs, eps)
+    np.testing.assert_allclose(action, policy.sample(params, obs, eps), rtol=1e-12)
+    np.testing.assert_allclose(log_pi, policy.log_prob(params, obs, action), rtol=1e-9)

@@ -46,6 +46,7 @@ from mbpo.cli import option
 from mbpo.critics import polyak, q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.dynamics.brax_env import BACKENDS
+from mbpo.flows import FlowPolicy
 from mbpo.models.ensemble import ElitesMean, GaussianEnsemble, ModelState, RandomElite, fit_normalizer, from_ensemble, select_elites
 from mbpo.policies import GaussianPolicy, TanhGaussianPolicy
 from mbpo.replay import RingBufferState, Segment, ring_buffer, uniform_policy
@@ -53,6 +54,7 @@ from mbpo.types import PRNGKey
 from mbpo.unroll import Transition, alive_mask, rollout
 
 POLICY_UPDATES = ("svg", "svg_er", "sac")
+SVG_POLICIES = {"gaussian": GaussianPolicy, "tanh_gaussian": TanhGaussianPolicy, "flow": FlowPolicy}
 MODELS = ("learned", "true")
 MEMBERS = ("random_elite", "elites_mean")
 
@@ -80,7 +82,7 @@ class ModelBasedConfig:
     model_batch: int = option(128, "transitions per member and model step")
     model_lr: float = option(1e-3, "model learning rate (Adam)")
     member: str = option("random_elite", "how the model picks a member: random_elite (per step) | elites_mean", choices=MEMBERS)
-    policy: str = option("gaussian", "svg/svg_er policy: gaussian | tanh_gaussian (sac: tanh_gaussian)")
+    policy: str = option("gaussian", "svg/svg_er policy: gaussian | tanh_gaussian | flow (a spline normalizing flow; sac: tanh_gaussian)")
     hidden: tuple[int, ...] = option((64, 64), "hidden sizes of policy and critic")
     init_std: float = option(0.5, "initial policy std (svg, svg_er)")
     policy_steps: int = option(10, "policy gradient steps per iteration")
@@ -105,7 +107,7 @@ class ModelBasedConfig:
     target_return: float | None = option(None, "report the env steps and wall-clock at which the eval return first reaches this")
 
     def __post_init__(self):
-        for name, allowed in (("policy_update", POLICY_UPDATES), ("model", MODELS), ("member", MEMBERS), ("policy", ("gaussian", "tanh_gaussian"))):
+        for name, allowed in (("policy_update", POLICY_UPDATES), ("model", MODELS), ("member", MEMBERS), ("policy", tuple(SVG_POLICIES))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
         if self.env not in envs.names():
@@ -203,8 +205,7 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
     )  # fmt: skip
     svg_policy = None
     if c.policy_update != "sac":  # SVG: a reparameterized Gaussian policy; the critic bootstraps with alpha = 0
-        cls = GaussianPolicy if c.policy == "gaussian" else TanhGaussianPolicy
-        svg_policy = cls.for_dynamics(dynamics, hidden=c.hidden, init_std=c.init_std)
+        svg_policy = SVG_POLICIES[c.policy].for_dynamics(dynamics, hidden=c.hidden, init_std=c.init_std)
     agent = make_agent(agent_config, dynamics, svg_policy)
     policy = agent.policy
     estimator = estimators.svg(n)

@@ -16,9 +16,12 @@ TINY = dict(members=3, elites=2, model_hidden=(16,), hidden=(16,), batch_size=16
             critic_steps=2, eval_envs=4, episode_length=20, warmup_steps=8, model_rollouts=8, rollout_max=3, rollout_from=0, rollout_to=2)  # fmt: skip
 
 
-@pytest.mark.parametrize("policy_update, model", [("svg", "learned"), ("svg_er", "learned"), ("sac", "learned"), ("svg_er", "true")])
-def test_iterations_collect_fit_and_update(policy_update, model):
-    config = ModelBasedConfig(policy_update=policy_update, model=model, horizon=2, num_envs=2, holdout_every=3, **TINY)
+@pytest.mark.parametrize(
+    "policy_update, model, policy",
+    [("svg", "learned", "gaussian"), ("svg_er", "learned", "flow"), ("sac", "learned", "gaussian"), ("svg_er", "true", "tanh_gaussian")],
+)
+def test_iterations_collect_fit_and_update(policy_update, model, policy):
+    config = ModelBasedConfig(policy_update=policy_update, model=model, policy=policy, horizon=2, num_envs=2, holdout_every=3, **TINY)
     trainer = make_trainer(config)
     ts = jax.jit(trainer.init)(jax.random.key(0))
     update = jax.jit(trainer.update)
