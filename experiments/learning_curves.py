@@ -212,8 +212,9 @@ def format_table(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(preset: Preset, only: list[str] | None = None) -> list[dict]:
-    """Trains every algorithm of every task (``only``: a subset of algorithm names)."""
+def run(preset: Preset, only: list[str] | None = None, report=None) -> list[dict]:
+    """Trains every algorithm of every task (``only``: a subset of algorithm names); after each
+    one, ``report(rows so far)`` (results are written as they come, so a cut run keeps them)."""
     configs = [(task, name, make_config(task, name, overrides)) for task in preset.tasks for name, overrides in task.algorithms]
     rows = []
     for task, name, config in configs:  # all configs are validated above, before anything trains
@@ -226,7 +227,26 @@ def run(preset: Preset, only: list[str] | None = None) -> list[dict]:
         final = np.asarray(result["eval_return"])
         print(f"{task.env:>18s} {name:>14s}: return {final.mean():9.2f} (min {final.min():9.2f}) after {result['env_steps']} env steps, "
               f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+        if report is not None:
+            report(rows)
     return rows
+
+
+def write_results(out: pathlib.Path, rows: list[dict], preset: Preset, preset_name: str, header: dict) -> str:
+    """curves.csv, summary.json, summary.md and curves_<task>.png for ``rows``; returns the table."""
+    table = summarize(rows, preset)
+    write_text(out / "curves.csv", csv_text(rows))
+    write_json(out / "summary.json", {**header, "preset": preset_name, "seeds": preset.seeds, "summary": table})
+    text = format_table(table)
+    write_text(out / "summary.md", f"# Learning curves ({preset_name} preset, {preset.seeds} seeds)\n\n"
+               f"`{header['command']}`, {time.strftime('%Y-%m-%d')}, jax {header['jax_version']} on {header['device_kind']} "
+               f"(load {header['load_average_1min_at_start']:.1f} at start)\n\n{text}\n")  # fmt: skip
+    for task in preset.tasks:
+        mine = [r for r in rows if r["task"] == task.env]
+        if mine:
+            figure = plot(mine, f"{task.env}, {preset.seeds} seeds", key="algorithm", threshold=task.threshold, log_x=True)
+            write_atomically(out / f"curves_{task.env}.png", lambda f, fig=figure: fig.savefig(f, format="png", dpi=110))
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -234,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.learning_curves", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=tuple(PRESETS), default="cpu", help="cpu (minutes here) or gpu (one H100)")
     parser.add_argument("--only", nargs="+", help="run only these algorithm names of the preset")
+    parser.add_argument("--tasks", nargs="+", help="run only these tasks of the preset")
     parser.add_argument("--seeds", type=int, help="override the preset's seeds")
     parser.add_argument("--out", type=pathlib.Path, required=True, help="directory for CSV, JSON, Markdown and PNG")
     args = parser.parse_args(argv)
@@ -244,24 +265,17 @@ def main(argv: list[str] | None = None) -> None:
         if args.seeds < 1:
             parser.error(f"--seeds must be >= 1, got {args.seeds}")
         preset = dataclasses.replace(preset, seeds=args.seeds)
+    if args.tasks:
+        unknown = set(args.tasks) - {t.env for t in preset.tasks}
+        if unknown:
+            parser.error(f"--tasks: unknown tasks {sorted(unknown)}; this preset has {[t.env for t in preset.tasks]}")
+        preset = dataclasses.replace(preset, tasks=tuple(t for t in preset.tasks if t.env in args.tasks))
     names = {name for task in preset.tasks for name, _ in task.algorithms}
     if args.only and set(args.only) - names:
         parser.error(f"--only: unknown algorithm names {sorted(set(args.only) - names)}; this preset has {sorted(names)}")
-    rows = run(preset, args.only)
-    table = summarize(rows, preset)
     header = run_header("experiments.learning_curves", argv)
-    write_text(args.out / "curves.csv", csv_text(rows))
-    write_json(args.out / "summary.json", {**header, "preset": args.preset, "seeds": preset.seeds, "summary": table})
-    text = format_table(table)
-    write_text(args.out / "summary.md", f"# Learning curves ({args.preset} preset, {preset.seeds} seeds)\n\n"
-               f"`{header['command']}`, {time.strftime('%Y-%m-%d')}, jax {header['jax_version']} on {header['device_kind']} "
-               f"(load {header['load_average_1min_at_start']:.1f} at start)\n\n{text}\n")  # fmt: skip
-    for task in preset.tasks:
-        mine = [r for r in rows if r["task"] == task.env]
-        if mine:
-            figure = plot(mine, f"{task.env}, {preset.seeds} seeds", key="algorithm", threshold=task.threshold, log_x=True)
-            write_atomically(args.out / f"curves_{task.env}.png", lambda f, fig=figure: fig.savefig(f, format="png", dpi=110))
-    print(text)
+    rows = run(preset, args.only, report=lambda rows: write_results(args.out, rows, preset, args.preset, header))
+    print(write_results(args.out, rows, preset, args.preset, header))
     print(f"wrote {args.out}/{{curves.csv, summary.json, summary.md, curves_<task>.png}}")
 
 
