@@ -126,7 +126,7 @@ PRESETS = {
                     ("svg-4", {"num_envs": 64, "num_updates": 2000, "eval_every": 25}),
                     ("svg-4-small", {"num_envs": 8, "num_updates": 4000, "eval_every": 50}),
                     ("bpo-16", {"num_envs": 64, "num_updates": 2000, "eval_every": 50, "actor_lr": 1e-3}),
-                    ("mbpo-svg-3", {**MODEL_BASED, "policy_update": "svg", "horizon": 3, "num_updates": 1000}),
+                    ("mbpo-svg-3", {**MODEL_BASED, "policy_update": "svg", "horizon": 3, "num_updates": 2000}),
                     ("mbpo-svg_er-1", {**MODEL_BASED, "policy_update": "svg_er", "horizon": 1, "num_updates": 3000}),
                     ("mbpo-sac", {**MODEL_BASED, "policy_update": "sac", "horizon": 1, "num_updates": 3000, "policy_steps": 20}),
                 ),
@@ -162,11 +162,12 @@ def make_config(task: Task, name: str, overrides: dict):
 
 
 def first_crossing(rows: list[dict], threshold: float) -> dict | None:
-    """The first evaluation (by env steps) at which the mean return over seeds is >= threshold."""
-    for steps in sorted({r["env_steps"] for r in rows}):
-        at = [r for r in rows if r["env_steps"] == steps]
+    """The first evaluation (by env steps, then updates: batch methods keep their env steps fixed)
+    at which the mean return over seeds is >= threshold."""
+    for point in sorted({(r["env_steps"], r["updates"]) for r in rows}):
+        at = [r for r in rows if (r["env_steps"], r["updates"]) == point]
         if np.mean([r["eval_return"] for r in at]) >= threshold:
-            return {"env_steps": steps, "wall_time": max(r["wall_time"] for r in at)}
+            return {"env_steps": point[0], "wall_time": max(r["wall_time"] for r in at)}
     return None
 
 
@@ -182,8 +183,11 @@ def summarize(rows: list[dict], preset: Preset) -> list[dict]:
             if not runs:
                 continue
             hit = first_crossing(runs, task.threshold)
-            last = max(r["env_steps"] for r in runs)
-            final = [r["eval_return"] for r in runs if r["env_steps"] == last]
+            seeds = sorted({r["seed"] for r in runs})
+            per_seed = [first_crossing([r for r in runs if r["seed"] == seed], task.threshold) for seed in seeds]
+            reached = [h["env_steps"] for h in per_seed if h is not None]
+            last = max((r["env_steps"], r["updates"]) for r in runs)
+            final = [r["eval_return"] for r in runs if (r["env_steps"], r["updates"]) == last]
             table.append({
                 "task": task.env,
                 "algorithm": name,
@@ -191,22 +195,25 @@ def summarize(rows: list[dict], preset: Preset) -> list[dict]:
                 "env_steps_to_threshold": hit and hit["env_steps"],
                 "wall_time_to_threshold": hit and round(hit["wall_time"], 1),
                 "sac_steps_over_these": round(sac["env_steps"] / hit["env_steps"], 3) if (sac and hit) else None,
+                "seeds_reaching": f"{len(reached)}/{len(seeds)}",
+                "median_steps_of_seeds_reaching": float(np.median(reached)) if reached else None,
                 "final_return_mean": round(float(np.mean(final)), 1),
                 "final_return_min": round(float(np.min(final)), 1),
-                "env_steps": last,
+                "env_steps": last[0],
             })  # fmt: skip
     return table
 
 
 def format_table(table: list[dict]) -> str:
     lines = [
-        "| task | algorithm | env steps to threshold | wall-clock to threshold (s) | SAC steps / these | final return (mean, min over seeds) | env steps run |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| task | algorithm | env steps to threshold (mean over seeds) | wall-clock to it (s) | SAC steps / these | seeds reaching it | their median env steps | final return (mean, min over seeds) | env steps run |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for t in table:
         lines.append(
             f"| {t['task']} (>= {t['threshold']:g}) | {t['algorithm']} | {t['env_steps_to_threshold'] or 'not reached'} | "
-            f"{t['wall_time_to_threshold'] or '-'} | {t['sac_steps_over_these'] or '-'} | "
+            f"{t['wall_time_to_threshold'] or '-'} | {t['sac_steps_over_these'] or '-'} | {t['seeds_reaching']} | "
+            f"{t['median_steps_of_seeds_reaching'] or '-'} | "
             f"{t['final_return_mean']}, {t['final_return_min']} | {t['env_steps']} |"
         )
     return "\n".join(lines)

@@ -26,7 +26,8 @@ def test_every_preset_entry_builds_a_valid_config():
 
 def _rows(algorithm, steps_returns):
     return [
-        {"task": "pendulum", "algorithm": algorithm, "env_steps": steps, "wall_time": steps / 100, "seed": seed, "eval_return": value}
+        {"task": "pendulum", "algorithm": algorithm, "updates": steps // 10, "env_steps": steps, "wall_time": steps / 100, "seed": seed,
+         "eval_return": value}
         for steps, values in steps_returns
         for seed, value in enumerate(values)
     ]
@@ -45,7 +46,8 @@ def test_crossing_uses_the_mean_over_seeds_and_the_ratio_to_sac():
     assert table["mbpo-svg-3"]["final_return_mean"] == -185.0 and table["mbpo-svg-3"]["final_return_min"] == -190.0
     assert "td3" not in table  # not run
     text = lc.format_table(lc.summarize(rows, preset))
-    assert "| pendulum (>= -200) | mbpo-svg-3 | 300 | 3.0 | 10.0 |" in text
+    assert "| pendulum (>= -200) | mbpo-svg-3 | 300 | 3.0 | 10.0 | 2/2 | 300.0 |" in text
+    assert table["sac"]["seeds_reaching"] == "2/2" and table["sac"]["median_steps_of_seeds_reaching"] == 2000.0  # seeds reach at 3000 and 1000
 
 
 def test_tiny_run_writes_every_file(tmp_path, monkeypatch, capsys):
