@@ -17,7 +17,9 @@ from typing import Any, Protocol
 
 import jax
 
+import envs
 from mbpo.dynamics.base import Dynamics
+from mbpo.dynamics.brax_env import BACKENDS
 from mbpo.parallel import make_mesh, shard_train_state
 from mbpo.types import PRNGKey, PyTree
 
@@ -29,6 +31,30 @@ class LoopConfig(Protocol):
     num_updates: int
     eval_every: int
     seed: int
+
+
+def check_task(env: str, brax_backend: str) -> None:
+    """Raises ValueError naming an unknown task or Brax backend (every trainer config's check)."""
+    if env not in envs.names():
+        raise ValueError(f"unknown env {env!r}; known envs: {', '.join(envs.names())}")
+    if brax_backend not in BACKENDS:
+        raise ValueError(f"unknown brax_backend {brax_backend!r}; allowed: {', '.join(BACKENDS)}")
+
+
+def build_trainer(build: Callable[[Any, Dynamics], Trainer], config, dynamics: Dynamics | None = None) -> Trainer:
+    """``build(config, dynamics)``; without ``dynamics`` the registered task ``config.env`` (with
+    ``config.brax_backend`` for Brax tasks), and then the trainer is cached per (build, config), so
+    its compiled programs are reused (a resumed or evaluated run in the same process compiles
+    nothing again)."""
+    if dynamics is None:
+        return _registered_task_trainer(build, config)
+    return build(config, dynamics)
+
+
+@functools.lru_cache(maxsize=48)
+def _registered_task_trainer(build: Callable[[Any, Dynamics], Trainer], config) -> Trainer:
+    kwargs = {"backend": config.brax_backend} if envs.is_brax(config.env) else {}
+    return build(config, envs.make(config.env, **kwargs))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: a static argument of jax.jit

@@ -37,15 +37,14 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-import envs
 from mbpo import estimators
 from mbpo.agents.common import evaluate, reset_finished
+from mbpo.agents import loop
 from mbpo.agents.loop import Trainer
 from mbpo.agents.off_policy import Learner, OffPolicyConfig, make_agent
 from mbpo.cli import option
 from mbpo.critics import polyak, q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
-from mbpo.dynamics.brax_env import BACKENDS
 from mbpo.flows import FlowPolicy
 from mbpo.models.ensemble import ElitesMean, GaussianEnsemble, ModelState, RandomElite, fit_normalizer, from_ensemble, select_elites
 from mbpo.policies import GaussianPolicy, TanhGaussianPolicy
@@ -110,10 +109,7 @@ class ModelBasedConfig:
         for name, allowed in (("policy_update", POLICY_UPDATES), ("model", MODELS), ("member", MEMBERS), ("policy", tuple(SVG_POLICIES))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
-        if self.env not in envs.names():
-            raise ValueError(f"unknown env {self.env!r}; known envs: {', '.join(envs.names())}")
-        if self.brax_backend not in BACKENDS:
-            raise ValueError(f"unknown brax_backend {self.brax_backend!r}; allowed: {', '.join(BACKENDS)}")
+        loop.check_task(self.env, self.brax_backend)
         for name in (
             "horizon", "num_envs", "episode_length", "num_updates", "buffer_capacity", "holdout_every", "members", "elites",
             "model_steps", "model_batch", "policy_steps", "critic_steps", "batch_size", "rollout_min", "rollout_max",
@@ -184,15 +180,7 @@ def _observation_states(state: State) -> State:
 
 def make_trainer(config: ModelBasedConfig, dynamics: Dynamics | None = None) -> Trainer:
     """The pure ``init``/``update``/``evaluate`` of ``config`` (cached per config for registered tasks)."""
-    if dynamics is None:
-        return _registered_task_trainer(config)
-    return _make_trainer(config, dynamics)
-
-
-@functools.lru_cache(maxsize=16)
-def _registered_task_trainer(config: ModelBasedConfig) -> Trainer:
-    kwargs = {"backend": config.brax_backend} if envs.is_brax(config.env) else {}
-    return _make_trainer(config, envs.make(config.env, **kwargs))
+    return loop.build_trainer(_make_trainer, config, dynamics)
 
 
 def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
@@ -298,7 +286,8 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
 
         def step(carry, k):
             params, opt_state = carry
-            batch = _transitions(sample_segments(ts, k, c.members * c.model_batch))  # one minibatch per member
+            # One minibatch per member: whole sampled segments, n transitions each.
+            batch = _transitions(sample_segments(ts, k, -(-c.members * c.model_batch // n)))
             per_member = jax.tree.map(lambda x: x[: c.members * c.model_batch].reshape(c.members, c.model_batch, *x.shape[1:]), batch)
             target = jnp.concatenate([per_member.next_obs - per_member.obs, per_member.reward[..., None]], axis=-1)
             loss, grad = jax.value_and_grad(ensemble.loss)(params, normalizer, per_member.obs, per_member.action, target)

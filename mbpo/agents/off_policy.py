@@ -34,14 +34,13 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-import envs
 from mbpo import estimators
 from mbpo.agents.common import evaluate, reset_finished
+from mbpo.agents import loop
 from mbpo.agents.loop import Trainer
 from mbpo.cli import option
 from mbpo.critics import QCritic, VCritic, polyak, q_step, td0_targets
 from mbpo.dynamics.base import Dynamics, State
-from mbpo.dynamics.brax_env import BACKENDS
 from mbpo.exploration import OrnsteinUhlenbeck, perturb, smoothed_target_action
 from mbpo.policies import DeterministicPolicy, GaussianPolicy, TanhGaussianPolicy
 from mbpo.replay import RingBufferState, basepoints, ring_buffer, uniform_policy
@@ -101,10 +100,7 @@ class OffPolicyConfig:
     def __post_init__(self):
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algo {self.algo!r}; allowed: {', '.join(ALGOS)}")
-        if self.env not in envs.names():
-            raise ValueError(f"unknown env {self.env!r}; known envs: {', '.join(envs.names())}")
-        if self.brax_backend not in BACKENDS:
-            raise ValueError(f"unknown brax_backend {self.brax_backend!r}; allowed: {', '.join(BACKENDS)}")
+        loop.check_task(self.env, self.brax_backend)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
         for name in (
@@ -425,15 +421,7 @@ def make_agent(config: OffPolicyConfig, dynamics: Dynamics, policy: GaussianPoli
 def make_trainer(config: OffPolicyConfig, dynamics: Dynamics | None = None) -> Trainer:
     """The pure ``init``/``update``/``evaluate`` functions of ``config`` (cached per config for
     registered tasks, so resumed and evaluated runs reuse compiled programs)."""
-    if dynamics is None:
-        return _registered_task_trainer(config)
-    return _make_trainer(config, dynamics)
-
-
-@functools.lru_cache(maxsize=16)
-def _registered_task_trainer(config: OffPolicyConfig) -> Trainer:
-    kwargs = {"backend": config.brax_backend} if envs.is_brax(config.env) else {}
-    return _make_trainer(config, envs.make(config.env, **kwargs))
+    return loop.build_trainer(_make_trainer, config, dynamics)
 
 
 def _make_trainer(config: OffPolicyConfig, dynamics: Dynamics) -> Trainer:

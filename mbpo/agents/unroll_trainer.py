@@ -16,7 +16,6 @@ One trainer, configured by the estimator (:mod:`mbpo.estimators`):
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 
 import jax
@@ -24,7 +23,6 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-import envs
 from mbpo import estimators
 from mbpo.agents import loop
 from mbpo.agents.common import NormalizerState, evaluate, normalize, normalizer_init, normalizer_update, reset_finished
@@ -32,7 +30,6 @@ from mbpo.agents.loop import Trainer, first_to_reach
 from mbpo.cli import option
 from mbpo.critics import QCritic, polyak, q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
-from mbpo.dynamics.brax_env import BACKENDS
 from mbpo.policies import POLICIES
 from mbpo.types import Params, PRNGKey
 from mbpo.unroll import RolloutNoise, rollout
@@ -75,10 +72,7 @@ class UnrollTrainerConfig:
     )
 
     def __post_init__(self):
-        if self.env not in envs.names():
-            raise ValueError(f"unknown env {self.env!r}; known envs: {', '.join(envs.names())}")
-        if self.brax_backend not in BACKENDS:
-            raise ValueError(f"unknown brax_backend {self.brax_backend!r}; allowed: {', '.join(BACKENDS)}")
+        loop.check_task(self.env, self.brax_backend)
         if self.estimator not in estimators.ESTIMATORS:
             raise ValueError(f"unknown estimator {self.estimator!r}; known: {', '.join(estimators.ESTIMATORS)}")
         if self.policy is not None and self.policy not in POLICIES:
@@ -143,15 +137,7 @@ def make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics | None = None) 
         the trainer is cached per config, so its compiled programs are reused (a resumed or
         evaluated run in the same process compiles nothing again).
     """
-    if dynamics is None:
-        return _registered_task_trainer(config)
-    return _make_trainer(config, dynamics)
-
-
-@functools.lru_cache(maxsize=16)
-def _registered_task_trainer(config: UnrollTrainerConfig) -> Trainer:
-    kwargs = {"backend": config.brax_backend} if envs.is_brax(config.env) else {}
-    return _make_trainer(config, envs.make(config.env, **kwargs))
+    return loop.build_trainer(_make_trainer, config, dynamics)
 
 
 def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
