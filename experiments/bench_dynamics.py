@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import pathlib
 import statistics
 import sys
@@ -48,7 +47,7 @@ import numpy as np
 import envs
 from envs import brax_tasks, pendulum
 from mbpo.dynamics import BACKENDS, Dynamics, ODESolver, State
-from mbpo.io import run_header, write_json
+from mbpo.io import finish_report, run_header
 from mbpo.types import Action, Array, Float, Observation, PyTree, Scalar
 from mbpo.unroll import RolloutNoise, rollout, sample_noise
 
@@ -412,12 +411,7 @@ def main(argv: list[str] | None = None) -> None:
             benchmark_task(brax_subject(args.brax_task, args.backend), preset.brax),
         ],
     }
-    report["wall_s"] = time.perf_counter() - start
-    report["load_average_1min_at_end"] = os.getloadavg()[0]
-    print(format_table(report))
-    if args.out is not None:
-        write_json(args.out, report)
-        print(f"wrote {args.out}")
+    finish_report(report, start, args.out, format_table)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from jax.scipy.special import ndtr
 import envs
 from experiments.bench_unroll import json_path
 from mbpo.dynamics import Dynamics
-from mbpo.io import run_header, write_json
+from mbpo.io import finish_report, run_header
 from mbpo.models import ElitesMean, GaussianEnsemble, ModelState, TrainConfig, fit, from_ensemble
 from mbpo.models.ensemble import DoneFn, RewardFn
 from mbpo.types import Array, Float, PRNGKey
@@ -356,12 +355,7 @@ def main(argv: list[str] | None = None) -> None:
         "config": dataclasses.asdict(preset),
         "rows": benchmark(preset, args.seed),
     }
-    report["load_average_1min_at_end"] = os.getloadavg()[0]
-    report["wall_s"] = time.perf_counter() - start
-    print(format_table(report))
-    if args.out is not None:
-        write_json(args.out, report)
-        print(f"wrote {args.out}")
+    finish_report(report, start, args.out, format_table)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import os
 import pathlib
 import sys
 import time
@@ -50,7 +49,7 @@ from experiments.bench_dynamics import compare, pendulum_subject
 from mbpo import estimators
 from mbpo.critics import QCritic
 from mbpo.dynamics import Dynamics, State
-from mbpo.io import run_header, write_json
+from mbpo.io import finish_report, run_header
 from mbpo.policies import GaussianPolicy
 from mbpo.types import Action, Array, Float, Noise, Observation, Params, Scalar
 from mbpo.unroll import RolloutNoise
@@ -364,12 +363,7 @@ def main(argv: list[str] | None = None) -> None:
         "config": dataclasses.asdict(preset),
         "rows": benchmark(preset),
     }
-    report["load_average_1min_at_end"] = os.getloadavg()[0]
-    report["wall_s"] = time.perf_counter() - start
-    print(format_table(report))
-    if args.out is not None:
-        write_json(args.out, report)
-        print(f"wrote {args.out}")
+    finish_report(report, start, args.out, format_table)
 
 
 if __name__ == "__main__":

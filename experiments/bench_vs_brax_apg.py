@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import tempfile
 import time
@@ -73,7 +72,7 @@ from experiments._baselines import CompileLog, mean_std, pm
 from experiments.apg_worker import ApgSettings
 from mbpo.agents.loop import Trainer, run_updates
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer
-from mbpo.io import run_header, write_json
+from mbpo.io import finish_report, run_header
 
 DEFAULT_APG_PYTHON = "/work/venv-apg/bin/python"
 WORKER_MODULE = "experiments.apg_worker"
@@ -355,12 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     report["apg_jax_version"] = report["apg"][0]["jax_version"]
     report["apg_brax_version"] = report["apg"][0]["brax_version"]
     report["summary"] = summarize(report["ours"], report["apg"])
-    report["wall_s"] = time.perf_counter() - start
-    report["load_average_1min_at_end"] = os.getloadavg()[0]
-    print(format_table(report))
-    if args.out is not None:
-        write_json(args.out, report)
-        print(f"wrote {args.out}")
+    finish_report(report, start, args.out, format_table)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import tempfile
 import time
@@ -95,7 +94,7 @@ from experiments.sac_worker import SacSettings
 from mbpo.agents.loop import Trainer, run_updates
 from mbpo.agents.off_policy import OffPolicyConfig, make_trainer
 from mbpo.dynamics.brax_env import BACKENDS
-from mbpo.io import run_header, write_json
+from mbpo.io import finish_report, run_header
 
 DEFAULT_BRAX_PYTHON = "/work/venv-apg/bin/python"
 WORKER_MODULE = "experiments.sac_worker"
@@ -470,12 +469,7 @@ def main(argv: list[str] | None = None) -> None:
     report["brax_jax_version"] = report["brax"][0]["jax_version"]
     report["brax_version"] = report["brax"][0]["brax_version"]
     report["summary"] = summarize(report["ours"], report["brax"])
-    report["wall_s"] = time.perf_counter() - start
-    report["load_average_1min_at_end"] = os.getloadavg()[0]
-    print(format_table(report))
-    if args.out is not None:
-        write_json(args.out, report)
-        print(f"wrote {args.out}")
+    finish_report(report, start, args.out, format_table)
 
 
 if __name__ == "__main__":

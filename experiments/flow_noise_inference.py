@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import os
 import sys
 import time
 from typing import NamedTuple
@@ -51,7 +50,7 @@ from jax.scipy.stats import norm
 from experiments.bench_unroll import json_path
 from mbpo.dynamics import FunctionDynamics, State
 from mbpo.flows import ConditionalFlow, fit_flow, flow_dynamics
-from mbpo.io import run_header, write_json
+from mbpo.io import finish_report, run_header
 from mbpo.noise_inference import infer_dynamics_noise
 from mbpo.types import Array, Float, PRNGKey
 
@@ -395,12 +394,7 @@ def main(argv: list[str] | None = None) -> None:
         "summary": aggregate(rows),
         "rows": rows,
     }
-    report["load_average_1min_at_end"] = os.getloadavg()[0]
-    report["wall_s"] = time.perf_counter() - start
-    print(format_table(report))
-    if args.out is not None:
-        write_json(args.out, report)
-        print(f"wrote {args.out}")
+    finish_report(report, start, args.out, format_table)
 
 
 if __name__ == "__main__":

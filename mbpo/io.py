@@ -66,3 +66,17 @@ def run_header(module: str, argv: list[str]) -> dict:
         "device_kind": device.device_kind,
         "load_average_1min_at_start": os.getloadavg()[0],
     }
+
+
+def finish_report(report: dict, start: float, out: str | os.PathLike | None, format_table: Callable[[dict], str]) -> None:
+    """Ends a benchmark: adds ``wall_s`` (since ``start``, a ``time.perf_counter()``) and the
+    1-minute load average at the end, prints ``format_table(report)`` and writes the report as
+    JSON to ``out`` when given."""
+    import time
+
+    report["wall_s"] = time.perf_counter() - start
+    report["load_average_1min_at_end"] = os.getloadavg()[0]
+    print(format_table(report))
+    if out is not None:
+        write_json(out, report)
+        print(f"wrote {out}")
