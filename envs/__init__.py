@@ -31,6 +31,16 @@ def is_brax(name: str) -> bool:
     return name in brax_tasks.TASKS
 
 
+@functools.lru_cache(maxsize=None)
+def has_log_prob(name: str) -> bool:
+    """Whether the registered task ``name`` (default settings) has a transition density
+    ``log_prob`` (what DPMB-SF needs). Brax tasks are deterministic and have none; the others are
+    cheap to build and are asked."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown env {name!r}; known envs: {', '.join(names())}")
+    return False if is_brax(name) else make(name).has_log_prob
+
+
 def make(name: str, **kwargs) -> Dynamics:
     """Builds the task ``name``; kwargs go to its factory (for Brax tasks, e.g. ``backend=``)."""
     if name not in _REGISTRY:

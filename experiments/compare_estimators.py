@@ -21,6 +21,7 @@ from mbpo import estimators
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, train_seeds
 from mbpo.cli import add_arguments, build
 from mbpo.io import csv_text, run_header, write_atomically, write_json, write_text
+from mbpo.runner import RunDirError, check_writable
 
 
 def seed_rows(label: str, result: dict, key: str = "estimator") -> list[dict]:
@@ -33,14 +34,17 @@ def seed_rows(label: str, result: dict, key: str = "estimator") -> list[dict]:
     ]
 
 
-def compare(config: UnrollTrainerConfig, names: list[str], seeds: int) -> list[dict]:
-    """Rows ``{estimator, updates, env_steps, wall_time, seed, eval_return}`` for every estimator."""
+def compare(config: UnrollTrainerConfig, names: list[str], seeds: int, on_done=None) -> list[dict]:
+    """Rows ``{estimator, updates, env_steps, wall_time, seed, eval_return}`` for every estimator;
+    ``on_done(rows)`` is called with the rows so far after each estimator."""
     rows = []
     for name in names:
         _, result = train_seeds(dataclasses.replace(config, estimator=name), seeds)
         rows += seed_rows(name, result)
         final = np.asarray(result["eval_return"])
         print(f"{name:>12s}: return {final.mean():9.2f} +- {final.std():7.2f} after {result['env_steps']} env steps ({result['wall_time']:.0f} s)", flush=True)
+        if on_done is not None:
+            on_done(rows)
     return rows
 
 
@@ -77,11 +81,11 @@ PRESETS = {
 }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m experiments.compare_estimators") -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m experiments.compare_estimators", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=tuple(PRESETS), default="cpu", help="sizes: cpu (minutes here) or gpu (one H100)")
-    add_arguments(parser, UnrollTrainerConfig)
+    add_arguments(parser, UnrollTrainerConfig, exclude=("estimator",))
     parser.add_argument("--estimators", nargs="+", default=["svg", "dpmb_r", "bpo"], choices=tuple(estimators.ESTIMATORS))
     parser.add_argument("--seeds", type=int, default=2, help="seeds per estimator (vmapped)")
     parser.add_argument("--out", type=pathlib.Path, required=True, help="directory for CSV, JSON and PNG")
@@ -90,19 +94,24 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
-    if args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out {args.out} exists and is not a directory")
-    config = build(parser, UnrollTrainerConfig, args)
-    for name in args.estimators:  # every estimator's config is validated before anything trains
-        build(parser, UnrollTrainerConfig, argparse.Namespace(**{**vars(args), "estimator": name}))
-    rows = compare(config, args.estimators, args.seeds)
+    # Every estimator's config is validated, and --out checked writable, before anything trains.
+    configs = [build(parser, UnrollTrainerConfig, argparse.Namespace(**{**vars(args), "estimator": name})) for name in args.estimators]
+    try:
+        check_writable(args.out)
+    except RunDirError as error:
+        parser.error(f"--out: {error}")
+    config = configs[0]
     title = f"{config.env}, horizon {config.horizon}, {args.seeds} seeds"
-    write_text(args.out / "curves.csv", csv_text(rows))
-    write_json(args.out / "summary.json", {**run_header("experiments.compare_estimators", argv), "config": dataclasses.asdict(config), "rows": rows})
-    figure = plot(rows, title)
-    write_atomically(args.out / "curves.png", lambda f: figure.savefig(f, format="png", dpi=110))
-    print(f"wrote {args.out}/{{curves.csv, summary.json, curves.png}}")
 
+    def write(rows):  # after every estimator: a crash loses only the one in progress
+        write_text(args.out / "curves.csv", csv_text(rows))
+        header = run_header("experiments.compare_estimators", argv)
+        write_json(args.out / "summary.json", {**header, "config": dataclasses.asdict(config), "estimators": args.estimators, "rows": rows})
+        figure = plot(rows, title)
+        write_atomically(args.out / "curves.png", lambda f: figure.savefig(f, format="png", dpi=110))
+
+    compare(config, args.estimators, args.seeds, on_done=write)
+    print(f"wrote {args.out}/{{curves.csv, summary.json, curves.png}}")
 
 if __name__ == "__main__":
     main()

@@ -36,6 +36,7 @@ import envs
 from envs import lqr as lqr_lib
 from mbpo import estimators
 from mbpo.agents.loop import run_updates
+from mbpo.runner import RunDirError, check_writable
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, train_seeds
 from mbpo.io import csv_text, run_header, write_atomically, write_json, write_text
 from mbpo.policies import GaussianPolicy
@@ -257,20 +258,22 @@ def plot(gradient_rows: list[dict], return_rows: list[dict]):
     return figure
 
 
-def parse_args(argv=None) -> tuple[Preset, argparse.Namespace]:
-    parser = argparse.ArgumentParser(prog="python -m experiments.compare_horizons", description=__doc__.splitlines()[0])
+def parse_args(argv=None, prog: str = "python -m experiments.compare_horizons") -> tuple[Preset, argparse.Namespace]:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=tuple(PRESETS), default="cpu", help="cpu: minutes on a laptop CPU; gpu: one H100, < 10 minutes")
     parser.add_argument("--out", type=pathlib.Path, required=True, help="directory for CSV, JSON and PNG")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-brax", action="store_true", help="leave out the Brax task")
     args = parser.parse_args(argv)
-    if args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out {args.out} exists and is not a directory")
+    try:
+        check_writable(args.out)
+    except RunDirError as error:
+        parser.error(f"--out: {error}")
     return PRESETS[args.preset], args
 
 
-def main(argv=None) -> None:
-    preset, args = parse_args(argv)
+def main(argv=None, prog: str = "python -m experiments.compare_horizons") -> None:
+    preset, args = parse_args(argv, prog)
     start = time.perf_counter()
     key = jax.random.key(args.seed)
     jax.config.update("jax_enable_x64", True)

@@ -51,10 +51,52 @@ def _parser_for(annotation: Any) -> tuple[Any, dict]:
     return annotation, {}
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Adds ``--field-name`` options for every field of the dataclass ``cls``."""
+def _matches(annotation: Any, value: Any) -> bool:
+    """Whether a JSON value has the type ``annotation`` (an int is a float; a list is a tuple)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(a, value) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin is tuple:
+        item = typing.get_args(annotation)[0]
+        return isinstance(value, (list, tuple)) and all(_matches(item, v) for v in value)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    return True
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(annotation))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(annotation)[0])}"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def check_field_types(cls: type, values: dict) -> None:
+    """Raises TypeError naming the first value of ``values`` (JSON, e.g. a config file) whose type
+    is not its field's type in the dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if name in hints and not _matches(hints[name], value):
+            raise TypeError(f"field {name!r}: expected {_type_name(hints[name])}, got {value!r} ({type(value).__name__})")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = ()) -> None:
+    """Adds ``--field-name`` options for every field of the dataclass ``cls`` (but ``exclude``:
+    :func:`build` then takes their defaults)."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
+        if field.name in exclude:
+            continue
         convert, extra = _parser_for(hints[field.name])
         choices = field.metadata.get("choices")
         parser.add_argument(
@@ -72,6 +114,8 @@ def build(parser: argparse.ArgumentParser, cls: type[T], args: argparse.Namespac
     """The dataclass from parsed ``args``; a validation error exits with code 2 naming the value."""
     values = {}
     for field in dataclasses.fields(cls):
+        if not hasattr(args, field.name):
+            continue  # an excluded option: the field's default
         value = getattr(args, field.name)
         values[field.name] = tuple(value) if isinstance(value, list) else value
     try:

@@ -2,14 +2,17 @@
 
     mbpo envs                                   list the tasks and their sizes
     mbpo train --env pendulum --estimator svg --horizon 32 --run-dir runs/svg32
-    mbpo train --algo sac --env pendulum --run-dir runs/sac       (nfqca | fqi | fqi_amortized | ddpg | td3 | sac)
+    mbpo train --algo sac --env pendulum --run-dir runs/sac       (nfqca | fqi | fqi_amortized | ddpg | td3 | sac | mbpo)
     mbpo train --resume runs/svg32              continue a killed run (bit-identical on CPU)
+    mbpo train --resume runs/svg32 --num-updates 3000             ... and extend it
     mbpo train --config runs/svg32/config.json  replay a run's settings
     mbpo evaluate runs/svg32 --episodes 64 --render
     mbpo compare horizons --preset cpu --out runs/horizons
-    mbpo compare estimators --env pendulum --estimators svg dpmb_r bpo --out runs/estimators
+    mbpo compare estimators --env pendulum --estimators svg dpmb_r bpo --out DIR
 
-Bad input exits with code 2 and a message naming the value, before anything is compiled or written.
+Exit codes: 0 done; 2 bad input (named, before anything is compiled or written) or an unusable
+run directory or checkpoint (left as it is); 3 training diverged (the message names the last
+finite evaluation and the checkpoint to resume from).
 """
 
 from __future__ import annotations
@@ -21,6 +24,13 @@ import sys
 import time
 
 from mbpo.cli import add_arguments, build
+
+DIVERGED = 3  # exit code of a run stopped by non-finite training
+# Fields that mean the same in every trainer's config: --config of one trainer gives them to another.
+SHARED_FIELDS = ("env", "brax_backend", "num_envs", "episode_length", "num_updates", "gamma", "actor_lr", "critic_lr",
+                 "hidden", "eval_every", "eval_envs", "seed", "target_return")  # fmt: skip
+# What --resume may change: the length of the run (it extends it) and nothing else.
+RESUMABLE = ("num_updates",)
 
 
 def _envs(args: argparse.Namespace) -> None:
@@ -36,85 +46,174 @@ def _envs(args: argparse.Namespace) -> None:
         print(f"{name:26s} {kind:6s} {task.observation_size:4d} {task.action_size:4d} {str(task.noise_shape):>8s}  {task.has_log_prob}")
 
 
-def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, config_class: type) -> None:
+def _given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations of the options written out in ``argv`` (abbreviations are off)."""
+    given = set()
+    for action in parser._actions:
+        if any(token == o or token.startswith(o + "=") for token in argv for o in action.option_strings):
+            given.add(action.dest)
+    return given
+
+
+def x_axis(config) -> str:
+    """What a learning curve is plotted against: env steps, or updates for the batch methods,
+    whose data is collected once up front."""
+    return "env_steps" if getattr(config, "online", True) else "updates"
+
+
+def _resume_config(parser, args, given: set[str], config_class: type):
+    """The saved config of ``--resume``, with ``--num-updates`` applied; any other option is
+    refused by name (it would silently not apply)."""
+    from mbpo import runner
+
+    try:
+        config, seeds = runner.load_run(args.resume)
+    except runner.RunDirError as error:
+        parser.error(str(error))
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    refused = sorted(d for d in given & (fields | {"config", "run_dir", "algo"}) if d not in RESUMABLE)
+    if refused:
+        names = ", ".join("--" + d.replace("_", "-") for d in refused)
+        parser.error(
+            f"--resume continues {args.resume} with its saved config; {names} would change it. "
+            f"Only {', '.join('--' + r.replace('_', '-') for r in RESUMABLE)} (extend the run) and --seeds (must match) apply; "
+            f"start a new run with --config {args.resume / runner.CONFIG} to change other settings"
+        )
+    if "seeds" in given and args.seeds != seeds:
+        parser.error(f"--seeds {args.seeds}: the run in {args.resume} trains {seeds} seeds; leave --seeds out to resume all {seeds}")
+    if "num_updates" in given:
+        try:
+            config = dataclasses.replace(config, num_updates=args.num_updates)
+        except ValueError as error:
+            parser.error(str(error))
+    return config, seeds
+
+
+def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, config_class: type, given: set[str]) -> None:
+    from mbpo import runner
+
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.from_checkpoint is not None and args.resume is None:
+        parser.error("--from-checkpoint needs --resume RUN_DIR")
+    if args.resume is not None:
+        config, seeds = _resume_config(parser, args, given, config_class)
+        run_dir = args.resume
+    else:
+        config, seeds = build(parser, config_class, args), args.seeds
+        run_dir = args.run_dir or pathlib.Path("runs") / f"{config.env}-{config.label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        lock = runner.claim(run_dir, resume=args.resume is not None)
+    except runner.RunDirError as error:
+        parser.error(str(error))
+    with lock:
+        _run(parser, args, config, seeds, run_dir)
+
+
+def _run(parser, args, config, seeds: int, run_dir: pathlib.Path) -> None:
+    import jax
+
     from mbpo import runner
     from mbpo.agents import loop
     from mbpo.agents.registry import make_trainer
 
-    if args.seeds < 1:
-        parser.error(f"--seeds must be >= 1, got {args.seeds}")
-    config = build(parser, config_class, args)
-    if args.resume is not None:
-        run_dir = args.resume
-        try:
-            config = runner.load_config(run_dir)
-        except (runner.RunDirError, ValueError, TypeError) as error:
-            parser.error(str(error))
-    else:
-        run_dir = args.run_dir or pathlib.Path("runs") / f"{config.env}-{config.label}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if runner.has_checkpoint(run_dir):
-            parser.error(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --run-dir")
-    try:
-        runner.check_writable(run_dir)
-    except runner.RunDirError as error:
-        parser.error(str(error))
-
-    if args.seeds > 1:
-        runner.save_config(run_dir, config)
-        _, result = loop.train_seeds(make_trainer(config), args.seeds)
-        rows = [
-            {"updates": r["updates"], "env_steps": r["env_steps"], "wall_time": r["wall_time"], "seed": i, "eval_return": ret}
-            for r in result["history"]
-            for i, ret in enumerate(r["eval_return"])
-        ]
-        runner.write_metrics(run_dir, rows)
-        runner.plot_learning_curve(run_dir, rows, f"{config.label} on {config.env}, {args.seeds} seeds")
-        final = [round(float(r), 2) for r in result["eval_return"]]
-        print(f"{args.seeds} seeds (one vmapped program): eval returns {final} after {result['env_steps']} env steps; wrote {run_dir}")
-        return
-
+    trainer = make_trainer(config)
+    multi = seeds > 1
     resume = None
     if args.resume is not None:
-        trainer = make_trainer(config)
-        import jax
-
+        init = jax.jit(jax.vmap(trainer.init)) if multi else jax.jit(trainer.init)
+        keys = jax.random.split(jax.random.key(config.seed), seeds) if multi else jax.random.key(config.seed)
         try:
-            resume = runner.load_checkpoint(run_dir, jax.jit(trainer.init)(jax.random.key(config.seed)))
+            resume = runner.load_checkpoint(run_dir, init(keys), step=args.from_checkpoint)
         except runner.RunDirError as error:
             parser.error(str(error))
-        print(f"resuming {run_dir} at update {resume[1][-1]['updates'] if resume[1] else 0}")
-    else:
-        runner.save_config(run_dir, config)
+        done = resume[1][-1]["updates"] if resume[1] else 0
+        if done > config.num_updates:
+            parser.error(f"--num-updates {config.num_updates} is fewer than the {done} updates {run_dir} has done")
+        if args.from_checkpoint is not None:
+            for moved in runner.set_aside_newer(run_dir, done):
+                print(f"set aside the newer checkpoint {moved.name} in {moved.parent}")
+        print(f"resuming {run_dir} at update {done} of {config.num_updates}")
+    runner.save_config(run_dir, config, seeds)
 
     from tensorboardX import SummaryWriter
     from tqdm import tqdm
 
+    x = x_axis(config)
     history = list(resume[1]) if resume else []
-    done = history[-1]["updates"] if history else 0
-    bar = tqdm(total=config.num_updates, initial=done, unit="update", dynamic_ncols=True, file=sys.stdout)
+    bar = tqdm(total=config.num_updates, initial=history[-1]["updates"] if history else 0, unit="update", dynamic_ncols=True, file=sys.stdout)
     board = SummaryWriter(logdir=str(run_dir / runner.TENSORBOARD))
     last = {"time": time.perf_counter(), "steps": history[-1]["env_steps"] if history else 0}
+
+    def mean(value):
+        return sum(value) / len(value) if isinstance(value, list) else value
 
     def checkpoint(record, state):
         history.append(record)
         runner.save_checkpoint(run_dir, state, history)
-        runner.write_metrics(run_dir, history)
+        runner.write_metrics(run_dir, runner.seed_rows(history) if multi else history)
         for name, value in record.items():
-            board.add_scalar(name, value, global_step=record["env_steps"])
+            if isinstance(value, list):
+                board.add_scalar(f"{name}/mean", mean(value), global_step=record[x])
+                for i, v in enumerate(value):
+                    board.add_scalar(f"{name}/seed_{i}", v, global_step=record[x])
+            else:
+                board.add_scalar(name, value, global_step=record[x])
         board.flush()
         now = time.perf_counter()
         rate = (record["env_steps"] - last["steps"]) / max(now - last["time"], 1e-9)
         last.update(time=now, steps=record["env_steps"])
-        bar.set_postfix(ret=f"{record['eval_return']:.1f}", grad=f"{record['grad_norm']:.3g}", steps_per_s=f"{rate:.0f}")
+        grad = mean(record.get("grad_norm", float("nan")))
+        bar.set_postfix(ret=f"{mean(record['eval_return']):.1f}", grad=f"{grad:.3g}", steps_per_s=f"{rate:.0f}")
         bar.update(record["updates"] - bar.n)
 
     try:
-        _, history = loop.train(make_trainer(config), callback=checkpoint, resume=resume)
+        if multi:
+            _, result = loop.train_seeds(trainer, seeds, callback=checkpoint, resume=resume, stop_on_divergence=True)
+            history = result["history"]
+        else:
+            _, history = loop.train(trainer, callback=checkpoint, resume=resume)
+    except loop.Diverged as error:
+        bar.close()
+        steps = runner.checkpoint_steps(run_dir)
+        where = (
+            f"the newest checkpoint is after {steps[-1]} updates: resume from it with `mbpo train --resume {run_dir}` "
+            "after changing what diverged (or start a new run with --config and other settings)"
+            if steps
+            else "no checkpoint was written"
+        )
+        print(f"error: {error}; {where}", file=sys.stderr)
+        raise SystemExit(DIVERGED) from None
     finally:
         bar.close()
         board.close()
-    runner.plot_learning_curve(run_dir, history, f"{config.label} on {config.env}")
+    rows = runner.seed_rows(history) if multi else history
+    title = f"{config.label} on {config.env}" + (f", {seeds} seeds" if multi else "")
+    runner.plot_learning_curve(run_dir, rows, title, x=x)
+    if multi:
+        final = [round(float(r), 2) for r in history[-1]["eval_return"]]
+        print(f"{seeds} seeds (one vmapped program): eval returns {final} after {history[-1]['env_steps']} env steps")
+    if config.target_return is not None:
+        _report_target(rows, config.target_return, seeds)
     print(f"wrote {run_dir}/{{{runner.CONFIG}, {runner.METRICS}, {runner.CHECKPOINTS}/, {runner.CURVE}, {runner.TENSORBOARD}/}}")
+
+
+def _report_target(rows: list[dict], threshold: float, seeds: int) -> None:
+    """Prints, per seed, the env steps, updates and wall-clock at which the evaluation return
+    first reached ``threshold``."""
+    from mbpo.agents.loop import first_to_reach
+
+    for seed in range(seeds):
+        mine = [r for r in rows if r.get("seed", 0) == seed]
+        hit = first_to_reach(mine, threshold)
+        who = f"seed {seed}: " if seeds > 1 else ""
+        if hit is None:
+            print(f"{who}eval return never reached {threshold} in {mine[-1]['env_steps']} env steps")
+        else:
+            print(
+                f"{who}reached eval return {hit['eval_return']:.1f} >= {threshold} after {hit['env_steps']} env steps, "
+                f"{hit['updates']} updates, {hit['wall_time']:.1f} s wall-clock (compilation included)"
+            )
 
 
 def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -123,8 +222,12 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     from mbpo import runner
     from mbpo.agents.registry import make_trainer
 
+    if args.episodes < 1:
+        parser.error(f"--episodes must be >= 1, got {args.episodes}")
     try:
-        config = runner.load_config(args.run_dir)
+        config, seeds = runner.load_run(args.run_dir)
+        if seeds > 1:
+            parser.error(f"{args.run_dir} trained {seeds} seeds in one program; evaluate reads single-seed runs")
         config = dataclasses.replace(config, eval_envs=args.episodes)
         trainer = make_trainer(config)
         state, history = runner.load_checkpoint(args.run_dir, jax.jit(trainer.init)(jax.random.key(config.seed)))
@@ -146,49 +249,92 @@ def _train_config_class(argv: list[str]) -> type:
     from mbpo import runner
     from mbpo.agents import registry
 
-    pre = argparse.ArgumentParser(prog="mbpo train", add_help=False)
+    pre = argparse.ArgumentParser(prog="mbpo train", add_help=False, allow_abbrev=False)
     pre.add_argument("--algo")
     pre.add_argument("--config", type=pathlib.Path)
     pre.add_argument("--resume", type=pathlib.Path)
     known, _ = pre.parse_known_args(argv[1:])
     try:
+        if known.resume is not None:
+            return type(runner.load_config(known.resume))
         if known.algo is not None:
             return registry.config_class(known.algo)
-        saved = known.config or known.resume
-        if saved is not None:
-            return type(runner.load_config(saved))
+        if known.config is not None:
+            return type(runner.load_config(known.config))
     except (runner.RunDirError, ValueError) as error:
         pre.error(str(error))
     return registry.TRAINERS["unroll"][0]
 
 
 def make_parser(train_config: type | None = None) -> argparse.ArgumentParser:
-    """The ``mbpo`` parser; ``train`` takes the options of ``train_config`` (default: the unroll trainer's)."""
-    from mbpo import estimators
+    """The ``mbpo`` parser; ``train`` takes the options of ``train_config`` (default: the unroll
+    trainer's). ``parser.commands`` maps each command to its subparser."""
+    from mbpo.agents import registry
     from mbpo.agents.unroll_trainer import UnrollTrainerConfig
 
     train_config = train_config or UnrollTrainerConfig
+    algos = " | ".join(registry.ALGOS)
     parser = argparse.ArgumentParser(prog="mbpo", description="Policy optimization through differentiable dynamics.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_envs = sub.add_parser("envs", help="list the tasks and their sizes")
     p_envs.add_argument("--brax", action="store_true", help="also build the Brax tasks to show their sizes")
     p_train = sub.add_parser(
-        "train", help="train an algorithm: --algo bpo | svg | dpmb_r | dpmb_sf | nfqca | fqi | fqi_amortized | ddpg | td3 | sac"
+        "train",
+        help=f"train an algorithm: --algo {algos}",
+        description=f"Train one algorithm (--algo {algos}); `mbpo train --algo NAME --help` lists that algorithm's options.",
+        allow_abbrev=False,
     )
     add_arguments(p_train, train_config)
-    if train_config is UnrollTrainerConfig:
-        p_train.add_argument("--algo", choices=tuple(estimators.ESTIMATORS), help="the estimator (same as --estimator)")
-    p_train.add_argument("--run-dir", type=pathlib.Path, help="where config, metrics, checkpoint and plots go")
-    p_train.add_argument("--resume", type=pathlib.Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    if "algo" not in {f.name for f in dataclasses.fields(train_config)}:
+        p_train.add_argument(
+            "--algo",
+            choices=tuple(registry.ALGOS),
+            help=f"the algorithm: {algos}. The estimators ({', '.join(registry.estimator_names())}) are "
+            "this trainer's --estimator; the others have their own options (mbpo train --algo NAME --help)",
+        )
+    p_train.add_argument("--run-dir", type=pathlib.Path, help="where config, metrics, checkpoints and plots go (must hold no run)")
+    p_train.add_argument("--resume", type=pathlib.Path, metavar="RUN_DIR", help="continue the run in RUN_DIR (only --num-updates may change)")
+    p_train.add_argument(
+        "--from-checkpoint", type=int, metavar="UPDATES", help="with --resume: the checkpoint after UPDATES updates (newer ones are set aside)"
+    )
     p_train.add_argument("--config", type=pathlib.Path, metavar="FILE", help="a config.json whose values become the defaults")
     p_train.add_argument("--seeds", type=int, default=1, help="train N seeds in one vmapped program")
-    p_eval = sub.add_parser("evaluate", help="evaluate the checkpoint of a run directory")
-    p_eval.add_argument("run_dir", type=pathlib.Path)
-    p_eval.add_argument("--episodes", type=int, default=32)
-    p_eval.add_argument("--seed", type=int, default=12345)
+    p_eval = sub.add_parser("evaluate", help="evaluate the checkpoint of a run directory", description="Evaluate a run's newest checkpoint.")
+    p_eval.add_argument("run_dir", type=pathlib.Path, help="a run directory written by `mbpo train`")
+    p_eval.add_argument("--episodes", type=int, default=32, help="evaluation episodes, mean action (default: 32)")
+    p_eval.add_argument("--seed", type=int, default=12345, help="seed of the evaluation's resets and noise (default: 12345)")
     p_eval.add_argument("--render", action="store_true", help="also draw one episode: RUN_DIR/episode.html (Brax) or .png")
     sub.add_parser("compare", help="compare horizons or estimators: mbpo compare {horizons,estimators} --help", add_help=False)
+    parser.commands = sub.choices
     return parser
+
+
+def _config_defaults(parser, path: pathlib.Path, config_class: type, given: set[str]) -> dict:
+    """The values of the config file ``path`` as defaults for ``config_class``'s options. From
+    another trainer only :data:`SHARED_FIELDS` carry over; any other field both trainers have
+    (tau, horizon, policy, ...) means something else there and is refused unless given explicitly."""
+    from mbpo import runner
+    from mbpo.agents import registry
+
+    try:
+        saved = runner.load_config(path)
+    except runner.RunDirError as error:
+        parser.error(str(error))
+    values = dataclasses.asdict(saved)
+    if type(saved) is config_class:
+        return values
+    target = {f.name for f in dataclasses.fields(config_class)}
+    clash = sorted(k for k in values if k in target and k not in SHARED_FIELDS and k != "algo" and k not in given)
+    if clash:
+        parser.error(
+            f"--config {path} is a {registry.trainer_name(saved)} config; its {', '.join(clash)} mean something else for "
+            f"{config_class.__name__}: give them explicitly ({', '.join('--' + k.replace('_', '-') for k in clash)}) "
+            "or leave them out of the file"
+        )
+    dropped = sorted(k for k in values if k not in target)
+    if dropped:
+        print(f"note: --config {path}: {config_class.__name__} has no {', '.join(dropped)}; they are not used", file=sys.stderr)
+    return {k: v for k, v in values.items() if k in SHARED_FIELDS}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,29 +345,25 @@ def main(argv: list[str] | None = None) -> None:
         kinds = {"horizons": compare_horizons.main, "estimators": compare_estimators.main}
         if len(argv) < 2 or argv[1] not in kinds:
             make_parser().error(f"mbpo compare needs one of: {', '.join(kinds)} (then --help), got {argv[1:2]}")
-        kinds[argv[1]](argv[2:])
+        kinds[argv[1]](argv[2:], prog=f"mbpo compare {argv[1]}")
         return
     train_config = _train_config_class(argv) if argv[:1] == ["train"] else None
     parser = make_parser(train_config)
     args = parser.parse_args(argv)
-    subparser = parser._subparsers._group_actions[0].choices[args.command]  # argparse keeps them here only
+    subparser = parser.commands[args.command]
     if args.command == "envs":
         _envs(args)
     elif args.command == "train":
-        if args.config is not None:
-            from mbpo import runner
-
-            try:
-                defaults = dataclasses.asdict(runner.load_config(args.config))
-                if getattr(args, "algo", None) is not None and "estimator" in defaults:
-                    defaults["estimator"] = args.algo
-            except (runner.RunDirError, ValueError, TypeError) as error:
-                subparser.error(str(error))
+        given = _given(subparser, argv[1:])
+        if args.config is not None and args.resume is None:
+            defaults = _config_defaults(subparser, args.config, train_config, given)
+            if getattr(args, "algo", None) is not None and "estimator" in vars(args):
+                defaults["estimator"] = args.algo
             subparser.set_defaults(**defaults)
             args = parser.parse_args(argv)
         if "estimator" in vars(args) and getattr(args, "algo", None) is not None:
             args.estimator = args.algo
-        _train(subparser, args, train_config)
+        _train(subparser, args, train_config, given)
     else:
         _evaluate(subparser, args)
 

@@ -1,24 +1,41 @@
-"""Run directories: the resolved config, metrics, a checkpoint and plots of one training run.
+"""Run directories: the resolved config, metrics, checkpoints and plots of one training run.
 
-    RUN_DIR/config.json      the resolved config and its trainer (replay with ``mbpo train --config``)
-    RUN_DIR/metrics.csv      one row per evaluation
+    RUN_DIR/config.json      the resolved config, its trainer and its number of seeds
+                             (replay with ``mbpo train --config``)
+    RUN_DIR/metrics.csv      one row per evaluation (and seed)
     RUN_DIR/checkpoints/U/   the whole train state after U updates (orbax), with U.json beside it
-                             (the history); written after every evaluation, the last two kept
+                             (the history and a SHA-256 of every saved array); written after every
+                             evaluation, the newest two verified ones kept
     RUN_DIR/learning_curve.png
     RUN_DIR/tensorboard/     TensorBoard event files (``tensorboard --logdir RUN_DIR``)
+    RUN_DIR/.lock            held (``flock``) by the one process training into the directory
 
-Orbax writes each checkpoint into a temporary directory and renames it when complete, and the
-history JSON is written (atomically) only after that, so the newest step with both is always
-whole: a crash mid-save leaves the previous one to resume from. PRNG keys are stored as their raw
-key data. A checkpoint that fails to restore (damaged, or from another config) is refused and left
-as it is.
+Nothing written is lost or silently wrong:
+
+* A new run refuses a directory that already holds any run file (:func:`claim`), and a second
+  process is refused while the first holds the lock (:func:`lock`; the kernel drops the lock when
+  its process dies, so a killed run never leaves a stale one).
+* Orbax writes each checkpoint into a temporary directory and renames it when complete. The saved
+  arrays are then read back and compared, array by array, with SHA-256 hashes of the state in
+  memory; only then is ``U.json`` (history and hashes) written, and only then are older
+  checkpoints deleted. The newest step with a ``U.json`` is therefore whole and verified.
+* On restore every array is hashed again. A checkpoint that fails (damaged, even with its size
+  unchanged, or from another config) is refused and left as it is; the error names the newest
+  older checkpoint that is intact and how to resume from it (``--from-checkpoint U``).
+
+PRNG keys are stored as their raw key data.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
+import hashlib
 import json
+import os
 import pathlib
 import shutil
+import time
 
 import jax
 import jax.numpy as jnp
@@ -28,19 +45,25 @@ from mbpo.agents import registry
 from mbpo.io import csv_text, write_atomically, write_json, write_text
 
 CONFIG, METRICS, CHECKPOINTS, CURVE, TENSORBOARD = "config.json", "metrics.csv", "checkpoints", "learning_curve.png", "tensorboard"
-KEEP = 2  # checkpoints kept: the newest and the one before it
+RUN_FILES = (CONFIG, METRICS, CHECKPOINTS, CURVE, TENSORBOARD)
+LOCK = ".lock"
+DAMAGED = "damaged"  # checkpoints/damaged/: checkpoints set aside by --from-checkpoint, never deleted
+KEEP = 2  # verified checkpoints kept: the newest and the one before it
 
 
 class RunDirError(ValueError):
     """A run directory (or its checkpoint or config) that cannot be used; nothing was overwritten."""
 
 
-def save_config(run_dir: pathlib.Path, config) -> None:
-    write_json(run_dir / CONFIG, registry.config_to_dict(config))
+# --- config ------------------------------------------------------------------------------------
 
 
-def load_config(path: pathlib.Path):
-    """The config saved in ``path`` (a run directory or a config.json)."""
+def save_config(run_dir: pathlib.Path, config, seeds: int = 1) -> None:
+    write_json(run_dir / CONFIG, {**registry.config_to_dict(config), "seeds": seeds})
+
+
+def load_run(path: pathlib.Path):
+    """(config, seeds) saved in ``path`` (a run directory or a config.json)."""
     path = path / CONFIG if path.is_dir() else path
     try:
         values = json.loads(path.read_text())
@@ -48,14 +71,104 @@ def load_config(path: pathlib.Path):
         raise RunDirError(f"no config at {path}") from None
     except json.JSONDecodeError as error:
         raise RunDirError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise RunDirError(f"{path} must hold a JSON object of config fields, got a {type(values).__name__}")
+    seeds = values.pop("seeds", 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise RunDirError(f"{path}: seeds must be an integer >= 1, got {seeds!r}")
     try:
-        return registry.config_from_dict(values)
-    except ValueError as error:
+        return registry.config_from_dict(values), seeds
+    except (ValueError, TypeError) as error:
         raise RunDirError(f"{path}: {error}") from None
+
+
+def load_config(path: pathlib.Path):
+    """The config saved in ``path`` (a run directory or a config.json)."""
+    return load_run(path)[0]
+
+
+# --- the directory: claim and lock -------------------------------------------------------------
+
+
+def check_writable(run_dir: pathlib.Path) -> None:
+    """Creates ``run_dir`` if needed and checks a file can be written there (before any compile)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise RunDirError(f"run directory {run_dir} is not writable: {error.strerror}") from None
+
+
+def run_files(run_dir: pathlib.Path) -> list[str]:
+    """The run files (config, metrics, checkpoints, plot, TensorBoard) already in ``run_dir``."""
+    return [name for name in RUN_FILES if (run_dir / name).exists()]
+
+
+class Lock:
+    """An exclusive ``flock`` on RUN_DIR/.lock for the lifetime of one run (a context manager)."""
+
+    def __init__(self, run_dir: pathlib.Path):
+        self.path = run_dir / LOCK
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(self._fd)
+            raise RunDirError(f"{run_dir} is in use by a running training (pid {holder}); wait for it or choose another --run-dir") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def claim(run_dir: pathlib.Path, *, resume: bool) -> Lock:
+    """Checks ``run_dir`` is writable and takes its lock; a new run (``resume=False``) also
+    refuses a directory that already holds a run's files."""
+    check_writable(run_dir)
+    lock = Lock(run_dir)
+    if not resume and (found := run_files(run_dir)):
+        lock.release()
+        raise RunDirError(
+            f"{run_dir} already holds a run ({', '.join(found)}); continue it with --resume {run_dir} "
+            "or choose another --run-dir (nothing was changed)"
+        )
+    return lock
+
+
+# --- checkpoints -------------------------------------------------------------------------------
 
 
 def _is_key(x) -> bool:
     return jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _raw(state):
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, state)
+
+
+def array_hashes(tree) -> dict[str, str]:
+    """SHA-256 of the dtype, shape and bytes of every array of ``tree``, keyed by its path."""
+    out = {}
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        x = np.ascontiguousarray(np.asarray(x))
+        digest = hashlib.sha256(f"{x.dtype.str}{x.shape}".encode())
+        digest.update(x.tobytes())
+        out[jax.tree_util.keystr(path)] = digest.hexdigest()
+    return out
 
 
 def _complete_steps(run_dir: pathlib.Path) -> list[int]:
@@ -69,65 +182,148 @@ def has_checkpoint(run_dir: pathlib.Path) -> bool:
     return bool(_complete_steps(run_dir))
 
 
+def checkpoint_steps(run_dir: pathlib.Path) -> list[int]:
+    """The update counts of the complete checkpoints of ``run_dir``, oldest first."""
+    return _complete_steps(run_dir)
+
+
+def _paths(run_dir: pathlib.Path, step: int) -> tuple[pathlib.Path, pathlib.Path]:
+    root = (run_dir / CHECKPOINTS).absolute()
+    return root / f"{step:08d}", root / f"{step:08d}.json"
+
+
+def _set_aside(run_dir: pathlib.Path, step: int) -> pathlib.Path:
+    """Moves checkpoint ``step`` (directory and JSON) into checkpoints/damaged/ (never deletes)."""
+    data, meta = _paths(run_dir, step)
+    target = data.parent / DAMAGED / f"{step:08d}-{time.strftime('%Y%m%d-%H%M%S')}"
+    target.mkdir(parents=True, exist_ok=False)
+    for path in (data, meta):
+        if path.exists():
+            os.replace(path, target / path.name)
+    return target
+
+
+def _restore_raw(path: pathlib.Path, target):
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(path, target)
+
+
+def _targets(template):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _raw(template))
+
+
 def save_checkpoint(run_dir: pathlib.Path, state, history: list[dict]) -> None:
-    """Saves the state (orbax) after ``history[-1]["updates"]`` updates, then the history beside it."""
+    """Saves the state (orbax) after ``history[-1]["updates"]`` updates, reads it back and checks
+    every array against the state in memory, then writes the history and hashes beside it, and
+    only then deletes checkpoints older than the newest ``KEEP``."""
     import orbax.checkpoint as ocp
 
     step = history[-1]["updates"]
-    root = (run_dir / CHECKPOINTS).absolute()
-    raw = jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, state)
+    data, meta = _paths(run_dir, step)
+    if data.exists() or meta.exists():  # left by a run resumed from an older checkpoint
+        _set_aside(run_dir, step)
+    raw = _raw(state)
+    hashes = array_hashes(raw)
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(root / f"{step:08d}", raw, force=True)
+        checkpointer.save(data, raw, force=True)
         checkpointer.wait_until_finished()
-    write_json(root / f"{step:08d}.json", history)
-    for old in _complete_steps(run_dir)[:-KEEP]:
-        (root / f"{old:08d}.json").unlink()
-        shutil.rmtree(root / f"{old:08d}")
+    written = array_hashes(_restore_raw(data, _targets(state)))
+    if written != hashes:
+        bad = sorted(k for k in hashes if written.get(k) != hashes[k])
+        raise RunDirError(f"checkpoint {data} does not read back as written (arrays {bad[:3]}); older checkpoints were kept")
+    write_json(meta, {"history": history, "sha256": hashes})
+    for old in [s for s in _complete_steps(run_dir) if s < step][: -(KEEP - 1) or None]:
+        old_data, old_meta = _paths(run_dir, old)
+        old_meta.unlink()
+        shutil.rmtree(old_data)
 
 
-def load_checkpoint(run_dir: pathlib.Path, template):
-    """Restores the newest complete checkpoint into the structure of ``template`` (a fresh state
-    of the same config)."""
-    import orbax.checkpoint as ocp
-
-    steps = _complete_steps(run_dir)
-    if not steps:
-        raise RunDirError(f"no checkpoint in {run_dir / CHECKPOINTS}: nothing to resume")
-    path = (run_dir / CHECKPOINTS / f"{steps[-1]:08d}").absolute()
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct((jax.random.key_data(x) if _is_key(x) else x).shape, (jax.random.key_data(x) if _is_key(x) else x).dtype),
-        template,
-    )
+def _read(run_dir: pathlib.Path, step: int, template):
+    """(state, history) of checkpoint ``step``, every array checked against its saved hash."""
+    data, meta = _paths(run_dir, step)
     try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            raw = checkpointer.restore(path, target)
-        history = json.loads((path.parent / f"{path.name}.json").read_text())
+        saved = json.loads(meta.read_text())
+        history, hashes = (saved, None) if isinstance(saved, list) else (saved["history"], saved["sha256"])
+        raw = _restore_raw(data, _targets(template))
     except Exception as error:  # orbax and tensorstore raise many types for a damaged checkpoint
-        raise RunDirError(f"checkpoint {path} is corrupted or from another config ({str(error)[:200]}); it was left as it is") from None
+        message = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise RunDirError(f"it cannot be read ({message})") from None
+    if hashes is not None:
+        found = array_hashes(raw)
+        bad = sorted(k for k in hashes if found.get(k) != hashes[k])
+        if bad or set(found) != set(hashes):
+            raise RunDirError(f"the content hashes of {len(bad)} arrays do not match ({', '.join(bad[:3])})")
     state = jax.tree.map(
         lambda like, x: jax.random.wrap_key_data(x, impl=jax.random.key_impl(like)) if _is_key(like) else jnp.asarray(x), template, raw
     )
     return state, history
 
 
+def load_checkpoint(run_dir: pathlib.Path, template, step: int | None = None):
+    """Restores checkpoint ``step`` (default: the newest complete one) into the structure of
+    ``template`` (a fresh state of the same config) and verifies every array's hash.
+
+    Raises:
+      RunDirError: no checkpoint, or a damaged one (left as it is); the message names the newest
+        older intact checkpoint and the command that resumes from it.
+    """
+    steps = _complete_steps(run_dir)
+    if not steps:
+        raise RunDirError(f"no checkpoint in {run_dir / CHECKPOINTS}: nothing to resume")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise RunDirError(f"no checkpoint after {step} updates in {run_dir / CHECKPOINTS}; there are: {', '.join(map(str, steps))}")
+    try:
+        return _read(run_dir, step, template)
+    except RunDirError as error:
+        path = _paths(run_dir, step)[0]
+        intact = None
+        for older in reversed([s for s in steps if s < step]):
+            try:
+                _read(run_dir, older, template)
+                intact = older
+                break
+            except RunDirError:
+                continue
+        advice = (
+            f"checkpoint {intact:08d} (after {intact} updates) is intact: resume from it with "
+            f"`mbpo train --resume {run_dir} --from-checkpoint {intact}`"
+            if intact is not None
+            else "no older checkpoint is intact"
+        )
+        raise RunDirError(f"checkpoint {path} is corrupted or from another config: {error}; it was left as it is; {advice}") from None
+
+
+def set_aside_newer(run_dir: pathlib.Path, step: int) -> list[pathlib.Path]:
+    """Moves the checkpoints newer than ``step`` into checkpoints/damaged/ (resuming from an
+    older checkpoint); returns where they went."""
+    return [_set_aside(run_dir, s) for s in _complete_steps(run_dir) if s > step]
+
+
+# --- metrics and plots -------------------------------------------------------------------------
+
+
 def write_metrics(run_dir: pathlib.Path, history: list[dict]) -> None:
     write_text(run_dir / METRICS, csv_text(history))
 
 
-def plot_learning_curve(run_dir: pathlib.Path, rows: list[dict], title: str) -> None:
-    """Evaluation return against environment steps; with a ``seed`` column, the mean over seeds
-    with a band from the lowest to the highest seed."""
+def plot_learning_curve(run_dir: pathlib.Path, rows: list[dict], title: str, x: str = "env_steps") -> None:
+    """Evaluation return against ``x`` (env steps, or updates for the batch methods, whose data is
+    fixed); with a ``seed`` column, the mean over seeds with a band from the lowest to the highest."""
     from matplotlib.figure import Figure
 
-    steps = sorted({r["env_steps"] for r in rows})
-    returns = np.array([[r["eval_return"] for r in rows if r["env_steps"] == s] for s in steps])
+    steps = sorted({r[x] for r in rows})
+    returns = np.array([[r["eval_return"] for r in rows if r[x] == s] for s in steps])
     figure = Figure(figsize=(6, 4))
     axes = figure.subplots()
     axes.plot(steps, returns.mean(1), "o-", label=f"mean of {returns.shape[1]} seeds" if returns.shape[1] > 1 else None)
     if returns.shape[1] > 1:
         axes.fill_between(steps, returns.min(1), returns.max(1), alpha=0.25, label="min-max over seeds")
         axes.legend(fontsize=8)
-    axes.set_xlabel("environment steps")
+    axes.set_xlabel("environment steps" if x == "env_steps" else x.replace("_", " "))
     axes.set_ylabel("evaluation return")
     axes.set_title(title, fontsize=9)
     axes.grid(alpha=0.3)
@@ -135,12 +331,15 @@ def plot_learning_curve(run_dir: pathlib.Path, rows: list[dict], title: str) -> 
     write_atomically(run_dir / CURVE, lambda file: figure.savefig(file, format="png", dpi=110))
 
 
-def check_writable(run_dir: pathlib.Path) -> None:
-    """Creates ``run_dir`` if needed and checks a file can be written there (before any compile)."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise RunDirError(f"run directory {run_dir} is not writable: {error.strerror}") from None
+def seed_rows(history: list[dict]) -> list[dict]:
+    """One row per evaluation and seed of a multi-seed history (``eval_return`` a list)."""
+    rows = []
+    for record in history:
+        returns = record["eval_return"]
+        shared = {k: v for k, v in record.items() if k not in ("eval_return", "eval_return_per_seed")}
+        rows += [{**shared, "seed": i, "eval_return": value} for i, value in enumerate(returns)]
+    return rows
+
+
+def config_fields(config) -> dict:
+    return dataclasses.asdict(config)

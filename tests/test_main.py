@@ -48,7 +48,7 @@ def _tensorboard_scalars(run_dir) -> dict:
 def test_train_writes_the_run_directory_and_evaluate_reads_it(tmp_path, capsys):
     run_dir = tmp_path / "run"
     cli.main(["train", *TINY, "--run-dir", str(run_dir)])
-    assert {p.name for p in run_dir.iterdir()} == {runner.CONFIG, runner.METRICS, runner.CHECKPOINTS, runner.CURVE, runner.TENSORBOARD}
+    assert {p.name for p in run_dir.iterdir() if not p.name.startswith(".")} == {runner.CONFIG, runner.METRICS, runner.CHECKPOINTS, runner.CURVE, runner.TENSORBOARD}
     # After 3 evaluations the newest two checkpoints are kept.
     assert sorted(p.name for p in (run_dir / runner.CHECKPOINTS).iterdir()) == ["00000004", "00000004.json", "00000006", "00000006.json"]
     assert _tensorboard_scalars(run_dir)["eval_return"] == [r["eval_return"] for r in _history(run_dir)]
@@ -149,7 +149,9 @@ def test_seeds_train_in_one_program_with_a_row_per_seed_and_evaluation(tmp_path,
     run_dir = tmp_path / "seeds"
     cli.main(["train", *TINY, "--seeds", "3", "--run-dir", str(run_dir)])
     rows = (run_dir / runner.METRICS).read_text().splitlines()
-    assert rows[0] == "updates,env_steps,wall_time,seed,eval_return" and len(rows) == 1 + 3 * 3
+    header = rows[0].split(",")
+    assert header[:3] == ["updates", "env_steps", "wall_time"] and {"seed", "eval_return", "grad_norm"} <= set(header)
+    assert len(rows) == 1 + 3 * 3
     assert (run_dir / runner.CURVE).stat().st_size > 10_000
     assert "3 seeds (one vmapped program)" in capsys.readouterr().out
 

@@ -24,15 +24,25 @@ def normalizer_init(size: int) -> NormalizerState:
 
 
 def normalizer_update(state: NormalizerState, obs: Float[Array, "B obs"]) -> NormalizerState:
-    """Merges the moments of the batch ``obs`` (any leading axes) into ``state``."""
+    """Merges the moments of the batch ``obs`` (any leading axes) into ``state``.
+
+    Observations with a non-finite entry are left out (one NaN would poison the statistics for
+    good); a batch with none finite leaves ``state`` as it is.
+    """
     obs = jax.lax.stop_gradient(obs.reshape(-1, obs.shape[-1]))
-    n = obs.shape[0]
-    batch_mean, batch_var = obs.mean(0), obs.var(0)
+    finite = jnp.all(jnp.isfinite(obs), axis=-1)
+    obs = jnp.where(finite[:, None], obs, 0.0)
+    n = jnp.sum(finite).astype(state.count.dtype)
+    safe_n = jnp.maximum(n, 1)
+    batch_mean = obs.sum(0) / safe_n
+    batch_var = jnp.where(finite[:, None], (obs - batch_mean) ** 2, 0.0).sum(0) / safe_n
     total = state.count + n
+    safe_total = jnp.maximum(total, 1)
     delta = batch_mean - state.mean
-    mean = state.mean + delta * n / total
-    m2 = state.var * state.count + batch_var * n + delta**2 * state.count * n / total
-    return NormalizerState(mean=mean, var=m2 / total, count=total)
+    mean = state.mean + delta * n / safe_total
+    m2 = state.var * state.count + batch_var * n + delta**2 * state.count * n / safe_total
+    new = NormalizerState(mean=mean, var=jnp.where(total > 0, m2 / safe_total, state.var), count=total)
+    return jax.tree.map(lambda a, b: jnp.where(n > 0, a, b), new, state)
 
 
 def normalize(state: NormalizerState, obs: Array, enabled: bool = True) -> Array:
@@ -44,11 +54,13 @@ def normalize(state: NormalizerState, obs: Array, enabled: bool = True) -> Array
 
 
 def reset_finished(dynamics: Dynamics, states: State, key: PRNGKey, episode_length: int) -> State:
-    """Replaces the members of a batch of states that are done or at ``episode_length`` by fresh
-    ``reset`` states (the others continue: training windows run across episode boundaries)."""
+    """Replaces the members of a batch of states that are done, at ``episode_length`` or not
+    finite (a NaN or Inf observation or reward) by fresh ``reset`` states (the others continue:
+    training windows run across episode boundaries)."""
     batch = states.t.shape[0]
     fresh = jax.vmap(dynamics.reset)(jax.random.split(key, batch))
-    finished = (states.done > 0) | (states.t >= episode_length)
+    finite = jnp.all(jnp.isfinite(states.obs.reshape(batch, -1)), axis=-1) & jnp.isfinite(states.reward.reshape(batch))
+    finished = (states.done > 0) | (states.t >= episode_length) | ~finite
 
     def pick(new, old):
         mask = finished.reshape((batch,) + (1,) * (old.ndim - 1))

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
+import numpy as np
 
 import envs
 from mbpo.dynamics.base import Dynamics
@@ -39,6 +41,54 @@ def check_task(env: str, brax_backend: str) -> None:
         raise ValueError(f"unknown env {env!r}; known envs: {', '.join(envs.names())}")
     if brax_backend not in BACKENDS:
         raise ValueError(f"unknown brax_backend {brax_backend!r}; allowed: {', '.join(BACKENDS)}")
+
+
+INT32_MAX = 2**31 - 1
+
+
+def check_counters(max_env_steps: int, num_updates: int) -> None:
+    """Raises ValueError when the run's env-step or update count would wrap the int32 counters of
+    the train state (JAX's default integers: at 4096 envs x 32-step windows that is ~16k updates)."""
+    for name, value in (("env steps", max_env_steps), ("updates", num_updates)):
+        if value > INT32_MAX:
+            raise ValueError(
+                f"this run would count {value:,} {name}, more than the int32 counters hold ({INT32_MAX:,}); "
+                "lower num_updates or num_envs"
+            )
+
+
+def check_sizes(**sizes: tuple[int, ...]) -> None:
+    """Raises ValueError naming a hidden-layer tuple with a size < 1 (``()`` is allowed: linear)."""
+    for name, value in sizes.items():
+        if not isinstance(value, tuple) or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in value):
+            raise ValueError(f"{name} must be a tuple of layer sizes >= 1, got {value!r}")
+
+
+class Diverged(RuntimeError):
+    """Training stopped: every update of an evaluation chunk was skipped as non-finite, or the
+    evaluation return was not finite. ``record`` is that chunk's record (not checkpointed);
+    ``last_finite`` the update count of the last finite evaluation (0: none)."""
+
+    def __init__(self, message: str, record: dict, last_finite: int):
+        super().__init__(message)
+        self.record, self.last_finite = record, last_finite
+
+
+def _check_finite(record: dict, metrics: dict, skipped_before, num: int, last_finite: int, seed: int | None = None) -> None:
+    """Raises :class:`Diverged` for a chunk whose updates were all skipped or whose evaluation
+    return is not finite (``metrics``: the chunk's stacked metrics of one seed)."""
+    where = "" if seed is None else f" (seed {seed})"
+    value = record["eval_return"] if seed is None else record["eval_return"][seed]
+    skipped = metrics.get("skipped_updates")
+    all_skipped = False
+    if skipped is not None:
+        counts = np.concatenate([[skipped_before], np.asarray(skipped)])
+        all_skipped = bool(np.all(np.diff(counts) > 0))
+    if all_skipped or not math.isfinite(value):
+        why = f"all {num} updates before update {record['updates']} were skipped as non-finite" if all_skipped else (
+            f"the evaluation return after {record['updates']} updates is {value}"
+        )
+        raise Diverged(f"training diverged{where}: {why}; the last finite evaluation was after {last_finite} updates", record, last_finite)
 
 
 def build_trainer(build: Callable[[Any, Dynamics], Trainer], config, dynamics: Dynamics | None = None) -> Trainer:
@@ -105,6 +155,7 @@ def train(
     *,
     callback: Callable[[dict, PyTree], None] | None = None,
     resume: tuple[PyTree, list[dict]] | None = None,
+    stop_on_divergence: bool = True,
 ) -> tuple[PyTree, list[dict]]:
     """Trains one seed in chunks of ``eval_every`` updates, evaluating after each chunk.
 
@@ -113,6 +164,8 @@ def train(
       callback: called as ``callback(record, state)`` after each evaluation (a checkpoint hook).
       resume: (state, history) saved by a callback of an earlier run of the same config; the run
         continues from there and ends bit-identical to an uninterrupted one (same chunks, same keys).
+      stop_on_divergence: raise :class:`Diverged` (before the callback) when every update of a
+        chunk was skipped as non-finite or the evaluation return is not finite.
 
     With several JAX devices the environment batch is split over all of them (:mod:`mbpo.parallel`)
     and gradients are averaged across devices; ``num_envs`` must divide evenly.
@@ -137,6 +190,7 @@ def train(
     offset = history[-1]["wall_time"] if history else 0.0
     start = time.perf_counter()
     for num, done in _chunks(config, int(ts.updates)):
+        skipped_before = history[-1].get("skipped_updates", 0) if history else 0
         ts, metrics = run_updates(trainer, ts, num)
         record = {
             "updates": done,
@@ -145,41 +199,79 @@ def train(
             **{k: float(v[-1]) for k, v in metrics.items()},
         }
         record["wall_time"] = offset + time.perf_counter() - start
+        if stop_on_divergence:
+            _check_finite(record, metrics, skipped_before, num, _last_finite(history))
         history.append(record)
         if callback is not None:
             callback(record, ts)
     return ts, history
 
 
+def _last_finite(history: list[dict]) -> int:
+    for record in reversed(history):
+        returns = np.atleast_1d(record["eval_return"])
+        if np.all(np.isfinite(returns)):
+            return record["updates"]
+    return 0
+
+
 @functools.partial(jax.jit, static_argnames=("trainer", "num"))
-def _run_updates_seeds(trainer: Trainer, ts: PyTree, num: int) -> PyTree:
-    return jax.vmap(lambda t: _scan_updates(trainer, t, num)[0])(ts)
+def _run_updates_seeds(trainer: Trainer, ts: PyTree, num: int) -> tuple[PyTree, dict]:
+    return jax.vmap(lambda t: _scan_updates(trainer, t, num))(ts)
 
 
-def train_seeds(trainer: Trainer, num_seeds: int) -> tuple[PyTree, dict]:
+def train_seeds(
+    trainer: Trainer,
+    num_seeds: int,
+    *,
+    callback: Callable[[dict, PyTree], None] | None = None,
+    resume: tuple[PyTree, list[dict]] | None = None,
+    stop_on_divergence: bool = False,
+) -> tuple[PyTree, dict]:
     """Trains ``num_seeds`` seeds (keys split from ``config.seed``) in one vmapped, jitted program,
     evaluating every seed after each chunk of ``eval_every`` updates.
 
+    Args:
+      trainer, callback, resume: as :func:`train`; the state is the stacked state of all seeds.
+      stop_on_divergence: raise :class:`Diverged` when any seed's chunk diverged (off by default:
+        a comparison keeps the seeds that did not).
+
     Returns the stacked final states and a dict with the final ``eval_return`` per seed (shape
     (num_seeds,)), ``env_steps``, ``wall_time`` (s, compilation included) and ``history``: one
-    record per evaluation with ``updates``, ``env_steps``, ``wall_time`` and ``eval_return`` (a
-    list over seeds).
+    record per evaluation with ``updates``, ``env_steps``, ``wall_time`` and, as lists over seeds,
+    ``eval_return`` and the last update's metrics.
     """
     if num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
     config = trainer.config
-    start = time.perf_counter()
-    ts = jax.jit(jax.vmap(trainer.init))(jax.random.split(jax.random.key(config.seed), num_seeds))
+    if resume is None:
+        ts, history = jax.jit(jax.vmap(trainer.init))(jax.random.split(jax.random.key(config.seed), num_seeds)), []
+    else:
+        ts, history = resume[0], list(resume[1])
     eval_keys = jax.random.split(jax.random.key(config.seed + 10_000), num_seeds)
     evaluate_seeds = jax.jit(jax.vmap(trainer.evaluate))
-    history = []
-    for num, done in _chunks(config, 0):
-        ts = _run_updates_seeds(trainer, ts, num)
-        returns = jax.device_get(evaluate_seeds(ts, eval_keys))
-        history.append(
-            {"updates": done, "env_steps": int(ts.env_steps[0]), "wall_time": time.perf_counter() - start, "eval_return": returns.tolist()}
-        )
+    offset = history[-1]["wall_time"] if history else 0.0
+    start = time.perf_counter()
+    for num, done in _chunks(config, int(ts.updates[0])):
+        skipped_before = history[-1].get("skipped_updates", [0] * num_seeds) if history else [0] * num_seeds
+        ts, metrics = _run_updates_seeds(trainer, ts, num)
+        metrics = jax.device_get(metrics)
+        record = {
+            "updates": done,
+            "env_steps": int(ts.env_steps[0]),
+            "wall_time": offset + time.perf_counter() - start,
+            "eval_return": jax.device_get(evaluate_seeds(ts, eval_keys)).tolist(),
+            **{k: np.asarray(v)[:, -1].tolist() for k, v in metrics.items()},
+        }
+        if stop_on_divergence:
+            for seed in range(num_seeds):
+                one = {k: np.asarray(v)[seed] for k, v in metrics.items()}
+                _check_finite(record, one, skipped_before[seed], num, _last_finite(history), seed=seed)
+        history.append(record)
+        if callback is not None:
+            callback(record, ts)
     last = history[-1]
+    returns = np.asarray(last["eval_return"])
     return ts, {"eval_return": returns, "env_steps": last["env_steps"], "wall_time": last["wall_time"], "history": history}
 
 

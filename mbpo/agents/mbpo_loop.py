@@ -51,6 +51,7 @@ from mbpo.policies import GaussianPolicy, TanhGaussianPolicy
 from mbpo.replay import RingBufferState, Segment, ring_buffer, uniform_policy
 from mbpo.types import PRNGKey
 from mbpo.unroll import Transition, alive_mask, rollout
+from mbpo.optim import nan_if_loss_nonfinite
 
 POLICY_UPDATES = ("svg", "svg_er", "sac")
 SVG_POLICIES = {"gaussian": GaussianPolicy, "tanh_gaussian": TanhGaussianPolicy, "flow": FlowPolicy}
@@ -129,6 +130,13 @@ class ModelBasedConfig:
             raise ValueError(f"need 0 < gamma <= 1, 0 < tau <= 1, max_weight > 0, warmup_steps >= 0; got {self.gamma}, {self.tau}, {self.max_weight}, {self.warmup_steps}")
         if min(self.model_lr, self.actor_lr, self.critic_lr, self.init_std) <= 0:
             raise ValueError("model_lr, actor_lr, critic_lr and init_std must be > 0")
+        loop.check_sizes(hidden=self.hidden, model_hidden=self.model_hidden)
+        if self.horizon > self.episode_length:
+            raise ValueError(
+                f"horizon={self.horizon} is longer than episode_length={self.episode_length}: segments would run past the time limit"
+            )
+        simulated = self.batch_size * self.horizon * self.policy_steps if self.model == "true" else 0
+        loop.check_counters(self.num_updates * (self.num_envs * self.horizon + simulated), self.num_updates)
 
     @property
     def label(self) -> str:
@@ -330,6 +338,7 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
             return value, (jnp.ones(()), result)
 
         (value, (weight, result)), grad = jax.value_and_grad(objective, has_aux=True)(learner.policy_params)
+        grad = nan_if_loss_nonfinite(value, grad)
         updates, opt_state = actor_opt.update(jax.tree.map(jnp.negative, grad), learner.policy_opt, learner.policy_params)
         learner = learner._replace(policy_params=optax.apply_updates(learner.policy_params, updates), policy_opt=opt_state)
         metrics = {"objective": value, "grad_norm": optax.tree.norm(grad), "weight": weight}

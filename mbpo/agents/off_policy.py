@@ -46,6 +46,7 @@ from mbpo.policies import DeterministicPolicy, GaussianPolicy, TanhGaussianPolic
 from mbpo.replay import RingBufferState, basepoints, ring_buffer, uniform_policy
 from mbpo.types import Action, Array, Float, Observation, Params, PRNGKey, Scalar
 from mbpo.unroll import PolicyFn, RolloutNoise, Transition
+from mbpo.optim import nan_if_loss_nonfinite
 
 ALGOS = ("nfqca", "fqi", "fqi_amortized", "ddpg", "td3", "sac")
 BATCH_ALGOS = ("nfqca", "fqi", "fqi_amortized")
@@ -124,6 +125,8 @@ class OffPolicyConfig:
         for name in ("ou_sigma", "explore_std", "target_noise", "target_noise_clip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        loop.check_sizes(hidden=self.hidden)
+        loop.check_counters(self.num_updates * self.num_envs if self.online else self.num_basepoints, self.num_updates)
 
     @property
     def label(self) -> str:
@@ -326,6 +329,7 @@ class Agent:
     def actor_step(self, learner: Learner, obs: Float[Array, "B obs"], eps: Array) -> tuple[Learner, dict]:
         """One ascent step of :meth:`actor_objective`, and SAC's temperature step."""
         (value, log_pi), grad = jax.value_and_grad(self.actor_objective, has_aux=True)(learner.policy_params, learner, obs, eps)
+        grad = nan_if_loss_nonfinite(value, grad)
         updates, policy_opt = self.actor_opt.update(jax.tree.map(jnp.negative, grad), learner.policy_opt, learner.policy_params)
         learner = learner._replace(policy_params=optax.apply_updates(learner.policy_params, updates), policy_opt=policy_opt)
         if self.stochastic and self.config.autotune_alpha:
@@ -345,6 +349,7 @@ class Agent:
             return 0.5 * jnp.mean((jax.vmap(self.value.v, in_axes=(None, 0))(psi, obs) - y) ** 2)
 
         value, grad = jax.value_and_grad(loss)(learner.value_params)
+        grad = nan_if_loss_nonfinite(value, grad)
         upd, value_opt = self.critic_opt.update(grad, learner.value_opt, learner.value_params)
         return learner._replace(value_params=optax.apply_updates(learner.value_params, upd), value_opt=value_opt), value
 
@@ -543,6 +548,7 @@ def _make_trainer(config: OffPolicyConfig, dynamics: Dynamics) -> Trainer:
                     return 0.5 * jnp.mean(jnp.sum((jax.vmap(policy.mean, in_axes=(None, 0))(w, obs) - target) ** 2, -1))
 
                 value, grad = jax.value_and_grad(loss)(learner.policy_params)
+                grad = nan_if_loss_nonfinite(value, grad)
                 upd, opt = agent.actor_opt.update(grad, learner.policy_opt, learner.policy_params)
                 learner = learner._replace(policy_params=optax.apply_updates(learner.policy_params, upd), policy_opt=opt)
                 return learner, {"actor_objective": -value, "grad_norm": optax.tree.norm(grad)}

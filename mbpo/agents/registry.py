@@ -17,6 +17,7 @@ import dataclasses
 from mbpo import estimators
 from mbpo.agents import mbpo_loop, off_policy, unroll_trainer
 from mbpo.agents.loop import Trainer
+from mbpo.cli import check_field_types
 from mbpo.dynamics.base import Dynamics
 
 TRAINERS = {
@@ -29,6 +30,11 @@ ALGOS: dict[str, str] = {
     **{name: "off_policy" for name in off_policy.ALGOS},
     "mbpo": "mbpo",
 }
+
+
+def estimator_names() -> tuple[str, ...]:
+    """The algorithms of the unroll trainer (its ``--estimator`` values)."""
+    return tuple(estimators.ESTIMATORS)
 
 
 def trainer_name(config) -> str:
@@ -67,4 +73,5 @@ def config_from_dict(values: dict):
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown config keys {unknown} for {cls.__name__}; allowed: {sorted(known)}")
+    check_field_types(cls, values)
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

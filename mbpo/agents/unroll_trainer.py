@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+import envs
 from mbpo import estimators
 from mbpo.agents import loop
 from mbpo.agents.common import NormalizerState, evaluate, normalize, normalizer_init, normalizer_update, reset_finished
@@ -30,6 +31,7 @@ from mbpo.agents.loop import Trainer, first_to_reach
 from mbpo.cli import option
 from mbpo.critics import QCritic, polyak, q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
+from mbpo.optim import nan_if_loss_nonfinite
 from mbpo.policies import POLICIES
 from mbpo.types import Params, PRNGKey
 from mbpo.unroll import RolloutNoise, rollout
@@ -92,6 +94,30 @@ class UnrollTrainerConfig:
             raise ValueError(f"need 0 < gamma <= 1, 0 <= td_lambda <= 1, 0 < tau <= 1; got {self.gamma}, {self.td_lambda}, {self.tau}")
         if min(self.actor_lr, self.critic_lr, self.max_grad_norm, self.init_std) <= 0:
             raise ValueError("actor_lr, critic_lr, max_grad_norm and init_std must be > 0")
+        loop.check_sizes(hidden=self.hidden)
+        if self.horizon is not None and self.horizon > self.episode_length:
+            raise ValueError(
+                f"horizon={self.horizon} is longer than episode_length={self.episode_length}: windows would run past the time "
+                "limit; use a horizon <= episode_length, or none for whole episodes"
+            )
+        estimator = estimators.make(self.estimator, self.horizon)
+        kind = self.policy_kind
+        try:
+            estimator.check_policy(kind == "deterministic")
+        except ValueError as error:
+            raise ValueError(f"--policy {kind}: {error}; leave --policy out for the estimator's own kind") from None
+        if estimator.dynamics_gradient == "score" and not envs.has_log_prob(self.env):
+            with_log_prob = [n for n in envs.names() if not envs.is_brax(n) and envs.has_log_prob(n)]
+            raise ValueError(
+                f"{self.estimator} needs the transition density log p(s'|s,a), which env {self.env!r} does not have; "
+                f"tasks with one: {', '.join(with_log_prob)}"
+            )
+        loop.check_counters(self.num_updates * self.num_envs * self.window, self.num_updates)
+
+    @property
+    def policy_kind(self) -> str:
+        """The policy: ``policy``, or the estimator's own kind."""
+        return self.policy or ESTIMATOR_POLICY[self.estimator]
 
     @property
     def label(self) -> str:
@@ -142,7 +168,7 @@ def make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics | None = None) 
 
 def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
     estimator = estimators.make(config.estimator, config.horizon)
-    policy_kind = config.policy or ESTIMATOR_POLICY[config.estimator]
+    policy_kind = config.policy_kind
     policy = POLICIES[policy_kind].for_dynamics(
         dynamics, hidden=config.hidden, **({} if policy_kind == "deterministic" else {"init_std": config.init_std})
     )
@@ -191,6 +217,7 @@ def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
             )
 
         (value, result), grad = jax.value_and_grad(objective, has_aux=True)(ts.policy_params)
+        grad = nan_if_loss_nonfinite(value, grad)
         updates, opt_state = actor_opt.update(jax.tree.map(jnp.negative, grad), ts.policy_opt, ts.policy_params)
         return optax.apply_updates(ts.policy_params, updates), opt_state, value, result, optax.tree.norm(grad)
 
