@@ -83,7 +83,7 @@ PRESETS = {
 
 def main(argv: list[str] | None = None, prog: str = "python -m experiments.compare_estimators") -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--preset", choices=tuple(PRESETS), default="cpu", help="sizes: cpu (minutes here) or gpu (one H100)")
     add_arguments(parser, UnrollTrainerConfig, exclude=("estimator",))
     parser.add_argument("--estimators", nargs="+", default=["svg", "dpmb_r", "bpo"], choices=tuple(estimators.ESTIMATORS))

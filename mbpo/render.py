@@ -73,7 +73,10 @@ def render(dynamics: Dynamics, states: list[State], path: pathlib.Path, *, frame
         figure = Figure(figsize=(7, 3))
         ax = figure.subplots()
         obs = np.stack([np.asarray(s.obs) for s in states])
-        ax.plot(obs)
+        for i in range(obs.shape[1]):
+            ax.plot(obs[:, i], label=f"obs[{i}]")
+        ax.legend(fontsize=7, ncols=min(obs.shape[1], 6), loc="best")
+        ax.set_title(f"{name or 'episode'}: observations under the mean action", fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("observation")
         ax.grid(alpha=0.3)

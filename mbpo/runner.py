@@ -35,6 +35,7 @@ import json
 import os
 import pathlib
 import shutil
+import sys
 import time
 
 import jax
@@ -150,6 +151,39 @@ def claim(run_dir: pathlib.Path, *, resume: bool) -> Lock:
 
 
 # --- checkpoints -------------------------------------------------------------------------------
+
+
+def _orbax_noise(unraisable) -> bool:
+    """Whether an unraisable exception is orbax's echo of a failed read (a coroutine of its own,
+    or asyncio's "Event loop is closed" from its worker threads) after the failure was raised."""
+    exc, obj = unraisable.exc_value, unraisable.object
+    if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
+        return True
+    frames = []
+    tb = unraisable.exc_traceback
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    return any("orbax" in f or "tensorstore" in f for f in frames) or "orbax" in repr(obj)
+
+
+def _install_unraisable_filter() -> None:
+    """A damaged checkpoint is refused with one clear message (RunDirError); orbax's worker
+    threads would print dozens of asyncio and TensorStore tracebacks after it. They are dropped;
+    every other unraisable exception still reaches the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_mbpo_filter", False):
+        return
+
+    def hook(unraisable):
+        if not _orbax_noise(unraisable):
+            previous(unraisable)
+
+    hook._mbpo_filter = True
+    sys.unraisablehook = hook
+
+
+_install_unraisable_filter()
 
 
 def _is_key(x) -> bool:

@@ -337,7 +337,10 @@ class Agent:
             alpha_grad = -(jax.lax.stop_gradient(log_pi) + self.target_entropy).astype(learner.log_alpha.dtype)
             upd, alpha_opt = self.alpha_opt.update(alpha_grad, learner.alpha_opt, learner.log_alpha)
             learner = learner._replace(log_alpha=optax.apply_updates(learner.log_alpha, upd), alpha_opt=alpha_opt)
-        return learner, {"actor_objective": value, "grad_norm": optax.tree.norm(grad), "entropy": -log_pi}
+        metrics = {"actor_objective": value, "grad_norm": optax.tree.norm(grad)}
+        if self.stochastic:  # the entropy and temperature columns belong to SAC alone
+            metrics["entropy"] = -log_pi
+        return learner, metrics
 
     def value_step(self, learner: Learner, obs: Float[Array, "B obs"], eps: Array) -> tuple[Learner, Scalar]:
         """SAC's value network: v(s; psi) -> min_i q_i(s, a) - alpha log pi(a|s), a ~ pi (one sample)."""
@@ -386,14 +389,15 @@ class Agent:
             return learner, actor_metrics
 
         if c.algo == "td3":
-            zeros = {"actor_objective": jnp.zeros(()), "grad_norm": jnp.zeros(()), "entropy": jnp.zeros(())}
+            zeros = {"actor_objective": jnp.zeros(()), "grad_norm": jnp.zeros(())}
             learner, actor_metrics = jax.lax.cond(
                 learner.steps % c.policy_delay == 0, actor_and_targets, lambda lr: (lr, jax.tree.map(jnp.asarray, zeros)), learner
             )
         else:
             learner, actor_metrics = actor_and_targets(learner)
         metrics.update(actor_metrics)
-        metrics["alpha"] = self.alpha(learner)
+        if self.stochastic:
+            metrics["alpha"] = self.alpha(learner)
         return learner._replace(steps=learner.steps + 1), metrics
 
 

@@ -48,6 +48,22 @@ class BraxDynamics(Dynamics):
         return s, s.obs, s.reward, s.done
 
 
+def import_brax_envs():
+    """``brax.envs``, imported (deferred: it takes seconds) without the lines brax 0.14 prints on
+    stdout when the optional warp packages are missing ("Failed to import warp: ..."), which would
+    corrupt a program's own output; anything else brax prints is passed through."""
+    import contextlib
+    import io
+    import sys
+
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        from brax import envs as brax_envs
+    kept = [line for line in captured.getvalue().splitlines(keepends=True) if not line.startswith(("Failed to import warp", "Failed to import mujoco_warp"))]
+    sys.stdout.write("".join(kept))
+    return brax_envs
+
+
 def from_brax(env_or_name: Any, *, backend: str = "generalized", **env_kwargs) -> BraxDynamics:
     """Wraps a Brax environment (an instance, or a registered name built with ``backend``).
 
@@ -59,8 +75,7 @@ def from_brax(env_or_name: Any, *, backend: str = "generalized", **env_kwargs) -
     Returns:
       A :class:`BraxDynamics`.
     """
-    from brax import envs as brax_envs  # deferred: importing brax takes seconds
-
+    brax_envs = import_brax_envs()
     if isinstance(env_or_name, str):
         known = sorted(brax_envs._envs)  # brax keeps its registry private; this is its only listing
         if env_or_name not in known:

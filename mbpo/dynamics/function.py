@@ -142,6 +142,13 @@ def make_function_dynamics(
             f"{transition_name} returned shape {getattr(s_next, 'shape', s_next)}, but the state from "
             f"reset has shape {s.shape}: the output of the {transition_name} must match the state"
         )
+    if s_next.dtype != s.dtype:
+        raise TypeError(
+            f"{transition_name} returned dtype {s_next.dtype}, but the state from reset has dtype {s.dtype}: "
+            f"the output of the {transition_name} must keep the state's dtype (a lax.scan carry cannot change it)"
+        )
+    if not jnp.issubdtype(s.dtype, jnp.floating):
+        raise TypeError(f"reset(key) returned dtype {s.dtype}; the state must be floating (float32 or float64) to be differentiated")
     r = jax.eval_shape(reward, s, a, s, params)
     if getattr(r, "shape", None) != ():
         raise ValueError(f"reward(s, a, s_next) must return a scalar, got shape {getattr(r, 'shape', r)}")
