@@ -23,3 +23,16 @@ def test_brax_renders_to_html(tmp_path):
     path = render(task, states, tmp_path / "episode")
     text = path.read_text()
     assert path.suffix == ".html" and "<html" in text.lower() and len(text) > 1000
+
+
+def test_observation_plot_has_a_legend_per_observation(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    task = envs.make("hybrid")
+    states = episode_states(task, lambda obs, eps: jnp.zeros(task.action_size), jax.random.key(0), 10, (0,))
+    saved = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (saved.append(self), real(self, *a, **k))[1])
+    render(task, states, tmp_path / "episode")
+    legend = saved[0].axes[0].get_legend()
+    assert legend is not None and [t.get_text() for t in legend.get_texts()] == [f"obs[{i}]" for i in range(task.observation_size)]

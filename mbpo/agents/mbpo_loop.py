@@ -338,8 +338,8 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
             return value, (jnp.ones(()), result)
 
         (value, (weight, result)), grad = jax.value_and_grad(objective, has_aux=True)(learner.policy_params)
-        grad = nan_if_loss_nonfinite(value, grad)
-        updates, opt_state = actor_opt.update(jax.tree.map(jnp.negative, grad), learner.policy_opt, learner.policy_params)
+        step_grad = nan_if_loss_nonfinite(value, grad)  # the metric keeps the true gradient norm
+        updates, opt_state = actor_opt.update(jax.tree.map(jnp.negative, step_grad), learner.policy_opt, learner.policy_params)
         learner = learner._replace(policy_params=optax.apply_updates(learner.policy_params, updates), policy_opt=opt_state)
         metrics = {"objective": value, "grad_norm": optax.tree.norm(grad), "weight": weight}
         if result is not None and c.model_critic:  # the rollout's TD(lambda) targets train the critic too

@@ -329,8 +329,8 @@ class Agent:
     def actor_step(self, learner: Learner, obs: Float[Array, "B obs"], eps: Array) -> tuple[Learner, dict]:
         """One ascent step of :meth:`actor_objective`, and SAC's temperature step."""
         (value, log_pi), grad = jax.value_and_grad(self.actor_objective, has_aux=True)(learner.policy_params, learner, obs, eps)
-        grad = nan_if_loss_nonfinite(value, grad)
-        updates, policy_opt = self.actor_opt.update(jax.tree.map(jnp.negative, grad), learner.policy_opt, learner.policy_params)
+        step_grad = nan_if_loss_nonfinite(value, grad)  # the metric keeps the true gradient norm
+        updates, policy_opt = self.actor_opt.update(jax.tree.map(jnp.negative, step_grad), learner.policy_opt, learner.policy_params)
         learner = learner._replace(policy_params=optax.apply_updates(learner.policy_params, updates), policy_opt=policy_opt)
         if self.stochastic and self.config.autotune_alpha:
             # d/d log_alpha of -log_alpha (log pi + target entropy): alpha grows when entropy is below target.
@@ -352,8 +352,8 @@ class Agent:
             return 0.5 * jnp.mean((jax.vmap(self.value.v, in_axes=(None, 0))(psi, obs) - y) ** 2)
 
         value, grad = jax.value_and_grad(loss)(learner.value_params)
-        grad = nan_if_loss_nonfinite(value, grad)
-        upd, value_opt = self.critic_opt.update(grad, learner.value_opt, learner.value_params)
+        step_grad = nan_if_loss_nonfinite(value, grad)  # the metric keeps the true gradient norm
+        upd, value_opt = self.critic_opt.update(step_grad, learner.value_opt, learner.value_params)
         return learner._replace(value_params=optax.apply_updates(learner.value_params, upd), value_opt=value_opt), value
 
     def critic_step(self, learner: Learner, batch: Transition, key: PRNGKey) -> tuple[Learner, Scalar]:
@@ -552,8 +552,8 @@ def _make_trainer(config: OffPolicyConfig, dynamics: Dynamics) -> Trainer:
                     return 0.5 * jnp.mean(jnp.sum((jax.vmap(policy.mean, in_axes=(None, 0))(w, obs) - target) ** 2, -1))
 
                 value, grad = jax.value_and_grad(loss)(learner.policy_params)
-                grad = nan_if_loss_nonfinite(value, grad)
-                upd, opt = agent.actor_opt.update(grad, learner.policy_opt, learner.policy_params)
+                step_grad = nan_if_loss_nonfinite(value, grad)  # the metric keeps the true gradient norm
+                upd, opt = agent.actor_opt.update(step_grad, learner.policy_opt, learner.policy_params)
                 learner = learner._replace(policy_params=optax.apply_updates(learner.policy_params, upd), policy_opt=opt)
                 return learner, {"actor_objective": -value, "grad_norm": optax.tree.norm(grad)}
             obs = data.obs[jax.random.randint(k_idx, (config.batch_size,), 0, size)]

@@ -217,8 +217,8 @@ def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
             )
 
         (value, result), grad = jax.value_and_grad(objective, has_aux=True)(ts.policy_params)
-        grad = nan_if_loss_nonfinite(value, grad)
-        updates, opt_state = actor_opt.update(jax.tree.map(jnp.negative, grad), ts.policy_opt, ts.policy_params)
+        step_grad = nan_if_loss_nonfinite(value, grad)  # the metric keeps the true gradient norm
+        updates, opt_state = actor_opt.update(jax.tree.map(jnp.negative, step_grad), ts.policy_opt, ts.policy_params)
         return optax.apply_updates(ts.policy_params, updates), opt_state, value, result, optax.tree.norm(grad)
 
     def data_window(ts: TrainState, result, noise: RolloutNoise):
