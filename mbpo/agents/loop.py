@@ -37,8 +37,7 @@ class LoopConfig(Protocol):
 
 def check_task(env: str, brax_backend: str) -> None:
     """Raises ValueError naming an unknown task or Brax backend (every trainer config's check)."""
-    if env not in envs.names():
-        raise ValueError(f"unknown env {env!r}; known envs: {', '.join(envs.names())}")
+    envs.check(env)
     if brax_backend not in BACKENDS:
         raise ValueError(f"unknown brax_backend {brax_backend!r}; allowed: {', '.join(BACKENDS)}")
 
