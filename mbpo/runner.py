@@ -93,6 +93,8 @@ def load_config(path: pathlib.Path):
 
 def check_writable(run_dir: pathlib.Path) -> None:
     """Creates ``run_dir`` if needed and checks a file can be written there (before any compile)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} exists and is not a directory")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"

@@ -101,6 +101,7 @@ class ModelBasedConfig:
     rollout_to: int = option(200, "sac: iteration where it reaches rollout_max")
     model_rollouts: int = option(256, "sac: model rollouts started per iteration")
     model_buffer_capacity: int = option(50_000, "sac: model transitions kept")
+    real_ratio: float = option(0.05, "sac: fraction of each SAC batch drawn from real transitions (MBPO's 0.05)")
     eval_every: int = option(25, "iterations between evaluations")
     eval_envs: int = option(32, "episodes per evaluation")
     seed: int = option(0, "random seed")
@@ -131,6 +132,8 @@ class ModelBasedConfig:
         if min(self.model_lr, self.actor_lr, self.critic_lr, self.init_std) <= 0:
             raise ValueError("model_lr, actor_lr, critic_lr and init_std must be > 0")
         loop.check_sizes(hidden=self.hidden, model_hidden=self.model_hidden)
+        if not 0 <= self.real_ratio < 1:
+            raise ValueError(f"real_ratio must be in [0, 1), got {self.real_ratio}")
         if self.horizon > self.episode_length:
             raise ValueError(
                 f"horizon={self.horizon} is longer than episode_length={self.episode_length}: segments would run past the time limit"
@@ -387,9 +390,15 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
         if c.policy_update == "sac":
             ts = ts.replace(model_data=sac_model_data(ts, model, k_data))
 
+            num_real = round(c.real_ratio * c.batch_size)
+
             def sac_step(learner, k):
-                k_b, k_g = jax.random.split(k)
-                return agent.gradient_step(learner, model_buffer.sample(ts.model_data, k_b, c.batch_size), k_g)
+                k_b, k_r, k_g = jax.random.split(k, 3)
+                batch = model_buffer.sample(ts.model_data, k_b, c.batch_size - num_real)
+                if num_real:  # MBPO mixes a fraction of real transitions into every batch
+                    real = _transitions(sample_segments(ts, k_r, -(-num_real // n)))
+                    batch = jax.tree.map(lambda m, r: jnp.concatenate([m, r[:num_real].astype(m.dtype)]), batch, real)
+                return agent.gradient_step(learner, batch, k_g)
 
             learner, m = jax.lax.scan(sac_step, learner, jax.random.split(k_policy, c.policy_steps))
             metrics.update({k: v.mean() for k, v in m.items()}, rollout_length=rollout_length(ts.updates))
