@@ -90,20 +90,28 @@ def _check_finite(record: dict, metrics: dict, skipped_before, num: int, last_fi
         raise Diverged(f"training diverged{where}: {why}; the last finite evaluation was after {last_finite} updates", record, last_finite)
 
 
+# Config fields that shape the run (how long, how often to evaluate, which seed, what to report)
+# but not the compiled programs: trainers that differ only in them share their compilations.
+RUN_FIELDS = {"num_updates": 1, "eval_every": 1, "seed": 0, "target_return": None}
+
+
 def build_trainer(build: Callable[[Any, Dynamics], Trainer], config, dynamics: Dynamics | None = None) -> Trainer:
     """``build(config, dynamics)``; without ``dynamics`` the registered task ``config.env`` (with
-    ``config.brax_backend`` for Brax tasks), and then the trainer is cached per (build, config), so
-    its compiled programs are reused (a resumed or evaluated run in the same process compiles
-    nothing again)."""
+    ``config.brax_backend`` for Brax tasks), and then the trainer is cached per (build, config
+    without its :data:`RUN_FIELDS`), so its compiled programs are reused: a resumed, extended or
+    evaluated run, or another seed, in the same process compiles nothing again."""
     if dynamics is None:
-        return _registered_task_trainer(build, config)
+        present = {k: v for k, v in RUN_FIELDS.items() if hasattr(config, k)}
+        shared = _registered_task_trainer(build, dataclasses.replace(config, **present))
+        return dataclasses.replace(shared, config=config)
     return build(config, dynamics)
 
 
 @functools.lru_cache(maxsize=48)
 def _registered_task_trainer(build: Callable[[Any, Dynamics], Trainer], config) -> Trainer:
     kwargs = {"backend": config.brax_backend} if envs.is_brax(config.env) else {}
-    return build(config, envs.make(config.env, **kwargs))
+    trainer = build(config, envs.make(config.env, **kwargs))
+    return dataclasses.replace(trainer, programs=(build, config))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: a static argument of jax.jit
@@ -119,6 +127,8 @@ class Trainer:
       init: ``key -> state``.
       update: ``state -> (state, metrics)``; one jitted pure function.
       evaluate: ``(state, key) -> mean return`` with the mean action.
+      programs: what the pure functions were built from (``(build, config without its
+        RUN_FIELDS)``) when they are shared; None otherwise.
     """
 
     config: Any
@@ -129,6 +139,20 @@ class Trainer:
     init: Callable[[PRNGKey], PyTree]
     update: Callable[[PyTree], tuple[PyTree, dict]]
     evaluate: Callable[[PyTree, PRNGKey], jax.Array]
+    programs: Any = None
+
+    # A static argument of jax.jit: trainers built from the same programs (a shared cache entry
+    # of build_trainer, whatever their RUN_FIELDS) are equal, so they share compilations; any
+    # other trainer is equal only to itself.
+    def __hash__(self):
+        return hash(self.programs) if self.programs is not None else id(self)
+
+    def __eq__(self, other):
+        if not isinstance(other, Trainer):
+            return NotImplemented
+        if self.programs is not None:
+            return self.programs == other.programs
+        return self is other
 
 
 def _scan_updates(trainer: Trainer, ts: PyTree, num: int) -> tuple[PyTree, dict]:
