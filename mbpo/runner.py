@@ -284,7 +284,7 @@ def _read(run_dir: pathlib.Path, step: int, template):
         history, hashes = (saved, None) if isinstance(saved, list) else (saved["history"], saved["sha256"])
         raw = _restore_raw(data, _targets(template))
     except Exception as error:  # orbax and tensorstore raise many types for a damaged checkpoint
-        message = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        message = str(error).splitlines()[0][:240] if str(error) else type(error).__name__
         raise RunDirError(f"it cannot be read ({message})") from None
     if hashes is not None:
         found = array_hashes(raw)
