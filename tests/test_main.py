@@ -24,6 +24,23 @@ def _checkpoint(run_dir):
     return [np.asarray(x) for x in jax.tree.leaves(keys_as_data)], history
 
 
+def kill_after_two_checkpoints(monkeypatch, argv) -> None:
+    """Runs ``mbpo`` with ``argv`` and kills it (KeyboardInterrupt) right after its second checkpoint."""
+    saved = runner.save_checkpoint
+    calls = []
+
+    def dies_after_two(*args):
+        saved(*args)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "save_checkpoint", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(argv)
+    monkeypatch.setattr(runner, "save_checkpoint", saved)
+
+
 def _history(run_dir):
     return _checkpoint(run_dir)[1]
 
@@ -78,19 +95,7 @@ def test_killed_run_resumes_bit_identical(tmp_path, monkeypatch, argv):
     TINY = argv
     cli.main(["train", *TINY, "--run-dir", str(whole)])
 
-    saved = runner.save_checkpoint
-    calls = []
-
-    def dies_after_two(*args):
-        saved(*args)
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runner, "save_checkpoint", dies_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        cli.main(["train", *TINY, "--run-dir", str(killed)])
-    monkeypatch.setattr(runner, "save_checkpoint", saved)
+    kill_after_two_checkpoints(monkeypatch, ["train", *TINY, "--run-dir", str(killed)])
     assert _history(killed)[-1]["updates"] == 4
     cli.main(["train", "--resume", str(killed)])
     (a, history_a), (b, history_b) = _checkpoint(whole), _checkpoint(killed)

@@ -10,7 +10,7 @@ import pytest
 
 from mbpo import main as cli
 from mbpo import runner
-from tests.test_main import TINY, _checkpoint
+from tests.test_main import TINY, _checkpoint, kill_after_two_checkpoints
 
 
 def _exit_code(argv, capsys) -> tuple[int, str]:
@@ -143,19 +143,7 @@ def test_seeds_runs_checkpoint_resume_and_refuse_another_seed_count(tmp_path, mo
     assert runner.checkpoint_steps(whole) == [4, 6]
     assert (whole / runner.TENSORBOARD).is_dir()
     assert "6/6" in capsys.readouterr().out  # the progress bar
-    saved = runner.save_checkpoint
-    calls = []
-
-    def dies_after_two(*args):
-        saved(*args)
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runner, "save_checkpoint", dies_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        cli.main(["train", *argv, "--run-dir", str(killed)])
-    monkeypatch.setattr(runner, "save_checkpoint", saved)
+    kill_after_two_checkpoints(monkeypatch, ["train", *argv, "--run-dir", str(killed)])
     metrics = (killed / runner.METRICS).read_text()
     code, err = _exit_code(["train", "--resume", str(killed), "--seeds", "3"], capsys)
     assert code == 2 and "trains 2 seeds" in err
