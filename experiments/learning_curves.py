@@ -84,9 +84,9 @@ PRESETS = {
                 threshold=-200.0,
                 episode_length=200,
                 algorithms=(
-                    ("sac", {**ONLINE, "num_updates": 2000, "eval_every": 100}),
-                    ("td3", {**ONLINE, "num_updates": 2000, "eval_every": 100, "gamma": 0.98}),
-                    ("ddpg", {**ONLINE, "num_updates": 2000, "eval_every": 100}),
+                    ("sac", {**ONLINE, "num_updates": 3000, "eval_every": 100}),
+                    ("td3", {**ONLINE, "num_updates": 3000, "eval_every": 100, "gamma": 0.98}),
+                    ("ddpg", {**ONLINE, "num_updates": 3000, "eval_every": 100}),
                     ("nfqca", {**BATCH, "num_basepoints": 8000, "num_updates": 60, "eval_every": 10}),
                     ("fqi_amortized", {**BATCH, "num_basepoints": 8000, "num_updates": 60, "eval_every": 10, "num_optimized": 128}),
                     ("fqi", {**BATCH, "num_basepoints": 8000, "num_updates": 60, "eval_every": 10}),

@@ -303,3 +303,26 @@ def test_batch_methods_are_plotted_and_logged_against_updates(tmp_path, monkeypa
     runner.plot_learning_curve(tmp_path, rows, "nfqca", x=cli.x_axis(OffPolicyConfig(algo="nfqca")))
     axes = saved[0].axes[0]
     assert axes.get_xlabel() == "updates" and list(axes.lines[0].get_xdata()) == [10, 20, 30]
+
+
+def test_td3_metrics_carry_no_sac_columns():
+    import jax
+
+    from mbpo.agents.off_policy import OffPolicyConfig
+    from mbpo.agents.registry import make_trainer
+
+    columns = {}
+    for algo in ("td3", "sac"):
+        trainer = make_trainer(OffPolicyConfig(algo=algo, num_envs=2, hidden=(8,), batch_size=8, gradient_steps=2, warmup_steps=4))
+        state = jax.eval_shape(trainer.init, jax.random.key(0))
+        columns[algo] = set(jax.eval_shape(trainer.update, state)[1])  # shapes only: nothing compiles
+    assert not {"alpha", "entropy"} & columns["td3"] and {"alpha", "entropy"} <= columns["sac"]
+
+
+def test_brax_tasks_print_nothing_on_stdout():
+    import subprocess
+    import sys
+
+    code = "import envs; envs.make('inverted_pendulum', backend='positional')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout == "", result.stdout
