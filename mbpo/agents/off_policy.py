@@ -46,7 +46,7 @@ from mbpo.policies import DeterministicPolicy, GaussianPolicy, TanhGaussianPolic
 from mbpo.replay import RingBufferState, basepoints, ring_buffer, uniform_policy
 from mbpo.types import Action, Array, Float, Observation, Params, PRNGKey, Scalar
 from mbpo.unroll import PolicyFn, RolloutNoise, Transition
-from mbpo.optim import nan_if_loss_nonfinite
+from mbpo.optim import guarded, nan_if_loss_nonfinite
 
 ALGOS = ("nfqca", "fqi", "fqi_amortized", "ddpg", "td3", "sac")
 BATCH_ALGOS = ("nfqca", "fqi", "fqi_amortized")
@@ -182,10 +182,7 @@ class OffPolicyState(struct.PyTreeNode):
 
 
 def _optimizer(config: OffPolicyConfig, lr: float) -> optax.GradientTransformation:
-    base = optax.adam(lr) if config.optimizer == "adam" else optax.sgd(lr)
-    return optax.apply_if_finite(
-        optax.chain(optax.clip_by_global_norm(config.max_grad_norm), base), max_consecutive_errors=1_000_000
-    )
+    return guarded(optax.adam(lr) if config.optimizer == "adam" else optax.sgd(lr), config.max_grad_norm)
 
 
 def maximize_action(

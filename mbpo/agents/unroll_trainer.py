@@ -31,7 +31,7 @@ from mbpo.agents.loop import Trainer, first_to_reach
 from mbpo.cli import option
 from mbpo.critics import QCritic, polyak, q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
-from mbpo.optim import nan_if_loss_nonfinite
+from mbpo.optim import guarded, nan_if_loss_nonfinite
 from mbpo.policies import POLICIES
 from mbpo.types import Params, PRNGKey
 from mbpo.unroll import RolloutNoise, rollout
@@ -147,11 +147,7 @@ class TrainState(struct.PyTreeNode):
 
 
 def _optimizer(config: UnrollTrainerConfig, lr: float) -> optax.GradientTransformation:
-    # apply_if_finite: a non-finite gradient never reaches the parameters; the step is skipped and counted.
-    return optax.apply_if_finite(
-        optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2)),
-        max_consecutive_errors=1_000_000,
-    )
+    return guarded(optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2), config.max_grad_norm)
 
 
 def make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics | None = None) -> Trainer:
