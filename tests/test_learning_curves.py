@@ -70,3 +70,26 @@ def test_bad_selection_exits_2(tmp_path, capsys, argv, message):
         lc.main([*argv, "--out", str(tmp_path / "out")])
     assert info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_recorded_five_seed_results_learn_on_every_seed():
+    """experiments/results/learning_curves_cpu_5seeds (the cpu preset at 5 seeds): SAC, TD3, DDPG,
+    SVG(4) and the model-based SVG(3) reach -200 on at least 4 of 5 seeds and end above -250 on
+    every seed that reached it; MBPO-SAC reaches it on at least 3 of 5."""
+    import csv
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "results" / "learning_curves_cpu_5seeds" / "curves.csv"
+    rows = [r for r in csv.DictReader(path.open()) if r["task"] == "pendulum"]
+    needed = {"sac": 4, "td3": 4, "ddpg": 4, "svg-4": 4, "mbpo-svg-3": 4, "mbpo-sac": 3}
+    for algorithm, seeds_needed in needed.items():
+        mine = [r for r in rows if r["algorithm"] == algorithm]
+        seeds = sorted({int(r["seed"]) for r in mine})
+        assert len(seeds) == 5, (algorithm, seeds)
+        reached = 0
+        for seed in seeds:
+            curve = [float(r["eval_return"]) for r in sorted((r for r in mine if int(r["seed"]) == seed), key=lambda r: int(r["updates"]))]
+            if max(curve) >= -200:
+                reached += 1
+                assert curve[-1] > -250, (algorithm, seed, curve[-1])
+        assert reached >= seeds_needed, (algorithm, reached)
