@@ -16,7 +16,7 @@ import optax
 
 from mbpo.networks import MLP, check_activation
 from mbpo.types import Action, Array, Float, Observation, Params, PRNGKey, Scalar
-from mbpo.optim import nan_if_loss_nonfinite
+from mbpo.optim import gradient_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +175,5 @@ def q_step(
 ) -> tuple[Params, optax.OptState, Scalar]:
     """One gradient step of :func:`q_loss` towards the targets ``y``: the critic update of every
     algorithm (SVG(n), DPMB, NFQCA, FQI, DDPG, TD3, SAC). Returns (theta', optimizer state, loss)."""
-    loss, grad = jax.value_and_grad(lambda p: q_loss(critic, p, obs, action, y))(params)
-    grad = nan_if_loss_nonfinite(loss, grad)
-    updates, opt_state = optimizer.update(grad, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    step = gradient_step(lambda p: q_loss(critic, p, obs, action, y), params, opt_state, optimizer)
+    return step.params, step.opt_state, step.value

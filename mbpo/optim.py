@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -24,3 +27,41 @@ def guarded(base: optax.GradientTransformation, max_grad_norm: float) -> optax.G
     """``base`` after global-norm clipping, inside ``optax.apply_if_finite``: a non-finite
     gradient never reaches the parameters; the step is skipped and counted (``total_notfinite``)."""
     return optax.apply_if_finite(optax.chain(optax.clip_by_global_norm(max_grad_norm), base), max_consecutive_errors=1_000_000)
+
+
+class Step(NamedTuple):
+    """What :func:`gradient_step` returns: the new parameters and optimizer state, the loss (or
+    objective) value, the auxiliary output of the loss function, and the gradient's global norm."""
+
+    params: PyTree
+    opt_state: optax.OptState
+    value: Scalar
+    aux: Any
+    grad_norm: Scalar
+
+
+def gradient_step(
+    loss: Callable[..., Any],
+    params: PyTree,
+    opt_state: optax.OptState,
+    optimizer: optax.GradientTransformation,
+    *args,
+    maximize: bool = False,
+    has_aux: bool = False,
+    skip_nonfinite: bool = True,
+) -> Step:
+    """One optimizer step on ``loss(params, *args)``: descends it, or ascends it with ``maximize``
+    (an objective J: the update is applied to -dJ/dw). A non-finite value marks the gradient NaN
+    (:func:`nan_if_loss_nonfinite`), so a guarded optimizer (:func:`guarded`) skips and counts
+    the step; ``grad_norm`` is the norm of the true gradient. ``skip_nonfinite=False`` leaves
+    the gradient as it is (an unguarded optimizer, such as the ensemble's, would apply NaN either
+    way, and the extra select changes XLA's fusion and so the last bits). The one place mbpo writes
+    value_and_grad -> sign -> update -> apply (flax's ``TrainState.apply_gradients``, brax's
+    ``gradient_update_fn``)."""
+    out, grad = jax.value_and_grad(loss, has_aux=has_aux)(params, *args)
+    value, aux = out if has_aux else (out, None)
+    step_grad = nan_if_loss_nonfinite(value, grad) if skip_nonfinite else grad
+    if maximize:
+        step_grad = jax.tree.map(jnp.negative, step_grad)
+    updates, opt_state = optimizer.update(step_grad, opt_state, params)
+    return Step(optax.apply_updates(params, updates), opt_state, value, aux, optax.tree.norm(grad))

@@ -51,7 +51,7 @@ from mbpo.policies import GaussianPolicy, TanhGaussianPolicy
 from mbpo.replay import RingBufferState, Segment, ring_buffer, uniform_policy
 from mbpo.types import PRNGKey
 from mbpo.unroll import Transition, alive_mask, rollout
-from mbpo.optim import nan_if_loss_nonfinite
+from mbpo.optim import gradient_step
 
 POLICY_UPDATES = ("svg", "svg_er", "sac")
 SVG_POLICIES = {"gaussian": GaussianPolicy, "tanh_gaussian": TanhGaussianPolicy, "flow": FlowPolicy}
@@ -301,9 +301,8 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
             batch = _transitions(sample_segments(ts, k, -(-c.members * c.model_batch // n)))
             per_member = jax.tree.map(lambda x: x[: c.members * c.model_batch].reshape(c.members, c.model_batch, *x.shape[1:]), batch)
             target = jnp.concatenate([per_member.next_obs - per_member.obs, per_member.reward[..., None]], axis=-1)
-            loss, grad = jax.value_and_grad(ensemble.loss)(params, normalizer, per_member.obs, per_member.action, target)
-            updates, opt_state = model_opt.update(grad, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
+            step = gradient_step(ensemble.loss, params, opt_state, model_opt, normalizer, per_member.obs, per_member.action, target, skip_nonfinite=False)
+            return (step.params, step.opt_state), step.value
 
         (params, opt_state), losses = jax.lax.scan(step, (ts.model.params, ts.model_opt), jax.random.split(k_steps, c.model_steps))
         hold = holdout_buffer.sample(ts.holdout, k_hold, 1024)
@@ -340,11 +339,10 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
             value, result = estimators.surrogate(estimator, model, functools.partial(policy.sample, w), starts, noise, gamma=c.gamma, q=q)
             return value, (jnp.ones(()), result)
 
-        (value, (weight, result)), grad = jax.value_and_grad(objective, has_aux=True)(learner.policy_params)
-        step_grad = nan_if_loss_nonfinite(value, grad)  # the metric keeps the true gradient norm
-        updates, opt_state = actor_opt.update(jax.tree.map(jnp.negative, step_grad), learner.policy_opt, learner.policy_params)
-        learner = learner._replace(policy_params=optax.apply_updates(learner.policy_params, updates), policy_opt=opt_state)
-        metrics = {"objective": value, "grad_norm": optax.tree.norm(grad), "weight": weight}
+        step = gradient_step(objective, learner.policy_params, learner.policy_opt, actor_opt, maximize=True, has_aux=True)
+        value, (weight, result) = step.value, step.aux
+        learner = learner._replace(policy_params=step.params, policy_opt=step.opt_state)
+        metrics = {"objective": value, "grad_norm": step.grad_norm, "weight": weight}
         if result is not None and c.model_critic:  # the rollout's TD(lambda) targets train the critic too
             traj, final_action = jax.lax.stop_gradient((result.trajectory, result.final_action))
             q_target = functools.partial(agent.critic.min_q, learner.target_critic_params)

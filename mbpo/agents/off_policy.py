@@ -46,7 +46,7 @@ from mbpo.policies import DeterministicPolicy, GaussianPolicy, TanhGaussianPolic
 from mbpo.replay import RingBufferState, basepoints, ring_buffer, uniform_policy
 from mbpo.types import Action, Array, Float, Observation, Params, PRNGKey, Scalar
 from mbpo.unroll import PolicyFn, RolloutNoise, Transition
-from mbpo.optim import guarded, nan_if_loss_nonfinite
+from mbpo.optim import gradient_step, guarded
 
 ALGOS = ("nfqca", "fqi", "fqi_amortized", "ddpg", "td3", "sac")
 BATCH_ALGOS = ("nfqca", "fqi", "fqi_amortized")
@@ -325,16 +325,17 @@ class Agent:
 
     def actor_step(self, learner: Learner, obs: Float[Array, "B obs"], eps: Array) -> tuple[Learner, dict]:
         """One ascent step of :meth:`actor_objective`, and SAC's temperature step."""
-        (value, log_pi), grad = jax.value_and_grad(self.actor_objective, has_aux=True)(learner.policy_params, learner, obs, eps)
-        step_grad = nan_if_loss_nonfinite(value, grad)  # the metric keeps the true gradient norm
-        updates, policy_opt = self.actor_opt.update(jax.tree.map(jnp.negative, step_grad), learner.policy_opt, learner.policy_params)
-        learner = learner._replace(policy_params=optax.apply_updates(learner.policy_params, updates), policy_opt=policy_opt)
+        step = gradient_step(
+            self.actor_objective, learner.policy_params, learner.policy_opt, self.actor_opt, learner, obs, eps, maximize=True, has_aux=True
+        )
+        value, log_pi = step.value, step.aux
+        learner = learner._replace(policy_params=step.params, policy_opt=step.opt_state)
         if self.stochastic and self.config.autotune_alpha:
             # d/d log_alpha of -log_alpha (log pi + target entropy): alpha grows when entropy is below target.
             alpha_grad = -(jax.lax.stop_gradient(log_pi) + self.target_entropy).astype(learner.log_alpha.dtype)
             upd, alpha_opt = self.alpha_opt.update(alpha_grad, learner.alpha_opt, learner.log_alpha)
             learner = learner._replace(log_alpha=optax.apply_updates(learner.log_alpha, upd), alpha_opt=alpha_opt)
-        metrics = {"actor_objective": value, "grad_norm": optax.tree.norm(grad)}
+        metrics = {"actor_objective": value, "grad_norm": step.grad_norm}
         if self.stochastic:  # the entropy and temperature columns belong to SAC alone
             metrics["entropy"] = -log_pi
         return learner, metrics
@@ -348,10 +349,8 @@ class Agent:
         def loss(psi):
             return 0.5 * jnp.mean((jax.vmap(self.value.v, in_axes=(None, 0))(psi, obs) - y) ** 2)
 
-        value, grad = jax.value_and_grad(loss)(learner.value_params)
-        step_grad = nan_if_loss_nonfinite(value, grad)  # the metric keeps the true gradient norm
-        upd, value_opt = self.critic_opt.update(step_grad, learner.value_opt, learner.value_params)
-        return learner._replace(value_params=optax.apply_updates(learner.value_params, upd), value_opt=value_opt), value
+        step = gradient_step(loss, learner.value_params, learner.value_opt, self.critic_opt)
+        return learner._replace(value_params=step.params, value_opt=step.opt_state), step.value
 
     def critic_step(self, learner: Learner, batch: Transition, key: PRNGKey) -> tuple[Learner, Scalar]:
         """One :func:`mbpo.critics.q_step` towards y = r + gamma (1 - done) v(s') (target noise drawn from ``key``)."""
@@ -548,11 +547,9 @@ def _make_trainer(config: OffPolicyConfig, dynamics: Dynamics) -> Trainer:
                 def loss(w):
                     return 0.5 * jnp.mean(jnp.sum((jax.vmap(policy.mean, in_axes=(None, 0))(w, obs) - target) ** 2, -1))
 
-                value, grad = jax.value_and_grad(loss)(learner.policy_params)
-                step_grad = nan_if_loss_nonfinite(value, grad)  # the metric keeps the true gradient norm
-                upd, opt = agent.actor_opt.update(step_grad, learner.policy_opt, learner.policy_params)
-                learner = learner._replace(policy_params=optax.apply_updates(learner.policy_params, upd), policy_opt=opt)
-                return learner, {"actor_objective": -value, "grad_norm": optax.tree.norm(grad)}
+                step = gradient_step(loss, learner.policy_params, learner.policy_opt, agent.actor_opt)
+                learner = learner._replace(policy_params=step.params, policy_opt=step.opt_state)
+                return learner, {"actor_objective": -step.value, "grad_norm": step.grad_norm}
             obs = data.obs[jax.random.randint(k_idx, (config.batch_size,), 0, size)]
             learner, m = agent.actor_step(learner, obs, jnp.zeros((config.batch_size, 0), obs.dtype))
             return learner, {"actor_objective": m["actor_objective"], "grad_norm": m["grad_norm"]}

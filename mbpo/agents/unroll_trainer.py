@@ -31,7 +31,7 @@ from mbpo.agents.loop import Trainer, first_to_reach
 from mbpo.cli import option
 from mbpo.critics import QCritic, polyak, q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
-from mbpo.optim import guarded, nan_if_loss_nonfinite
+from mbpo.optim import gradient_step, guarded
 from mbpo.policies import POLICIES
 from mbpo.types import Params, PRNGKey
 from mbpo.unroll import RolloutNoise, rollout
@@ -212,10 +212,8 @@ def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
                 q=q_target(ts) if bootstrap else None,
             )
 
-        (value, result), grad = jax.value_and_grad(objective, has_aux=True)(ts.policy_params)
-        step_grad = nan_if_loss_nonfinite(value, grad)  # the metric keeps the true gradient norm
-        updates, opt_state = actor_opt.update(jax.tree.map(jnp.negative, step_grad), ts.policy_opt, ts.policy_params)
-        return optax.apply_updates(ts.policy_params, updates), opt_state, value, result, optax.tree.norm(grad)
+        step = gradient_step(objective, ts.policy_params, ts.policy_opt, actor_opt, maximize=True, has_aux=True)
+        return step.params, step.opt_state, step.value, step.aux, step.grad_norm
 
     def data_window(ts: TrainState, result, noise: RolloutNoise):
         """The window's transitions (batch, time) and the action after its last state."""

@@ -42,6 +42,7 @@ from mbpo.dynamics.base import Dynamics
 from mbpo.dynamics.function import _broadcast_bounds
 from mbpo.networks import MLP, check_activation
 from mbpo.types import Action, Array, Done, Float, Int, Observation, Params, PRNGKey, Scalar
+from mbpo.optim import gradient_step
 
 RewardFn = Callable[[Observation, Action, Observation], Scalar]
 DoneFn = Callable[[Observation], Done]
@@ -396,22 +397,18 @@ def _fit(
     if params is None:
         params = ensemble.init(key_init).params
     optimizer = optax.adam(config.learning_rate)
-    value_and_grad = jax.value_and_grad(ensemble.loss)
 
-    def gradient_step(carry, rows_kb):
+    def fit_step(carry, rows_kb):
         params, opt_state = carry
-        loss, grads = value_and_grad(
-            params, normalizer, obs[rows_kb], action[rows_kb], target[rows_kb]
-        )
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
+        step = gradient_step(ensemble.loss, params, opt_state, optimizer, normalizer, obs[rows_kb], action[rows_kb], target[rows_kb], skip_nonfinite=False)
+        return (step.params, step.opt_state), step.value
 
     def epoch(c: _FitCarry) -> _FitCarry:
         key, key_perm = jax.random.split(c.key)
         shuffled = jax.vmap(jax.random.permutation)(jax.random.split(key_perm, k), sample)
         batches = shuffled[:, : num_batches * batch_size].reshape(k, num_batches, batch_size)
         (params, opt_state), losses = jax.lax.scan(
-            gradient_step, (c.params, c.opt_state), batches.swapaxes(0, 1)
+            fit_step, (c.params, c.opt_state), batches.swapaxes(0, 1)
         )
         mse = ensemble.mse(params, normalizer, obs[hold], action[hold], target[hold])
         improved = mse < (1.0 - config.min_improvement) * c.best_mse
