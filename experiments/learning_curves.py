@@ -74,8 +74,8 @@ ONLINE = {"num_envs": 8, "gradient_steps": 8, "batch_size": 128, "hidden": (64, 
 BATCH = {"gradient_steps": 100, "batch_size": 128, "hidden": (64, 64), "maximize_steps": 15, "maximize_restarts": 2}
 
 PRESETS = {
-    # About 20-25 minutes on a 2-core CPU at 2 seeds (pendulum at 5 seeds: 16 minutes, most of it the
-    # model-based loop). Brax compiles take 30-70 s per program here, so the
+    # Pendulum's sac, td3, ddpg, svg-4, mbpo-svg-3 and mbpo-sac at 5 seeds took 16 minutes on a 2-core
+    # CPU (most of it the model-based loop). Brax compiles take 30-70 s per program here, so the
     # Brax task runs the three online model-free methods and SVG only.
     "cpu": Preset(
         seeds=2,
