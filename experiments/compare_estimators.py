@@ -22,16 +22,14 @@ from mbpo.agents.unroll_trainer import UnrollTrainerConfig, train_seeds
 from mbpo.cli import add_arguments, build
 from mbpo.io import csv_text, run_header, write_atomically, write_json, write_text
 from mbpo.runner import RunDirError, check_writable
+from mbpo.runner import seed_rows as runner_seed_rows
 
 
 def seed_rows(label: str, result: dict, key: str = "estimator") -> list[dict]:
     """One row ``{key: label, updates, env_steps, wall_time, seed, eval_return}`` per evaluation and
     seed of a :func:`mbpo.agents.loop.train_seeds` result."""
-    return [
-        {key: label, "updates": r["updates"], "env_steps": r["env_steps"], "wall_time": r["wall_time"], "seed": seed, "eval_return": value}
-        for r in result["history"]
-        for seed, value in enumerate(r["eval_return"])
-    ]
+    columns = ("updates", "env_steps", "wall_time", "seed", "eval_return")
+    return [{key: label, **{c: row[c] for c in columns}} for row in runner_seed_rows(result["history"])]
 
 
 def compare(config: UnrollTrainerConfig, names: list[str], seeds: int, on_done=None) -> list[dict]:

@@ -28,7 +28,6 @@ PRNG keys are stored as their raw key data.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import hashlib
 import json
@@ -368,14 +367,12 @@ def plot_learning_curve(run_dir: pathlib.Path, rows: list[dict], title: str, x: 
 
 
 def seed_rows(history: list[dict]) -> list[dict]:
-    """One row per evaluation and seed of a multi-seed history (``eval_return`` a list)."""
+    """One row per evaluation and seed of a multi-seed history: every list-valued field
+    (``eval_return`` and the last update's metrics, one entry per seed) becomes that seed's value."""
     rows = []
     for record in history:
-        returns = record["eval_return"]
-        shared = {k: v for k, v in record.items() if k not in ("eval_return", "eval_return_per_seed")}
-        rows += [{**shared, "seed": i, "eval_return": value} for i, value in enumerate(returns)]
+        per_seed = {k: v for k, v in record.items() if isinstance(v, list)}
+        shared = {k: v for k, v in record.items() if k not in per_seed}
+        for seed in range(len(record["eval_return"])):
+            rows.append({**shared, "seed": seed, **{k: v[seed] for k, v in per_seed.items()}})
     return rows
-
-
-def config_fields(config) -> dict:
-    return dataclasses.asdict(config)

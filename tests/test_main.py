@@ -157,6 +157,8 @@ def test_seeds_train_in_one_program_with_a_row_per_seed_and_evaluation(tmp_path,
     header = rows[0].split(",")
     assert header[:3] == ["updates", "env_steps", "wall_time"] and {"seed", "eval_return", "grad_norm"} <= set(header)
     assert len(rows) == 1 + 3 * 3
+    column = header.index("grad_norm")
+    assert all(np.isfinite(float(r.split(",")[column])) for r in rows[1:])  # one seed's value per row, not the list
     assert (run_dir / runner.CURVE).stat().st_size > 10_000
     assert "3 seeds (one vmapped program)" in capsys.readouterr().out
 

@@ -73,9 +73,10 @@ class Diverged(RuntimeError):
         self.record, self.last_finite = record, last_finite
 
 
-def _check_finite(record: dict, metrics: dict, skipped_before, num: int, last_finite: int, seed: int | None = None) -> None:
+def _check_finite(record: dict, metrics: dict, skipped_before, num: int, history: list[dict], seed: int | None = None) -> None:
     """Raises :class:`Diverged` for a chunk whose updates were all skipped or whose evaluation
-    return is not finite (``metrics``: the chunk's stacked metrics of one seed)."""
+    return is not finite (``metrics``: the chunk's stacked metrics of one seed; ``history``: the
+    records before this chunk)."""
     where = "" if seed is None else f" (seed {seed})"
     value = record["eval_return"] if seed is None else record["eval_return"][seed]
     skipped = metrics.get("skipped_updates")
@@ -87,6 +88,7 @@ def _check_finite(record: dict, metrics: dict, skipped_before, num: int, last_fi
         why = f"all {num} updates before update {record['updates']} were skipped as non-finite" if all_skipped else (
             f"the evaluation return after {record['updates']} updates is {value}"
         )
+        last_finite = _last_finite(history)
         raise Diverged(f"training diverged{where}: {why}; the last finite evaluation was after {last_finite} updates", record, last_finite)
 
 
@@ -223,7 +225,7 @@ def train(
         }
         record["wall_time"] = offset + time.perf_counter() - start
         if stop_on_divergence:
-            _check_finite(record, metrics, skipped_before, num, _last_finite(history))
+            _check_finite(record, metrics, skipped_before, num, history)
         history.append(record)
         if callback is not None:
             callback(record, ts)
@@ -289,7 +291,7 @@ def train_seeds(
         if stop_on_divergence:
             for seed in range(num_seeds):
                 one = {k: np.asarray(v)[seed] for k, v in metrics.items()}
-                _check_finite(record, one, skipped_before[seed], num, _last_finite(history), seed=seed)
+                _check_finite(record, one, skipped_before[seed], num, history, seed=seed)
         history.append(record)
         if callback is not None:
             callback(record, ts)
