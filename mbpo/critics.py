@@ -9,14 +9,17 @@ trajectory with time-suffixed names, ``discount_t = gamma * (1 - done_t)``, and 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from mbpo.exploration import smoothed_target_action
 from mbpo.networks import MLP, check_activation
+from mbpo.optim import gradient_step, polyak  # noqa: F401 (polyak: re-exported beside the critics)
 from mbpo.types import Action, Array, Float, Observation, Params, PRNGKey, Scalar
-from mbpo.optim import gradient_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +80,6 @@ class VCritic:
 
     def v(self, params: Params, obs: Observation) -> Scalar:
         return self._net().apply(params, obs)[0]
-
-
-def polyak(target: Params, online: Params, tau: float) -> Params:
-    """theta_target <- (1 - tau) theta_target + tau theta (tau = 1 copies)."""
-    return jax.tree.map(lambda t, o: (1 - tau) * t + tau * o, target, online)
 
 
 def _check_trajectory(r_t: Array, discount_t: Array, v_t: Array) -> None:
@@ -177,3 +175,114 @@ def q_step(
     algorithm (SVG(n), DPMB, NFQCA, FQI, DDPG, TD3, SAC). Returns (theta', optimizer state, loss)."""
     step = gradient_step(lambda p: q_loss(critic, p, obs, action, y), params, opt_state, optimizer)
     return step.params, step.opt_state, step.value
+
+
+# --- critic targets: v(s') in y = r + gamma (1 - done) v(s'), one small object per kind ---------
+
+
+class Bootstrap(NamedTuple):
+    """What a critic target may read at s', closed over the current learner.
+
+    Attributes:
+      q: min_i q_i(s', a; theta_target), the target critics.
+      target_action: d(s'; w_target), the target policy's deterministic action.
+      sample: (a', log pi(a'|s')) of the current policy for standard normal ``eps``.
+      alpha: the entropy temperature (0 without an entropy bonus).
+      value: v(s'; psi_target) of a value network, or None.
+    """
+
+    q: Callable[[Observation, Action], Scalar]
+    target_action: Callable[[Observation], Action]
+    sample: Callable[[Observation, Array], tuple[Action, Scalar]]
+    alpha: Scalar
+    value: Callable[[Observation], Scalar] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyTarget:
+    """q(s', d(s'; w_target); theta_target): NFQCA, DDPG."""
+
+    def __call__(self, b: Bootstrap, next_obs: Observation, eps: Array, key: PRNGKey) -> Scalar:
+        return b.q(next_obs, b.target_action(next_obs))
+
+
+@dataclasses.dataclass(frozen=True)
+class SmoothedPolicyTarget:
+    """min_i q_i(s', clip(d(s'; w_target) + h clip(std eps, -clip, clip))): TD3's target policy
+    smoothing (:func:`mbpo.exploration.smoothed_target_action`), in a box [low, high]."""
+
+    std: float
+    clip: float
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    def __call__(self, b: Bootstrap, next_obs: Observation, eps: Array, key: PRNGKey) -> Scalar:
+        low, high = jnp.asarray(self.low, next_obs.dtype), jnp.asarray(self.high, next_obs.dtype)
+        a = smoothed_target_action(b.target_action(next_obs), eps, low, high, std=self.std, clip=self.clip)
+        return b.q(next_obs, a)
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftTarget:
+    """min_i q_i(s', a'; theta_target) - alpha log pi(a'|s'), a' ~ pi(s') (SAC)."""
+
+    def __call__(self, b: Bootstrap, next_obs: Observation, eps: Array, key: PRNGKey) -> Scalar:
+        a, log_pi = b.sample(next_obs, eps)
+        return b.q(next_obs, a) - b.alpha * log_pi
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueTarget:
+    """v(s'; psi_target): SAC with a separate value network (Haarnoja et al. 2018, first version)."""
+
+    def __call__(self, b: Bootstrap, next_obs: Observation, eps: Array, key: PRNGKey) -> Scalar:
+        return b.value(next_obs)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxTarget:
+    """max_a' q(s', a'; theta_target) by gradient ascent on a' (:func:`maximize_action`): FQI."""
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    steps: int
+    lr: float
+    restarts: int
+
+    def argmax(self, q: Callable[[Observation, Action], Scalar], obs: Observation, key: PRNGKey) -> Action:
+        low, high = jnp.asarray(self.low, obs.dtype), jnp.asarray(self.high, obs.dtype)
+        return maximize_action(q, obs, key, low, high, steps=self.steps, lr=self.lr, restarts=self.restarts)
+
+    def __call__(self, b: Bootstrap, next_obs: Observation, eps: Array, key: PRNGKey) -> Scalar:
+        return b.q(next_obs, self.argmax(b.q, next_obs, key))
+
+
+CriticTarget = PolicyTarget | SmoothedPolicyTarget | SoftTarget | ValueTarget | MaxTarget
+
+
+def maximize_action(
+    q: Callable[[Observation, Action], Scalar], obs: Observation, key: PRNGKey, low: Array, high: Array, *, steps: int, lr: float, restarts: int
+) -> Action:
+    """argmax_a q(s, a) over the box by gradient ascent: a = c + h tanh(u), Adam on u from u = 0
+    and ``restarts - 1`` random starts, keeping the best end point (the reference's ``maximize``)."""
+    center, half = (high + low) / 2, (high - low) / 2
+    u0 = jnp.concatenate([jnp.zeros((1, low.shape[0])), 1.5 * jax.random.normal(key, (restarts - 1, low.shape[0]))])
+    u0 = u0.astype(obs.dtype)
+    opt = optax.adam(lr)
+
+    def value(u):
+        return q(obs, center + half * jnp.tanh(u))
+
+    def ascend(u):
+        def body(carry, _):
+            u, state = carry
+            grad = jax.grad(value)(u)
+            upd, state = opt.update(-grad, state, u)
+            return (optax.apply_updates(u, upd), state), None
+
+        (u, _), _ = jax.lax.scan(body, (u, opt.init(u)), None, length=steps)
+        return u
+
+    u = jax.vmap(ascend)(jax.lax.stop_gradient(u0))
+    best = jnp.argmax(jax.vmap(value)(u))
+    return jax.lax.stop_gradient(center + half * jnp.tanh(u[best]))

@@ -62,3 +62,58 @@ def smoothed_target_action(
 ) -> Action:
     """TD3's target policy smoothing: clip(d(s'; w_target) + h clip(std eps, -c, c), low, high)."""
     return perturb(target_action, jnp.clip(std * eps, -clip, clip), low, high)
+
+
+# --- behaviour policies of the online model-free algorithms: one small object per kind ----------
+# Each takes the policy's deterministic action (or its sample), standard normal ``eps`` and its own
+# per-environment state, and returns the exploring action and the next state; ``reset`` clears the
+# state of environments whose episode ended.
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySample:
+    """a ~ pi(.|s): the stochastic policy explores by itself (SAC). Stateless."""
+
+    def init(self, num_envs: int, action_size: int, dtype) -> tuple:
+        return ()
+
+    def __call__(self, policy, params, obs, eps, state, low, high):
+        return policy.sample(params, obs, eps), state
+
+    def reset(self, state, finished):
+        return state
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianExploration:
+    """clip(d(s) + h std eps): uncorrelated Gaussian noise in half-widths (TD3). Stateless."""
+
+    std: float
+    def init(self, num_envs: int, action_size: int, dtype) -> tuple:
+        return ()
+
+    def __call__(self, policy, params, obs, eps, state, low, high):
+        return perturb(policy.mean(params, obs), self.std * eps, low, high), state
+
+    def reset(self, state, finished):
+        return state
+
+
+@dataclasses.dataclass(frozen=True)
+class OUExploration:
+    """clip(d(s) + h N_t) with N_t an Ornstein-Uhlenbeck process per environment (DDPG), reset to
+    0 when an episode ends."""
+
+    process: OrnsteinUhlenbeck
+    def init(self, num_envs: int, action_size: int, dtype) -> Float[Array, "B act"]:
+        return jnp.zeros((num_envs, action_size), dtype)
+
+    def __call__(self, policy, params, obs, eps, state, low, high):
+        state = self.process.step(state, eps)
+        return perturb(policy.mean(params, obs), state, low, high), state
+
+    def reset(self, state, finished):
+        return jnp.where(finished[:, None], 0.0, state)
+
+
+Exploration = PolicySample | GaussianExploration | OUExploration

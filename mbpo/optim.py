@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 
 from mbpo.types import PyTree, Scalar
 
@@ -27,6 +28,11 @@ def guarded(base: optax.GradientTransformation, max_grad_norm: float) -> optax.G
     """``base`` after global-norm clipping, inside ``optax.apply_if_finite``: a non-finite
     gradient never reaches the parameters; the step is skipped and counted (``total_notfinite``)."""
     return optax.apply_if_finite(optax.chain(optax.clip_by_global_norm(max_grad_norm), base), max_consecutive_errors=1_000_000)
+
+
+def polyak(target: PyTree, online: PyTree, tau: float) -> PyTree:
+    """theta_target <- (1 - tau) theta_target + tau theta (tau = 1 copies)."""
+    return jax.tree.map(lambda t, o: (1 - tau) * t + tau * o, target, online)
 
 
 class Step(NamedTuple):
@@ -65,3 +71,44 @@ def gradient_step(
         step_grad = jax.tree.map(jnp.negative, step_grad)
     updates, opt_state = optimizer.update(step_grad, opt_state, params)
     return Step(optax.apply_updates(params, updates), opt_state, value, aux, optax.tree.norm(grad))
+
+
+class TrainState(struct.PyTreeNode):
+    """One trainable part of a learner: its parameters, optimizer state and (optionally) target
+    parameters, with the optimizer held as static data (flax's ``TrainState``).
+
+    Attributes:
+      params: the parameters.
+      opt_state: ``tx``'s state.
+      target: slowly tracking target parameters (:meth:`track`), or None for parts without one.
+      tx: the optimizer (static: not a leaf).
+    """
+
+    params: PyTree
+    opt_state: optax.OptState
+    target: PyTree | None
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+    @classmethod
+    def create(cls, params: PyTree, tx: optax.GradientTransformation, *, target: bool = False) -> TrainState:
+        """A fresh part; ``target=True`` starts its target parameters at ``params``."""
+        return cls(params=params, opt_state=tx.init(params), target=params if target else None, tx=tx)
+
+    def step(self, loss: Callable[..., Any], *args, **kwargs) -> tuple[TrainState, Step]:
+        """:func:`gradient_step` of ``loss(params, *args)`` (same keywords); the new part and the step."""
+        step = gradient_step(loss, self.params, self.opt_state, self.tx, *args, **kwargs)
+        return self.replace(params=step.params, opt_state=step.opt_state), step
+
+    def apply_gradients(self, grads: PyTree) -> TrainState:
+        """One ``tx`` step along given gradients (for gradients written in closed form)."""
+        updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+        return self.replace(params=optax.apply_updates(self.params, updates), opt_state=opt_state)
+
+    def track(self, tau: float) -> TrainState:
+        """target <- (1 - tau) target + tau params (Polyak averaging; tau = 1 copies)."""
+        return self.replace(target=polyak(self.target, self.params, tau))
+
+    @property
+    def skipped(self) -> jax.Array:
+        """Steps a guarded optimizer (:func:`guarded`) skipped as non-finite."""
+        return self.opt_state.total_notfinite

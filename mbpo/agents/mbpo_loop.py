@@ -43,7 +43,7 @@ from mbpo.agents import loop
 from mbpo.agents.loop import Trainer
 from mbpo.agents.off_policy import Learner, OffPolicyConfig, make_agent
 from mbpo.cli import option
-from mbpo.critics import polyak, q_step, window_targets
+from mbpo.critics import q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.flows import FlowPolicy
 from mbpo.models.ensemble import ElitesMean, GaussianEnsemble, ModelState, RandomElite, fit_normalizer, from_ensemble, select_elites
@@ -211,7 +211,6 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
     ensemble = GaussianEnsemble(observation_size=obs_size, action_size=act_size, num_members=c.members, num_elites=c.elites,
                                 hidden=c.model_hidden, learn_reward=True)  # fmt: skip
     model_opt = optax.adam(c.model_lr)
-    actor_opt = agent.actor_opt
     segments_buffer = ring_buffer(c.segments_capacity)
     holdout_buffer = ring_buffer(max(c.buffer_capacity // c.holdout_every, c.num_envs * n))
     model_buffer = ring_buffer(c.model_buffer_capacity if c.policy_update == "sac" else 1)
@@ -254,7 +253,7 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
         """Every env takes n real steps; returns the new state (envs reset at the segment's end)."""
         k_eps, k_xi, k_reset = jax.random.split(key, 3)
         warm = ts.env_steps < c.warmup_steps
-        w = ts.learner.policy_params
+        w = ts.learner.policy.params
 
         def act(obs, eps):
             a = policy.sample(w, obs, eps)
@@ -317,7 +316,7 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
             k_batch, k_step = jax.random.split(k)
             batch = _transitions(sample_segments(ts, k_batch, max(c.batch_size // n, 1)))
             learner, loss = agent.critic_step(learner, batch, k_step)
-            return learner._replace(target_critic_params=polyak(learner.target_critic_params, learner.critic_params, c.tau)), loss
+            return learner.replace(critic=learner.critic.track(c.tau)), loss
 
         learner, losses = jax.lax.scan(step, learner, jax.random.split(key, c.critic_steps))
         return learner, losses.mean()
@@ -325,7 +324,7 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
     def svg_step(learner: Learner, ts: ModelBasedState, model: Dynamics, key: PRNGKey) -> tuple[Learner, dict]:
         k_batch, k_noise = jax.random.split(key)
         segments = sample_segments(ts, k_batch, c.batch_size)
-        q = functools.partial(agent.critic.min_q, learner.critic_params)
+        q = functools.partial(agent.critic.min_q, learner.critic.params)
         if c.model == "learned":
             segments = segments.replace(state=_observation_states(segments.state))
 
@@ -339,20 +338,20 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
             value, result = estimators.surrogate(estimator, model, functools.partial(policy.sample, w), starts, noise, gamma=c.gamma, q=q)
             return value, (jnp.ones(()), result)
 
-        step = gradient_step(objective, learner.policy_params, learner.policy_opt, actor_opt, maximize=True, has_aux=True)
+        policy_state, step = learner.policy.step(objective, maximize=True, has_aux=True)
         value, (weight, result) = step.value, step.aux
-        learner = learner._replace(policy_params=step.params, policy_opt=step.opt_state)
+        learner = learner.replace(policy=policy_state)
         metrics = {"objective": value, "grad_norm": step.grad_norm, "weight": weight}
         if result is not None and c.model_critic:  # the rollout's TD(lambda) targets train the critic too
             traj, final_action = jax.lax.stop_gradient((result.trajectory, result.final_action))
-            q_target = functools.partial(agent.critic.min_q, learner.target_critic_params)
+            q_target = functools.partial(agent.critic.min_q, learner.critic.target)
             y = window_targets(q_target, traj, final_action, c.gamma, c.td_lambda).reshape(-1)
             flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), traj)
-            critic_params, critic_opt, metrics["model_critic_loss"] = q_step(
-                agent.critic, agent.critic_opt, learner.critic_params, learner.critic_opt, flat.obs, flat.action, y
+            critic = learner.critic
+            params, opt_state, metrics["model_critic_loss"] = q_step(
+                agent.critic, critic.tx, critic.params, critic.opt_state, flat.obs, flat.action, y
             )
-            target = polyak(learner.target_critic_params, critic_params, c.tau)
-            learner = learner._replace(critic_params=critic_params, critic_opt=critic_opt, target_critic_params=target)
+            learner = learner.replace(critic=critic.replace(params=params, opt_state=opt_state).track(c.tau))
         return learner, metrics
 
     def rollout_length(updates: jax.Array) -> jax.Array:
@@ -367,7 +366,7 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
         noise = estimators.draw_noise(estimators.svg(None), model, k_noise, policy.eps_shape, c.rollout_max, c.model_rollouts)
 
         def one(s0, nz):
-            _, traj = rollout(model, functools.partial(policy.sample, ts.learner.policy_params), s0, nz, dynamics_gradient="stop")
+            _, traj = rollout(model, functools.partial(policy.sample, ts.learner.policy.params), s0, nz, dynamics_gradient="stop")
             return traj
 
         traj = jax.lax.stop_gradient(jax.vmap(one)(starts, noise))
@@ -407,11 +406,11 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
         learner = jax.tree.map(lambda new, old: jnp.where(learning, new, old), learner, ts.learner)
         simulated = c.batch_size * n * c.policy_steps if c.model == "true" else 0
         ts = ts.replace(learner=learner, key=key, updates=ts.updates + 1, env_steps=ts.env_steps + jnp.where(learning, simulated, 0))
-        metrics["skipped_updates"] = learner.policy_opt.total_notfinite
+        metrics["skipped_updates"] = learner.policy.skipped
         return ts, metrics
 
     def act(ts: ModelBasedState):
-        return functools.partial(policy.sample, ts.learner.policy_params)
+        return functools.partial(policy.sample, ts.learner.policy.params)
 
     def evaluate_fn(ts: ModelBasedState, key: PRNGKey) -> jax.Array:
         return evaluate(dynamics, act(ts), key, num_envs=c.eval_envs, episode_length=c.episode_length, eps_shape=policy.eps_shape)

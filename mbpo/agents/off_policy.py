@@ -27,7 +27,6 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,21 +34,39 @@ import optax
 from flax import struct
 
 from mbpo import estimators
+from mbpo.agents import batch, loop
 from mbpo.agents.common import evaluate, reset_finished
-from mbpo.agents import loop
 from mbpo.agents.loop import Trainer
 from mbpo.cli import option
-from mbpo.critics import QCritic, VCritic, polyak, q_step, td0_targets
+from mbpo.critics import (
+    Bootstrap,
+    CriticTarget,
+    MaxTarget,
+    PolicyTarget,
+    QCritic,
+    SmoothedPolicyTarget,
+    SoftTarget,
+    ValueTarget,
+    VCritic,
+    maximize_action,  # noqa: F401 (re-exported: it was defined here)
+    q_step,
+    td0_targets,
+)
 from mbpo.dynamics.base import Dynamics, State
-from mbpo.exploration import OrnsteinUhlenbeck, perturb, smoothed_target_action
+from mbpo.exploration import (
+    Exploration,
+    GaussianExploration,
+    OrnsteinUhlenbeck,
+    OUExploration,
+    PolicySample,
+)
+from mbpo.optim import TrainState, guarded
 from mbpo.policies import DeterministicPolicy, GaussianPolicy, TanhGaussianPolicy
-from mbpo.replay import RingBufferState, basepoints, ring_buffer, uniform_policy
-from mbpo.types import Action, Array, Float, Observation, Params, PRNGKey, Scalar
+from mbpo.replay import RingBufferState, ring_buffer, uniform_policy
+from mbpo.types import Action, Array, Float, Observation, Params, PRNGKey, PyTree, Scalar
 from mbpo.unroll import PolicyFn, RolloutNoise, Transition
-from mbpo.optim import gradient_step, guarded
 
 ALGOS = ("nfqca", "fqi", "fqi_amortized", "ddpg", "td3", "sac")
-BATCH_ALGOS = ("nfqca", "fqi", "fqi_amortized")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -135,27 +152,25 @@ class OffPolicyConfig:
     @property
     def online(self) -> bool:
         """Whether the algorithm collects data (DDPG, TD3, SAC) rather than using fixed basepoints."""
-        return self.algo not in BATCH_ALGOS
+        return ALGORITHMS[self.algo].exploration is not None
 
 
-class Learner(NamedTuple):
-    """The learned parameters, their targets and optimizer states (the carry of gradient steps).
+class Learner(struct.PyTreeNode):
+    """The learned parts (the carry of gradient steps): compositions of :class:`mbpo.optim.TrainState`.
 
-    Unused parts are empty tuples: ``value*`` outside SAC's value-network variant, ``log_alpha``
-    and ``alpha_opt`` outside SAC.
+    Attributes:
+      policy: the policy; its ``target`` is the target policy of the deterministic algorithms
+        (None for SAC, whose targets use the current policy).
+      critic: the q ensemble and its target.
+      value: SAC's value network v(s; psi) and its target, or None.
+      temperature: SAC's log alpha when it is tuned, or None.
+      steps: gradient steps taken.
     """
 
-    policy_params: Params
-    target_policy_params: Params
-    policy_opt: optax.OptState
-    critic_params: Params
-    target_critic_params: Params
-    critic_opt: optax.OptState
-    value_params: Params
-    target_value_params: Params
-    value_opt: optax.OptState
-    log_alpha: Scalar
-    alpha_opt: optax.OptState
+    policy: TrainState
+    critic: TrainState
+    value: TrainState | None
+    temperature: TrainState | None
     steps: jax.Array
 
 
@@ -165,9 +180,9 @@ class OffPolicyState(struct.PyTreeNode):
     Attributes:
       learner: parameters, targets and optimizer states.
       buffer: the replay buffer (online) or the fixed basepoints (batch methods).
-      window: fqi_amortized's last K iterations of (s', a*) pairs; an empty buffer otherwise.
+      window: fqi_amortized's last K iterations of (s', a*) pairs; a one-slot buffer otherwise.
       env_states: the batch of environments (online).
-      exploration: DDPG's OU noise per environment (zeros for other algorithms).
+      exploration: the exploration's per-environment state (DDPG's OU noise; () otherwise).
       key, updates (iterations done), env_steps (collected transitions).
     """
 
@@ -175,42 +190,103 @@ class OffPolicyState(struct.PyTreeNode):
     buffer: RingBufferState
     window: RingBufferState
     env_states: State
-    exploration: Float[Array, "B act"]
+    exploration: PyTree
     key: PRNGKey
     updates: jax.Array
     env_steps: jax.Array
 
 
-def _optimizer(config: OffPolicyConfig, lr: float) -> optax.GradientTransformation:
-    return guarded(optax.adam(lr) if config.optimizer == "adam" else optax.sgd(lr), config.max_grad_norm)
+# --- actors: the policy objective of each kind of algorithm ---------------------------------------
 
 
-def maximize_action(
-    q: Callable[[Observation, Action], Scalar], obs: Observation, key: PRNGKey, low: Array, high: Array, *, steps: int, lr: float, restarts: int
-) -> Action:
-    """argmax_a q(s, a) over the box by gradient ascent: a = c + h tanh(u), Adam on u from u = 0
-    and ``restarts - 1`` random starts, keeping the best end point (the reference's ``maximize``)."""
-    center, half = (high + low) / 2, (high - low) / 2
-    u0 = jnp.concatenate([jnp.zeros((1, low.shape[0])), 1.5 * jax.random.normal(key, (restarts - 1, low.shape[0]))])
-    u0 = u0.astype(obs.dtype)
-    opt = optax.adam(lr)
+@dataclasses.dataclass(frozen=True)
+class DeterministicActor:
+    """max_w mean q_1(s, d(s; w)) through the unroll engine (DPMB-R(0)): NFQCA, DDPG, TD3 (TD3 and
+    DDPG ascend q_1; NFQCA and DDPG have a single q)."""
 
-    def value(u):
-        return q(obs, center + half * jnp.tanh(u))
+    def objective(self, agent: Agent, policy_params: Params, learner: Learner, obs, eps) -> tuple[Scalar, Scalar]:
+        states = jax.vmap(State.from_observation)(obs)
+        noise = RolloutNoise(eps=eps[:, None], xi=jnp.zeros((obs.shape[0], 0), obs.dtype))
+        policy_fn = functools.partial(agent.policy.sample, policy_params)
 
-    def ascend(u):
-        def body(carry, _):
-            u, state = carry
-            grad = jax.grad(value)(u)
-            upd, state = opt.update(-grad, state, u)
-            return (optax.apply_updates(u, upd), state), None
+        def q(s, a):
+            return agent.critic.q(learner.critic.params, s, a)[0]
 
-        (u, _), _ = jax.lax.scan(body, (u, opt.init(u)), None, length=steps)
-        return u
+        value, _ = estimators.surrogate(estimators.dpmb_r(0), None, policy_fn, states, noise, gamma=agent.config.gamma, q=q)
+        return value, jnp.zeros((), obs.dtype)
 
-    u = jax.vmap(ascend)(jax.lax.stop_gradient(u0))
-    best = jnp.argmax(jax.vmap(value)(u))
-    return jax.lax.stop_gradient(center + half * jnp.tanh(u[best]))
+
+@dataclasses.dataclass(frozen=True)
+class SoftActor:
+    """SVG(0) on min_i q_i(s, a), a ~ pi(s), plus the entropy bonus -alpha mean log pi (SAC)."""
+
+    def objective(self, agent: Agent, policy_params: Params, learner: Learner, obs, eps) -> tuple[Scalar, Scalar]:
+        states = jax.vmap(State.from_observation)(obs)
+        noise = RolloutNoise(eps=eps[:, None], xi=jnp.zeros((obs.shape[0], 0), obs.dtype))
+        policy_fn = functools.partial(agent.policy.sample, policy_params)
+        q = functools.partial(agent.critic.min_q, learner.critic.params)
+        value, _ = estimators.surrogate(estimators.svg(0), None, policy_fn, states, noise, gamma=agent.config.gamma, q=q)
+        _, log_pi = jax.vmap(functools.partial(agent.policy.sample_and_log_prob, policy_params))(obs, eps)
+        return value - agent.alpha(learner) * log_pi.mean(), log_pi.mean()
+
+
+# --- the algorithms as data -----------------------------------------------------------------------
+
+
+def _box(dynamics: Dynamics) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    low, high = dynamics.action_bounds
+    return tuple(float(v) for v in low), tuple(float(v) for v in high)
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+    """One row of the module table: which policy, how many q, which target, exploration and actor.
+
+    Attributes:
+      stochastic: a tanh-Gaussian policy (else a deterministic one).
+      num_q: q networks (2: the clipped double q of TD3 and SAC).
+      target: the critic target, from the config and the action box (:mod:`mbpo.critics`).
+      exploration: the behaviour policy of online algorithms (:mod:`mbpo.exploration`), or None for
+        a batch method on fixed basepoints.
+      batch_actor: a batch method's policy fit (:mod:`mbpo.agents.batch`), or None (online).
+      actor_every: critic steps per actor and target update (TD3's policy delay), from the config.
+    """
+
+    stochastic: bool
+    num_q: int
+    target: Callable[[OffPolicyConfig, tuple, tuple], CriticTarget]
+    exploration: Callable[[OffPolicyConfig], Exploration] | None = None
+    batch_actor: Callable[[OffPolicyConfig], batch.BatchActor] | None = None
+    actor_every: Callable[[OffPolicyConfig], int] = lambda c: 1
+
+
+def _max_target(c: OffPolicyConfig, low: tuple, high: tuple) -> MaxTarget:
+    return MaxTarget(low=low, high=high, steps=c.maximize_steps, lr=c.maximize_lr, restarts=c.maximize_restarts)
+
+
+def _soft_target(c: OffPolicyConfig, low: tuple, high: tuple) -> SoftTarget | ValueTarget:
+    return ValueTarget() if c.value_network else SoftTarget()
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "nfqca": Algorithm(stochastic=False, num_q=1, target=lambda c, lo, hi: PolicyTarget(), batch_actor=lambda c: batch.PolicyAscent()),
+    "fqi": Algorithm(stochastic=False, num_q=1, target=_max_target, batch_actor=lambda c: batch.Greedy()),
+    "fqi_amortized": Algorithm(
+        stochastic=False, num_q=1, target=lambda c, lo, hi: PolicyTarget(),
+        batch_actor=lambda c: batch.Amortized(num_optimized=c.num_optimized, window=c.window),
+    ),
+    "ddpg": Algorithm(
+        stochastic=False, num_q=1, target=lambda c, lo, hi: PolicyTarget(),
+        exploration=lambda c: OUExploration(OrnsteinUhlenbeck(theta=c.ou_theta, sigma=c.ou_sigma, dt=c.ou_dt)),
+    ),
+    "td3": Algorithm(
+        stochastic=False, num_q=2,
+        target=lambda c, lo, hi: SmoothedPolicyTarget(std=c.target_noise, clip=c.target_noise_clip, low=lo, high=hi),
+        exploration=lambda c: GaussianExploration(c.explore_std), actor_every=lambda c: c.policy_delay,
+    ),
+    "sac": Algorithm(stochastic=True, num_q=2, target=_soft_target, exploration=lambda c: PolicySample()),
+}  # fmt: skip
+assert set(ALGORITHMS) == set(ALGOS)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -222,9 +298,13 @@ class Agent:
     """
 
     config: OffPolicyConfig
-    policy: DeterministicPolicy | TanhGaussianPolicy
+    policy: DeterministicPolicy | TanhGaussianPolicy | GaussianPolicy
     critic: QCritic
     value: VCritic | None
+    target: CriticTarget
+    maximizer: MaxTarget
+    actor: DeterministicActor | SoftActor
+    actor_every: int
     actor_opt: optax.GradientTransformation
     critic_opt: optax.GradientTransformation
     alpha_opt: optax.GradientTransformation
@@ -233,140 +313,111 @@ class Agent:
 
     @property
     def stochastic(self) -> bool:
-        return isinstance(self.policy, TanhGaussianPolicy)
+        return isinstance(self.actor, SoftActor)
 
     @property
     def target_entropy(self) -> float:
-        c = self.config.target_entropy
-        return -float(self.policy.action_size) if c is None else c
+        c = self.config
+        return -float(self.policy.action_size) if c.target_entropy is None else c.target_entropy
 
     def bounds(self, dtype) -> tuple[Array, Array]:
         return jnp.asarray(self.low, dtype), jnp.asarray(self.high, dtype)
 
     def alpha(self, learner: Learner) -> Scalar:
-        if self.config.autotune_alpha:
-            return jnp.exp(learner.log_alpha)
-        return jnp.asarray(self.config.init_alpha, learner.log_alpha.dtype)
+        if learner.temperature is not None:
+            return jnp.exp(learner.temperature.params)
+        return jnp.asarray(self.config.init_alpha, jnp.result_type(float))
 
     def init(self, key: PRNGKey, observation_size: int) -> Learner:
         k_pi, k_q, k_v = jax.random.split(key, 3)
-        policy_params = self.policy.init(k_pi)
-        critic_params = self.critic.init(k_q)
-        value_params = self.value.init(k_v) if self.value is not None else ()
+        tune = self.stochastic and self.config.autotune_alpha
         log_alpha = jnp.log(jnp.asarray(max(self.config.init_alpha, 1e-30), jnp.float32))
         return Learner(
-            policy_params=policy_params,
-            target_policy_params=policy_params,
-            policy_opt=self.actor_opt.init(policy_params),
-            critic_params=critic_params,
-            target_critic_params=critic_params,
-            critic_opt=self.critic_opt.init(critic_params),
-            value_params=value_params,
-            target_value_params=value_params,
-            value_opt=self.critic_opt.init(value_params) if self.value is not None else (),
-            log_alpha=log_alpha,
-            alpha_opt=self.alpha_opt.init(log_alpha),
+            policy=TrainState.create(self.policy.init(k_pi), self.actor_opt, target=not self.stochastic),
+            critic=TrainState.create(self.critic.init(k_q), self.critic_opt, target=True),
+            value=TrainState.create(self.value.init(k_v), self.critic_opt, target=True) if self.value is not None else None,
+            temperature=TrainState.create(log_alpha, self.alpha_opt) if tune else None,
             steps=jnp.zeros((), jnp.int32),
         )
 
     # --- targets -----------------------------------------------------------------------------
-    def next_value(self, learner: Learner, next_obs: Observation, eps: Array, key: PRNGKey) -> Scalar:
-        """v(s') in y = r + gamma (1 - done) v(s') (module table); ``eps`` drives the target action."""
-        c = self.config
-        low, high = self.bounds(next_obs.dtype)
-        q_targ = learner.target_critic_params
-        if c.algo == "sac":
-            if self.value is not None:
-                return self.value.v(learner.target_value_params, next_obs)
-            a, log_pi = self.policy.sample_and_log_prob(learner.policy_params, next_obs, eps)
-            return self.critic.min_q(q_targ, next_obs, a) - self.alpha(learner) * log_pi
-        if c.algo == "td3":
-            a = self.policy.mean(learner.target_policy_params, next_obs)
-            a = smoothed_target_action(a, eps, low, high, std=c.target_noise, clip=c.target_noise_clip)
-            return self.critic.min_q(q_targ, next_obs, a)
-        if c.algo == "fqi":
-            return self.critic.min_q(q_targ, next_obs, self.maximize(q_targ, next_obs, key))
-        return self.critic.min_q(q_targ, next_obs, self.policy.mean(learner.target_policy_params, next_obs))
+    def bootstrap(self, learner: Learner) -> Bootstrap:
+        """What :attr:`target` reads at s', from ``learner``'s target networks and current policy."""
+        value = functools.partial(self.value.v, learner.value.target) if self.value is not None else None
+        return Bootstrap(
+            q=functools.partial(self.critic.min_q, learner.critic.target),
+            target_action=lambda s: self.policy.mean(learner.policy.target, s),
+            sample=lambda s, e: self.policy.sample_and_log_prob(learner.policy.params, s, e),
+            alpha=self.alpha(learner),
+            value=value,
+        )
 
     def maximize(self, critic_params: Params, obs: Observation, key: PRNGKey) -> Action:
-        c = self.config
-        low, high = self.bounds(obs.dtype)
-        return maximize_action(
-            lambda s, a: self.critic.min_q(critic_params, s, a), obs, key, low, high,
-            steps=c.maximize_steps, lr=c.maximize_lr, restarts=c.maximize_restarts,
-        )  # fmt: skip
+        """argmax_a min_i q_i(s, a; critic_params) (FQI's greedy action)."""
+        return self.maximizer.argmax(lambda s, a: self.critic.min_q(critic_params, s, a), obs, key)
 
     def critic_targets(self, learner: Learner, batch: Transition, eps: Array, key: PRNGKey) -> Float[Array, " B"]:
         """y = r + gamma (1 - done) v(s') for a batch, with the target networks' gradients stopped."""
         keys = jax.random.split(key, batch.reward.shape[0])
-        v_next = jax.vmap(lambda s, e, k: self.next_value(learner, s, e, k))(batch.next_obs, eps, keys)
+        b = self.bootstrap(learner)
+        v_next = jax.vmap(lambda s, e, k: self.target(b, s, e, k))(batch.next_obs, eps, keys)
         return td0_targets(batch.reward, self.config.gamma * (1 - batch.done), v_next)
 
     # --- actor -------------------------------------------------------------------------------
     def actor_objective(self, policy_params: Params, learner: Learner, obs: Float[Array, "B obs"], eps: Array) -> tuple[Scalar, Scalar]:
-        """The n = 0 surrogate through the unroll engine: mean q(s, d(s, eps; w)) (DPMB-R(0) for a
-        deterministic policy, SVG(0) for SAC), plus SAC's entropy bonus -alpha mean log pi.
-        Returns (objective, mean log pi (0 for deterministic policies))."""
-        c = self.config
-        states = jax.vmap(State.from_observation)(obs)
-        noise = RolloutNoise(eps=eps[:, None], xi=jnp.zeros((obs.shape[0], 0), obs.dtype))
-        policy_fn = functools.partial(self.policy.sample, policy_params)
-        if self.stochastic:
-            q = functools.partial(self.critic.min_q, learner.critic_params)
-            value, _ = estimators.surrogate(estimators.svg(0), None, policy_fn, states, noise, gamma=c.gamma, q=q)
-            _, log_pi = jax.vmap(functools.partial(self.policy.sample_and_log_prob, policy_params))(obs, eps)
-            return value - self.alpha(learner) * log_pi.mean(), log_pi.mean()
-
-        def q(s, a):  # TD3 and DDPG ascend q_1 (DDPG and NFQCA have a single q)
-            return self.critic.q(learner.critic_params, s, a)[0]
-
-        value, _ = estimators.surrogate(estimators.dpmb_r(0), None, policy_fn, states, noise, gamma=c.gamma, q=q)
-        return value, jnp.zeros((), obs.dtype)
+        """The n = 0 surrogate of :attr:`actor`: DPMB-R(0) for a deterministic policy, SVG(0) with
+        the entropy bonus for SAC. Returns (objective, mean log pi (0 for deterministic policies))."""
+        return self.actor.objective(self, policy_params, learner, obs, eps)
 
     def actor_step(self, learner: Learner, obs: Float[Array, "B obs"], eps: Array) -> tuple[Learner, dict]:
         """One ascent step of :meth:`actor_objective`, and SAC's temperature step."""
-        step = gradient_step(
-            self.actor_objective, learner.policy_params, learner.policy_opt, self.actor_opt, learner, obs, eps, maximize=True, has_aux=True
-        )
-        value, log_pi = step.value, step.aux
-        learner = learner._replace(policy_params=step.params, policy_opt=step.opt_state)
-        if self.stochastic and self.config.autotune_alpha:
+        policy, step = learner.policy.step(self.actor_objective, learner, obs, eps, maximize=True, has_aux=True)
+        log_pi = step.aux
+        learner = learner.replace(policy=policy)
+        if learner.temperature is not None:
             # d/d log_alpha of -log_alpha (log pi + target entropy): alpha grows when entropy is below target.
-            alpha_grad = -(jax.lax.stop_gradient(log_pi) + self.target_entropy).astype(learner.log_alpha.dtype)
-            upd, alpha_opt = self.alpha_opt.update(alpha_grad, learner.alpha_opt, learner.log_alpha)
-            learner = learner._replace(log_alpha=optax.apply_updates(learner.log_alpha, upd), alpha_opt=alpha_opt)
-        metrics = {"actor_objective": value, "grad_norm": step.grad_norm}
+            alpha_grad = -(jax.lax.stop_gradient(log_pi) + self.target_entropy).astype(learner.temperature.params.dtype)
+            learner = learner.replace(temperature=learner.temperature.apply_gradients(alpha_grad))
+        metrics = {"actor_objective": step.value, "grad_norm": step.grad_norm}
         if self.stochastic:  # the entropy and temperature columns belong to SAC alone
             metrics["entropy"] = -log_pi
         return learner, metrics
 
     def value_step(self, learner: Learner, obs: Float[Array, "B obs"], eps: Array) -> tuple[Learner, Scalar]:
         """SAC's value network: v(s; psi) -> min_i q_i(s, a) - alpha log pi(a|s), a ~ pi (one sample)."""
-        a, log_pi = jax.vmap(functools.partial(self.policy.sample_and_log_prob, learner.policy_params))(obs, eps)
-        q = jax.vmap(self.critic.min_q, in_axes=(None, 0, 0))(learner.critic_params, obs, a)
+        a, log_pi = jax.vmap(functools.partial(self.policy.sample_and_log_prob, learner.policy.params))(obs, eps)
+        q = jax.vmap(self.critic.min_q, in_axes=(None, 0, 0))(learner.critic.params, obs, a)
         y = jax.lax.stop_gradient(q - self.alpha(learner) * log_pi)
 
         def loss(psi):
             return 0.5 * jnp.mean((jax.vmap(self.value.v, in_axes=(None, 0))(psi, obs) - y) ** 2)
 
-        step = gradient_step(loss, learner.value_params, learner.value_opt, self.critic_opt)
-        return learner._replace(value_params=step.params, value_opt=step.opt_state), step.value
+        value, step = learner.value.step(loss)
+        return learner.replace(value=value), step.value
 
     def critic_step(self, learner: Learner, batch: Transition, key: PRNGKey) -> tuple[Learner, Scalar]:
         """One :func:`mbpo.critics.q_step` towards y = r + gamma (1 - done) v(s') (target noise drawn from ``key``)."""
         k_next, k_max = jax.random.split(key)
         target_eps = jax.random.normal(k_next, batch.action.shape, batch.obs.dtype)  # TD3 smoothing, SAC's a'
         y = self.critic_targets(learner, batch, target_eps, k_max)
-        critic_params, critic_opt, loss = q_step(
-            self.critic, self.critic_opt, learner.critic_params, learner.critic_opt, batch.obs, batch.action, y
+        critic = learner.critic
+        params, opt_state, loss = q_step(self.critic, critic.tx, critic.params, critic.opt_state, batch.obs, batch.action, y)
+        return learner.replace(critic=critic.replace(params=params, opt_state=opt_state)), loss
+
+    def track_targets(self, learner: Learner) -> Learner:
+        """Polyak updates of every target network."""
+        tau = self.config.tau
+        track = functools.partial(TrainState.track, tau=tau)
+        return learner.replace(
+            policy=track(learner.policy) if learner.policy.target is not None else learner.policy,
+            critic=track(learner.critic),
+            value=track(learner.value) if learner.value is not None else None,
         )
-        return learner._replace(critic_params=critic_params, critic_opt=critic_opt), loss
 
     # --- one online gradient step ------------------------------------------------------------
     def gradient_step(self, learner: Learner, batch: Transition, key: PRNGKey) -> tuple[Learner, dict]:
-        """Critic step on y, then (TD3: every ``policy_delay``-th step) the actor step and the
-        Polyak updates of the targets."""
-        c = self.config
+        """Critic step on y, then (every :attr:`actor_every`-th step: TD3's policy delay) the actor
+        step and the Polyak updates of the targets."""
         k_critic, k_actor, k_value = jax.random.split(key, 3)
         shape = (batch.reward.shape[0], *self.policy.eps_shape)
         learner, critic_loss = self.critic_step(learner, batch, k_critic)
@@ -377,49 +428,53 @@ class Agent:
 
         def actor_and_targets(learner):
             learner, actor_metrics = self.actor_step(learner, batch.obs, eps)
-            learner = learner._replace(
-                target_policy_params=polyak(learner.target_policy_params, learner.policy_params, c.tau),
-                target_critic_params=polyak(learner.target_critic_params, learner.critic_params, c.tau),
-                target_value_params=polyak(learner.target_value_params, learner.value_params, c.tau),
-            )
-            return learner, actor_metrics
+            return self.track_targets(learner), actor_metrics
 
-        if c.algo == "td3":
+        if self.actor_every > 1:
             zeros = {"actor_objective": jnp.zeros(()), "grad_norm": jnp.zeros(())}
             learner, actor_metrics = jax.lax.cond(
-                learner.steps % c.policy_delay == 0, actor_and_targets, lambda lr: (lr, jax.tree.map(jnp.asarray, zeros)), learner
+                learner.steps % self.actor_every == 0, actor_and_targets, lambda lr: (lr, jax.tree.map(jnp.asarray, zeros)), learner
             )
         else:
             learner, actor_metrics = actor_and_targets(learner)
         metrics.update(actor_metrics)
         if self.stochastic:
             metrics["alpha"] = self.alpha(learner)
-        return learner._replace(steps=learner.steps + 1), metrics
+        return learner.replace(steps=learner.steps + 1), metrics
+
+
+def _optimizer(config: OffPolicyConfig, lr: float) -> optax.GradientTransformation:
+    return guarded(optax.adam(lr) if config.optimizer == "adam" else optax.sgd(lr), config.max_grad_norm)
 
 
 def make_agent(config: OffPolicyConfig, dynamics: Dynamics, policy: GaussianPolicy | None = None) -> Agent:
     """The :class:`Agent` of ``config`` sized for ``dynamics``; ``policy`` replaces the algorithm's
     own (the model-based loop's SVG policies with a SAC-style critic, alpha = 0)."""
-    low, high = dynamics.action_bounds
+    spec = ALGORITHMS[config.algo]
+    low, high = _box(dynamics)
     if policy is None and not (all(math.isfinite(v) for v in low) and all(math.isfinite(v) for v in high)):
         raise ValueError(f"{config.algo} needs a bounded action box, got low={low}, high={high}")
-    if policy is None and config.algo == "sac":
+    if policy is None and spec.stochastic:
         policy = TanhGaussianPolicy.for_dynamics(dynamics, hidden=config.hidden, activation="relu", init_std=1.0)
     elif policy is None:
         policy = DeterministicPolicy.for_dynamics(dynamics, hidden=config.hidden, activation="relu")
-    num_q = 2 if config.algo in ("td3", "sac") else 1
-    critic = QCritic(dynamics.observation_size, dynamics.action_size, num_q=num_q, hidden=config.hidden)
-    value = VCritic(dynamics.observation_size, hidden=config.hidden) if config.algo == "sac" and config.value_network else None
+    critic = QCritic(dynamics.observation_size, dynamics.action_size, num_q=spec.num_q, hidden=config.hidden)
+    target = spec.target(config, low, high)
+    value = VCritic(dynamics.observation_size, hidden=config.hidden) if isinstance(target, ValueTarget) else None
     return Agent(
         config=config,
         policy=policy,
         critic=critic,
         value=value,
+        target=target,
+        maximizer=_max_target(config, low, high),
+        actor=SoftActor() if spec.stochastic else DeterministicActor(),
+        actor_every=spec.actor_every(config),
         actor_opt=_optimizer(config, config.actor_lr),
         critic_opt=_optimizer(config, config.critic_lr),
         alpha_opt=optax.adam(config.alpha_lr),
-        low=tuple(float(v) for v in low),
-        high=tuple(float(v) for v in high),
+        low=low,
+        high=high,
     )
 
 
@@ -429,55 +484,46 @@ def make_trainer(config: OffPolicyConfig, dynamics: Dynamics | None = None) -> T
     return loop.build_trainer(_make_trainer, config, dynamics)
 
 
+def _example_transition(obs: Observation, action_size: int) -> Transition:
+    zero = jnp.zeros((), obs.dtype)
+    return Transition(obs=obs, action=jnp.zeros(action_size, obs.dtype), reward=zero, done=zero, next_obs=obs, log_prob=zero)
+
+
 def _make_trainer(config: OffPolicyConfig, dynamics: Dynamics) -> Trainer:
     agent = make_agent(config, dynamics)
+    spec = ALGORITHMS[config.algo]
+    if spec.batch_actor is not None:
+        return batch.make_trainer(config, dynamics, agent, spec.batch_actor(config), OffPolicyState)
     policy = agent.policy
     act_size = dynamics.action_size
-    ou = OrnsteinUhlenbeck(theta=config.ou_theta, sigma=config.ou_sigma, dt=config.ou_dt)
+    exploration = spec.exploration(config)
     random_policy = uniform_policy(dynamics)
-    replay = ring_buffer(config.buffer_capacity if config.online else config.num_basepoints)
-    window = ring_buffer(config.window * config.num_optimized if config.algo == "fqi_amortized" else 1)
+    replay = ring_buffer(config.buffer_capacity)
+    window = ring_buffer(1)
 
     def init(key: PRNGKey) -> OffPolicyState:
-        k_learner, k_env, k_base, key = jax.random.split(key, 4)
+        k_learner, k_env, _, key = jax.random.split(key, 4)
         env_states = jax.vmap(dynamics.reset)(jax.random.split(k_env, config.num_envs))
         dtype = env_states.obs.dtype
-        example = Transition(
-            obs=env_states.obs[0], action=jnp.zeros(act_size, dtype), reward=jnp.zeros((), dtype), done=jnp.zeros((), dtype),
-            next_obs=env_states.obs[0], log_prob=jnp.zeros((), dtype),
-        )  # fmt: skip
-        buffer = replay.init(example)
-        if not config.online:
-            data = basepoints(dynamics, k_base, config.num_basepoints, segment=config.basepoint_segment, num_envs=config.num_envs)
-            buffer = replay.insert(buffer, data)
         return OffPolicyState(
             learner=agent.init(k_learner, dynamics.observation_size),
-            buffer=buffer,
+            buffer=replay.init(_example_transition(env_states.obs[0], act_size)),
             window=window.init((env_states.obs[0], jnp.zeros(act_size, dtype))),
             env_states=env_states,
-            exploration=jnp.zeros((config.num_envs, act_size), dtype),
+            exploration=exploration.init(config.num_envs, act_size, dtype),
             key=key,
             updates=jnp.zeros((), jnp.int32),
-            env_steps=jnp.asarray(0 if config.online else config.num_basepoints, jnp.int32),  # batch: all data up front
+            env_steps=jnp.zeros((), jnp.int32),
         )
-
-    def behaviour(ts: OffPolicyState, obs: Observation, eps: Action, ou_noise: Action) -> tuple[Action, Action]:
-        """The exploring action and the next OU state for one environment."""
-        low, high = agent.bounds(obs.dtype)
-        w = ts.learner.policy_params
-        if config.algo == "sac":
-            return policy.sample(w, obs, eps), ou_noise
-        if config.algo == "ddpg":
-            ou_noise = ou.step(ou_noise, eps)
-            return perturb(policy.mean(w, obs), ou_noise, low, high), ou_noise
-        return perturb(policy.mean(w, obs), config.explore_std * eps, low, high), ou_noise
 
     def collect(ts: OffPolicyState, key: PRNGKey) -> OffPolicyState:
         """Steps every environment once and stores the transitions."""
         k_eps, k_xi, k_reset = jax.random.split(key, 3)
         states = ts.env_states
         eps = jax.random.normal(k_eps, (config.num_envs, act_size), states.obs.dtype)
-        action, exploration = jax.vmap(functools.partial(behaviour, ts))(states.obs, eps, ts.exploration)
+        low, high = agent.bounds(states.obs.dtype)
+        behaviour = functools.partial(exploration, policy, ts.learner.policy.params, low=low, high=high)
+        action, explored = jax.vmap(behaviour)(states.obs, eps, ts.exploration)
         warm = ts.env_steps < config.warmup_steps
         action = jnp.where(warm, jax.vmap(random_policy)(states.obs, eps), action)
         xi = jax.vmap(dynamics.sample_noise)(jax.random.split(k_xi, config.num_envs))
@@ -489,11 +535,11 @@ def _make_trainer(config: OffPolicyConfig, dynamics: Dynamics) -> Trainer:
         return ts.replace(
             buffer=replay.insert(ts.buffer, jax.lax.stop_gradient(transition)),
             env_states=reset_finished(dynamics, nxt, k_reset, config.episode_length),
-            exploration=jnp.where(finished[:, None], 0.0, exploration),
+            exploration=exploration.reset(explored, finished),
             env_steps=ts.env_steps + config.num_envs,
         )
 
-    def online_update(ts: OffPolicyState) -> tuple[OffPolicyState, dict]:
+    def update(ts: OffPolicyState) -> tuple[OffPolicyState, dict]:
         key, k_collect, k_steps = jax.random.split(ts.key, 3)
         ts = collect(ts, k_collect)
         learning = ts.env_steps >= max(config.warmup_steps, config.num_envs)
@@ -505,74 +551,11 @@ def _make_trainer(config: OffPolicyConfig, dynamics: Dynamics) -> Trainer:
             return new, metrics
 
         learner, metrics = jax.lax.scan(step, ts.learner, jax.random.split(k_steps, config.gradient_steps))
-        return ts.replace(learner=learner, key=key, updates=ts.updates + 1), metrics
-
-    def batch_update(ts: OffPolicyState) -> tuple[OffPolicyState, dict]:
-        """One iteration n of NFQCA / FQI on the fixed basepoints: fit q to y(theta_n, w_n) with
-        theta_n, w_n frozen (the targets), then the policy; then theta_n <- theta_{n+1}."""
-        key, k_opt, k_critic, k_actor = jax.random.split(ts.key, 4)
-        data = ts.buffer.data
-        size = config.num_basepoints
-        learner, win = ts.learner, ts.window
-        a_star = in_opt = None
-        if config.algo == "fqi_amortized":
-            k_idx, k_max = jax.random.split(k_opt)
-            idx = jax.random.choice(k_idx, size, (min(config.num_optimized, size),), replace=False)
-            s_opt = data.next_obs[idx]
-            best = jax.vmap(lambda s, k: agent.maximize(learner.target_critic_params, s, k))(s_opt, jax.random.split(k_max, idx.shape[0]))
-            a_star = jnp.zeros_like(data.action).at[idx].set(best)
-            in_opt = jnp.zeros(size, bool).at[idx].set(True)
-            win = window.insert(win, (s_opt, best))
-
-        def critic_fit(learner, k):
-            k_idx, k_eps, k_max = jax.random.split(k, 3)
-            idx = jax.random.randint(k_idx, (config.batch_size,), 0, size)
-            batch = jax.tree.map(lambda x: x[idx], data)
-            y = agent.critic_targets(learner, batch, jnp.zeros_like(batch.action), k_max)
-            if a_star is not None:  # on B_opt the target uses the optimizer's action a*
-                q_star = jax.vmap(agent.critic.min_q, in_axes=(None, 0, 0))(learner.target_critic_params, batch.next_obs, a_star[idx])
-                y = jnp.where(in_opt[idx], td0_targets(batch.reward, config.gamma * (1 - batch.done), q_star), y)
-            params, opt_state, loss = q_step(agent.critic, agent.critic_opt, learner.critic_params, learner.critic_opt, batch.obs, batch.action, y)
-            delta = jnp.mean((jax.vmap(agent.critic.min_q, in_axes=(None, 0, 0))(params, batch.obs, batch.action)
-                              - jax.vmap(agent.critic.min_q, in_axes=(None, 0, 0))(learner.target_critic_params, batch.obs, batch.action)) ** 2)  # fmt: skip
-            return learner._replace(critic_params=params, critic_opt=opt_state), {"critic_loss": loss, "q_change": delta}
-
-        learner, metrics = jax.lax.scan(critic_fit, learner, jax.random.split(k_critic, config.gradient_steps))
-
-        def actor_fit(learner, k):
-            k_idx, _ = jax.random.split(k)
-            if config.algo == "fqi_amortized":  # regress d(s; w) onto the window's optimizer actions
-                obs, target = window.sample(win, k_idx, config.batch_size)
-
-                def loss(w):
-                    return 0.5 * jnp.mean(jnp.sum((jax.vmap(policy.mean, in_axes=(None, 0))(w, obs) - target) ** 2, -1))
-
-                step = gradient_step(loss, learner.policy_params, learner.policy_opt, agent.actor_opt)
-                learner = learner._replace(policy_params=step.params, policy_opt=step.opt_state)
-                return learner, {"actor_objective": -step.value, "grad_norm": step.grad_norm}
-            obs = data.obs[jax.random.randint(k_idx, (config.batch_size,), 0, size)]
-            learner, m = agent.actor_step(learner, obs, jnp.zeros((config.batch_size, 0), obs.dtype))
-            return learner, {"actor_objective": m["actor_objective"], "grad_norm": m["grad_norm"]}
-
-        if config.algo == "fqi":
-            actor_metrics = {"actor_objective": jnp.zeros((config.gradient_steps,)), "grad_norm": jnp.zeros((config.gradient_steps,))}
-        else:
-            learner, actor_metrics = jax.lax.scan(actor_fit, learner, jax.random.split(k_actor, config.gradient_steps))
-        learner = learner._replace(
-            target_critic_params=learner.critic_params, target_policy_params=learner.policy_params, steps=learner.steps + config.gradient_steps
-        )
-        return ts.replace(learner=learner, window=win, key=key, updates=ts.updates + 1), {**metrics, **actor_metrics}
-
-    def update(ts: OffPolicyState) -> tuple[OffPolicyState, dict]:
-        ts, metrics = (online_update if config.online else batch_update)(ts)
-        metrics = {k: v.mean() for k, v in metrics.items()}
-        metrics["skipped_updates"] = ts.learner.critic_opt.total_notfinite
-        return ts, metrics
+        ts = ts.replace(learner=learner, key=key, updates=ts.updates + 1)
+        return ts, {**{k: v.mean() for k, v in metrics.items()}, "skipped_updates": learner.critic.skipped}
 
     def act(ts: OffPolicyState) -> PolicyFn:
-        if config.algo == "fqi":
-            return lambda obs, eps: agent.maximize(ts.learner.critic_params, obs, jax.random.key(0))
-        return functools.partial(policy.sample, ts.learner.policy_params)
+        return functools.partial(policy.sample, ts.learner.policy.params)
 
     def evaluate_fn(ts: OffPolicyState, key: PRNGKey) -> jax.Array:
         return evaluate(dynamics, act(ts), key, num_envs=config.eval_envs, episode_length=config.episode_length, eps_shape=policy.eps_shape)

@@ -37,7 +37,7 @@ def test_iterations_collect_fit_and_update(policy_update, model, policy):
     real = 6 * 2 * 2
     simulated = 5 * config.batch_size * 2 * config.policy_steps if model == "true" else 0  # learning once 8 steps are in
     assert int(ts.env_steps) == real + simulated
-    moved = any(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(ts.learner.policy_params), jax.tree.leaves(previous.learner.policy_params)))
+    moved = any(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(ts.learner.policy.params), jax.tree.leaves(previous.learner.policy.params)))
     assert moved
     if model == "learned":
         assert not all(bool(jnp.all(a == b)) for a, b in zip(jax.tree.leaves(ts.model.params), jax.tree.leaves(previous.model.params)))
