@@ -34,24 +34,33 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
 from mbpo import estimators
-from mbpo.agents.common import evaluate, reset_finished
 from mbpo.agents import loop
+from mbpo.agents.common import evaluate, reset_finished
 from mbpo.agents.loop import Trainer
-from mbpo.agents.off_policy import Learner, OffPolicyConfig, make_agent
+from mbpo.agents.off_policy import Agent, Learner, OffPolicyConfig, make_agent
 from mbpo.cli import option
 from mbpo.critics import q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.flows import FlowPolicy
-from mbpo.models.ensemble import ElitesMean, GaussianEnsemble, ModelState, RandomElite, fit_normalizer, from_ensemble, select_elites
-from mbpo.policies import GaussianPolicy, TanhGaussianPolicy
-from mbpo.replay import RingBufferState, Segment, ring_buffer, uniform_policy
-from mbpo.types import PRNGKey
-from mbpo.unroll import Transition, alive_mask, rollout
+from mbpo.models.ensemble import (
+    ElitesMean,
+    GaussianEnsemble,
+    ModelState,
+    RandomElite,
+    fit_normalizer,
+    from_ensemble,
+    select_elites,
+)
 from mbpo.optim import gradient_step
+from mbpo.policies import GaussianPolicy, TanhGaussianPolicy
+from mbpo.replay import RingBuffer, RingBufferState, Segment, ring_buffer, uniform_policy
+from mbpo.types import PRNGKey
+from mbpo.unroll import PolicyFn, Transition, alive_mask, rollout
 
 POLICY_UPDATES = ("svg", "svg_er", "sac")
 SVG_POLICIES = {"gaussian": GaussianPolicy, "tanh_gaussian": TanhGaussianPolicy, "flow": FlowPolicy}
@@ -189,78 +198,202 @@ def _observation_states(state: State) -> State:
     return state.replace(x=state.obs)
 
 
+# --- the three policy updates, one object each ----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SVGOnModel:
+    """``svg``: SVG(n) on the model from replayed start states with fresh noise at every depth of
+    the stored segments, each transition by a random elite; with ``model_critic`` the rollouts'
+    TD(lambda) targets train the critic too (SHAC-style)."""
+
+    entropy = False  # the critic bootstraps with alpha = 0
+
+    def model_buffer_capacity(self, c: ModelBasedConfig) -> int:
+        return 1
+
+    def objective(self, lp: _Loop, w, segments: Segment, model: Dynamics, q, key: PRNGKey):
+        c, n = lp.config, lp.config.horizon
+        starts = jax.tree.map(lambda x: x[jnp.arange(c.batch_size), jax.random.randint(key, (c.batch_size,), 0, n)], segments.state)
+        noise = estimators.draw_noise(lp.estimator, model, jax.random.fold_in(key, 1), lp.policy.eps_shape, n, c.batch_size)
+        value, result = estimators.surrogate(lp.estimator, model, functools.partial(lp.policy.sample, w), starts, noise, gamma=c.gamma, q=q)
+        return value, (jnp.ones(()), result)
+
+    def critic_from_rollouts(self, lp: _Loop, learner: Learner, result, metrics: dict) -> Learner:
+        """The rollout's TD(lambda) targets as one more critic step (``model_critic``)."""
+        c = lp.config
+        if not c.model_critic:
+            return learner
+        traj, final_action = jax.lax.stop_gradient((result.trajectory, result.final_action))
+        q_target = functools.partial(lp.agent.critic.min_q, learner.critic.target)
+        y = window_targets(q_target, traj, final_action, c.gamma, c.td_lambda).reshape(-1)
+        flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), traj)
+        critic = learner.critic
+        params, opt_state, metrics["model_critic_loss"] = q_step(lp.agent.critic, critic.tx, critic.params, critic.opt_state, flat.obs, flat.action, y)
+        return learner.replace(critic=critic.replace(params=params, opt_state=opt_state).track(c.tau))
+
+    def policy_step(self, lp: _Loop, learner: Learner, ts: ModelBasedState, model: Dynamics, key: PRNGKey) -> tuple[Learner, dict]:
+        k_batch, k_noise = jax.random.split(key)
+        segments = lp.sample_segments(ts, k_batch, lp.config.batch_size)
+        q = functools.partial(lp.agent.critic.min_q, learner.critic.params)
+        if lp.config.model == "learned":
+            segments = segments.replace(state=_observation_states(segments.state))
+        policy_state, step = learner.policy.step(lambda w: self.objective(lp, w, segments, model, q, k_noise), maximize=True, has_aux=True)
+        weight, result = step.aux
+        learner = learner.replace(policy=policy_state)
+        metrics = {"objective": step.value, "grad_norm": step.grad_norm, "weight": weight}
+        if result is not None:
+            learner = self.critic_from_rollouts(lp, learner, result, metrics)
+        return learner, metrics
+
+    def step(self, lp: _Loop, ts: ModelBasedState, model: Dynamics, keys: dict) -> tuple[ModelBasedState, Learner, dict]:
+        """Critic TD(0) steps on real transitions, then ``policy_steps`` policy steps."""
+        learner, critic_loss = lp.critic_update(ts.learner, ts, keys["critic"])
+        policy_step = functools.partial(self.policy_step, lp, ts=ts, model=model)
+        learner, m = jax.lax.scan(lambda lr, k: policy_step(lr, key=k), learner, jax.random.split(keys["policy"], lp.config.policy_steps))
+        return ts, learner, {"critic_loss": critic_loss, **{k: v.mean() for k, v in m.items()}}
+
+
+@dataclasses.dataclass(frozen=True)
+class SVGFromReplay(SVGOnModel):
+    """``svg_er``: off-policy SVG(n) from replay (Heess et al. 2015's SVG(1)-ER for n = 1): the
+    noise of the stored real segments is inferred and the segments re-simulated through the model
+    (:func:`mbpo.estimators.replay_surrogate`), with truncated importance weights."""
+
+    def objective(self, lp: _Loop, w, segments: Segment, model: Dynamics, q, key: PRNGKey):
+        c = lp.config
+        value, info = estimators.replay_surrogate(lp.estimator, model, lp.policy, w, segments, key, gamma=c.gamma, q=q, max_weight=c.max_weight)
+        return value, (info["weight"], None)
+
+
+@dataclasses.dataclass(frozen=True)
+class SACOnModel:
+    """``sac``: MBPO (Janner et al. 2019): branched k-step model rollouts from replayed real states
+    into a model buffer, k growing from ``rollout_min`` to ``rollout_max``; SAC steps on batches of
+    model transitions with a ``real_ratio`` fraction of real ones."""
+
+    entropy = True
+
+    def model_buffer_capacity(self, c: ModelBasedConfig) -> int:
+        return c.model_buffer_capacity
+
+    def rollout_length(self, c: ModelBasedConfig, updates: jax.Array) -> jax.Array:
+        frac = jnp.clip((updates - c.rollout_from) / max(c.rollout_to - c.rollout_from, 1), 0.0, 1.0)
+        return jnp.floor(c.rollout_min + frac * (c.rollout_max - c.rollout_min)).astype(jnp.int32)
+
+    def model_data(self, lp: _Loop, ts: ModelBasedState, model: Dynamics, key: PRNGKey) -> RingBufferState:
+        """MBPO's branched rollouts: k(iteration) model steps from replayed real states."""
+        c = lp.config
+        k_start, k_noise = jax.random.split(key)
+        starts = _transitions(lp.sample_segments(ts, k_start, c.model_rollouts))
+        starts = jax.vmap(State.from_observation)(starts.obs[: c.model_rollouts])
+        noise = estimators.draw_noise(estimators.svg(None), model, k_noise, lp.policy.eps_shape, c.rollout_max, c.model_rollouts)
+
+        def one(s0, nz):
+            _, traj = rollout(model, functools.partial(lp.policy.sample, ts.learner.policy.params), s0, nz, dynamics_gradient="stop")
+            return traj
+
+        traj = jax.lax.stop_gradient(jax.vmap(one)(starts, noise))
+        depth = jnp.arange(c.rollout_max)[None, :] < self.rollout_length(c, ts.updates)
+        mask = depth & (jax.vmap(alive_mask)(traj.done) > 0)
+        flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), traj)
+        return lp.model_buffer.insert(ts.model_data, flat, mask.reshape(-1))
+
+    def step(self, lp: _Loop, ts: ModelBasedState, model: Dynamics, keys: dict) -> tuple[ModelBasedState, Learner, dict]:
+        c, n = lp.config, lp.config.horizon
+        ts = ts.replace(model_data=self.model_data(lp, ts, model, keys["data"]))
+        num_real = round(c.real_ratio * c.batch_size)
+
+        def sac_step(learner, k):
+            k_b, k_r, k_g = jax.random.split(k, 3)
+            batch = lp.model_buffer.sample(ts.model_data, k_b, c.batch_size - num_real)
+            if num_real:  # MBPO mixes a fraction of real transitions into every batch
+                real = _transitions(lp.sample_segments(ts, k_r, -(-num_real // n)))
+                batch = jax.tree.map(lambda m, r: jnp.concatenate([m, r[:num_real].astype(m.dtype)]), batch, real)
+            return lp.agent.gradient_step(learner, batch, k_g)
+
+        learner, m = jax.lax.scan(sac_step, ts.learner, jax.random.split(keys["policy"], c.policy_steps))
+        return ts, learner, {**{k: v.mean() for k, v in m.items()}, "rollout_length": self.rollout_length(c, ts.updates)}
+
+
+UPDATES: dict[str, SVGOnModel | SACOnModel] = {"svg": SVGOnModel(), "svg_er": SVGFromReplay(), "sac": SACOnModel()}
+assert set(UPDATES) == set(POLICY_UPDATES)
+
+
 def make_trainer(config: ModelBasedConfig, dynamics: Dynamics | None = None) -> Trainer:
     """The pure ``init``/``update``/``evaluate`` of ``config`` (cached per config for registered tasks)."""
     return loop.build_trainer(_make_trainer, config, dynamics)
 
 
-def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
-    c = config
-    n = c.horizon
-    obs_size, act_size = dynamics.observation_size, dynamics.action_size
-    agent_config = OffPolicyConfig(
-        algo="sac", env=c.env, hidden=c.hidden, gamma=c.gamma, tau=c.tau, actor_lr=c.actor_lr, critic_lr=c.critic_lr,
-        batch_size=c.batch_size, autotune_alpha=c.policy_update == "sac", init_alpha=0.2 if c.policy_update == "sac" else 0.0,
-    )  # fmt: skip
-    svg_policy = None
-    if c.policy_update != "sac":  # SVG: a reparameterized Gaussian policy; the critic bootstraps with alpha = 0
-        svg_policy = SVG_POLICIES[c.policy].for_dynamics(dynamics, hidden=c.hidden, init_std=c.init_std)
-    agent = make_agent(agent_config, dynamics, svg_policy)
-    policy = agent.policy
-    estimator = estimators.svg(n)
-    ensemble = GaussianEnsemble(observation_size=obs_size, action_size=act_size, num_members=c.members, num_elites=c.elites,
-                                hidden=c.model_hidden, learn_reward=True)  # fmt: skip
-    model_opt = optax.adam(c.model_lr)
-    segments_buffer = ring_buffer(c.segments_capacity)
-    holdout_buffer = ring_buffer(max(c.buffer_capacity // c.holdout_every, c.num_envs * n))
-    model_buffer = ring_buffer(c.model_buffer_capacity if c.policy_update == "sac" else 1)
-    low, high = (jnp.asarray(b) for b in dynamics.action_bounds)
-    bounded = bool(jnp.all(jnp.isfinite(low)) and jnp.all(jnp.isfinite(high)))
-    # Warm-up acts uniformly at random in a bounded box, with the initial policy otherwise.
-    random_policy = uniform_policy(dynamics) if bounded else None
-    uniform_log_density = -float(jnp.sum(jnp.log(high - low))) if bounded else 0.0
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Loop:
+    """The static parts of one model-based configuration and its pure per-iteration functions."""
 
-    def model_dynamics(model: ModelState) -> Dynamics:
+    config: ModelBasedConfig
+    dynamics: Dynamics
+    policy_update: SVGOnModel | SACOnModel
+    agent: Agent
+    ensemble: GaussianEnsemble
+    model_opt: optax.GradientTransformation
+    segments_buffer: RingBuffer
+    holdout_buffer: RingBuffer
+    model_buffer: RingBuffer
+    random_policy: PolicyFn | None  # warm-up: uniform in a bounded box (None: the initial policy)
+    uniform_log_density: float
+
+    @property
+    def policy(self):
+        return self.agent.policy
+
+    @property
+    def estimator(self) -> estimators.Estimator:
+        return estimators.svg(self.config.horizon)
+
+    def model_dynamics(self, model: ModelState) -> Dynamics:
+        c = self.config
         if c.model == "true":
-            return dynamics
+            return self.dynamics
         member = RandomElite() if c.member == "random_elite" else ElitesMean()
-        return from_ensemble(ensemble, model, start_obs=jnp.zeros((1, obs_size)), member=member, action_low=low, action_high=high)
+        low, high = (np.asarray(b, np.float32) for b in self.dynamics.action_bounds)  # concrete: the model's static bounds
+        return from_ensemble(self.ensemble, model, start_obs=jnp.zeros((1, self.dynamics.observation_size)), member=member, action_low=low, action_high=high)
 
-    def init(key: PRNGKey) -> ModelBasedState:
+    def init(self, key: PRNGKey) -> ModelBasedState:
+        c, n, act_size = self.config, self.config.horizon, self.dynamics.action_size
         k_model, k_agent, k_env, key = jax.random.split(key, 4)
-        env_states = jax.vmap(dynamics.reset)(jax.random.split(k_env, c.num_envs))
+        env_states = jax.vmap(self.dynamics.reset)(jax.random.split(k_env, c.num_envs))
         dtype = env_states.obs.dtype
         one_state = jax.tree.map(lambda x: x[0], env_states)
         segment = Segment(state=jax.tree.map(lambda x: jnp.stack([x] * (n + 1)), one_state), action=jnp.zeros((n, act_size), dtype),
                           log_prob=jnp.zeros(n, dtype))  # fmt: skip
         transition = Transition(obs=one_state.obs, action=jnp.zeros(act_size, dtype), reward=jnp.zeros((), dtype), done=jnp.zeros((), dtype),
                                 next_obs=one_state.obs, log_prob=jnp.zeros((), dtype))  # fmt: skip
-        model = ensemble.init(k_model)
+        model = self.ensemble.init(k_model)
         return ModelBasedState(
             model=model,
-            model_opt=model_opt.init(model.params),
-            learner=agent.init(k_agent, obs_size),
-            segments=segments_buffer.init(segment),
-            holdout=holdout_buffer.init(transition),
-            model_data=model_buffer.init(transition),
+            model_opt=self.model_opt.init(model.params),
+            learner=self.agent.init(k_agent, self.dynamics.observation_size),
+            segments=self.segments_buffer.init(segment),
+            holdout=self.holdout_buffer.init(transition),
+            model_data=self.model_buffer.init(transition),
             env_states=env_states,
             key=key,
             updates=jnp.zeros((), jnp.int32),
             env_steps=jnp.zeros((), jnp.int32),
         )
 
-    def collect(ts: ModelBasedState, key: PRNGKey) -> tuple[ModelBasedState, Segment]:
+    def collect(self, ts: ModelBasedState, key: PRNGKey) -> tuple[ModelBasedState, Segment]:
         """Every env takes n real steps; returns the new state (envs reset at the segment's end)."""
+        c, n, dynamics, policy = self.config, self.config.horizon, self.dynamics, self.policy
         k_eps, k_xi, k_reset = jax.random.split(key, 3)
         warm = ts.env_steps < c.warmup_steps
         w = ts.learner.policy.params
 
         def act(obs, eps):
             a = policy.sample(w, obs, eps)
-            if random_policy is None:
+            if self.random_policy is None:
                 return a, policy.log_prob(w, obs, a)
-            a = jnp.where(warm, random_policy(obs, eps), a)
-            return a, jnp.where(warm, uniform_log_density, policy.log_prob(w, obs, a))
+            a = jnp.where(warm, self.random_policy(obs, eps), a)
+            return a, jnp.where(warm, self.uniform_log_density, policy.log_prob(w, obs, a))
 
         def one_env(s0, eps, xi):
             def body(s, noise):
@@ -279,140 +412,103 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
         keep = jnp.full((c.num_envs,), ~held)
         flat = _transitions(segments)
         ts = ts.replace(
-            segments=segments_buffer.insert(ts.segments, segments, keep),
-            holdout=holdout_buffer.insert(ts.holdout, flat, jnp.full((c.num_envs * n,), held)),
+            segments=self.segments_buffer.insert(ts.segments, segments, keep),
+            holdout=self.holdout_buffer.insert(ts.holdout, flat, jnp.full((c.num_envs * n,), held)),
             env_states=reset_finished(dynamics, final, k_reset, c.episode_length),
             env_steps=ts.env_steps + c.num_envs * n,
         )
         return ts, segments
 
-    def sample_segments(ts: ModelBasedState, key: PRNGKey, num: int) -> Segment:
-        return segments_buffer.sample(ts.segments, key, num)
+    def sample_segments(self, ts: ModelBasedState, key: PRNGKey, num: int) -> Segment:
+        return self.segments_buffer.sample(ts.segments, key, num)
 
-    def model_update(ts: ModelBasedState, key: PRNGKey) -> tuple[ModelBasedState, dict]:
+    def model_update(self, ts: ModelBasedState, key: PRNGKey) -> tuple[ModelBasedState, dict]:
+        c, n, ensemble = self.config, self.config.horizon, self.ensemble
         k_norm, k_steps, k_hold = jax.random.split(key, 3)
-        sample = _transitions(sample_segments(ts, k_norm, max(2048 // n, 1)))
+        sample = _transitions(self.sample_segments(ts, k_norm, max(2048 // n, 1)))
         normalizer = fit_normalizer(jnp.concatenate([sample.obs, sample.action], axis=1))
 
         def step(carry, k):
             params, opt_state = carry
             # One minibatch per member: whole sampled segments, n transitions each.
-            batch = _transitions(sample_segments(ts, k, -(-c.members * c.model_batch // n)))
+            batch = _transitions(self.sample_segments(ts, k, -(-c.members * c.model_batch // n)))
             per_member = jax.tree.map(lambda x: x[: c.members * c.model_batch].reshape(c.members, c.model_batch, *x.shape[1:]), batch)
             target = jnp.concatenate([per_member.next_obs - per_member.obs, per_member.reward[..., None]], axis=-1)
-            step = gradient_step(ensemble.loss, params, opt_state, model_opt, normalizer, per_member.obs, per_member.action, target, skip_nonfinite=False)
+            step = gradient_step(ensemble.loss, params, opt_state, self.model_opt, normalizer, per_member.obs, per_member.action, target,
+                                 skip_nonfinite=False)  # fmt: skip
             return (step.params, step.opt_state), step.value
 
         (params, opt_state), losses = jax.lax.scan(step, (ts.model.params, ts.model_opt), jax.random.split(k_steps, c.model_steps))
-        hold = holdout_buffer.sample(ts.holdout, k_hold, 1024)
+        hold = self.holdout_buffer.sample(ts.holdout, k_hold, 1024)
         target = jnp.concatenate([hold.next_obs - hold.obs, hold.reward[:, None]], axis=-1)
         mse = ensemble.mse(params, normalizer, hold.obs, hold.action, target)
         elites = jnp.where(ts.holdout.size > 0, select_elites(mse, c.elites), ts.model.elites)
         model = ModelState(params=params, normalizer=normalizer, elites=elites)
         return ts.replace(model=model, model_opt=opt_state), {"model_loss": losses.mean(), "model_holdout_mse": jnp.sort(mse)[: c.elites].mean()}
 
-    def critic_update(learner: Learner, ts: ModelBasedState, key: PRNGKey) -> tuple[Learner, jax.Array]:
+    def critic_update(self, learner: Learner, ts: ModelBasedState, key: PRNGKey) -> tuple[Learner, jax.Array]:
+        """``critic_steps`` TD(0) steps on real transitions (the shared critic), Polyak-tracked."""
+        c = self.config
+
         def step(learner, k):
             k_batch, k_step = jax.random.split(k)
-            batch = _transitions(sample_segments(ts, k_batch, max(c.batch_size // n, 1)))
-            learner, loss = agent.critic_step(learner, batch, k_step)
+            batch = _transitions(self.sample_segments(ts, k_batch, max(c.batch_size // c.horizon, 1)))
+            learner, loss = self.agent.critic_step(learner, batch, k_step)
             return learner.replace(critic=learner.critic.track(c.tau)), loss
 
         learner, losses = jax.lax.scan(step, learner, jax.random.split(key, c.critic_steps))
         return learner, losses.mean()
 
-    def svg_step(learner: Learner, ts: ModelBasedState, model: Dynamics, key: PRNGKey) -> tuple[Learner, dict]:
-        k_batch, k_noise = jax.random.split(key)
-        segments = sample_segments(ts, k_batch, c.batch_size)
-        q = functools.partial(agent.critic.min_q, learner.critic.params)
-        if c.model == "learned":
-            segments = segments.replace(state=_observation_states(segments.state))
-
-        def objective(w):
-            if c.policy_update == "svg_er":
-                value, info = estimators.replay_surrogate(estimator, model, policy, w, segments, k_noise, gamma=c.gamma, q=q, max_weight=c.max_weight)
-                return value, (info["weight"], None)
-            # svg: fresh noise from replayed states at every depth of the stored segments
-            starts = jax.tree.map(lambda x: x[jnp.arange(c.batch_size), jax.random.randint(k_noise, (c.batch_size,), 0, n)], segments.state)
-            noise = estimators.draw_noise(estimator, model, jax.random.fold_in(k_noise, 1), policy.eps_shape, n, c.batch_size)
-            value, result = estimators.surrogate(estimator, model, functools.partial(policy.sample, w), starts, noise, gamma=c.gamma, q=q)
-            return value, (jnp.ones(()), result)
-
-        policy_state, step = learner.policy.step(objective, maximize=True, has_aux=True)
-        value, (weight, result) = step.value, step.aux
-        learner = learner.replace(policy=policy_state)
-        metrics = {"objective": value, "grad_norm": step.grad_norm, "weight": weight}
-        if result is not None and c.model_critic:  # the rollout's TD(lambda) targets train the critic too
-            traj, final_action = jax.lax.stop_gradient((result.trajectory, result.final_action))
-            q_target = functools.partial(agent.critic.min_q, learner.critic.target)
-            y = window_targets(q_target, traj, final_action, c.gamma, c.td_lambda).reshape(-1)
-            flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), traj)
-            critic = learner.critic
-            params, opt_state, metrics["model_critic_loss"] = q_step(
-                agent.critic, critic.tx, critic.params, critic.opt_state, flat.obs, flat.action, y
-            )
-            learner = learner.replace(critic=critic.replace(params=params, opt_state=opt_state).track(c.tau))
-        return learner, metrics
-
-    def rollout_length(updates: jax.Array) -> jax.Array:
-        frac = jnp.clip((updates - c.rollout_from) / max(c.rollout_to - c.rollout_from, 1), 0.0, 1.0)
-        return jnp.floor(c.rollout_min + frac * (c.rollout_max - c.rollout_min)).astype(jnp.int32)
-
-    def sac_model_data(ts: ModelBasedState, model: Dynamics, key: PRNGKey) -> RingBufferState:
-        """MBPO's branched rollouts: k(iteration) model steps from replayed real states."""
-        k_start, k_noise = jax.random.split(key)
-        starts = _transitions(sample_segments(ts, k_start, c.model_rollouts))
-        starts = jax.vmap(State.from_observation)(starts.obs[: c.model_rollouts])
-        noise = estimators.draw_noise(estimators.svg(None), model, k_noise, policy.eps_shape, c.rollout_max, c.model_rollouts)
-
-        def one(s0, nz):
-            _, traj = rollout(model, functools.partial(policy.sample, ts.learner.policy.params), s0, nz, dynamics_gradient="stop")
-            return traj
-
-        traj = jax.lax.stop_gradient(jax.vmap(one)(starts, noise))
-        depth = jnp.arange(c.rollout_max)[None, :] < rollout_length(ts.updates)
-        mask = depth & (jax.vmap(alive_mask)(traj.done) > 0)
-        flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), traj)
-        return model_buffer.insert(ts.model_data, flat, mask.reshape(-1))
-
-    def update(ts: ModelBasedState) -> tuple[ModelBasedState, dict]:
+    def update(self, ts: ModelBasedState) -> tuple[ModelBasedState, dict]:
+        c = self.config
         key, k_collect, k_model, k_critic, k_policy, k_data = jax.random.split(ts.key, 6)
-        ts, _ = collect(ts, k_collect)
+        ts, _ = self.collect(ts, k_collect)
         metrics = {}
         if c.model == "learned":
-            ts, metrics = model_update(ts, k_model)
-        model = model_dynamics(ts.model)
-        learning = ts.env_steps >= max(c.warmup_steps, c.num_envs * n)
-        learner = ts.learner
-        if c.policy_update == "sac":
-            ts = ts.replace(model_data=sac_model_data(ts, model, k_data))
-
-            num_real = round(c.real_ratio * c.batch_size)
-
-            def sac_step(learner, k):
-                k_b, k_r, k_g = jax.random.split(k, 3)
-                batch = model_buffer.sample(ts.model_data, k_b, c.batch_size - num_real)
-                if num_real:  # MBPO mixes a fraction of real transitions into every batch
-                    real = _transitions(sample_segments(ts, k_r, -(-num_real // n)))
-                    batch = jax.tree.map(lambda m, r: jnp.concatenate([m, r[:num_real].astype(m.dtype)]), batch, real)
-                return agent.gradient_step(learner, batch, k_g)
-
-            learner, m = jax.lax.scan(sac_step, learner, jax.random.split(k_policy, c.policy_steps))
-            metrics.update({k: v.mean() for k, v in m.items()}, rollout_length=rollout_length(ts.updates))
-        else:
-            learner, metrics["critic_loss"] = critic_update(learner, ts, k_critic)
-            learner, m = jax.lax.scan(lambda lr, k: svg_step(lr, ts, model, k), learner, jax.random.split(k_policy, c.policy_steps))
-            metrics.update({k: v.mean() for k, v in m.items()})
+            ts, metrics = self.model_update(ts, k_model)
+        learning = ts.env_steps >= max(c.warmup_steps, c.num_envs * c.horizon)
+        keys = {"critic": k_critic, "policy": k_policy, "data": k_data}
+        ts_new, learner, policy_metrics = self.policy_update.step(self, ts, self.model_dynamics(ts.model), keys)
+        metrics.update(policy_metrics)
         learner = jax.tree.map(lambda new, old: jnp.where(learning, new, old), learner, ts.learner)
-        simulated = c.batch_size * n * c.policy_steps if c.model == "true" else 0
-        ts = ts.replace(learner=learner, key=key, updates=ts.updates + 1, env_steps=ts.env_steps + jnp.where(learning, simulated, 0))
+        simulated = c.batch_size * c.horizon * c.policy_steps if c.model == "true" else 0
+        env_steps = ts_new.env_steps + jnp.where(learning, simulated, 0)
+        ts = ts_new.replace(learner=learner, key=key, updates=ts_new.updates + 1, env_steps=env_steps)
         metrics["skipped_updates"] = learner.policy.skipped
         return ts, metrics
 
-    def act(ts: ModelBasedState):
-        return functools.partial(policy.sample, ts.learner.policy.params)
+    def act(self, ts: ModelBasedState) -> PolicyFn:
+        return functools.partial(self.policy.sample, ts.learner.policy.params)
 
-    def evaluate_fn(ts: ModelBasedState, key: PRNGKey) -> jax.Array:
-        return evaluate(dynamics, act(ts), key, num_envs=c.eval_envs, episode_length=c.episode_length, eps_shape=policy.eps_shape)
+    def evaluate(self, ts: ModelBasedState, key: PRNGKey) -> jax.Array:
+        c = self.config
+        return evaluate(self.dynamics, self.act(ts), key, num_envs=c.eval_envs, episode_length=c.episode_length, eps_shape=self.policy.eps_shape)
 
-    return Trainer(config=config, dynamics=dynamics, policy=policy, critic=agent.critic, act=act, init=init, update=update, evaluate=evaluate_fn)
+
+def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
+    c = config
+    update = UPDATES[c.policy_update]
+    agent_config = OffPolicyConfig(
+        algo="sac", env=c.env, hidden=c.hidden, gamma=c.gamma, tau=c.tau, actor_lr=c.actor_lr, critic_lr=c.critic_lr,
+        batch_size=c.batch_size, autotune_alpha=update.entropy, init_alpha=0.2 if update.entropy else 0.0,
+    )  # fmt: skip
+    # SVG: a reparameterized policy of the config's kind; the critic bootstraps with alpha = 0.
+    svg_policy = None if update.entropy else SVG_POLICIES[c.policy].for_dynamics(dynamics, hidden=c.hidden, init_std=c.init_std)
+    low, high = (jnp.asarray(b) for b in dynamics.action_bounds)
+    bounded = bool(jnp.all(jnp.isfinite(low)) and jnp.all(jnp.isfinite(high)))
+    lp = _Loop(
+        config=c,
+        dynamics=dynamics,
+        policy_update=update,
+        agent=make_agent(agent_config, dynamics, svg_policy),
+        ensemble=GaussianEnsemble(observation_size=dynamics.observation_size, action_size=dynamics.action_size, num_members=c.members,
+                                  num_elites=c.elites, hidden=c.model_hidden, learn_reward=True),
+        model_opt=optax.adam(c.model_lr),
+        segments_buffer=ring_buffer(c.segments_capacity),
+        holdout_buffer=ring_buffer(max(c.buffer_capacity // c.holdout_every, c.num_envs * c.horizon)),
+        model_buffer=ring_buffer(update.model_buffer_capacity(c)),
+        random_policy=uniform_policy(dynamics) if bounded else None,
+        uniform_log_density=-float(jnp.sum(jnp.log(high - low))) if bounded else 0.0,
+    )
+    return Trainer(config=config, dynamics=dynamics, policy=lp.policy, critic=lp.agent.critic, act=lp.act, init=lp.init, update=lp.update,
+                   evaluate=lp.evaluate)  # fmt: skip
