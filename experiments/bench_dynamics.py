@@ -47,7 +47,7 @@ import numpy as np
 import envs
 from envs import brax_tasks, pendulum
 from mbpo.dynamics import BACKENDS, Dynamics, ODESolver, State
-from mbpo.io import finish_report, run_header
+from mbpo.files import finish_report, run_header
 from mbpo.types import Action, Array, Float, Observation, PyTree, Scalar
 from mbpo.unroll import RolloutNoise, rollout, sample_noise
 

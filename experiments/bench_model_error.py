@@ -45,7 +45,7 @@ from jax.scipy.special import ndtr
 import envs
 from experiments.bench_unroll import json_path
 from mbpo.dynamics import Dynamics
-from mbpo.io import finish_report, run_header
+from mbpo.files import finish_report, run_header
 from mbpo.models import ElitesMean, GaussianEnsemble, ModelState, TrainConfig, fit, from_ensemble
 from mbpo.models.ensemble import DoneFn, RewardFn
 from mbpo.types import Array, Float, PRNGKey

@@ -49,7 +49,7 @@ from experiments.bench_dynamics import compare, pendulum_subject
 from mbpo import estimators
 from mbpo.critics import QCritic
 from mbpo.dynamics import Dynamics, State
-from mbpo.io import finish_report, run_header
+from mbpo.files import finish_report, run_header
 from mbpo.policies import GaussianPolicy
 from mbpo.types import Action, Array, Float, Noise, Observation, Params, Scalar
 from mbpo.unroll import RolloutNoise

@@ -72,7 +72,7 @@ from experiments._baselines import CompileLog, mean_std, pm
 from experiments.apg_worker import ApgSettings
 from mbpo.agents.loop import Trainer, run_updates
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer
-from mbpo.io import finish_report, run_header
+from mbpo.files import finish_report, run_header
 
 DEFAULT_APG_PYTHON = "/work/venv-apg/bin/python"
 WORKER_MODULE = "experiments.apg_worker"

@@ -94,7 +94,7 @@ from experiments.sac_worker import SacSettings
 from mbpo.agents.loop import Trainer, run_updates
 from mbpo.agents.off_policy import OffPolicyConfig, make_trainer
 from mbpo.dynamics.brax_env import BACKENDS
-from mbpo.io import finish_report, run_header
+from mbpo.files import finish_report, run_header
 
 DEFAULT_BRAX_PYTHON = "/work/venv-apg/bin/python"
 WORKER_MODULE = "experiments.sac_worker"

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from mbpo.agents import loop
-from mbpo.agents.mbpo_loop import ModelBasedConfig
+from mbpo.agents.model_based import ModelBasedConfig
 from mbpo.agents.off_policy import OffPolicyConfig
 from mbpo.agents.registry import make_trainer
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig

@@ -20,7 +20,7 @@ import numpy as np
 from mbpo import estimators
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, train_seeds
 from mbpo.cli import add_arguments, build
-from mbpo.io import csv_text, run_header, write_atomically, write_json, write_text
+from mbpo.files import csv_text, run_header, write_atomically, write_json, write_text
 from mbpo.runner import RunDirError, check_writable
 from mbpo.runner import seed_rows as runner_seed_rows
 

@@ -38,7 +38,7 @@ from mbpo import estimators
 from mbpo.agents.loop import run_updates
 from mbpo.runner import RunDirError, check_writable
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, train_seeds
-from mbpo.io import csv_text, run_header, write_atomically, write_json, write_text
+from mbpo.files import csv_text, run_header, write_atomically, write_json, write_text
 from mbpo.policies import GaussianPolicy
 
 FULL = None  # the "full" horizon: the whole episode, no critic
@@ -194,11 +194,11 @@ def trained_gradients(env: str, preset: Preset, horizons, episode: int, key, **e
     ts = jax.jit(trainer.init)(key)
     if preset.pretrain_updates:
         ts, _ = run_updates(trainer, ts, preset.pretrain_updates)
-    q = lambda obs, a: trainer.critic.min_q(ts.target_critic_params, obs, a)  # noqa: E731
+    q = lambda obs, a: trainer.critic.min_q(ts.critic.target, obs, a)  # noqa: E731
     rows = []
     for n in horizons:
         samples = _gradient_samples(
-            trainer.dynamics, lambda w: trainer.act(ts.replace(policy_params=w)), ts.policy_params, q, ts.env_states, n, episode,
+            trainer.dynamics, lambda w: trainer.act(ts.replace(policy=ts.policy.replace(params=w))), ts.policy.params, q, ts.env_states, n, episode,
             preset.gradient_seeds, preset.gradient_batch, trainer.policy.eps_shape, config.gamma, jax.random.fold_in(key, 1_000 if n is None else n),
         )
         rows.append({"env": env, "n": label(n), **gradient_statistics(samples)})
@@ -211,7 +211,7 @@ def returns_after_budget(env: str, preset: Preset, horizons, episode: int, budge
     rows = []
     for n in horizons:
         config = UnrollTrainerConfig(env=env, estimator="svg", horizon=n, gamma=0.95, num_envs=preset.num_envs, episode_length=episode)
-        config = dataclasses.replace(config, num_updates=max(1, budget // (config.num_envs * config.window)))
+        config = dataclasses.replace(config, num_updates=max(1, budget // (config.num_envs * config.steps_per_update)))
         _, result = train_seeds(config, preset.return_seeds, dynamics=envs.make(env, **env_kwargs))
         for seed, ret in enumerate(result["eval_return"]):
             rows.append({"env": env, "n": label(n), "seed": seed, "return": float(ret), "env_steps": result["env_steps"], "wall_time": result["wall_time"]})

@@ -50,7 +50,7 @@ from jax.scipy.stats import norm
 from experiments.bench_unroll import json_path
 from mbpo.dynamics import FunctionDynamics, State
 from mbpo.flows import ConditionalFlow, fit_flow, flow_dynamics
-from mbpo.io import finish_report, run_header
+from mbpo.files import finish_report, run_header
 from mbpo.noise_inference import infer_dynamics_noise
 from mbpo.types import Array, Float, PRNGKey
 

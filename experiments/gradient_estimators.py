@@ -28,10 +28,10 @@ from matplotlib.figure import Figure
 
 from mbpo.cli import add_arguments, build
 from mbpo.distributions import normal_log_prob
-from mbpo.io import write_atomically
+from mbpo.files import write_atomically
 from mbpo.types import PRNGKey, Scalar
 
-Surrogate = Callable[[Scalar, Float[Array, "batch"]], Scalar]
+Surrogate = Callable[[Scalar, Float[Array, " batch"]], Scalar]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -60,7 +60,7 @@ class ExperimentConfig:
             raise ValueError(f"theta must be finite, got {self.theta}")
 
 
-def objective(x: Float[Array, "batch"], theta: Scalar) -> Float[Array, "batch"]:
+def objective(x: Float[Array, " batch"], theta: Scalar) -> Float[Array, " batch"]:
     """The integrand f(x, theta) = x^2 theta."""
     return x**2 * theta
 
@@ -70,7 +70,7 @@ def true_gradient(theta: float) -> float:
     return 1.0 + 3.0 * theta**2
 
 
-def naive_surrogate(theta: Scalar, eps: Float[Array, "batch"]) -> Scalar:
+def naive_surrogate(theta: Scalar, eps: Float[Array, " batch"]) -> Scalar:
     """Sample mean with the samples held fixed; its gradient ignores that p(x; theta) moves.
 
     grad = (1/N) sum_i df/dtheta(x_i, theta) = (1/N) sum_i x_i^2,  expectation 1 + theta^2 (biased).
@@ -86,7 +86,7 @@ def naive_surrogate(theta: Scalar, eps: Float[Array, "batch"]) -> Scalar:
     return jnp.mean(objective(x, theta))
 
 
-def score_function_surrogate(theta: Scalar, eps: Float[Array, "batch"]) -> Scalar:
+def score_function_surrogate(theta: Scalar, eps: Float[Array, " batch"]) -> Scalar:
     """Score-function (likelihood ratio, REINFORCE) surrogate.
 
     grad = (1/N) sum_i [f(x_i, theta) d log p(x_i; theta)/dtheta + df/dtheta(x_i, theta)]
@@ -104,7 +104,7 @@ def score_function_surrogate(theta: Scalar, eps: Float[Array, "batch"]) -> Scala
     return jnp.mean(jax.lax.stop_gradient(f) * normal_log_prob(x, theta, 1.0) + f)
 
 
-def reparameterization_surrogate(theta: Scalar, eps: Float[Array, "batch"]) -> Scalar:
+def reparameterization_surrogate(theta: Scalar, eps: Float[Array, " batch"]) -> Scalar:
     """Reparameterized sample mean, x_i = g(eps_i, theta) = theta + eps_i.
 
     grad = (1/N) sum_i [2 theta (theta + eps_i) + (theta + eps_i)^2]  (unbiased).
@@ -129,7 +129,7 @@ ESTIMATORS: dict[str, Surrogate] = {
 @functools.partial(jax.jit, static_argnames=("batch", "trials"))
 def estimate_gradients(
     key: PRNGKey, theta: Scalar, *, batch: int, trials: int
-) -> dict[str, Float[Array, "trials"]]:
+) -> dict[str, Float[Array, " trials"]]:
     """All trials of all estimators in one call, each trial on its own batch of noise.
 
     Args:

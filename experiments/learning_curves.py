@@ -10,7 +10,7 @@ Algorithms (each a config of a registered trainer, seeds vmapped in one program)
 * through the true differentiable dynamics (:mod:`mbpo.agents.unroll_trainer`): SVG(n) with a
   critic and BPO; every simulated step counts as an env step, the steps of the differentiated
   windows included;
-* through a learned Gaussian ensemble (:mod:`mbpo.agents.mbpo_loop`): SVG(n) on model rollouts,
+* through a learned Gaussian ensemble (:mod:`mbpo.agents.model_based`): SVG(n) on model rollouts,
   off-policy SVG(n) from replay with inferred noise (SVG-ER) and SAC on model rollouts (MBPO);
   only real env steps count.
 
@@ -35,7 +35,7 @@ from experiments.compare_estimators import plot, seed_rows
 from mbpo.agents import loop, registry
 from mbpo.agents.off_policy import OffPolicyConfig
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig
-from mbpo.io import csv_text, run_header, write_atomically, write_json, write_text
+from mbpo.files import csv_text, run_header, write_atomically, write_json, write_text
 
 
 @dataclasses.dataclass(frozen=True)

@@ -321,10 +321,10 @@ def gumbel_noise(u: Float[ArrayLike, "*batch"]) -> Float[Array, "*batch"]:
 
 
 def gumbel_softmax_sample(
-    g: Float[ArrayLike, "k"],
-    logits: Float[ArrayLike, "k"],
+    g: Float[ArrayLike, " k"],
+    logits: Float[ArrayLike, " k"],
     temperature: Float[ArrayLike, ""],
-) -> Float[Array, "k"]:
+) -> Float[Array, " k"]:
     """Gumbel-softmax (Concrete) sample on the probability simplex.
 
     z_i = exp((log pi_i + g_i) / tau) / sum_j exp((log pi_j + g_j) / tau),  g_j ~ Gumbel(0, 1)
@@ -346,10 +346,10 @@ def gumbel_softmax_sample(
 
 
 def gumbel_softmax_straight_through(
-    g: Float[ArrayLike, "k"],
-    logits: Float[ArrayLike, "k"],
+    g: Float[ArrayLike, " k"],
+    logits: Float[ArrayLike, " k"],
     temperature: Float[ArrayLike, ""],
-) -> Float[Array, "k"]:
+) -> Float[Array, " k"]:
     """Straight-through Gumbel-softmax: a one-hot sample with the relaxed sample's gradient.
 
     forward:  one_hot(argmax_i z_i),  backward:  d z / d(logits, tau),
@@ -370,8 +370,8 @@ def gumbel_softmax_straight_through(
 
 
 def gumbel_softmax_log_prob(
-    x: Float[ArrayLike, "k"],
-    logits: Float[ArrayLike, "k"],
+    x: Float[ArrayLike, " k"],
+    logits: Float[ArrayLike, " k"],
     temperature: Float[ArrayLike, ""],
 ) -> Scalar:
     """Log density of the Gumbel-softmax (Concrete) distribution on the simplex.

@@ -55,12 +55,6 @@ def _given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     return given
 
 
-def x_axis(config) -> str:
-    """What a learning curve is plotted against: env steps, or updates for the batch methods,
-    whose data is collected once up front."""
-    return "env_steps" if getattr(config, "online", True) else "updates"
-
-
 def _resume_config(parser, args, given: set[str], config_class: type):
     """The saved config of ``--resume``, with ``--num-updates`` applied; any other option is
     refused by name (it would silently not apply)."""
@@ -90,7 +84,10 @@ def _resume_config(parser, args, given: set[str], config_class: type):
 
 
 def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, config_class: type, given: set[str]) -> None:
+    """``mbpo train``: the config from the command line (or the saved one of ``--resume``), then
+    :func:`mbpo.runner.fit` into the run directory."""
     from mbpo import runner
+    from mbpo.agents import loop
 
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
@@ -103,78 +100,10 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, config_cla
         config, seeds = build(parser, config_class, args), args.seeds
         run_dir = args.run_dir or pathlib.Path("runs") / f"{config.env}-{config.label}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        lock = runner.claim(run_dir, resume=args.resume is not None)
+        _, history = runner.fit(config, run_dir=run_dir, seeds=seeds, resume=args.resume is not None, from_checkpoint=args.from_checkpoint)
     except runner.RunDirError as error:
         parser.error(str(error))
-    with lock:
-        _run(parser, args, config, seeds, run_dir)
-
-
-def _run(parser, args, config, seeds: int, run_dir: pathlib.Path) -> None:
-    import jax
-
-    from mbpo import runner
-    from mbpo.agents import loop
-    from mbpo.agents.registry import make_trainer
-
-    trainer = make_trainer(config)
-    multi = seeds > 1
-    resume = None
-    if args.resume is not None:
-        init = jax.jit(jax.vmap(trainer.init)) if multi else jax.jit(trainer.init)
-        keys = jax.random.split(jax.random.key(config.seed), seeds) if multi else jax.random.key(config.seed)
-        try:
-            resume = runner.load_checkpoint(run_dir, init(keys), step=args.from_checkpoint)
-        except runner.RunDirError as error:
-            parser.error(str(error))
-        done = resume[1][-1]["updates"] if resume[1] else 0
-        if done > config.num_updates:
-            parser.error(f"--num-updates {config.num_updates} is fewer than the {done} updates {run_dir} has done")
-        if args.from_checkpoint is not None:
-            for moved in runner.set_aside_newer(run_dir, done):
-                print(f"set aside the newer checkpoint {moved.name} in {moved.parent}")
-        print(f"resuming {run_dir} at update {done} of {config.num_updates}")
-    runner.save_config(run_dir, config, seeds)
-
-    from tensorboardX import SummaryWriter
-    from tqdm import tqdm
-
-    x = x_axis(config)
-    history = list(resume[1]) if resume else []
-    bar = tqdm(total=config.num_updates, initial=history[-1]["updates"] if history else 0, unit="update", dynamic_ncols=True, file=sys.stdout)
-    board = SummaryWriter(logdir=str(run_dir / runner.TENSORBOARD))
-    last = {"time": time.perf_counter(), "steps": history[-1]["env_steps"] if history else 0}
-
-    def mean(value):
-        return sum(value) / len(value) if isinstance(value, list) else value
-
-    def checkpoint(record, state):
-        history.append(record)
-        runner.save_checkpoint(run_dir, state, history)
-        runner.write_metrics(run_dir, runner.seed_rows(history) if multi else history)
-        for name, value in record.items():
-            if isinstance(value, list):
-                board.add_scalar(f"{name}/mean", mean(value), global_step=record[x])
-                for i, v in enumerate(value):
-                    board.add_scalar(f"{name}/seed_{i}", v, global_step=record[x])
-            else:
-                board.add_scalar(name, value, global_step=record[x])
-        board.flush()
-        now = time.perf_counter()
-        rate = (record["env_steps"] - last["steps"]) / max(now - last["time"], 1e-9)
-        last.update(time=now, steps=record["env_steps"])
-        grad = mean(record.get("grad_norm", float("nan")))
-        bar.set_postfix(ret=f"{mean(record['eval_return']):.1f}", grad=f"{grad:.3g}", steps_per_s=f"{rate:.0f}")
-        bar.update(record["updates"] - bar.n)
-
-    try:
-        if multi:
-            _, result = loop.train_seeds(trainer, seeds, callback=checkpoint, resume=resume, stop_on_divergence=True)
-            history = result["history"]
-        else:
-            _, history = loop.train(trainer, callback=checkpoint, resume=resume)
     except loop.Diverged as error:
-        bar.close()
         steps = runner.checkpoint_steps(run_dir)
         where = (
             f"the newest checkpoint is after {steps[-1]} updates: resume from it with `mbpo train --resume {run_dir}` "
@@ -184,17 +113,11 @@ def _run(parser, args, config, seeds: int, run_dir: pathlib.Path) -> None:
         )
         print(f"error: {error}; {where}", file=sys.stderr)
         raise SystemExit(DIVERGED) from None
-    finally:
-        bar.close()
-        board.close()
-    rows = runner.seed_rows(history) if multi else history
-    title = f"{config.label} on {config.env}" + (f", {seeds} seeds" if multi else "")
-    runner.plot_learning_curve(run_dir, rows, title, x=x)
-    if multi:
+    if seeds > 1:
         final = [round(float(r), 2) for r in history[-1]["eval_return"]]
         print(f"{seeds} seeds (one vmapped program): eval returns {final} after {history[-1]['env_steps']} env steps")
     if config.target_return is not None:
-        _report_target(rows, config.target_return, seeds)
+        _report_target(runner.seed_rows(history) if seeds > 1 else history, config.target_return, seeds)
     print(f"wrote {run_dir}/{{{runner.CONFIG}, {runner.METRICS}, {runner.CHECKPOINTS}/, {runner.CURVE}, {runner.TENSORBOARD}/}}")
 
 

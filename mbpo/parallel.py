@@ -1,6 +1,6 @@
 """Data parallelism over devices: a mesh over the environment batch, parameters replicated.
 
-The update functions are written for one device; placing the ``TrainState`` with these shardings
+The update functions are written for one device; placing a train state with these shardings
 lets ``jax.jit`` partition them (GSPMD): each device steps its slice of the environments, and the
 batch means in the objectives become all-reduces, so gradients are averaged across devices. The
 same code spans hosts once ``jax.distributed.initialize()`` has run on each (``jax.devices()`` is

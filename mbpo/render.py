@@ -11,7 +11,7 @@ import numpy as np
 
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.dynamics.brax_env import BraxDynamics
-from mbpo.io import write_atomically, write_text
+from mbpo.files import write_atomically, write_text
 from mbpo.unroll import PolicyFn
 
 

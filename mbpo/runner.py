@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbpo.agents import registry
-from mbpo.io import csv_text, write_atomically, write_json, write_text
+from mbpo.files import csv_text, write_atomically, write_json, write_text
 
 CONFIG, METRICS, CHECKPOINTS, CURVE, TENSORBOARD = "config.json", "metrics.csv", "checkpoints", "learning_curve.png", "tensorboard"
 RUN_FILES = (CONFIG, METRICS, CHECKPOINTS, CURVE, TENSORBOARD)
@@ -376,3 +376,155 @@ def seed_rows(history: list[dict]) -> list[dict]:
         for seed in range(len(record["eval_return"])):
             rows.append({**shared, "seed": seed, **{k: v[seed] for k, v in per_seed.items()}})
     return rows
+
+
+# --- one way to train ---------------------------------------------------------------------------
+
+
+def x_axis(config) -> str:
+    """The x axis of a run's curves: env steps, or updates for the batch methods, whose data is
+    collected once up front."""
+    return "env_steps" if getattr(config, "online", True) else "updates"
+
+
+def _mean(value):
+    return sum(value) / len(value) if isinstance(value, list) else value
+
+
+class Checkpoints:
+    """After every evaluation: the verified checkpoint (:func:`save_checkpoint`) and metrics.csv."""
+
+    def __init__(self, run_dir: pathlib.Path, history: list[dict], seeds: int):
+        self.run_dir, self.history, self.seeds = run_dir, history, seeds
+
+    def __call__(self, record: dict, state) -> None:
+        self.history.append(record)
+        save_checkpoint(self.run_dir, state, self.history)
+        write_metrics(self.run_dir, seed_rows(self.history) if self.seeds > 1 else self.history)
+
+
+class TensorBoard:
+    """Every metric of every evaluation as a TensorBoard scalar (per seed and their mean)."""
+
+    def __init__(self, run_dir: pathlib.Path, x: str):
+        from tensorboardX import SummaryWriter
+
+        self.writer, self.x = SummaryWriter(logdir=str(run_dir / TENSORBOARD)), x
+
+    def __call__(self, record: dict, state) -> None:
+        for name, value in record.items():
+            if isinstance(value, list):
+                self.writer.add_scalar(f"{name}/mean", _mean(value), global_step=record[self.x])
+                for i, v in enumerate(value):
+                    self.writer.add_scalar(f"{name}/seed_{i}", v, global_step=record[self.x])
+            else:
+                self.writer.add_scalar(name, value, global_step=record[self.x])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class ProgressBar:
+    """A tqdm bar over updates with the latest return, gradient norm and env steps per second."""
+
+    def __init__(self, total: int, done: int, steps: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=done, unit="update", dynamic_ncols=True, file=sys.stdout)
+        self.last = {"time": time.perf_counter(), "steps": steps}
+
+    def __call__(self, record: dict, state) -> None:
+        now = time.perf_counter()
+        rate = (record["env_steps"] - self.last["steps"]) / max(now - self.last["time"], 1e-9)
+        self.last.update(time=now, steps=record["env_steps"])
+        grad = _mean(record.get("grad_norm", float("nan")))
+        self.bar.set_postfix(ret=f"{_mean(record['eval_return']):.1f}", grad=f"{grad:.3g}", steps_per_s=f"{rate:.0f}")
+        self.bar.update(record["updates"] - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _resume_point(run_dir: pathlib.Path, trainer, seeds: int, from_checkpoint: int | None):
+    """(state, history) of the run in ``run_dir``: its newest verified checkpoint, or
+    ``from_checkpoint``, setting the newer ones aside."""
+    config = trainer.config
+    init = jax.jit(jax.vmap(trainer.init)) if seeds > 1 else jax.jit(trainer.init)
+    keys = jax.random.split(jax.random.key(config.seed), seeds) if seeds > 1 else jax.random.key(config.seed)
+    resume = load_checkpoint(run_dir, init(keys), step=from_checkpoint)
+    done = resume[1][-1]["updates"] if resume[1] else 0
+    if done > config.num_updates:
+        raise RunDirError(f"--num-updates {config.num_updates} is fewer than the {done} updates {run_dir} has done")
+    if from_checkpoint is not None:
+        for moved in set_aside_newer(run_dir, done):
+            print(f"set aside the newer checkpoint {moved.name} in {moved.parent}")
+    print(f"resuming {run_dir} at update {done} of {config.num_updates}")
+    return resume
+
+
+def fit(config, *, run_dir: pathlib.Path | None = None, seeds: int = 1, resume: bool = False,
+        from_checkpoint: int | None = None, callbacks=(), progress: bool = True, dynamics=None):  # fmt: skip
+    """Trains ``config`` (``seeds`` > 1: that many seeds in one vmapped program): the one way to
+    train, under ``mbpo train`` and the experiments.
+
+    Args:
+      config: a trainer config (:func:`mbpo.agents.registry.make_trainer`).
+      run_dir: with a directory, :func:`claim` it (a new run refuses one holding another run's
+        files; ``resume=True`` continues the run in it), hold its lock for the whole run, write
+        config.json, after every evaluation a verified checkpoint, metrics.csv and TensorBoard,
+        and at the end the learning curve. Without one nothing is written.
+      seeds: seeds trained side by side (keys split from ``config.seed``).
+      resume: continue the run in ``run_dir`` from its newest verified checkpoint
+        (``from_checkpoint``: that older one, setting the newer ones aside).
+      callbacks: ``callback(record, state)`` after every evaluation, after the checkpoint.
+      progress: a progress bar on stdout (with ``run_dir``).
+      dynamics: a :class:`mbpo.dynamics.base.Dynamics` instead of the registered task.
+
+    Returns:
+      (state, history); with seeds > 1 the history's metrics are per-seed lists.
+
+    Raises:
+      RunDirError: a directory or checkpoint that cannot be used (nothing was overwritten).
+      mbpo.agents.loop.Diverged: every update of a chunk was skipped, or the return is not finite.
+    """
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if (resume or from_checkpoint is not None) and run_dir is None:
+        raise ValueError("resume and from_checkpoint need the run_dir to resume")
+    if from_checkpoint is not None and not resume:
+        raise ValueError("from_checkpoint needs resume=True")
+    trainer = registry.make_trainer(config, dynamics)
+    if run_dir is None:
+        return _train(trainer, seeds, list(callbacks), None)
+    run_dir = pathlib.Path(run_dir)
+    with claim(run_dir, resume=resume):
+        start = _resume_point(run_dir, trainer, seeds, from_checkpoint) if resume else None
+        save_config(run_dir, config, seeds)
+        history = list(start[1]) if start else []
+        x = x_axis(config)
+        writers = [Checkpoints(run_dir, history, seeds), TensorBoard(run_dir, x)]
+        if progress:
+            writers.append(ProgressBar(config.num_updates, history[-1]["updates"] if history else 0, history[-1]["env_steps"] if history else 0))
+        try:
+            state, history = _train(trainer, seeds, [*writers, *callbacks], start)
+        finally:
+            for writer in writers:
+                getattr(writer, "close", lambda: None)()
+        rows = seed_rows(history) if seeds > 1 else history
+        title = f"{config.label} on {config.env}" + (f", {seeds} seeds" if seeds > 1 else "")
+        plot_learning_curve(run_dir, rows, title, x=x)
+        return state, history
+
+
+def _train(trainer, seeds: int, callbacks: list, start):
+    from mbpo.agents import loop
+
+    def callback(record, state):
+        for c in callbacks:
+            c(record, state)
+
+    if seeds > 1:
+        state, result = loop.train_seeds(trainer, seeds, callback=callback, resume=start, stop_on_divergence=True)
+        return state, result["history"]
+    return loop.train(trainer, callback=callback, resume=start)

@@ -10,8 +10,8 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 PRNGKey: TypeAlias = PRNGKeyArray
 Scalar: TypeAlias = Float[Array, ""]
-Observation: TypeAlias = Float[Array, "obs"]
-Action: TypeAlias = Float[Array, "act"]
+Observation: TypeAlias = Float[Array, " obs"]
+Action: TypeAlias = Float[Array, " act"]
 Noise: TypeAlias = Float[Array, "..."]
 Done: TypeAlias = Float[Array, ""]
 Step: TypeAlias = Int[Array, ""]

@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent(
     single, _ = run_updates(trainer, jax.device_put(ts, jax.devices()[0]), 3)
     sharded, _ = run_updates(trainer, shard_train_state(ts, make_mesh()), 3)
     assert len(sharded.env_states.obs.sharding.device_set) == 4
-    for a, b in zip(jax.tree.leaves((single.policy_params, single.critic_params)), jax.tree.leaves((sharded.policy_params, sharded.critic_params))):
+    for a, b in zip(jax.tree.leaves((single.policy.params, single.critic.params)), jax.tree.leaves((sharded.policy.params, sharded.critic.params))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     final, history = train(config)  # train() shards by itself over every device
     assert len(final.env_states.obs.sharding.device_set) == 4 and len(history) == 2

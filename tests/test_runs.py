@@ -291,12 +291,12 @@ def test_batch_methods_are_plotted_and_logged_against_updates(tmp_path, monkeypa
 
     from mbpo.agents.off_policy import OffPolicyConfig
 
-    assert [cli.x_axis(OffPolicyConfig(algo=a)) for a in ("nfqca", "fqi", "fqi_amortized", "sac", "td3")] == ["updates"] * 3 + ["env_steps"] * 2
+    assert [runner.x_axis(OffPolicyConfig(algo=a)) for a in ("nfqca", "fqi", "fqi_amortized", "sac", "td3")] == ["updates"] * 3 + ["env_steps"] * 2
     rows = [{"updates": u, "env_steps": 8000, "eval_return": -500.0 + u} for u in (10, 20, 30)]
     saved = []
     real = Figure.savefig
     monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (saved.append(self), real(self, *a, **k))[1])
-    runner.plot_learning_curve(tmp_path, rows, "nfqca", x=cli.x_axis(OffPolicyConfig(algo="nfqca")))
+    runner.plot_learning_curve(tmp_path, rows, "nfqca", x=runner.x_axis(OffPolicyConfig(algo="nfqca")))
     axes = saved[0].axes[0]
     assert axes.get_xlabel() == "updates" and list(axes.lines[0].get_xdata()) == [10, 20, 30]
 

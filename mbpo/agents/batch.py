@@ -127,7 +127,7 @@ def make_trainer(config, dynamics: Dynamics, agent, actor: BatchActor, state_cla
         return state_class(
             learner=agent.init(k_learner, dynamics.observation_size),
             buffer=replay.insert(replay.init(example), data),
-            window=window.init((obs, jnp.zeros(act_size, obs.dtype))),
+            optimized=window.init((obs, jnp.zeros(act_size, obs.dtype))),
             env_states=env_states,
             exploration=(),
             key=key,
@@ -141,7 +141,7 @@ def make_trainer(config, dynamics: Dynamics, agent, actor: BatchActor, state_cla
         key, k_opt, k_critic, k_actor = jax.random.split(ts.key, 4)
         data = ts.buffer.data
         size = config.num_basepoints
-        a_star, in_opt, win = actor.optimize(agent, ts.learner, data, window, ts.window, k_opt)
+        a_star, in_opt, win = actor.optimize(agent, ts.learner, data, window, ts.optimized, k_opt)
 
         def critic_fit(learner, k):
             k_idx, _, k_max = jax.random.split(k, 3)
@@ -164,7 +164,7 @@ def make_trainer(config, dynamics: Dynamics, agent, actor: BatchActor, state_cla
             steps=learner.steps + config.gradient_steps,
         )
         metrics = {k: v.mean() for k, v in {**metrics, **actor_metrics}.items()}
-        ts = ts.replace(learner=learner, window=win, key=key, updates=ts.updates + 1)
+        ts = ts.replace(learner=learner, optimized=win, key=key, updates=ts.updates + 1)
         return ts, {**metrics, "skipped_updates": learner.critic.skipped}
 
     def act(ts):

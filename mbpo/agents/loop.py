@@ -1,7 +1,7 @@
 """The one training loop of mbpo: chunks of jitted updates, evaluation, seeds vmapped.
 
 Every trainer (:mod:`mbpo.agents.unroll_trainer` for BPO/SVG(n)/DPMB, :mod:`mbpo.agents.off_policy`
-for NFQCA/FQI/DDPG/TD3/SAC, :mod:`mbpo.agents.mbpo_loop` for model-based policy optimization) is
+for NFQCA/FQI/DDPG/TD3/SAC, :mod:`mbpo.agents.model_based` for model-based policy optimization) is
 a :class:`Trainer`: pure ``init(key) -> state``, ``update(state) -> (state, metrics)`` and
 ``evaluate(state, key) -> return``. This module runs any of them: ``eval_every`` updates in one
 compiled ``lax.scan``, then an evaluation, with checkpoint callbacks and resumption.

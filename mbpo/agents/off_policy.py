@@ -180,7 +180,7 @@ class OffPolicyState(struct.PyTreeNode):
     Attributes:
       learner: parameters, targets and optimizer states.
       buffer: the replay buffer (online) or the fixed basepoints (batch methods).
-      window: fqi_amortized's last K iterations of (s', a*) pairs; a one-slot buffer otherwise.
+      optimized: fqi_amortized's last K iterations of (s', a*) pairs; a one-slot buffer otherwise.
       env_states: the batch of environments (online).
       exploration: the exploration's per-environment state (DDPG's OU noise; () otherwise).
       key, updates (iterations done), env_steps (collected transitions).
@@ -188,7 +188,7 @@ class OffPolicyState(struct.PyTreeNode):
 
     learner: Learner
     buffer: RingBufferState
-    window: RingBufferState
+    optimized: RingBufferState
     env_states: State
     exploration: PyTree
     key: PRNGKey
@@ -499,7 +499,7 @@ def _make_trainer(config: OffPolicyConfig, dynamics: Dynamics) -> Trainer:
     exploration = spec.exploration(config)
     random_policy = uniform_policy(dynamics)
     replay = ring_buffer(config.buffer_capacity)
-    window = ring_buffer(1)
+    optimized = ring_buffer(1)
 
     def init(key: PRNGKey) -> OffPolicyState:
         k_learner, k_env, _, key = jax.random.split(key, 4)
@@ -508,7 +508,7 @@ def _make_trainer(config: OffPolicyConfig, dynamics: Dynamics) -> Trainer:
         return OffPolicyState(
             learner=agent.init(k_learner, dynamics.observation_size),
             buffer=replay.init(_example_transition(env_states.obs[0], act_size)),
-            window=window.init((env_states.obs[0], jnp.zeros(act_size, dtype))),
+            optimized=optimized.init((env_states.obs[0], jnp.zeros(act_size, dtype))),
             env_states=env_states,
             exploration=exploration.init(config.num_envs, act_size, dtype),
             key=key,

@@ -9,7 +9,7 @@ One trainer, configured by the estimator (:mod:`mbpo.estimators`):
   of a twin critic (min over the pair, target network) trained on the window's transitions with
   TD(lambda) targets, as SHAC (Xu et al. 2022) with a q critic.
 
-``update`` is one jitted pure function ``TrainState -> (TrainState, metrics)``; ``jax.vmap`` of
+``update`` is one jitted pure function ``UnrollState -> (UnrollState, metrics)``; ``jax.vmap`` of
 ``init``/``update`` over keys trains several seeds in one program.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +30,9 @@ from mbpo.agents import loop
 from mbpo.agents.common import NormalizerState, evaluate, normalize, normalizer_init, normalizer_update, reset_finished
 from mbpo.agents.loop import Trainer, first_to_reach
 from mbpo.cli import option
-from mbpo.critics import QCritic, polyak, q_step, window_targets
+from mbpo.critics import QCritic, q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
-from mbpo.optim import gradient_step, guarded
+from mbpo.optim import TrainState, guarded
 from mbpo.policies import POLICIES
 from mbpo.types import Params, PRNGKey
 from mbpo.unroll import RolloutNoise, rollout
@@ -86,9 +87,9 @@ class UnrollTrainerConfig:
         for name in ("num_envs", "episode_length", "num_updates", "critic_epochs", "critic_minibatches", "eval_every", "eval_envs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_envs * self.window % self.critic_minibatches:
+        if self.num_envs * self.steps_per_update % self.critic_minibatches:
             raise ValueError(
-                f"critic_minibatches={self.critic_minibatches} must divide num_envs * window = {self.num_envs * self.window}"
+                f"critic_minibatches={self.critic_minibatches} must divide num_envs * window = {self.num_envs * self.steps_per_update}"
             )
         if not 0 < self.gamma <= 1 or not 0 <= self.td_lambda <= 1 or not 0 < self.tau <= 1:
             raise ValueError(f"need 0 < gamma <= 1, 0 <= td_lambda <= 1, 0 < tau <= 1; got {self.gamma}, {self.td_lambda}, {self.tau}")
@@ -112,7 +113,7 @@ class UnrollTrainerConfig:
                 f"{self.estimator} needs the transition density log p(s'|s,a), which env {self.env!r} does not have; "
                 f"tasks with one: {', '.join(with_log_prob)}"
             )
-        loop.check_counters(self.num_updates * self.num_envs * self.window, self.num_updates)
+        loop.check_counters(self.num_updates * self.num_envs * self.steps_per_update, self.num_updates)
 
     @property
     def policy_kind(self) -> str:
@@ -125,20 +126,24 @@ class UnrollTrainerConfig:
         return f"{self.estimator}-{self.horizon}"
 
     @property
-    def window(self) -> int:
+    def steps_per_update(self) -> int:
         """Environment steps per update and environment: n, one for n = 0 (the critic's data), the
         episode for ``horizon=None``."""
         return self.episode_length if self.horizon is None else max(self.horizon, 1)
 
 
-class TrainState(struct.PyTreeNode):
-    """Everything an update reads and writes; a pytree, so seeds vmap over it."""
+class UnrollState(struct.PyTreeNode):
+    """Everything an update reads and writes; a pytree, so seeds vmap over it.
 
-    policy_params: Params
-    policy_opt: optax.OptState
-    critic_params: Params
-    target_critic_params: Params
-    critic_opt: optax.OptState
+    Attributes:
+      policy: the policy's parameters and optimizer state (:class:`mbpo.optim.TrainState`).
+      critic: the twin q critic, its optimizer state and its Polyak target.
+      normalizer: the running observation statistics.
+      env_states, key, updates, env_steps.
+    """
+
+    policy: TrainState
+    critic: TrainState
     normalizer: NormalizerState
     env_states: State
     key: PRNGKey
@@ -162,159 +167,152 @@ def make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics | None = None) 
     return loop.build_trainer(_make_trainer, config, dynamics)
 
 
-def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
-    estimator = estimators.make(config.estimator, config.horizon)
-    policy_kind = config.policy_kind
-    policy = POLICIES[policy_kind].for_dynamics(
-        dynamics, hidden=config.hidden, **({} if policy_kind == "deterministic" else {"init_std": config.init_std})
-    )
-    estimator.check_policy(policy_kind == "deterministic")
-    critic = QCritic(dynamics.observation_size, dynamics.action_size, num_q=2, hidden=config.hidden)
-    actor_opt = _optimizer(config, config.actor_lr)
-    critic_opt = _optimizer(config, config.critic_lr)
-    bootstrap = estimator.bootstrap
-    window = config.window
-    n = window if config.horizon is None else config.horizon
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Unroll:
+    """The static parts of one configuration and its pure functions: the estimator's surrogate
+    on fresh windows of the current environments, then the critic on the window's data."""
 
-    def policy_fn(params, normalizer):
-        return lambda obs, eps: policy.sample(params, normalize(normalizer, obs, config.normalize_observations), eps)
+    config: UnrollTrainerConfig
+    dynamics: Dynamics
+    estimator: estimators.Estimator
+    policy: Any
+    critic: QCritic
+    actor_opt: optax.GradientTransformation
+    critic_opt: optax.GradientTransformation
 
-    def init(key: PRNGKey) -> TrainState:
+    @property
+    def n(self) -> int:
+        """Model steps of the surrogate (the whole window for ``horizon=None``)."""
+        return self.config.steps_per_update if self.config.horizon is None else self.config.horizon
+
+    def policy_fn(self, params: Params, normalizer: NormalizerState):
+        c = self.config
+        return lambda obs, eps: self.policy.sample(params, normalize(normalizer, obs, c.normalize_observations), eps)
+
+    def act(self, ts: UnrollState):
+        return self.policy_fn(ts.policy.params, ts.normalizer)
+
+    def init(self, key: PRNGKey) -> UnrollState:
         k_pi, k_q, k_env, key = jax.random.split(key, 4)
-        policy_params = policy.init(k_pi)
-        critic_params = critic.init(k_q)
-        env_states = jax.vmap(dynamics.reset)(jax.random.split(k_env, config.num_envs))
-        return TrainState(
-            policy_params=policy_params,
-            policy_opt=actor_opt.init(policy_params),
-            critic_params=critic_params,
-            target_critic_params=critic_params,
-            critic_opt=critic_opt.init(critic_params),
-            normalizer=normalizer_init(dynamics.observation_size),
-            env_states=env_states,
+        return UnrollState(
+            policy=TrainState.create(self.policy.init(k_pi), self.actor_opt),
+            critic=TrainState.create(self.critic.init(k_q), self.critic_opt, target=True),
+            normalizer=normalizer_init(self.dynamics.observation_size),
+            env_states=jax.vmap(self.dynamics.reset)(jax.random.split(k_env, self.config.num_envs)),
             key=key,
             updates=jnp.zeros((), jnp.int32),
             env_steps=jnp.zeros((), jnp.int32),
         )
 
-    def q_target(ts: TrainState):
-        return lambda obs, a: critic.min_q(ts.target_critic_params, obs, a)
+    def q_target(self, ts: UnrollState):
+        return lambda obs, a: self.critic.min_q(ts.critic.target, obs, a)
 
-    def actor_step(ts: TrainState, noise: RolloutNoise):
+    def actor_step(self, ts: UnrollState, noise: RolloutNoise):
         def objective(w):
-            return estimators.surrogate(
-                estimator,
-                dynamics,
-                policy_fn(w, ts.normalizer),
-                jax.lax.stop_gradient(ts.env_states),
-                noise,
-                gamma=config.gamma,
-                q=q_target(ts) if bootstrap else None,
-            )
+            q = self.q_target(ts) if self.estimator.bootstrap else None
+            states = jax.lax.stop_gradient(ts.env_states)
+            return estimators.surrogate(self.estimator, self.dynamics, self.policy_fn(w, ts.normalizer), states, noise, gamma=self.config.gamma, q=q)
 
-        step = gradient_step(objective, ts.policy_params, ts.policy_opt, actor_opt, maximize=True, has_aux=True)
-        return step.params, step.opt_state, step.value, step.aux, step.grad_norm
+        return ts.policy.step(objective, maximize=True, has_aux=True)
 
-    def data_window(ts: TrainState, result, noise: RolloutNoise):
+    def data_window(self, ts: UnrollState, result, noise: RolloutNoise):
         """The window's transitions (batch, time) and the action after its last state."""
-        if n > 0:
+        if self.n > 0:
             return jax.lax.stop_gradient((result.trajectory, result.final_state, result.final_action))
         # SVG(0): the objective used no model step; collect one step of data for the critic.
-        pol = policy_fn(ts.policy_params, ts.normalizer)
+        dynamics = self.dynamics
+        pol = self.act(ts)
         eps = noise.eps  # (B, 1, ...): a_0 for the critic data and a_1 for its bootstrap
-        xi = jax.vmap(lambda k: dynamics.sample_noise(k)[None])(jax.random.split(jax.random.fold_in(ts.key, 7), config.num_envs))
-        final, traj = jax.vmap(lambda s, e, x: rollout(dynamics, pol, s, RolloutNoise(e, x), dynamics_gradient="stop"))(
-            ts.env_states, eps, xi
-        )
+        keys = jax.random.split(jax.random.fold_in(ts.key, 7), self.config.num_envs)
+        xi = jax.vmap(lambda k: dynamics.sample_noise(k)[None])(keys)
+        final, traj = jax.vmap(lambda s, e, x: rollout(dynamics, pol, s, RolloutNoise(e, x), dynamics_gradient="stop"))(ts.env_states, eps, xi)
         final_action = jax.vmap(pol)(final.obs, eps[:, 0])
         return jax.lax.stop_gradient((traj, final, final_action))
 
-    def critic_step(ts: TrainState, traj, final_action, key):
-        targets = window_targets(q_target(ts), traj, final_action, config.gamma, config.td_lambda)
+    def critic_step(self, ts: UnrollState, traj, final_action, key) -> tuple[UnrollState, jax.Array]:
+        """``critic_epochs`` epochs of ``critic_minibatches`` TD(lambda) steps on the window, then
+        the Polyak update of the target."""
+        c = self.config
+        targets = window_targets(self.q_target(ts), traj, final_action, c.gamma, c.td_lambda)
         obs = traj.obs.reshape(-1, traj.obs.shape[-1])
         act = traj.action.reshape(-1, traj.action.shape[-1])
         y = targets.reshape(-1)
-        size = y.shape[0] // config.critic_minibatches
+        size = y.shape[0] // c.critic_minibatches
 
         def epoch(carry, k):
             def minibatch(carry, idx):
-                params, opt_state, loss = q_step(critic, critic_opt, *carry, obs[idx], act[idx], y[idx])
+                params, opt_state, loss = q_step(self.critic, self.critic_opt, *carry, obs[idx], act[idx], y[idx])
                 return (params, opt_state), loss
 
-            perm = jax.random.permutation(k, y.shape[0]).reshape(config.critic_minibatches, size)
+            perm = jax.random.permutation(k, y.shape[0]).reshape(c.critic_minibatches, size)
             return jax.lax.scan(minibatch, carry, perm)
 
-        (params, opt_state), losses = jax.lax.scan(
-            epoch, (ts.critic_params, ts.critic_opt), jax.random.split(key, config.critic_epochs)
-        )
-        return params, opt_state, losses.mean()
+        critic = ts.critic
+        (params, opt_state), losses = jax.lax.scan(epoch, (critic.params, critic.opt_state), jax.random.split(key, c.critic_epochs))
+        return critic.replace(params=params, opt_state=opt_state).track(c.tau), losses.mean()
 
-    def update(ts: TrainState) -> tuple[TrainState, dict]:
+    def update(self, ts: UnrollState) -> tuple[UnrollState, dict]:
+        c = self.config
         key, k_noise, k_critic, k_reset = jax.random.split(ts.key, 4)
-        noise = estimators.draw_noise(estimator, dynamics, k_noise, policy.eps_shape, n, config.num_envs)
-        policy_params, policy_opt, value, result, grad_norm = actor_step(ts, noise)
-        traj, final_state, final_action = data_window(ts, result, noise)
-        if bootstrap:
-            critic_params, critic_opt_state, critic_loss = critic_step(ts, traj, final_action, k_critic)
-            target = polyak(ts.target_critic_params, critic_params, config.tau)
+        noise = estimators.draw_noise(self.estimator, self.dynamics, k_noise, self.policy.eps_shape, self.n, c.num_envs)
+        policy, step = self.actor_step(ts, noise)
+        traj, final_state, final_action = self.data_window(ts, step.aux, noise)
+        if self.estimator.bootstrap:
+            critic, critic_loss = self.critic_step(ts, traj, final_action, k_critic)
         else:
-            critic_params, critic_opt_state, target = ts.critic_params, ts.critic_opt, ts.target_critic_params
-            critic_loss = jnp.zeros(())
-        new = TrainState(
-            policy_params=policy_params,
-            policy_opt=policy_opt,
-            critic_params=critic_params,
-            target_critic_params=target,
-            critic_opt=critic_opt_state,
+            critic, critic_loss = ts.critic, jnp.zeros(())
+        new = UnrollState(
+            policy=policy,
+            critic=critic,
             normalizer=normalizer_update(ts.normalizer, traj.obs),
-            env_states=reset_finished(dynamics, final_state, k_reset, config.episode_length),
+            env_states=reset_finished(self.dynamics, final_state, k_reset, c.episode_length),
             key=key,
             updates=ts.updates + 1,
-            env_steps=ts.env_steps + config.num_envs * window,
+            env_steps=ts.env_steps + c.num_envs * c.steps_per_update,
         )
         metrics = {
-            "objective": value,
-            "grad_norm": grad_norm,
+            "objective": step.value,
+            "grad_norm": step.grad_norm,
             "reward_per_step": traj.reward.mean(),
             "critic_loss": critic_loss,
-            "skipped_updates": policy_opt.total_notfinite,
+            "skipped_updates": policy.skipped,
         }
         return new, metrics
 
-    def evaluate_fn(ts: TrainState, key: PRNGKey) -> jax.Array:
-        return evaluate(
-            dynamics,
-            policy_fn(ts.policy_params, ts.normalizer),
-            key,
-            num_envs=config.eval_envs,
-            episode_length=config.episode_length,
-            eps_shape=policy.eps_shape,
-        )
+    def evaluate(self, ts: UnrollState, key: PRNGKey) -> jax.Array:
+        c = self.config
+        return evaluate(self.dynamics, self.act(ts), key, num_envs=c.eval_envs, episode_length=c.episode_length, eps_shape=self.policy.eps_shape)
 
-    return Trainer(
+
+def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
+    estimator = estimators.make(config.estimator, config.horizon)
+    kind = config.policy_kind
+    policy = POLICIES[kind].for_dynamics(dynamics, hidden=config.hidden, **({} if kind == "deterministic" else {"init_std": config.init_std}))
+    estimator.check_policy(kind == "deterministic")
+    u = _Unroll(
         config=config,
         dynamics=dynamics,
+        estimator=estimator,
         policy=policy,
-        critic=critic,
-        act=lambda ts: policy_fn(ts.policy_params, ts.normalizer),
-        init=init,
-        update=update,
-        evaluate=evaluate_fn,
+        critic=QCritic(dynamics.observation_size, dynamics.action_size, num_q=2, hidden=config.hidden),
+        actor_opt=_optimizer(config, config.actor_lr),
+        critic_opt=_optimizer(config, config.critic_lr),
     )
+    return Trainer(config=config, dynamics=dynamics, policy=policy, critic=u.critic, act=u.act, init=u.init, update=u.update, evaluate=u.evaluate)
 
 
 def train(
     config: UnrollTrainerConfig,
     *,
     dynamics: Dynamics | None = None,
-    callback: Callable[[dict, TrainState], None] | None = None,
-    resume: tuple[TrainState, list[dict]] | None = None,
-) -> tuple[TrainState, list[dict]]:
+    callback: Callable[[dict, UnrollState], None] | None = None,
+    resume: tuple[UnrollState, list[dict]] | None = None,
+) -> tuple[UnrollState, list[dict]]:
     """:func:`mbpo.agents.loop.train` of ``make_trainer(config, dynamics)``."""
     return loop.train(make_trainer(config, dynamics), callback=callback, resume=resume)
 
 
-def train_seeds(config: UnrollTrainerConfig, num_seeds: int, *, dynamics: Dynamics | None = None) -> tuple[TrainState, dict]:
+def train_seeds(config: UnrollTrainerConfig, num_seeds: int, *, dynamics: Dynamics | None = None) -> tuple[UnrollState, dict]:
     """:func:`mbpo.agents.loop.train_seeds` of ``make_trainer(config, dynamics)``."""
     return loop.train_seeds(make_trainer(config, dynamics), num_seeds)
 

@@ -117,6 +117,24 @@ def from_ode(
       ValueError: if the vector field's output shape differs from the state's (checked with
         ``jax.eval_shape``, before anything is compiled).
     """
+    x0 = _check_vector_field(vector_field, reset, action_size, params)
+    integrate = solver.integrate
+    common = dict(
+        reward=lambda x, u, x_next, p: reward(x, u, x_next), reset=reset, action_size=action_size, params=params,
+        action_low=action_low, action_high=action_high, observation=observation, done=done, name=name,
+        transition_name="vector_field",
+    )  # fmt: skip
+    if noise_std is None:
+        return make_function_dynamics(transition=lambda x, u, xi, p: integrate(vector_field, x, u, p), noise_shape=(0,), **common)
+    transition, infer_noise, log_prob = _additive_gaussian(integrate, vector_field, noise_std, x0.shape)
+    return make_function_dynamics(
+        transition=transition, noise_shape=tuple(x0.shape), log_prob=log_prob, infer_noise=infer_noise, **common
+    )
+
+
+def _check_vector_field(vector_field: VectorField, reset, action_size: int, params) -> jax.ShapeDtypeStruct:
+    """The state's shape and dtype from ``reset``; a vector field whose output has another shape
+    is refused (``jax.eval_shape``: nothing is compiled)."""
     x0 = jax.eval_shape(reset, jax.random.key(0))
     u0 = jax.ShapeDtypeStruct((int(action_size),), x0.dtype)
     dx = jax.eval_shape(vector_field, jax.ShapeDtypeStruct((), x0.dtype), x0, u0, params)
@@ -125,23 +143,12 @@ def from_ode(
             f"vector_field(t, x, u, params) returned shape {getattr(dx, 'shape', dx)}, but the state "
             f"x from reset has shape {x0.shape}: dx/dt must have the shape of x"
         )
-    integrate = solver.integrate
-    if noise_std is None:
-        return make_function_dynamics(
-            transition=lambda x, u, xi, p: integrate(vector_field, x, u, p),
-            reward=lambda x, u, x_next, p: reward(x, u, x_next),
-            reset=reset,
-            action_size=action_size,
-            params=params,
-            noise_shape=(0,),
-            action_low=action_low,
-            action_high=action_high,
-            observation=observation,
-            done=done,
-            name=name,
-            transition_name="vector_field",
-        )
-    std = np.broadcast_to(np.asarray(noise_std, float), x0.shape)
+    return x0
+
+
+def _additive_gaussian(integrate, vector_field: VectorField, noise_std, shape: tuple[int, ...]):
+    """(transition, infer_noise, log_prob) of x' = Phi_dt(x, u) + noise_std xi, xi ~ N(0, I)."""
+    std = np.broadcast_to(np.asarray(noise_std, float), shape)
     if not np.all(std > 0):
         raise ValueError(f"noise_std must be > 0 (or None for deterministic dynamics), got {noise_std!r}")
     std = tuple(std.tolist())
@@ -157,19 +164,4 @@ def from_ode(
         z = infer_noise(x, u, x_next, p)
         return jnp.sum(-0.5 * z**2 - jnp.log(jnp.asarray(std, x.dtype)) - 0.5 * jnp.log(2 * jnp.pi))
 
-    return make_function_dynamics(
-        transition=transition,
-        reward=lambda x, u, x_next, p: reward(x, u, x_next),
-        reset=reset,
-        action_size=action_size,
-        params=params,
-        noise_shape=tuple(x0.shape),
-        action_low=action_low,
-        action_high=action_high,
-        observation=observation,
-        done=done,
-        log_prob=log_prob,
-        infer_noise=infer_noise,
-        name=name,
-        transition_name="vector_field",
-    )
+    return transition, infer_noise, log_prob

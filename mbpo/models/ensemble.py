@@ -369,6 +369,19 @@ def _check_params(ensemble: GaussianEnsemble, params: EnsembleParams, key: PRNGK
         raise ValueError(f"params do not fit this ensemble: leaf shapes {got}, expected {want}")
 
 
+def _split(key_split: PRNGKey, key_boot: PRNGKey, n: int, num_holdout: int, members: int, bootstrap: bool):
+    """(holdout rows, training rows, each member's training sample: a bootstrap resample of the
+    training rows, or all of them)."""
+    num_train = n - num_holdout
+    order = jax.random.permutation(key_split, n)
+    hold, train = order[:num_holdout], order[num_holdout:]
+    if bootstrap:
+        sample = jax.random.randint(key_boot, (members, num_train), 0, num_train)
+    else:
+        sample = jnp.broadcast_to(jnp.arange(num_train), (members, num_train))
+    return hold, train, train[sample]
+
+
 @jax.jit(static_argnums=(0, 1, 2))
 def _fit(
     ensemble: GaussianEnsemble,
@@ -386,14 +399,8 @@ def _fit(
     # The remainder of each shuffled sample is dropped; it is another one every epoch.
     num_batches = num_train // batch_size
     key_split, key_boot, key_init, key_loop = jax.random.split(key, 4)
-    order = jax.random.permutation(key_split, n)
-    hold, train = order[:num_holdout], order[num_holdout:]
+    hold, train, sample = _split(key_split, key_boot, n, num_holdout, k, config.bootstrap)
     normalizer = fit_normalizer(jnp.concatenate([obs[train], action[train]], axis=1))
-    if config.bootstrap:
-        sample = jax.random.randint(key_boot, (k, num_train), 0, num_train)
-    else:
-        sample = jnp.broadcast_to(jnp.arange(num_train), (k, num_train))
-    sample = train[sample]
     if params is None:
         params = ensemble.init(key_init).params
     optimizer = optax.adam(config.learning_rate)

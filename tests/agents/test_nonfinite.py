@@ -57,7 +57,7 @@ def test_nan_objective_with_a_finite_gradient_is_skipped_and_counted():
     new, metrics = jax.jit(trainer.update)(ts)
     assert not np.isfinite(float(metrics["objective"])) and np.isfinite(float(metrics["grad_norm"]))
     assert int(metrics["skipped_updates"]) == 1
-    for before, after in zip(jax.tree.leaves(ts.policy_params), jax.tree.leaves(new.policy_params)):
+    for before, after in zip(jax.tree.leaves(ts.policy.params), jax.tree.leaves(new.policy.params)):
         np.testing.assert_array_equal(before, after)
 
 

@@ -231,16 +231,16 @@ def test_batch_iteration_freezes_then_copies_targets_and_keeps_the_basepoints():
     jax.tree.map(np.testing.assert_array_equal, new.learner.critic.target, new.learner.critic.params)
     jax.tree.map(np.testing.assert_array_equal, new.learner.policy.target, new.learner.policy.params)
     jax.tree.map(np.testing.assert_array_equal, new.buffer.data, ts.buffer.data)
-    assert int(new.window.size) == 16 and float(metrics["q_change"]) > 0
+    assert int(new.optimized.size) == 16 and float(metrics["q_change"]) > 0
     # The window's a* are maximizers of q(s', .; theta_n): no grid action is better.
-    obs, a_star = new.window.data[0][:16], new.window.data[1][:16]
+    obs, a_star = new.optimized.data[0][:16], new.optimized.data[1][:16]
     q = lambda s, a: trainer.critic.min_q(ts.learner.critic.target, s, a)  # noqa: E731
     grid = jnp.linspace(-2, 2, 401)[:, None]
     grid_best = jax.vmap(lambda s: jnp.max(jax.vmap(lambda a: q(s, a))(grid)))(obs)
     assert float(jnp.max(grid_best - jax.vmap(q)(obs, a_star))) < 1e-2
     # The window keeps K = 2 iterations: the third iteration's pairs overwrite the first's.
     newer, _ = update(update(new)[0])
-    assert int(newer.window.size) == 32 and int(newer.window.position) == 16
+    assert int(newer.optimized.size) == 32 and int(newer.optimized.position) == 16
 
 
 def _random_policy_return(dynamics, episode_length, episodes=32):

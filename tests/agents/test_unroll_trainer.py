@@ -30,7 +30,7 @@ def test_jitted_update_does_not_retrace_on_second_call(estimator, horizon):
     ts, metrics = step(ts)
     ts, metrics = step(ts)
     assert len(traces) == 1
-    assert int(ts.updates) == 2 and int(ts.env_steps) == 2 * SMALL.num_envs * trainer.config.window
+    assert int(ts.updates) == 2 and int(ts.env_steps) == 2 * SMALL.num_envs * trainer.config.steps_per_update
     assert np.isfinite(float(metrics["objective"]))
 
 
@@ -40,7 +40,7 @@ def test_vmapped_seeds_equal_separate_runs():
     trainer = make_trainer(config)
     for i, key in enumerate(jax.random.split(jax.random.key(config.seed), 3)):
         ts, _ = run_updates(trainer, jax.jit(trainer.init)(key), 3)
-        for a, b in zip(jax.tree.leaves(ts.policy_params), jax.tree.leaves(jax.tree.map(lambda x: x[i], states.policy_params))):
+        for a, b in zip(jax.tree.leaves(ts.policy.params), jax.tree.leaves(jax.tree.map(lambda x: x[i], states.policy.params))):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
 
 
@@ -50,7 +50,7 @@ def test_nonfinite_gradient_is_skipped_and_counted():
     poisoned = ts.replace(env_states=ts.env_states.replace(obs=ts.env_states.obs.at[0, 0].set(jnp.nan), x=ts.env_states.x.at[0, 0].set(jnp.nan)))
     new, metrics = jax.jit(trainer.update)(poisoned)
     assert int(metrics["skipped_updates"]) == 1
-    for before, after in zip(jax.tree.leaves(ts.policy_params), jax.tree.leaves(new.policy_params)):
+    for before, after in zip(jax.tree.leaves(ts.policy.params), jax.tree.leaves(new.policy.params)):
         np.testing.assert_array_equal(before, after)
 
 

@@ -10,7 +10,7 @@ import envs
 from envs import lqr as lqr_task
 from mbpo.agents import loop
 from mbpo.agents.common import evaluate
-from mbpo.agents.mbpo_loop import ModelBasedConfig, make_trainer
+from mbpo.agents.model_based import ModelBasedConfig, make_trainer
 
 TINY = dict(members=3, elites=2, model_hidden=(16,), hidden=(16,), batch_size=16, model_batch=16, model_steps=2, policy_steps=2,
             critic_steps=2, eval_envs=4, episode_length=20, warmup_steps=8, model_rollouts=8, rollout_max=3, rollout_from=0, rollout_to=2)  # fmt: skip

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from experiments import learning_curves as lc
-from mbpo.agents.mbpo_loop import ModelBasedConfig
+from mbpo.agents.model_based import ModelBasedConfig
 from mbpo.agents.off_policy import OffPolicyConfig
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig
 
@@ -79,7 +79,7 @@ def test_recorded_five_seed_results_learn_on_every_seed():
     import csv
     import pathlib
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "results" / "learning_curves_cpu_5seeds" / "curves.csv"
+    path = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "results" / "learning_curves_cpu_5seeds" / "curves.csv"
     rows = [r for r in csv.DictReader(path.open()) if r["task"] == "pendulum"]
     needed = {"sac": 4, "td3": 4, "ddpg": 4, "svg-4": 4, "mbpo-svg-3": 4, "mbpo-sac": 3}
     for algorithm, seeds_needed in needed.items():

@@ -13,7 +13,7 @@ import pytest
 
 from experiments import gradient_estimators
 
-REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+REPOSITORY = pathlib.Path(__file__).resolve().parents[2]
 TOLERANCE_SE = 4.0
 BATCH = 1000
 TRIALS = 200
