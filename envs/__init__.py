@@ -69,7 +69,9 @@ def check(name: str) -> None:
     if ":" in name:
         _import_factory(name)
         return
-    raise ValueError(f"unknown env {name!r}; known envs: {', '.join(names())} (or your own as module:function)")
+    raise ValueError(
+        f"unknown env {name!r}; known envs: {', '.join(names())} (or your own as module:function)"
+    )
 
 
 def names() -> tuple[str, ...]:
@@ -78,11 +80,11 @@ def names() -> tuple[str, ...]:
 
 
 def is_brax(name: str) -> bool:
-    """Whether ``name`` is a Brax task (slow to compile: 20-40 s for a 10-step gradient on a CPU)."""
+    """Whether ``name`` is a Brax task (slow to compile: 20-40 s for a 10-step gradient on CPU)."""
     return name in brax_tasks.TASKS
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def has_log_prob(name: str) -> bool:
     """Whether the registered task ``name`` (default settings) has a transition density
     ``log_prob`` (what DPMB-SF needs). Brax tasks are deterministic and have none; the others are
@@ -98,5 +100,8 @@ def make(name: str, **kwargs) -> Dynamics:
     factory = _REGISTRY[name] if name in _REGISTRY else _import_factory(name)
     dynamics = factory(**kwargs)
     if not isinstance(dynamics, Dynamics):
-        raise TypeError(f"env {name!r}: its factory returned a {type(dynamics).__name__}, not an mbpo.dynamics.Dynamics")
+        raise TypeError(
+            f"env {name!r}: its factory returned a {type(dynamics).__name__}, not an "
+            "mbpo.dynamics.Dynamics"
+        )
     return dynamics

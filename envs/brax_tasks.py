@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from mbpo.dynamics import BraxDynamics, from_brax
 
-TASKS = ("inverted_pendulum", "inverted_double_pendulum", "reacher", "halfcheetah", "hopper", "walker2d", "ant")
+TASKS = (
+    "inverted_pendulum",
+    "inverted_double_pendulum",
+    "reacher",
+    "halfcheetah",
+    "hopper",
+    "walker2d",
+    "ant",
+)
 
 
 def make(name: str, *, backend: str = "generalized", **env_kwargs) -> BraxDynamics:

@@ -21,14 +21,22 @@ def vector_field(t, x, u, params):
     polemass_length = params["m_pole"] * params["l"]
     sin, cos = jnp.sin(theta), jnp.cos(theta)
     temp = (force + polemass_length * omega**2 * sin) / total_mass
-    alpha = (params["g"] * sin - cos * temp) / (params["l"] * (4.0 / 3.0 - params["m_pole"] * cos**2 / total_mass))
+    alpha = (params["g"] * sin - cos * temp) / (
+        params["l"] * (4.0 / 3.0 - params["m_pole"] * cos**2 / total_mass)
+    )
     acc = temp - polemass_length * alpha * cos / total_mass
     return jnp.stack([vel, acc, omega, alpha])
 
 
 def reward(x, u, x_next):
     pos, vel, theta, omega = x[0], x[1], x[2], x[3]
-    return -(2 * (1 - jnp.cos(theta)) + 0.1 * pos**2 + 0.01 * vel**2 + 0.01 * omega**2 + 0.01 * jnp.sum(u**2))
+    return -(
+        2 * (1 - jnp.cos(theta))
+        + 0.1 * pos**2
+        + 0.01 * vel**2
+        + 0.01 * omega**2
+        + 0.01 * jnp.sum(u**2)
+    )
 
 
 def observation(x):

@@ -71,7 +71,9 @@ def log_prob(s, a, s_next, params):
 
 
 def observation(s):
-    return jnp.concatenate([s[:2], jax.nn.one_hot(s[2].astype(jnp.int32), NUM_MODES, dtype=s.dtype)])
+    return jnp.concatenate(
+        [s[:2], jax.nn.one_hot(s[2].astype(jnp.int32), NUM_MODES, dtype=s.dtype)]
+    )
 
 
 def reset(key):

@@ -3,7 +3,8 @@
     s_{t+1} = A s_t + B a_t + W xi_t,    xi_t ~ N(0, I),    s_0 ~ N(0, S0 S0^T),
     r(s, a) = -(s^T Q s + a^T R a).
 
-For a linear policy a = -K s + sigma eps (eps ~ N(0, I)), write M = A - B K and N = W W^T + sigma^2 B B^T.
+For a linear policy a = -K s + sigma eps (eps ~ N(0, I)), write M = A - B K and N = W W^T + sigma^2
+B B^T.
 The value is V_K(s) = -s^T P_K s - c_K with
 
     P_K = Q + K^T R K + gamma M^T P_K M,    c_K = (sigma^2 tr R + gamma tr(P_K N)) / (1 - gamma),
@@ -15,8 +16,10 @@ with discounting and noise)
     Sigma_K = sum_t gamma^t E[s_t s_t^T] = Sigma_0 + gamma M Sigma_K M^T + gamma N / (1 - gamma).
 
 The optimal gain solves the discounted Riccati equation
-P = Q + gamma A^T P A - gamma^2 A^T P B (R + gamma B^T P B)^{-1} B^T P A,  K* = gamma (R + gamma B^T P B)^{-1} B^T P A.
-Finite horizons n use Sigma_{t+1} = M Sigma_t M^T + N and J_n(K) = -sum_{t<n} gamma^t (tr((Q + K^T R K) Sigma_t) + sigma^2 tr R).
+P = Q + gamma A^T P A - gamma^2 A^T P B (R + gamma B^T P B)^{-1} B^T P A,  K* = gamma (R + gamma B^T
+P B)^{-1} B^T P A.
+Finite horizons n use Sigma_{t+1} = M Sigma_t M^T + N and J_n(K) = -sum_{t<n} gamma^t (tr((Q + K^T R
+K) Sigma_t) + sigma^2 tr R).
 """
 
 from __future__ import annotations
@@ -82,7 +85,11 @@ class LQR(Dynamics):
         diff = x_next - self.mean_next(x, action)
         chol = jnp.linalg.cholesky(cov)
         z = jax.scipy.linalg.solve_triangular(chol, diff, lower=True)
-        return -0.5 * z @ z - jnp.sum(jnp.log(jnp.diag(chol))) - 0.5 * diff.shape[0] * jnp.log(2 * jnp.pi)
+        return (
+            -0.5 * z @ z
+            - jnp.sum(jnp.log(jnp.diag(chol)))
+            - 0.5 * diff.shape[0] * jnp.log(2 * jnp.pi)
+        )
 
 
 def make(
@@ -98,7 +105,9 @@ def make(
     A, B, Q, R = (jnp.asarray(m, dtype=float) for m in (A, B, Q, R))
     n, m = B.shape
     if A.shape != (n, n) or Q.shape != (n, n) or R.shape != (m, m):
-        raise ValueError(f"inconsistent LQR shapes: A {A.shape}, B {B.shape}, Q {Q.shape}, R {R.shape}")
+        raise ValueError(
+            f"inconsistent LQR shapes: A {A.shape}, B {B.shape}, Q {Q.shape}, R {R.shape}"
+        )
     if noise_std <= 0 or init_std <= 0:
         raise ValueError(f"noise_std and init_std must be > 0, got {noise_std}, {init_std}")
     eye = jnp.eye(n)
@@ -125,7 +134,9 @@ def value_matrix(lqr: LQR, K, gamma: float) -> Array:
 def value_offset(lqr: LQR, K, gamma: float, policy_std=0.0) -> Array:
     """c_K, the state-independent part of -V_K."""
     P = value_matrix(lqr, K, gamma)
-    return (policy_std**2 * jnp.trace(lqr.R) + gamma * jnp.trace(P @ _noise_cov(lqr, policy_std))) / (1 - gamma)
+    return (
+        policy_std**2 * jnp.trace(lqr.R) + gamma * jnp.trace(P @ _noise_cov(lqr, policy_std))
+    ) / (1 - gamma)
 
 
 def value(lqr: LQR, K, gamma: float, s, policy_std=0.0) -> Array:
@@ -137,7 +148,11 @@ def q_value(lqr: LQR, K, gamma: float, s, a, policy_std=0.0) -> Array:
     """Q_K(s, a) = r(s, a) + gamma E[V_K(A s + B a + W xi)], the exact critic of the policy K."""
     P = value_matrix(lqr, K, gamma)
     mean = lqr.mean_next(s, a)
-    expected_v = -(mean @ P @ mean) - jnp.trace(P @ lqr.W @ lqr.W.T) - value_offset(lqr, K, gamma, policy_std)
+    expected_v = (
+        -(mean @ P @ mean)
+        - jnp.trace(P @ lqr.W @ lqr.W.T)
+        - value_offset(lqr, K, gamma, policy_std)
+    )
     return lqr.stage_reward(s, a) + gamma * expected_v
 
 
@@ -145,7 +160,10 @@ def expected_return(lqr: LQR, K, gamma: float, horizon: int | None = None, polic
     """E[sum_{t<horizon} gamma^t r_t] for a = -K s + policy_std eps; horizon None is infinite."""
     Sigma0 = lqr.S0 @ lqr.S0.T
     if horizon is None:
-        return -(jnp.trace(value_matrix(lqr, K, gamma) @ Sigma0) + value_offset(lqr, K, gamma, policy_std))
+        return -(
+            jnp.trace(value_matrix(lqr, K, gamma) @ Sigma0)
+            + value_offset(lqr, K, gamma, policy_std)
+        )
     M = lqr.A - lqr.B @ K
     N = _noise_cov(lqr, policy_std)
     cost = lqr.Q + K.T @ lqr.R @ K
@@ -163,13 +181,15 @@ def return_gradient(lqr: LQR, K, gamma: float, policy_std=0.0) -> Array:
     P = value_matrix(lqr, K, gamma)
     M = lqr.A - lqr.B @ K
     Sigma0 = lqr.S0 @ lqr.S0.T
-    Sigma_K = _solve_discounted_lyapunov(M, Sigma0 + gamma * _noise_cov(lqr, policy_std) / (1 - gamma), gamma)
+    Sigma_K = _solve_discounted_lyapunov(
+        M, Sigma0 + gamma * _noise_cov(lqr, policy_std) / (1 - gamma), gamma
+    )
     E = (lqr.R + gamma * lqr.B.T @ P @ lqr.B) @ K - gamma * lqr.B.T @ P @ lqr.A
     return -2 * E @ Sigma_K
 
 
 def riccati(lqr: LQR, gamma: float, iterations: int = 5000) -> tuple[Array, Array]:
-    """(K*, P*): the optimal gain and value matrix of the discounted problem, by Riccati iteration."""
+    """(K*, P*): the optimal gain and value matrix of the discounted problem (Riccati iteration)."""
     A, B, Q, R = lqr.A, lqr.B, lqr.Q, lqr.R
 
     def gain(P):

@@ -5,7 +5,8 @@
 with the torque u saturated at ``max_torque`` and, as Gym's ``max_speed``, no acceleration that
 would take |omega| past ``max_speed`` (8 rad/s; None: unbounded). Without the limit a policy
 that keeps pushing spins the pendulum ever faster and its cost grows without bound (episode returns
-below -8000; with the limit no 200-step episode scores below about -2100), which made TD3 diverge. The
+below -8000; with the limit no 200-step episode scores below about -2100), which made TD3 diverge.
+The
 reward is the smooth version of Gym's cost,
 r = -(2 (1 - cos theta) + 0.1 omega^2 + 0.001 u^2) (2 (1 - cos theta) ~ theta^2 near upright),
 so it is differentiable everywhere. Observation: (cos theta, sin theta, omega).
@@ -22,7 +23,10 @@ from mbpo.dynamics import FunctionDynamics, ODESolver, from_ode
 def vector_field(t, x, u, params):
     theta, omega = x[0], x[1]
     torque = jnp.clip(u[0], -params["max_torque"], params["max_torque"])
-    domega = 3 * params["g"] / (2 * params["l"]) * jnp.sin(theta) + 3.0 / (params["m"] * params["l"] ** 2) * torque
+    domega = (
+        3 * params["g"] / (2 * params["l"]) * jnp.sin(theta)
+        + 3.0 / (params["m"] * params["l"] ** 2) * torque
+    )
     outward = (jnp.abs(omega) >= params["max_speed"]) & (domega * omega > 0)  # Gym's speed limit
     return jnp.stack([omega, jnp.where(outward, jnp.zeros_like(domega), domega)])
 
@@ -37,7 +41,12 @@ def observation(x):
 
 def reset(key):
     k1, k2 = jax.random.split(key)
-    return jnp.stack([jax.random.uniform(k1, minval=-jnp.pi, maxval=jnp.pi), jax.random.uniform(k2, minval=-1.0, maxval=1.0)])
+    return jnp.stack(
+        [
+            jax.random.uniform(k1, minval=-jnp.pi, maxval=jnp.pi),
+            jax.random.uniform(k2, minval=-1.0, maxval=1.0),
+        ]
+    )
 
 
 def make(
@@ -58,7 +67,13 @@ def make(
         reward,
         reset,
         action_size=1,
-        params={"g": g, "m": m, "l": l, "max_torque": max_torque, "max_speed": float("inf") if max_speed is None else max_speed},
+        params={
+            "g": g,
+            "m": m,
+            "l": l,
+            "max_torque": max_torque,
+            "max_speed": float("inf") if max_speed is None else max_speed,
+        },
         solver=solver if solver is not None else ODESolver(dt=dt, substeps=substeps),
         noise_std=noise_std,
         action_low=-max_torque,

@@ -123,7 +123,8 @@ class Preset:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if not isinstance(self.episode_length, int) or self.episode_length <= self.horizon:
             raise ValueError(
-                f"episode_length must be an int > horizon = {self.horizon}, got {self.episode_length!r}"
+                f"episode_length must be an int > horizon = {self.horizon}, got "
+                f"{self.episode_length!r}"
             )
         unknown = [task for task in self.tasks if task not in TASKS]
         if not self.tasks or unknown:
@@ -299,7 +300,8 @@ def format_table(report: dict) -> str:
         f"command: {report['command']}",
         "open-loop mean prediction (moment-matched elites, xi = 0) on the true actions;",
         f"RMSE after 1 and {h} steps, raw and normalized (per-dimension RMSE / test std, RMS over",
-        "dimensions); const = the normalized RMSE of predicting s_t; alive = windows before the true",
+        "dimensions); const = the normalized RMSE of predicting s_t; alive = windows before the "
+        "true",
         "episode terminates, and the model's normalized RMSE on them; xi^2 = mean squared inferred",
         "noise of the one-step test transitions (1 = calibrated sigma)",
         "",

@@ -209,7 +209,7 @@ def worker_settings(preset: Preset, seed: int, cache: str | None) -> ApgSettings
 
 
 def worker_command(preset: Preset, apg_python: str, seed: int, cache: str | None) -> list[str]:
-    """The ``apg_worker`` command line for ``preset`` and ``seed`` (run from the repository root)."""
+    """The ``apg_worker`` command line for ``preset`` and ``seed`` (run from the repository root)"""
     return _baselines.command_line(apg_python, WORKER_MODULE, worker_settings(preset, seed, cache))
 
 

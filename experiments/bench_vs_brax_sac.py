@@ -70,7 +70,8 @@ includes the warmup, compiles), per seed; the table gives the mean +- std over s
 that of each seed's fastest chunk (on a shared machine, the chunk least slowed by others). Compile
 time is reported apart: the lowering and XLA compile time of every program of seed 0 (training
 and evaluation; tracing is not in it, see ``experiments._baselines.COMPILE_PHASES``), and the
-wall time of the warmup and first training chunk, which includes everything. Our seeds share one compiled program; each brax seed is a new
+wall time of the warmup and first training chunk, which includes everything. Our seeds share one
+compiled program; each brax seed is a new
 process, sharing compiled programs through jax's persistent cache in a temporary folder. The two
 sides never run at once: seeds alternate (ours 0, brax 0, ours 1, ...), so that load from other
 processes that drifts during the run falls on both alike.
@@ -289,7 +290,7 @@ def worker_settings(preset: Preset, seed: int, cache: str | None) -> SacSettings
 
 
 def worker_command(preset: Preset, brax_python: str, seed: int, cache: str | None) -> list[str]:
-    """The ``sac_worker`` command line for ``preset`` and ``seed`` (run from the repository root)."""
+    """The ``sac_worker`` command line for ``preset`` and ``seed`` (run from the repository root)"""
     return _baselines.command_line(brax_python, WORKER_MODULE, worker_settings(preset, seed, cache))
 
 

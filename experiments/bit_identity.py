@@ -26,25 +26,143 @@ from mbpo.agents.unroll_trainer import UnrollTrainerConfig
 
 SMALL = {"num_updates": 6, "eval_every": 3, "eval_envs": 4, "hidden": (16,)}
 CONFIGS = {
-    "svg": UnrollTrainerConfig(env="lqr", estimator="svg", horizon=4, num_envs=8, episode_length=20, critic_epochs=2, critic_minibatches=2, **SMALL),
-    "bpo": UnrollTrainerConfig(env="lqr", estimator="bpo", horizon=4, num_envs=8, episode_length=20, **SMALL),
-    "sac": OffPolicyConfig(algo="sac", env="pendulum", num_envs=4, episode_length=20, gradient_steps=2, batch_size=16, warmup_steps=8, **SMALL),
-    "td3": OffPolicyConfig(algo="td3", env="pendulum", num_envs=4, episode_length=20, gradient_steps=3, batch_size=16, warmup_steps=8, **SMALL),
-    "ddpg": OffPolicyConfig(algo="ddpg", env="pendulum", num_envs=4, episode_length=20, gradient_steps=2, batch_size=16, warmup_steps=8, **SMALL),
-    "sac-v": OffPolicyConfig(algo="sac", value_network=True, env="pendulum", num_envs=4, episode_length=20, gradient_steps=2, batch_size=16,
-                             warmup_steps=8, **SMALL),
-    "nfqca": OffPolicyConfig(algo="nfqca", env="pendulum", num_basepoints=64, basepoint_segment=8, gradient_steps=2, batch_size=16, **SMALL),
-    "fqi": OffPolicyConfig(algo="fqi", env="pendulum", num_basepoints=64, basepoint_segment=8, gradient_steps=2, batch_size=16,
-                           maximize_steps=3, maximize_restarts=2, **SMALL),
-    "fqi_amortized": OffPolicyConfig(algo="fqi_amortized", env="pendulum", num_basepoints=64, basepoint_segment=8, gradient_steps=2,
-                                     batch_size=16, maximize_steps=3, maximize_restarts=2, num_optimized=8, window=2, **SMALL),
-    "mbpo": ModelBasedConfig(env="pendulum", horizon=2, num_envs=2, episode_length=20, members=2, elites=1, model_hidden=(16,),
-                             model_steps=2, policy_steps=2, critic_steps=2, batch_size=8, warmup_steps=4, **SMALL),
-    "mbpo-sac": ModelBasedConfig(policy_update="sac", model_rollouts=8, rollout_max=2, env="pendulum", horizon=2, num_envs=2, episode_length=20, members=2, elites=1, model_hidden=(16,),
-                             model_steps=2, policy_steps=2, critic_steps=2, batch_size=8, warmup_steps=4, **SMALL),
-    "mbpo-svg_er": ModelBasedConfig(policy_update="svg_er", env="pendulum", horizon=2, num_envs=2, episode_length=20, members=2, elites=1, model_hidden=(16,),
-                             model_steps=2, policy_steps=2, critic_steps=2, batch_size=8, warmup_steps=4, **SMALL),
-}  # fmt: skip
+    "svg": UnrollTrainerConfig(
+        env="lqr",
+        estimator="svg",
+        horizon=4,
+        num_envs=8,
+        episode_length=20,
+        critic_epochs=2,
+        critic_minibatches=2,
+        **SMALL,
+    ),
+    "bpo": UnrollTrainerConfig(
+        env="lqr", estimator="bpo", horizon=4, num_envs=8, episode_length=20, **SMALL
+    ),
+    "sac": OffPolicyConfig(
+        algo="sac",
+        env="pendulum",
+        num_envs=4,
+        episode_length=20,
+        gradient_steps=2,
+        batch_size=16,
+        warmup_steps=8,
+        **SMALL,
+    ),
+    "td3": OffPolicyConfig(
+        algo="td3",
+        env="pendulum",
+        num_envs=4,
+        episode_length=20,
+        gradient_steps=3,
+        batch_size=16,
+        warmup_steps=8,
+        **SMALL,
+    ),
+    "ddpg": OffPolicyConfig(
+        algo="ddpg",
+        env="pendulum",
+        num_envs=4,
+        episode_length=20,
+        gradient_steps=2,
+        batch_size=16,
+        warmup_steps=8,
+        **SMALL,
+    ),
+    "sac-v": OffPolicyConfig(
+        algo="sac",
+        value_network=True,
+        env="pendulum",
+        num_envs=4,
+        episode_length=20,
+        gradient_steps=2,
+        batch_size=16,
+        warmup_steps=8,
+        **SMALL,
+    ),
+    "nfqca": OffPolicyConfig(
+        algo="nfqca",
+        env="pendulum",
+        num_basepoints=64,
+        basepoint_segment=8,
+        gradient_steps=2,
+        batch_size=16,
+        **SMALL,
+    ),
+    "fqi": OffPolicyConfig(
+        algo="fqi",
+        env="pendulum",
+        num_basepoints=64,
+        basepoint_segment=8,
+        gradient_steps=2,
+        batch_size=16,
+        maximize_steps=3,
+        maximize_restarts=2,
+        **SMALL,
+    ),
+    "fqi_amortized": OffPolicyConfig(
+        algo="fqi_amortized",
+        env="pendulum",
+        num_basepoints=64,
+        basepoint_segment=8,
+        gradient_steps=2,
+        batch_size=16,
+        maximize_steps=3,
+        maximize_restarts=2,
+        num_optimized=8,
+        window=2,
+        **SMALL,
+    ),
+    "mbpo": ModelBasedConfig(
+        env="pendulum",
+        horizon=2,
+        num_envs=2,
+        episode_length=20,
+        members=2,
+        elites=1,
+        model_hidden=(16,),
+        model_steps=2,
+        policy_steps=2,
+        critic_steps=2,
+        batch_size=8,
+        warmup_steps=4,
+        **SMALL,
+    ),
+    "mbpo-sac": ModelBasedConfig(
+        policy_update="sac",
+        model_rollouts=8,
+        rollout_max=2,
+        env="pendulum",
+        horizon=2,
+        num_envs=2,
+        episode_length=20,
+        members=2,
+        elites=1,
+        model_hidden=(16,),
+        model_steps=2,
+        policy_steps=2,
+        critic_steps=2,
+        batch_size=8,
+        warmup_steps=4,
+        **SMALL,
+    ),
+    "mbpo-svg_er": ModelBasedConfig(
+        policy_update="svg_er",
+        env="pendulum",
+        horizon=2,
+        num_envs=2,
+        episode_length=20,
+        members=2,
+        elites=1,
+        model_hidden=(16,),
+        model_steps=2,
+        policy_steps=2,
+        critic_steps=2,
+        batch_size=8,
+        warmup_steps=4,
+        **SMALL,
+    ),
+}
 
 
 def metrics_digest(history: list[dict]) -> str:
@@ -60,8 +178,16 @@ def metrics_digest(history: list[dict]) -> str:
 def state_digest(state) -> str:
     """SHA-256 of the sorted per-leaf hashes of ``state`` (keys as key data): independent of how
     the state's pytree is arranged, so a regrouped state with the same arrays hashes the same."""
-    raw = jax.tree.map(lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x, state)
-    leaves = sorted(hashlib.sha256(np.asarray(x).tobytes() + str(np.asarray(x).dtype).encode()).hexdigest() for x in jax.tree.leaves(raw))
+    raw = jax.tree.map(
+        lambda x: (
+            jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+        ),
+        state,
+    )
+    leaves = sorted(
+        hashlib.sha256(np.asarray(x).tobytes() + str(np.asarray(x).dtype).encode()).hexdigest()
+        for x in jax.tree.leaves(raw)
+    )
     return hashlib.sha256("".join(leaves).encode()).hexdigest()
 
 
@@ -74,7 +200,11 @@ def main(argv: list[str] | None = None) -> None:
         config = CONFIGS[name]
         state, history = loop.train(make_trainer(config))
         returns = [round(r["eval_return"], 4) for r in history]
-        print(f"{name:13s} metrics {metrics_digest(history)[:16]} state {state_digest(state)[:16]} eval returns {returns}", flush=True)
+        print(
+            f"{name:13s} metrics {metrics_digest(history)[:16]} state {state_digest(state)[:16]} "
+            f"eval returns {returns}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Unroll horizons compared: SVG(n) for n in {0, 1, 2, 4, ..., full} on lqr, pendulum and a Brax task.
+"""Unroll horizons compared: SVG(n) for n in {0, 1, 2, 4, ..., full} on lqr, pendulum and a Brax
+task.
 
 For each task and horizon n this measures, side by side in one run:
 
@@ -36,10 +37,10 @@ import envs
 from envs import lqr as lqr_lib
 from mbpo import estimators
 from mbpo.agents.loop import run_updates
-from mbpo.runner import RunDirError, check_writable
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, train_seeds
 from mbpo.files import csv_text, run_header, write_atomically, write_json, write_text
 from mbpo.policies import GaussianPolicy
+from mbpo.runner import RunDirError, check_writable
 
 FULL = None  # the "full" horizon: the whole episode, no critic
 
@@ -144,7 +145,9 @@ def gradient_statistics(samples: np.ndarray, true: np.ndarray | None = None) -> 
     return out
 
 
-def _gradient_samples(dynamics, policy_fn, params, q, states, n, episode, seeds, batch, eps_shape, gamma, key):
+def _gradient_samples(
+    dynamics, policy_fn, params, q, states, n, episode, seeds, batch, eps_shape, gamma, key
+):
     """(seeds, P) batch-mean SVG(n) gradients with start states drawn from ``states``."""
     estimator = estimators.svg(n)
     steps = estimator.num_steps(episode)
@@ -155,7 +158,15 @@ def _gradient_samples(dynamics, policy_fn, params, q, states, n, episode, seeds,
         start = jax.tree.map(lambda x: x[idx], states)
         noise = estimators.draw_noise(estimator, dynamics, k_noise, eps_shape, steps, batch)
         grad = jax.grad(
-            lambda w: estimators.surrogate(estimator, dynamics, policy_fn(w), start, noise, gamma=gamma, q=q if estimator.bootstrap else None)[0]
+            lambda w: estimators.surrogate(
+                estimator,
+                dynamics,
+                policy_fn(w),
+                start,
+                noise,
+                gamma=gamma,
+                q=q if estimator.bootstrap else None,
+            )[0]
         )(params)
         return ravel_pytree(grad)[0]
 
@@ -169,60 +180,123 @@ def lqr_gradients(preset: Preset, key) -> list[dict]:
     K = jnp.array([[1.0, 1.5]])
     stale = K + jnp.array([[0.3, -0.4]])
     policy = GaussianPolicy(2, 1, (-math.inf,), (math.inf,), hidden=(), use_bias=False)
-    params = {"net": {"params": {"Dense_0": {"kernel": -K.T}}}, "log_std": jnp.log(jnp.array([sigma]))}
-    q = lambda obs, a: lqr_lib.q_value(task, stale, gamma, obs, a, sigma)  # noqa: E731
+    params = {
+        "net": {"params": {"Dense_0": {"kernel": -K.T}}},
+        "log_std": jnp.log(jnp.array([sigma])),
+    }
+    q = lambda obs, a: lqr_lib.q_value(task, stale, gamma, obs, a, sigma)
     dK = lqr_lib.return_gradient(task, K, gamma, sigma)
     # d J / d kernel = -(d J / d K)^T; the log-std gradient comes from autodiff of the closed form.
-    dlog_std = jax.grad(lambda ls: lqr_lib.expected_return(task, K, gamma, policy_std=jnp.exp(ls)))(jnp.log(sigma))
-    true = np.asarray(ravel_pytree({"net": {"params": {"Dense_0": {"kernel": -dK.T}}}, "log_std": jnp.atleast_1d(dlog_std)})[0])
+    dlog_std = jax.grad(lambda ls: lqr_lib.expected_return(task, K, gamma, policy_std=jnp.exp(ls)))(
+        jnp.log(sigma)
+    )
+    true = np.asarray(
+        ravel_pytree(
+            {"net": {"params": {"Dense_0": {"kernel": -dK.T}}}, "log_std": jnp.atleast_1d(dlog_std)}
+        )[0]
+    )
     states = jax.vmap(task.reset)(jax.random.split(key, 4096))
     rows = []
     for n in preset.horizons:
         samples = _gradient_samples(
-            task, lambda w: (lambda o, e: policy.sample(w, o, e)), params, q, states, n, preset.lqr_episode,
-            preset.gradient_seeds, preset.gradient_batch, policy.eps_shape, gamma, jax.random.fold_in(key, 1_000 if n is None else n),
+            task,
+            lambda w: lambda o, e: policy.sample(w, o, e),
+            params,
+            q,
+            states,
+            n,
+            preset.lqr_episode,
+            preset.gradient_seeds,
+            preset.gradient_batch,
+            policy.eps_shape,
+            gamma,
+            jax.random.fold_in(key, 1_000 if n is None else n),
         )
         rows.append({"env": "lqr", "n": label(n), **gradient_statistics(samples, true)})
         print(_format_row(rows[-1]), flush=True)
     return rows
 
 
-def trained_gradients(env: str, preset: Preset, horizons, episode: int, key, **env_kwargs) -> list[dict]:
+def trained_gradients(
+    env: str, preset: Preset, horizons, episode: int, key, **env_kwargs
+) -> list[dict]:
     """SVG(n) gradient statistics at the policy and critic of a short SVG(16) run on ``env``."""
-    config = UnrollTrainerConfig(env=env, estimator="svg", horizon=16, gamma=0.95, num_envs=preset.num_envs, episode_length=episode)
+    config = UnrollTrainerConfig(
+        env=env,
+        estimator="svg",
+        horizon=16,
+        gamma=0.95,
+        num_envs=preset.num_envs,
+        episode_length=episode,
+    )
     trainer = make_trainer(config, envs.make(env, **env_kwargs))
     ts = jax.jit(trainer.init)(key)
     if preset.pretrain_updates:
         ts, _ = run_updates(trainer, ts, preset.pretrain_updates)
-    q = lambda obs, a: trainer.critic.min_q(ts.critic.target, obs, a)  # noqa: E731
+    q = lambda obs, a: trainer.critic.min_q(ts.critic.target, obs, a)
     rows = []
     for n in horizons:
         samples = _gradient_samples(
-            trainer.dynamics, lambda w: trainer.act(ts.replace(policy=ts.policy.replace(params=w))), ts.policy.params, q, ts.env_states, n, episode,
-            preset.gradient_seeds, preset.gradient_batch, trainer.policy.eps_shape, config.gamma, jax.random.fold_in(key, 1_000 if n is None else n),
+            trainer.dynamics,
+            lambda w: trainer.act(ts.replace(policy=ts.policy.replace(params=w))),
+            ts.policy.params,
+            q,
+            ts.env_states,
+            n,
+            episode,
+            preset.gradient_seeds,
+            preset.gradient_batch,
+            trainer.policy.eps_shape,
+            config.gamma,
+            jax.random.fold_in(key, 1_000 if n is None else n),
         )
         rows.append({"env": env, "n": label(n), **gradient_statistics(samples)})
         print(_format_row(rows[-1]), flush=True)
     return rows
 
 
-def returns_after_budget(env: str, preset: Preset, horizons, episode: int, budget: int, **env_kwargs) -> list[dict]:
+def returns_after_budget(
+    env: str, preset: Preset, horizons, episode: int, budget: int, **env_kwargs
+) -> list[dict]:
     """Evaluation return of SVG(n) trained from scratch for ``budget`` environment steps."""
     rows = []
     for n in horizons:
-        config = UnrollTrainerConfig(env=env, estimator="svg", horizon=n, gamma=0.95, num_envs=preset.num_envs, episode_length=episode)
-        config = dataclasses.replace(config, num_updates=max(1, budget // (config.num_envs * config.steps_per_update)))
+        config = UnrollTrainerConfig(
+            env=env,
+            estimator="svg",
+            horizon=n,
+            gamma=0.95,
+            num_envs=preset.num_envs,
+            episode_length=episode,
+        )
+        config = dataclasses.replace(
+            config, num_updates=max(1, budget // (config.num_envs * config.steps_per_update))
+        )
         _, result = train_seeds(config, preset.return_seeds, dynamics=envs.make(env, **env_kwargs))
         for seed, ret in enumerate(result["eval_return"]):
-            rows.append({"env": env, "n": label(n), "seed": seed, "return": float(ret), "env_steps": result["env_steps"], "wall_time": result["wall_time"]})
+            rows.append(
+                {
+                    "env": env,
+                    "n": label(n),
+                    "seed": seed,
+                    "return": float(ret),
+                    "env_steps": result["env_steps"],
+                    "wall_time": result["wall_time"],
+                }
+            )
         r = np.asarray(result["eval_return"])
-        print(f"{env:>18s}  n = {label(n):>4s}  return {r.mean():9.2f} +- {r.std():7.2f}  ({result['env_steps']} env steps, {result['wall_time']:.0f} s)", flush=True)
+        print(
+            f"{env:>18s}  n = {label(n):>4s}  return {r.mean():9.2f} +- {r.std():7.2f}  "
+            f"({result['env_steps']} env steps, {result['wall_time']:.0f} s)",
+            flush=True,
+        )
     return rows
 
 
 def _format_row(row: dict) -> str:
     bias = f"  bias {row['bias']:.4f} +- {row['bias_se']:.4f}" if "bias" in row else ""
-    return f"{row['env']:>18s}  n = {row['n']:>4s}  |E g| {row['norm']:10.4g}  var {row['variance']:10.4g}{bias}"
+    head = f"{row['env']:>18s}  n = {row['n']:>4s}"
+    return f"{head}  |E g| {row['norm']:10.4g}  var {row['variance']:10.4g}{bias}"
 
 
 def plot(gradient_rows: list[dict], return_rows: list[dict]):
@@ -232,14 +306,22 @@ def plot(gradient_rows: list[dict], return_rows: list[dict]):
     axes = figure.subplots(1, 4)
     order = [label(n) for n in ALL_HORIZONS]
     for env in dict.fromkeys(r["env"] for r in gradient_rows):
-        rows = sorted((r for r in gradient_rows if r["env"] == env), key=lambda r: order.index(r["n"]))
+        rows = sorted(
+            (r for r in gradient_rows if r["env"] == env), key=lambda r: order.index(r["n"])
+        )
         x = [order.index(r["n"]) for r in rows]
-        axes[1].semilogy(x, [r["variance"] / max(r["norm"], 1e-12) ** 2 for r in rows], "o-", label=env)
+        axes[1].semilogy(
+            x, [r["variance"] / max(r["norm"], 1e-12) ** 2 for r in rows], "o-", label=env
+        )
         axes[2].semilogy(x, [r["norm"] for r in rows], "o-", label=env)
         exact = [(xi, r) for xi, r in zip(x, rows) if "bias" in r]
         if exact:
             axes[0].errorbar(
-                [xi for xi, _ in exact], [r["bias"] for _, r in exact], yerr=[2 * r["bias_se"] for _, r in exact], fmt="o-", label=env
+                [xi for xi, _ in exact],
+                [r["bias"] for _, r in exact],
+                yerr=[2 * r["bias_se"] for _, r in exact],
+                fmt="o-",
+                label=env,
             )
     for env in dict.fromkeys(r["env"] for r in return_rows):
         rows = [r for r in return_rows if r["env"] == env]
@@ -247,7 +329,12 @@ def plot(gradient_rows: list[dict], return_rows: list[dict]):
         means = [np.mean([r["return"] for r in rows if r["n"] == n]) for n in ns]
         stds = [np.std([r["return"] for r in rows if r["n"] == n]) for n in ns]
         axes[3].errorbar([order.index(n) for n in ns], means, yerr=stds, fmt="o-", label=env)
-    titles = ["lqr: relative bias ||E g - grad J|| / ||grad J||", "relative variance var / |E g|^2", "|E g|", "return after the budget"]
+    titles = [
+        "lqr: relative bias ||E g - grad J|| / ||grad J||",
+        "relative variance var / |E g|^2",
+        "|E g|",
+        "return after the budget",
+    ]
     for ax, title in zip(axes, titles):
         ax.set_xticks(range(len(order)), order)
         ax.set_xlabel("unroll horizon n")
@@ -258,10 +345,19 @@ def plot(gradient_rows: list[dict], return_rows: list[dict]):
     return figure
 
 
-def parse_args(argv=None, prog: str = "python -m experiments.compare_horizons") -> tuple[Preset, argparse.Namespace]:
+def parse_args(
+    argv=None, prog: str = "python -m experiments.compare_horizons"
+) -> tuple[Preset, argparse.Namespace]:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=tuple(PRESETS), default="cpu", help="cpu: minutes on a laptop CPU; gpu: one H100, < 10 minutes")
-    parser.add_argument("--out", type=pathlib.Path, required=True, help="directory for CSV, JSON and PNG")
+    parser.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        default="cpu",
+        help="cpu: minutes on a laptop CPU; gpu: one H100, < 10 minutes",
+    )
+    parser.add_argument(
+        "--out", type=pathlib.Path, required=True, help="directory for CSV, JSON and PNG"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-brax", action="store_true", help="leave out the Brax task")
     args = parser.parse_args(argv)
@@ -279,15 +375,35 @@ def main(argv=None, prog: str = "python -m experiments.compare_horizons") -> Non
     jax.config.update("jax_enable_x64", True)
     gradient_rows = lqr_gradients(preset, jax.random.fold_in(key, 0))
     jax.config.update("jax_enable_x64", False)
-    gradient_rows += trained_gradients(preset.task, preset, preset.horizons, preset.ode_episode, jax.random.fold_in(key, 1))
-    return_rows = returns_after_budget(preset.task, preset, preset.return_horizons, preset.ode_episode, preset.budget)
+    gradient_rows += trained_gradients(
+        preset.task, preset, preset.horizons, preset.ode_episode, jax.random.fold_in(key, 1)
+    )
+    return_rows = returns_after_budget(
+        preset.task, preset, preset.return_horizons, preset.ode_episode, preset.budget
+    )
     if preset.brax_task and not args.skip_brax:
         brax = {"backend": preset.brax_backend}
-        gradient_rows += trained_gradients(preset.brax_task, dataclasses.replace(preset, pretrain_updates=min(preset.pretrain_updates, 20)), preset.brax_horizons, preset.brax_episode, jax.random.fold_in(key, 2), **brax)
+        gradient_rows += trained_gradients(
+            preset.brax_task,
+            dataclasses.replace(preset, pretrain_updates=min(preset.pretrain_updates, 20)),
+            preset.brax_horizons,
+            preset.brax_episode,
+            jax.random.fold_in(key, 2),
+            **brax,
+        )
         if preset.brax_budget:
-            return_rows += returns_after_budget(preset.brax_task, preset, preset.brax_horizons, preset.brax_episode, preset.brax_budget, **brax)
+            return_rows += returns_after_budget(
+                preset.brax_task,
+                preset,
+                preset.brax_horizons,
+                preset.brax_episode,
+                preset.brax_budget,
+                **brax,
+            )
     summary = {
-        **run_header("experiments.compare_horizons", list(argv if argv is not None else sys.argv[1:])),
+        **run_header(
+            "experiments.compare_horizons", list(argv if argv is not None else sys.argv[1:])
+        ),
         "preset": dataclasses.asdict(preset),
         "wall_time": time.perf_counter() - start,
         "gradients": gradient_rows,
@@ -298,7 +414,10 @@ def main(argv=None, prog: str = "python -m experiments.compare_horizons") -> Non
     write_json(args.out / "summary.json", summary)
     figure = plot(gradient_rows, return_rows)
     write_atomically(args.out / "horizons.png", lambda f: figure.savefig(f, format="png", dpi=110))
-    print(f"wrote {args.out}/{{gradients.csv, returns.csv, summary.json, horizons.png}} in {summary['wall_time']:.0f} s")
+    print(
+        f"wrote {args.out}/{{gradients.csv, returns.csv, summary.json, horizons.png}} in "
+        f"{summary['wall_time']:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,8 @@ from jax.scipy.stats import norm
 
 from experiments.bench_unroll import json_path
 from mbpo.dynamics import FunctionDynamics, State
-from mbpo.flows import ConditionalFlow, fit_flow, flow_dynamics
 from mbpo.files import finish_report, run_header
+from mbpo.flows import ConditionalFlow, fit_flow, flow_dynamics
 from mbpo.noise_inference import infer_dynamics_noise
 from mbpo.types import Array, Float, PRNGKey
 
@@ -355,7 +355,8 @@ def format_table(report: dict) -> str:
         + f"preset {report['preset']}, {report['date']}, wall time {report['wall_s']:.1f} s, "
         + f"load average {report['load_average_1min_at_start']:.1f} at the start",
         f"command: {report['command']}",
-        f"{preset['seeds']} seeds x ({preset['n_train']} train, {preset['n_test']} held-out) transitions; "
+        f"{preset['seeds']} seeds x ({preset['n_train']} train, {preset['n_test']} held-out) "
+        "transitions; "
         + f"KS 5% critical value {1.36 / np.sqrt(preset['n_test']):.3f}; mean over seeds [std]",
         "",
         f"{'model':<10}" + "".join(f"{header:>{WIDTH}}" for _, header, _ in COLUMNS),

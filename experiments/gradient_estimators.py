@@ -239,7 +239,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[ExperimentConfig, argpars
         prog="python -m experiments.gradient_estimators",
         description=__doc__.splitlines()[0],
     )
-    parser.add_argument("--preset", choices=tuple(PRESETS), default="cpu", help="sizes; explicit options override them")
+    parser.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        default="cpu",
+        help="sizes; explicit options override them",
+    )
     add_arguments(parser, ExperimentConfig)
     parser.add_argument("--out", type=pathlib.Path, help="JSON file for the summary")
     parser.add_argument("--plot", type=pathlib.Path, help="PNG file for a violin plot")

@@ -69,12 +69,26 @@ class Preset:
 
 MODEL_BASED = {"num_envs": 1, "warmup_steps": 150, "eval_every": 50}
 # TD3 explores with small uncorrelated Gaussian noise, and at gamma = 0.95 (a 1 s horizon at
-# dt = 0.05) it learns the swing-up late and unevenly; it runs at 0.98 as in rl-zoo's pendulum settings.
-ONLINE = {"num_envs": 8, "gradient_steps": 8, "batch_size": 128, "hidden": (64, 64), "warmup_steps": 500}
-BATCH = {"gradient_steps": 100, "batch_size": 128, "hidden": (64, 64), "maximize_steps": 15, "maximize_restarts": 2}
+# dt = 0.05) it learns the swing-up late and unevenly; it runs at 0.98 as in rl-zoo's pendulum
+# settings.
+ONLINE = {
+    "num_envs": 8,
+    "gradient_steps": 8,
+    "batch_size": 128,
+    "hidden": (64, 64),
+    "warmup_steps": 500,
+}
+BATCH = {
+    "gradient_steps": 100,
+    "batch_size": 128,
+    "hidden": (64, 64),
+    "maximize_steps": 15,
+    "maximize_restarts": 2,
+}
 
 PRESETS = {
-    # Pendulum's sac, td3, ddpg, svg-4, mbpo-svg-3 and mbpo-sac at 5 seeds took 16 minutes on a 2-core
+    # Pendulum's sac, td3, ddpg, svg-4, mbpo-svg-3 and mbpo-sac at 5 seeds took 16 minutes on a
+    # 2-core
     # CPU (most of it the model-based loop). Brax compiles take 30-70 s per program here, so the
     # Brax task runs the three online model-free methods and SVG only.
     "cpu": Preset(
@@ -88,15 +102,50 @@ PRESETS = {
                     ("sac", {**ONLINE, "num_updates": 3000, "eval_every": 100}),
                     ("td3", {**ONLINE, "num_updates": 3000, "eval_every": 100, "gamma": 0.98}),
                     ("ddpg", {**ONLINE, "num_updates": 3000, "eval_every": 100}),
-                    ("nfqca", {**BATCH, "num_basepoints": 8000, "num_updates": 60, "eval_every": 10}),
-                    ("fqi_amortized", {**BATCH, "num_basepoints": 8000, "num_updates": 60, "eval_every": 10, "num_optimized": 128}),
+                    (
+                        "nfqca",
+                        {**BATCH, "num_basepoints": 8000, "num_updates": 60, "eval_every": 10},
+                    ),
+                    (
+                        "fqi_amortized",
+                        {
+                            **BATCH,
+                            "num_basepoints": 8000,
+                            "num_updates": 60,
+                            "eval_every": 10,
+                            "num_optimized": 128,
+                        },
+                    ),
                     ("fqi", {**BATCH, "num_basepoints": 8000, "num_updates": 60, "eval_every": 10}),
                     ("svg-4", {"num_envs": 64, "num_updates": 1500, "eval_every": 25}),
                     ("svg-4-small", {"num_envs": 8, "num_updates": 3000, "eval_every": 50}),
-                    ("bpo-16", {"num_envs": 64, "num_updates": 1500, "eval_every": 50, "actor_lr": 1e-3}),
-                    ("mbpo-svg-3", {**MODEL_BASED, "policy_update": "svg", "horizon": 3, "num_updates": 700}),
-                    ("mbpo-svg_er-1", {**MODEL_BASED, "policy_update": "svg_er", "horizon": 1, "num_updates": 1500}),
-                    ("mbpo-sac", {**MODEL_BASED, "policy_update": "sac", "horizon": 1, "num_updates": 1500, "policy_steps": 20}),
+                    (
+                        "bpo-16",
+                        {"num_envs": 64, "num_updates": 1500, "eval_every": 50, "actor_lr": 1e-3},
+                    ),
+                    (
+                        "mbpo-svg-3",
+                        {**MODEL_BASED, "policy_update": "svg", "horizon": 3, "num_updates": 700},
+                    ),
+                    (
+                        "mbpo-svg_er-1",
+                        {
+                            **MODEL_BASED,
+                            "policy_update": "svg_er",
+                            "horizon": 1,
+                            "num_updates": 1500,
+                        },
+                    ),
+                    (
+                        "mbpo-sac",
+                        {
+                            **MODEL_BASED,
+                            "policy_update": "sac",
+                            "horizon": 1,
+                            "num_updates": 1500,
+                            "policy_steps": 20,
+                        },
+                    ),
                 ),
             ),
             Task(
@@ -106,7 +155,10 @@ PRESETS = {
                 algorithms=(
                     ("sac", {**ONLINE, "num_updates": 1000, "eval_every": 100}),
                     ("td3", {**ONLINE, "num_updates": 1000, "eval_every": 100}),
-                    ("svg-4", {"num_envs": 16, "num_updates": 300, "eval_every": 25, "hidden": (64, 64)}),
+                    (
+                        "svg-4",
+                        {"num_envs": 16, "num_updates": 300, "eval_every": 25, "hidden": (64, 64)},
+                    ),
                 ),
             ),
         ),
@@ -123,15 +175,47 @@ PRESETS = {
                     ("sac", {**ONLINE, "num_updates": 4000, "eval_every": 100}),
                     ("td3", {**ONLINE, "num_updates": 4000, "eval_every": 100}),
                     ("ddpg", {**ONLINE, "num_updates": 4000, "eval_every": 100}),
-                    ("nfqca", {**BATCH, "num_basepoints": 16000, "num_updates": 100, "eval_every": 10}),
-                    ("fqi_amortized", {**BATCH, "num_basepoints": 16000, "num_updates": 100, "eval_every": 10}),
-                    ("fqi", {**BATCH, "num_basepoints": 16000, "num_updates": 100, "eval_every": 10}),
+                    (
+                        "nfqca",
+                        {**BATCH, "num_basepoints": 16000, "num_updates": 100, "eval_every": 10},
+                    ),
+                    (
+                        "fqi_amortized",
+                        {**BATCH, "num_basepoints": 16000, "num_updates": 100, "eval_every": 10},
+                    ),
+                    (
+                        "fqi",
+                        {**BATCH, "num_basepoints": 16000, "num_updates": 100, "eval_every": 10},
+                    ),
                     ("svg-4", {"num_envs": 64, "num_updates": 2000, "eval_every": 25}),
                     ("svg-4-small", {"num_envs": 8, "num_updates": 4000, "eval_every": 50}),
-                    ("bpo-16", {"num_envs": 64, "num_updates": 2000, "eval_every": 50, "actor_lr": 1e-3}),
-                    ("mbpo-svg-3", {**MODEL_BASED, "policy_update": "svg", "horizon": 3, "num_updates": 2000}),
-                    ("mbpo-svg_er-1", {**MODEL_BASED, "policy_update": "svg_er", "horizon": 1, "num_updates": 3000}),
-                    ("mbpo-sac", {**MODEL_BASED, "policy_update": "sac", "horizon": 1, "num_updates": 3000, "policy_steps": 20}),
+                    (
+                        "bpo-16",
+                        {"num_envs": 64, "num_updates": 2000, "eval_every": 50, "actor_lr": 1e-3},
+                    ),
+                    (
+                        "mbpo-svg-3",
+                        {**MODEL_BASED, "policy_update": "svg", "horizon": 3, "num_updates": 2000},
+                    ),
+                    (
+                        "mbpo-svg_er-1",
+                        {
+                            **MODEL_BASED,
+                            "policy_update": "svg_er",
+                            "horizon": 1,
+                            "num_updates": 3000,
+                        },
+                    ),
+                    (
+                        "mbpo-sac",
+                        {
+                            **MODEL_BASED,
+                            "policy_update": "sac",
+                            "horizon": 1,
+                            "num_updates": 3000,
+                            "policy_steps": 20,
+                        },
+                    ),
                 ),
             ),
             Task(
@@ -142,8 +226,14 @@ PRESETS = {
                     ("sac", {**ONLINE, "num_updates": 2000, "eval_every": 100}),
                     ("td3", {**ONLINE, "num_updates": 2000, "eval_every": 100}),
                     ("ddpg", {**ONLINE, "num_updates": 2000, "eval_every": 100}),
-                    ("nfqca", {**BATCH, "num_basepoints": 16000, "num_updates": 60, "eval_every": 10}),
-                    ("svg-4", {"num_envs": 64, "num_updates": 600, "eval_every": 25, "hidden": (64, 64)}),
+                    (
+                        "nfqca",
+                        {**BATCH, "num_basepoints": 16000, "num_updates": 60, "eval_every": 10},
+                    ),
+                    (
+                        "svg-4",
+                        {"num_envs": 64, "num_updates": 600, "eval_every": 25, "hidden": (64, 64)},
+                    ),
                 ),
             ),
         ),
@@ -152,9 +242,14 @@ PRESETS = {
 
 
 def make_config(task: Task, name: str, overrides: dict):
-    """The trainer config of algorithm ``name`` (``sac``, ``svg-4``, ``svg-4-small``, ``bpo-16``, ...)."""
+    """The trainer config of algorithm ``name`` (``sac``, ``svg-4``, ``svg-4-small``, ``bpo-16``,
+    ...)."""
     algo, *rest = name.split("-")
-    common = {"env": task.env, "episode_length": task.episode_length, "brax_backend": task.brax_backend}
+    common = {
+        "env": task.env,
+        "episode_length": task.episode_length,
+        "brax_backend": task.brax_backend,
+    }
     cls = registry.config_class(algo)
     if cls is OffPolicyConfig:
         return OffPolicyConfig(algo=algo, **common, **overrides)
@@ -187,35 +282,48 @@ def summarize(rows: list[dict], preset: Preset) -> list[dict]:
                 continue
             hit = first_crossing(runs, task.threshold)
             seeds = sorted({r["seed"] for r in runs})
-            per_seed = [first_crossing([r for r in runs if r["seed"] == seed], task.threshold) for seed in seeds]
+            per_seed = [
+                first_crossing([r for r in runs if r["seed"] == seed], task.threshold)
+                for seed in seeds
+            ]
             reached = [h["env_steps"] for h in per_seed if h is not None]
             last = max((r["env_steps"], r["updates"]) for r in runs)
             final = [r["eval_return"] for r in runs if (r["env_steps"], r["updates"]) == last]
-            table.append({
-                "task": task.env,
-                "algorithm": name,
-                "threshold": task.threshold,
-                "env_steps_to_threshold": hit and hit["env_steps"],
-                "wall_time_to_threshold": hit and round(hit["wall_time"], 1),
-                "sac_steps_over_these": round(sac["env_steps"] / hit["env_steps"], 3) if (sac and hit) else None,
-                "seeds_reaching": f"{len(reached)}/{len(seeds)}",
-                "median_steps_of_seeds_reaching": float(np.median(reached)) if reached else None,
-                "final_return_mean": round(float(np.mean(final)), 1),
-                "final_return_min": round(float(np.min(final)), 1),
-                "env_steps": last[0],
-            })  # fmt: skip
+            table.append(
+                {
+                    "task": task.env,
+                    "algorithm": name,
+                    "threshold": task.threshold,
+                    "env_steps_to_threshold": hit and hit["env_steps"],
+                    "wall_time_to_threshold": hit and round(hit["wall_time"], 1),
+                    "sac_steps_over_these": round(sac["env_steps"] / hit["env_steps"], 3)
+                    if (sac and hit)
+                    else None,
+                    "seeds_reaching": f"{len(reached)}/{len(seeds)}",
+                    "median_steps_of_seeds_reaching": float(np.median(reached))
+                    if reached
+                    else None,
+                    "final_return_mean": round(float(np.mean(final)), 1),
+                    "final_return_min": round(float(np.min(final)), 1),
+                    "env_steps": last[0],
+                }
+            )
     return table
 
 
 def format_table(table: list[dict]) -> str:
     lines = [
-        "| task | algorithm | env steps to threshold (mean over seeds) | wall-clock to it (s) | SAC steps / these | seeds reaching it | their median env steps | final return (mean, min over seeds) | env steps run |",
+        "| task | algorithm | env steps to threshold (mean over seeds) | wall-clock to it (s) | "
+        "SAC steps / these | seeds reaching it | their median env steps | final return (mean, min "
+        "over seeds) | env steps run |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for t in table:
         lines.append(
-            f"| {t['task']} (>= {t['threshold']:g}) | {t['algorithm']} | {t['env_steps_to_threshold'] or 'not reached'} | "
-            f"{t['wall_time_to_threshold'] or '-'} | {t['sac_steps_over_these'] or '-'} | {t['seeds_reaching']} | "
+            f"| {t['task']} (>= {t['threshold']:g}) | {t['algorithm']} | "
+            f"{t['env_steps_to_threshold'] or 'not reached'} | "
+            f"{t['wall_time_to_threshold'] or '-'} | {t['sac_steps_over_these'] or '-'} | "
+            f"{t['seeds_reaching']} | "
             f"{t['median_steps_of_seeds_reaching'] or '-'} | "
             f"{t['final_return_mean']}, {t['final_return_min']} | {t['env_steps']} |"
         )
@@ -225,7 +333,11 @@ def format_table(table: list[dict]) -> str:
 def run(preset: Preset, only: list[str] | None = None, report=None) -> list[dict]:
     """Trains every algorithm of every task (``only``: a subset of algorithm names); after each
     one, ``report(rows so far)`` (results are written as they come, so a cut run keeps them)."""
-    configs = [(task, name, make_config(task, name, overrides)) for task in preset.tasks for name, overrides in task.algorithms]
+    configs = [
+        (task, name, make_config(task, name, overrides))
+        for task in preset.tasks
+        for name, overrides in task.algorithms
+    ]
     rows = []
     for task, name, config in configs:  # all configs are validated above, before anything trains
         if only and name not in only:
@@ -235,38 +347,69 @@ def run(preset: Preset, only: list[str] | None = None, report=None) -> list[dict
         for row in seed_rows(name, result, key="algorithm"):
             rows.append({"task": task.env, **row})
         final = np.asarray(result["eval_return"])
-        print(f"{task.env:>18s} {name:>14s}: return {final.mean():9.2f} (min {final.min():9.2f}) after {result['env_steps']} env steps, "
-              f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+        print(
+            f"{task.env:>18s} {name:>14s}: return {final.mean():9.2f} (min {final.min():9.2f}) "
+            f"after {result['env_steps']} env steps, "
+            f"{time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
         if report is not None:
             report(rows)
     return rows
 
 
-def write_results(out: pathlib.Path, rows: list[dict], preset: Preset, preset_name: str, header: dict) -> str:
-    """curves.csv, summary.json, summary.md and curves_<task>.png for ``rows``; returns the table."""
+def write_results(
+    out: pathlib.Path, rows: list[dict], preset: Preset, preset_name: str, header: dict
+) -> str:
+    """curves.csv, summary.json, summary.md and curves_<task>.png of ``rows``; returns the table"""
     table = summarize(rows, preset)
     write_text(out / "curves.csv", csv_text(rows))
-    write_json(out / "summary.json", {**header, "preset": preset_name, "seeds": preset.seeds, "summary": table})
+    write_json(
+        out / "summary.json",
+        {**header, "preset": preset_name, "seeds": preset.seeds, "summary": table},
+    )
     text = format_table(table)
-    write_text(out / "summary.md", f"# Learning curves ({preset_name} preset, {preset.seeds} seeds)\n\n"
-               f"`{header['command']}`, {time.strftime('%Y-%m-%d')}, jax {header['jax_version']} on {header['device_kind']} "
-               f"(load {header['load_average_1min_at_start']:.1f} at start)\n\n{text}\n")  # fmt: skip
+    write_text(
+        out / "summary.md",
+        f"# Learning curves ({preset_name} preset, {preset.seeds} seeds)\n\n"
+        f"`{header['command']}`, {time.strftime('%Y-%m-%d')}, jax {header['jax_version']} on "
+        f"{header['device_kind']} "
+        f"(load {header['load_average_1min_at_start']:.1f} at start)\n\n{text}\n",
+    )
     for task in preset.tasks:
         mine = [r for r in rows if r["task"] == task.env]
         if mine:
-            figure = plot(mine, f"{task.env}, {preset.seeds} seeds", key="algorithm", threshold=task.threshold, log_x=True)
-            write_atomically(out / f"curves_{task.env}.png", lambda f, fig=figure: fig.savefig(f, format="png", dpi=110))
+            figure = plot(
+                mine,
+                f"{task.env}, {preset.seeds} seeds",
+                key="algorithm",
+                threshold=task.threshold,
+                log_x=True,
+            )
+            write_atomically(
+                out / f"curves_{task.env}.png",
+                lambda f, fig=figure: fig.savefig(f, format="png", dpi=110),
+            )
     return text
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m experiments.learning_curves", description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=tuple(PRESETS), default="cpu", help="cpu (minutes here) or gpu (one H100)")
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.learning_curves", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        default="cpu",
+        help="cpu (minutes here) or gpu (one H100)",
+    )
     parser.add_argument("--only", nargs="+", help="run only these algorithm names of the preset")
     parser.add_argument("--tasks", nargs="+", help="run only these tasks of the preset")
     parser.add_argument("--seeds", type=int, help="override the preset's seeds")
-    parser.add_argument("--out", type=pathlib.Path, required=True, help="directory for CSV, JSON, Markdown and PNG")
+    parser.add_argument(
+        "--out", type=pathlib.Path, required=True, help="directory for CSV, JSON, Markdown and PNG"
+    )
     args = parser.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} exists and is not a directory")
@@ -278,13 +421,25 @@ def main(argv: list[str] | None = None) -> None:
     if args.tasks:
         unknown = set(args.tasks) - {t.env for t in preset.tasks}
         if unknown:
-            parser.error(f"--tasks: unknown tasks {sorted(unknown)}; this preset has {[t.env for t in preset.tasks]}")
-        preset = dataclasses.replace(preset, tasks=tuple(t for t in preset.tasks if t.env in args.tasks))
+            parser.error(
+                f"--tasks: unknown tasks {sorted(unknown)}; this preset has "
+                f"{[t.env for t in preset.tasks]}"
+            )
+        preset = dataclasses.replace(
+            preset, tasks=tuple(t for t in preset.tasks if t.env in args.tasks)
+        )
     names = {name for task in preset.tasks for name, _ in task.algorithms}
     if args.only and set(args.only) - names:
-        parser.error(f"--only: unknown algorithm names {sorted(set(args.only) - names)}; this preset has {sorted(names)}")
+        parser.error(
+            f"--only: unknown algorithm names {sorted(set(args.only) - names)}; this preset has "
+            f"{sorted(names)}"
+        )
     header = run_header("experiments.learning_curves", argv)
-    rows = run(preset, args.only, report=lambda rows: write_results(args.out, rows, preset, args.preset, header))
+    rows = run(
+        preset,
+        args.only,
+        report=lambda rows: write_results(args.out, rows, preset, args.preset, header),
+    )
     print(write_results(args.out, rows, preset, args.preset, header))
     print(f"wrote {args.out}/{{curves.csv, summary.json, summary.md, curves_<task>.png}}")
 

@@ -12,7 +12,8 @@ minutes):
 (on a CUDA machine ``"jax[cuda12]<0.10"``). Run from the repository root as
 
     /work/venv-apg/bin/python -m experiments.sac_worker --env inverted_pendulum \\
-        --backend positional --num-envs 16 --env-steps 14336 --warmup-steps 2048 --num-evals 7 --seed 0
+        --backend positional --num-envs 16 --env-steps 14336 --warmup-steps 2048 --num-evals 7
+        --seed 0
 
 How brax's SAC is driven: ``train(environment, num_timesteps=env_steps, episode_length,
 action_repeat=1, num_envs, num_eval_envs, learning_rate, discounting, seed, batch_size, num_evals,
@@ -41,7 +42,8 @@ Output: one JSON line on stdout (everything else the libraries print goes to std
 settings, ``evals`` (``env_steps``, ``eval_return``, ``eval_return_std`` of each evaluation),
 ``eval_return`` (the last), ``epoch_times_s``, ``epoch_compiled``, ``compiles`` (``[name, s]`` of
 each program compiled before each evaluation), ``compile_s``, ``env_steps_per_s``,
-``fastest_env_steps_per_s``, ``steady_env_steps``, ``train_s`` (the ``train`` call) and ``total_s`` (the process, imports
+``fastest_env_steps_per_s``, ``steady_env_steps``, ``train_s`` (the ``train`` call) and ``total_s``
+(the process, imports
 included).
 """
 

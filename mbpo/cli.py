@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def option(default: Any, help: str, **kwargs) -> Any:  # noqa: A002 (argparse's name)
+def option(default: Any, help: str, **kwargs) -> Any:
     """A dataclass field with a default and its ``--help`` text."""
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple for sequence defaults (configs are frozen)")
@@ -75,7 +75,9 @@ def _matches(annotation: Any, value: Any) -> bool:
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(annotation))
+        return " or ".join(
+            "null" if a is type(None) else _type_name(a) for a in typing.get_args(annotation)
+        )
     if origin is tuple:
         return f"a list of {_type_name(typing.get_args(annotation)[0])}"
     return getattr(annotation, "__name__", str(annotation))
@@ -87,7 +89,10 @@ def check_field_types(cls: type, values: dict) -> None:
     hints = typing.get_type_hints(cls)
     for name, value in values.items():
         if name in hints and not _matches(hints[name], value):
-            raise TypeError(f"field {name!r}: expected {_type_name(hints[name])}, got {value!r} ({type(value).__name__})")
+            raise TypeError(
+                f"field {name!r}: expected {_type_name(hints[name])}, got {value!r} "
+                f"({type(value).__name__})"
+            )
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = ()) -> None:
@@ -124,8 +129,16 @@ def build(parser: argparse.ArgumentParser, cls: type[T], args: argparse.Namespac
         parser.error(str(error))
 
 
-def parse(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | None = None, description: str | None = None) -> T:
+def parse(
+    cls: type[T],
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str | None = None,
+    description: str | None = None,
+) -> T:
     """Parses ``argv`` into the frozen dataclass ``cls``."""
-    parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description or (cls.__doc__ or "").splitlines()[0]
+    )
     add_arguments(parser, cls)
     return build(parser, cls, parser.parse_args(argv))

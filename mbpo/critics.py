@@ -85,11 +85,14 @@ class VCritic:
 def _check_trajectory(r_t: Array, discount_t: Array, v_t: Array) -> None:
     if r_t.ndim != 1 or discount_t.shape != r_t.shape or v_t.shape != r_t.shape:
         raise ValueError(
-            f"expected r_t, discount_t, v_t of equal shape (T,), got {r_t.shape}, {discount_t.shape}, {v_t.shape}"
+            f"expected r_t, discount_t, v_t of equal shape (T,), got {r_t.shape}, "
+            f"{discount_t.shape}, {v_t.shape}"
         )
 
 
-def td0_targets(r_t: Array, discount_t: Array, v_tp1: Array, *, stop_target_gradients: bool = True) -> Array:
+def td0_targets(
+    r_t: Array, discount_t: Array, v_tp1: Array, *, stop_target_gradients: bool = True
+) -> Array:
     """y_t = r_t + discount_t v(s_{t+1})."""
     _check_trajectory(r_t, discount_t, v_tp1)
     y = r_t + discount_t * v_tp1
@@ -97,11 +100,17 @@ def td0_targets(r_t: Array, discount_t: Array, v_tp1: Array, *, stop_target_grad
 
 
 def lambda_returns(
-    r_t: Array, discount_t: Array, v_tp1: Array, lambda_: float, *, stop_target_gradients: bool = True
+    r_t: Array,
+    discount_t: Array,
+    v_tp1: Array,
+    lambda_: float,
+    *,
+    stop_target_gradients: bool = True,
 ) -> Array:
     """TD(lambda) targets over one trajectory, computed backwards:
 
-        G_t = r_t + discount_t ((1 - lambda) v(s_{t+1}) + lambda G_{t+1}),  G_{T-1} = r_{T-1} + discount_{T-1} v(s_T).
+        G_t = r_t + discount_t ((1 - lambda) v(s_{t+1}) + lambda G_{t+1}),  G_{T-1} = r_{T-1} +
+        discount_{T-1} v(s_T).
 
     lambda = 0 gives TD(0); lambda = 1 the Monte Carlo return bootstrapped at the end.
     """
@@ -134,7 +143,9 @@ def n_step_targets(
             y, disc = acc
             idx = jnp.minimum(t + k, T - 1)
             use = t + k < T
-            return y + jnp.where(use, disc * r_t[idx], 0.0), jnp.where(use, disc * discount_t[idx], disc)
+            return y + jnp.where(use, disc * r_t[idx], 0.0), jnp.where(
+                use, disc * discount_t[idx], disc
+            )
 
         y, disc = jax.lax.fori_loop(0, n, body, (jnp.zeros((), r_t.dtype), jnp.ones((), r_t.dtype)))
         return y + disc * v_tp1[jnp.minimum(t + n, T) - 1]
@@ -156,7 +167,13 @@ def window_targets(
     return jax.vmap(lambda r, d, v: lambda_returns(r, d, v, lambda_))(traj.reward, discount, q_next)
 
 
-def q_loss(critic: QCritic, params: Params, obs: Float[Array, "B obs"], action: Float[Array, "B act"], y: Float[Array, " B"]) -> Scalar:
+def q_loss(
+    critic: QCritic,
+    params: Params,
+    obs: Float[Array, "B obs"],
+    action: Float[Array, "B act"],
+    y: Float[Array, " B"],
+) -> Scalar:
     """Mean over the batch and the ensemble of 0.5 (q_i(s, a; theta) - y)^2."""
     q = jax.vmap(critic.q, in_axes=(None, 0, 0))(params, obs, action)
     return 0.5 * jnp.mean((q - jax.lax.stop_gradient(y)[:, None]) ** 2)
@@ -172,7 +189,8 @@ def q_step(
     y: Float[Array, " B"],
 ) -> tuple[Params, optax.OptState, Scalar]:
     """One gradient step of :func:`q_loss` towards the targets ``y``: the critic update of every
-    algorithm (SVG(n), DPMB, NFQCA, FQI, DDPG, TD3, SAC). Returns (theta', optimizer state, loss)."""
+    algorithm (SVG(n), DPMB, NFQCA, FQI, DDPG, TD3, SAC). Returns (theta', optimizer state,
+    loss)."""
     step = gradient_step(lambda p: q_loss(critic, p, obs, action, y), params, opt_state, optimizer)
     return step.params, step.opt_state, step.value
 
@@ -218,7 +236,9 @@ class SmoothedPolicyTarget:
 
     def __call__(self, b: Bootstrap, next_obs: Observation, eps: Array, key: PRNGKey) -> Scalar:
         low, high = jnp.asarray(self.low, next_obs.dtype), jnp.asarray(self.high, next_obs.dtype)
-        a = smoothed_target_action(b.target_action(next_obs), eps, low, high, std=self.std, clip=self.clip)
+        a = smoothed_target_action(
+            b.target_action(next_obs), eps, low, high, std=self.std, clip=self.clip
+        )
         return b.q(next_obs, a)
 
 
@@ -233,7 +253,7 @@ class SoftTarget:
 
 @dataclasses.dataclass(frozen=True)
 class ValueTarget:
-    """v(s'; psi_target): SAC with a separate value network (Haarnoja et al. 2018, first version)."""
+    """v(s'; psi_target): SAC with a separate value network (Haarnoja et al. 2018, 1st version)."""
 
     def __call__(self, b: Bootstrap, next_obs: Observation, eps: Array, key: PRNGKey) -> Scalar:
         return b.value(next_obs)
@@ -249,9 +269,13 @@ class MaxTarget:
     lr: float
     restarts: int
 
-    def argmax(self, q: Callable[[Observation, Action], Scalar], obs: Observation, key: PRNGKey) -> Action:
+    def argmax(
+        self, q: Callable[[Observation, Action], Scalar], obs: Observation, key: PRNGKey
+    ) -> Action:
         low, high = jnp.asarray(self.low, obs.dtype), jnp.asarray(self.high, obs.dtype)
-        return maximize_action(q, obs, key, low, high, steps=self.steps, lr=self.lr, restarts=self.restarts)
+        return maximize_action(
+            q, obs, key, low, high, steps=self.steps, lr=self.lr, restarts=self.restarts
+        )
 
     def __call__(self, b: Bootstrap, next_obs: Observation, eps: Array, key: PRNGKey) -> Scalar:
         return b.q(next_obs, self.argmax(b.q, next_obs, key))
@@ -261,12 +285,23 @@ CriticTarget = PolicyTarget | SmoothedPolicyTarget | SoftTarget | ValueTarget | 
 
 
 def maximize_action(
-    q: Callable[[Observation, Action], Scalar], obs: Observation, key: PRNGKey, low: Array, high: Array, *, steps: int, lr: float, restarts: int
+    q: Callable[[Observation, Action], Scalar],
+    obs: Observation,
+    key: PRNGKey,
+    low: Array,
+    high: Array,
+    *,
+    steps: int,
+    lr: float,
+    restarts: int,
 ) -> Action:
     """argmax_a q(s, a) over the box by gradient ascent: a = c + h tanh(u), Adam on u from u = 0
-    and ``restarts - 1`` random starts, keeping the best end point (the reference's ``maximize``)."""
+    and ``restarts - 1`` random starts, keeping the best end point (the reference's
+    ``maximize``)."""
     center, half = (high + low) / 2, (high - low) / 2
-    u0 = jnp.concatenate([jnp.zeros((1, low.shape[0])), 1.5 * jax.random.normal(key, (restarts - 1, low.shape[0]))])
+    u0 = jnp.concatenate(
+        [jnp.zeros((1, low.shape[0])), 1.5 * jax.random.normal(key, (restarts - 1, low.shape[0]))]
+    )
     u0 = u0.astype(obs.dtype)
     opt = optax.adam(lr)
 

@@ -92,9 +92,7 @@ def _standard_interval(
     return _StandardInterval(reflected, alpha, beta, log_mass)
 
 
-def _mills_ratio(
-    z: Float[Array, "*batch"], interval: _StandardInterval
-) -> Float[Array, "*batch"]:
+def _mills_ratio(z: Float[Array, "*batch"], interval: _StandardInterval) -> Float[Array, "*batch"]:
     """phi(z) / Z, evaluated in log space so that tiny Z does not overflow."""
     return jnp.exp(normal_log_prob(z, 0.0, 1.0) - interval.log_mass)
 

@@ -1,4 +1,5 @@
-"""Policy-gradient estimators as configurations of the one unroll engine (:func:`mbpo.unroll.unroll`).
+"""Policy-gradient estimators as configurations of the one unroll engine
+(:func:`mbpo.unroll.unroll`).
 
 | estimator  | policy        | horizon n  | critic at the end  | gradient through the dynamics |
 | ---------- | ------------- | ---------- | ------------------ | ----------------------------- |
@@ -27,7 +28,15 @@ from mbpo.dynamics.base import Dynamics, State
 from mbpo.noise_inference import infer_transition_noise
 from mbpo.replay import Segment
 from mbpo.types import Array, Float, Params, PRNGKey, Scalar
-from mbpo.unroll import DYNAMICS_GRADIENTS, PolicyFn, QFn, RolloutNoise, UnrollResult, sample_noise, unroll
+from mbpo.unroll import (
+    DYNAMICS_GRADIENTS,
+    PolicyFn,
+    QFn,
+    RolloutNoise,
+    UnrollResult,
+    sample_noise,
+    unroll,
+)
 
 POLICY_KINDS = ("deterministic", "stochastic", "any")
 
@@ -51,16 +60,26 @@ class Estimator:
 
     def __post_init__(self):
         if self.horizon is not None and (
-            isinstance(self.horizon, bool) or not isinstance(self.horizon, (int, np.integer)) or self.horizon < 0
+            isinstance(self.horizon, bool)
+            or not isinstance(self.horizon, (int, np.integer))
+            or self.horizon < 0
         ):
-            raise ValueError(f"horizon must be an int >= 0 or None (the whole episode), got {self.horizon!r}")
+            raise ValueError(
+                f"horizon must be an int >= 0 or None (the whole episode), got {self.horizon!r}"
+            )
         if self.dynamics_gradient not in DYNAMICS_GRADIENTS:
-            raise ValueError(f"unknown dynamics_gradient {self.dynamics_gradient!r}; allowed: {', '.join(DYNAMICS_GRADIENTS)}")
+            raise ValueError(
+                f"unknown dynamics_gradient {self.dynamics_gradient!r}; allowed: "
+                f"{', '.join(DYNAMICS_GRADIENTS)}"
+            )
         if self.policy not in POLICY_KINDS:
-            raise ValueError(f"unknown policy kind {self.policy!r}; allowed: {', '.join(POLICY_KINDS)}")
+            raise ValueError(
+                f"unknown policy kind {self.policy!r}; allowed: {', '.join(POLICY_KINDS)}"
+            )
         if self.horizon is None and self.dynamics_gradient == "score":
             raise ValueError(
-                f"{self.name}: a score-function estimator needs a critic, so a finite horizon; got horizon=None"
+                f"{self.name}: a score-function estimator needs a critic, so a finite horizon; got "
+                "horizon=None"
             )
 
     @property
@@ -105,7 +124,13 @@ def critic_only(n: int) -> Estimator:
     return Estimator(f"critic-only({n})", n, "stop", "any")
 
 
-ESTIMATORS = {"bpo": bpo, "svg": svg, "dpmb_r": dpmb_r, "dpmb_sf": dpmb_sf, "critic_only": critic_only}
+ESTIMATORS = {
+    "bpo": bpo,
+    "svg": svg,
+    "dpmb_r": dpmb_r,
+    "dpmb_sf": dpmb_sf,
+    "critic_only": critic_only,
+}
 
 
 def make(name: str, horizon: int | None = None) -> Estimator:
@@ -119,13 +144,18 @@ def make(name: str, horizon: int | None = None) -> Estimator:
 
 
 def draw_noise(
-    estimator: Estimator, dynamics: Dynamics, key: PRNGKey, eps_shape: tuple[int, ...], episode_length: int, batch: int
+    estimator: Estimator,
+    dynamics: Dynamics,
+    key: PRNGKey,
+    eps_shape: tuple[int, ...],
+    episode_length: int,
+    batch: int,
 ) -> RolloutNoise:
     """A batch of explicit noise sequences with the lengths ``estimator`` needs."""
     n = estimator.num_steps(episode_length)
-    return jax.vmap(lambda k: sample_noise(dynamics, k, n, eps_shape, extra_eps=int(estimator.bootstrap)))(
-        jax.random.split(key, batch)
-    )
+    return jax.vmap(
+        lambda k: sample_noise(dynamics, k, n, eps_shape, extra_eps=int(estimator.bootstrap))
+    )(jax.random.split(key, batch))
 
 
 def surrogate(
@@ -195,7 +225,8 @@ def replay_surrogate(
     Args:
       estimator: a bootstrapping estimator whose horizon n equals the segments' length.
       dynamics: the model the segments are re-simulated through (``has_noise_inference``).
-      policy: a policy with ``sample``, ``log_prob`` and ``noise_from_action`` (:mod:`mbpo.policies`,
+      policy: a policy with ``sample``, ``log_prob`` and ``noise_from_action``
+      (:mod:`mbpo.policies`,
         :class:`mbpo.flows.FlowPolicy`).
       params: w, the parameters differentiated.
       segments: a batch of :class:`mbpo.replay.Segment` (leading axes (B, n + 1) / (B, n)).
@@ -205,35 +236,64 @@ def replay_surrogate(
       max_weight: the truncation c of the importance weights.
 
     Returns:
-      (the weighted mean of J_n, {"weight": mean weight, "eps": the inferred eps, "xi": the inferred xi}).
+      (the weighted mean of J_n, {"weight": mean weight, "eps": the inferred eps, "xi": the inferred
+      xi}).
     """
     n = segments.action.shape[1]
     if not estimator.bootstrap or estimator.horizon != n:
-        raise ValueError(f"{estimator.name} does not match segments of {n} steps: need a bootstrapping estimator with horizon {n}")
+        raise ValueError(
+            f"{estimator.name} does not match segments of {n} steps: need a bootstrapping "
+            f"estimator with horizon {n}"
+        )
     first = jax.tree.map(lambda x: x[:, :-1], segments.state)
     after = jax.tree.map(lambda x: x[:, 1:], segments.state)
-    inferred = jax.lax.stop_gradient(infer_transition_noise(policy, params, dynamics, first, segments.action, after))
-    eps_n = jax.random.normal(key, (segments.action.shape[0], 1, *policy.eps_shape), inferred.eps.dtype)
+    inferred = jax.lax.stop_gradient(
+        infer_transition_noise(policy, params, dynamics, first, segments.action, after)
+    )
+    eps_n = jax.random.normal(
+        key, (segments.action.shape[0], 1, *policy.eps_shape), inferred.eps.dtype
+    )
     noise = RolloutNoise(eps=jnp.concatenate([inferred.eps, eps_n], axis=1), xi=inferred.xi)
-    log_pi = jax.vmap(jax.vmap(policy.log_prob, in_axes=(None, 0, 0)), in_axes=(None, 0, 0))(params, first.obs, segments.action)
+    log_pi = jax.vmap(jax.vmap(policy.log_prob, in_axes=(None, 0, 0)), in_axes=(None, 0, 0))(
+        params, first.obs, segments.action
+    )
     weights = jnp.minimum(max_weight, jnp.exp(jnp.sum(log_pi - segments.log_prob, axis=1)))
     start = jax.tree.map(lambda x: x[:, 0], segments.state)
     value, _ = surrogate(
-        estimator, dynamics, lambda obs, eps: policy.sample(params, obs, eps), start, noise, gamma=gamma, q=q, weights=weights
+        estimator,
+        dynamics,
+        lambda obs, eps: policy.sample(params, obs, eps),
+        start,
+        noise,
+        gamma=gamma,
+        q=q,
+        weights=weights,
     )
-    return value, {"weight": jnp.mean(jax.lax.stop_gradient(weights)), "eps": inferred.eps, "xi": inferred.xi}
+    return value, {
+        "weight": jnp.mean(jax.lax.stop_gradient(weights)),
+        "eps": inferred.eps,
+        "xi": inferred.xi,
+    }
 
 
 def score_surrogate(log_prob_t: Float[Array, " T"], advantage_t: Float[Array, " T"]) -> Scalar:
     """sum_t (log p_t - stop_gradient(log p_t)) * stop_gradient(A_t): value 0, gradient
-    sum_t grad log p_t A_t (the likelihood-ratio estimator of the reference's "Derivative Estimation")."""
-    return jnp.sum((log_prob_t - jax.lax.stop_gradient(log_prob_t)) * jax.lax.stop_gradient(advantage_t))
+    sum_t grad log p_t A_t (the likelihood-ratio estimator of the reference's "Derivative
+    Estimation")."""
+    return jnp.sum(
+        (log_prob_t - jax.lax.stop_gradient(log_prob_t)) * jax.lax.stop_gradient(advantage_t)
+    )
 
 
 def gae(
-    r_t: Float[Array, " T"], discount_t: Float[Array, " T"], v_t: Float[Array, " T"], v_tp1: Float[Array, " T"], lambda_: float
+    r_t: Float[Array, " T"],
+    discount_t: Float[Array, " T"],
+    v_t: Float[Array, " T"],
+    v_tp1: Float[Array, " T"],
+    lambda_: float,
 ) -> Float[Array, " T"]:
-    """Generalized advantage estimates A_t = G^lambda_t - v(s_t) (Schulman et al. 2016), targets stopped."""
+    """Generalized advantage estimates A_t = G^lambda_t - v(s_t) (Schulman et al. 2016), targets
+    stopped."""
     return lambda_returns(r_t, discount_t, v_tp1, lambda_) - jax.lax.stop_gradient(v_t)
 
 

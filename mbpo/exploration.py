@@ -40,16 +40,21 @@ class OrnsteinUhlenbeck:
 
     def __post_init__(self):
         if not (self.theta > 0 and self.sigma >= 0 and self.dt > 0):
-            raise ValueError(f"need theta > 0, sigma >= 0, dt > 0; got theta={self.theta}, sigma={self.sigma}, dt={self.dt}")
+            raise ValueError(
+                f"need theta > 0, sigma >= 0, dt > 0; got theta={self.theta}, sigma={self.sigma}, "
+                f"dt={self.dt}"
+            )
 
     @property
     def stationary_std(self) -> float:
         """sigma / sqrt(2 theta), the standard deviation of the continuous-time stationary law."""
         return self.sigma / math.sqrt(2 * self.theta)
 
-    def step(self, noise: Float[Array, "..."], eps: Float[Array, "..."]) -> Float[Array, "..."]:
+    def step(self, noise: Float[Array, ...], eps: Float[Array, ...]) -> Float[Array, ...]:
         """N_{t+1} = N_t + theta (mu - N_t) dt + sigma sqrt(dt) eps_t."""
-        return noise + self.theta * (self.mu - noise) * self.dt + self.sigma * math.sqrt(self.dt) * eps
+        return (
+            noise + self.theta * (self.mu - noise) * self.dt + self.sigma * math.sqrt(self.dt) * eps
+        )
 
 
 def perturb(action: Action, noise: Action, low: Array, high: Array) -> Action:
@@ -89,6 +94,7 @@ class GaussianExploration:
     """clip(d(s) + h std eps): uncorrelated Gaussian noise in half-widths (TD3). Stateless."""
 
     std: float
+
     def init(self, num_envs: int, action_size: int, dtype) -> tuple:
         return ()
 
@@ -105,6 +111,7 @@ class OUExploration:
     0 when an episode ends."""
 
     process: OrnsteinUhlenbeck
+
     def init(self, num_envs: int, action_size: int, dtype) -> Float[Array, "B act"]:
         return jnp.zeros((num_envs, action_size), dtype)
 

@@ -68,7 +68,9 @@ def run_header(module: str, argv: list[str]) -> dict:
     }
 
 
-def finish_report(report: dict, start: float, out: str | os.PathLike | None, format_table: Callable[[dict], str]) -> None:
+def finish_report(
+    report: dict, start: float, out: str | os.PathLike | None, format_table: Callable[[dict], str]
+) -> None:
     """Ends a benchmark: adds ``wall_s`` (since ``start``, a ``time.perf_counter()``) and the
     1-minute load average at the end, prints ``format_table(report)`` and writes the report as
     JSON to ``out`` when given."""

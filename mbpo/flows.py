@@ -287,7 +287,8 @@ class BoxSquash:
             for lo, hi in zip(self.low, self.high)
         ):
             raise ValueError(
-                f"BoxSquash needs finite bounds with low < high, got low={self.low}, high={self.high}"
+                f"BoxSquash needs finite bounds with low < high, got low={self.low}, "
+                f"high={self.high}"
             )
 
     def _center_half_width(self, dtype) -> tuple[Array, Array]:
@@ -506,7 +507,9 @@ class FlowPolicy(_PolicyBase):
         y, log_det = self.squash.inverse(action)
         return self.flow.log_prob(params, y, obs) + log_det
 
-    def sample_and_log_prob(self, params: Params, obs: Observation, eps: Noise) -> tuple[Action, Scalar]:
+    def sample_and_log_prob(
+        self, params: Params, obs: Observation, eps: Noise
+    ) -> tuple[Action, Scalar]:
         """(a, log pi(a|s; w)) from eps by the forward pass: log N(eps) - log|det dy/deps| -
         log|det da/dy| (no inversion; exact where the squashing saturates)."""
         y, log_det = self.flow.forward(params, eps, obs)
@@ -568,7 +571,8 @@ def flow_dynamics(
         )
     if flow.context_dim != flow.dim + action_size:
         raise ValueError(
-            f"the flow has context_dim {flow.context_dim}; a residual flow's context is (s, a) of size "
+            f"the flow has context_dim {flow.context_dim}; a residual flow's context is (s, a) of "
+            "size "
             f"{flow.dim} + {action_size}"
         )
 

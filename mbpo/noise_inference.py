@@ -81,7 +81,8 @@ def infer_policy_noise(
     batch = _batch_shape(action, policy.action_size, type(policy).__name__)
     if tuple(obs.shape) != (*batch, policy.observation_size):
         raise ValueError(
-            f"obs has shape {obs.shape}; with actions of shape {action.shape} {type(policy).__name__} "
+            f"obs has shape {obs.shape}; with actions of shape {action.shape} "
+            f"{type(policy).__name__} "
             f"expects {(*batch, policy.observation_size)}"
         )
     return _map_leading(lambda o, a: policy.noise_from_action(params, o, a), batch, obs, action)
@@ -97,7 +98,8 @@ def infer_dynamics_noise(
 
     Args:
       dynamics: a dynamics with ``has_noise_inference``.
-      state, next_state: :class:`mbpo.dynamics.State` batches, every leaf with leading axes ``batch``.
+      state, next_state: :class:`mbpo.dynamics.State` batches, every leaf with leading axes
+      ``batch``.
       action: the actions, shape ``batch + (action_size,)``.
 
     Returns:
@@ -126,7 +128,8 @@ def infer_transition_noise(
     next_state: State,
 ) -> InferredNoise:
     """(eps, xi) of a batch of replayed transitions (s, a, s'): eps from the policy at
-    ``state.obs``, xi from the dynamics (see :func:`infer_policy_noise`, :func:`infer_dynamics_noise`).
+    ``state.obs``, xi from the dynamics (see :func:`infer_policy_noise`,
+    :func:`infer_dynamics_noise`).
     """
     xi = infer_dynamics_noise(dynamics, state, action, next_state)
     return InferredNoise(eps=infer_policy_noise(policy, params, state.obs, action), xi=xi)

@@ -24,10 +24,15 @@ def nan_if_loss_nonfinite(loss: Scalar, grad: PyTree) -> PyTree:
     return jax.tree.map(lambda g: jnp.where(finite, g, jnp.nan), grad)
 
 
-def guarded(base: optax.GradientTransformation, max_grad_norm: float) -> optax.GradientTransformation:
+def guarded(
+    base: optax.GradientTransformation, max_grad_norm: float
+) -> optax.GradientTransformation:
     """``base`` after global-norm clipping, inside ``optax.apply_if_finite``: a non-finite
     gradient never reaches the parameters; the step is skipped and counted (``total_notfinite``)."""
-    return optax.apply_if_finite(optax.chain(optax.clip_by_global_norm(max_grad_norm), base), max_consecutive_errors=1_000_000)
+    return optax.apply_if_finite(
+        optax.chain(optax.clip_by_global_norm(max_grad_norm), base),
+        max_consecutive_errors=1_000_000,
+    )
 
 
 def polyak(target: PyTree, online: PyTree, tau: float) -> PyTree:
@@ -90,12 +95,17 @@ class TrainState(struct.PyTreeNode):
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
     @classmethod
-    def create(cls, params: PyTree, tx: optax.GradientTransformation, *, target: bool = False) -> TrainState:
+    def create(
+        cls, params: PyTree, tx: optax.GradientTransformation, *, target: bool = False
+    ) -> TrainState:
         """A fresh part; ``target=True`` starts its target parameters at ``params``."""
-        return cls(params=params, opt_state=tx.init(params), target=params if target else None, tx=tx)
+        return cls(
+            params=params, opt_state=tx.init(params), target=params if target else None, tx=tx
+        )
 
     def step(self, loss: Callable[..., Any], *args, **kwargs) -> tuple[TrainState, Step]:
-        """:func:`gradient_step` of ``loss(params, *args)`` (same keywords); the new part and the step."""
+        """:func:`gradient_step` of ``loss(params, *args)`` (same keywords); the new part and the
+        step."""
         step = gradient_step(loss, self.params, self.opt_state, self.tx, *args, **kwargs)
         return self.replace(params=step.params, opt_state=step.opt_state), step
 

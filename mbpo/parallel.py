@@ -27,7 +27,9 @@ def shard_batch(tree, mesh: Mesh):
 
     def put(x):
         if x.shape[0] % size:
-            raise ValueError(f"the environment batch ({x.shape[0]}) must divide evenly over {size} devices")
+            raise ValueError(
+                f"the environment batch ({x.shape[0]}) must divide evenly over {size} devices"
+            )
         return jax.device_put(x, NamedSharding(mesh, PartitionSpec(AXIS)))
 
     return jax.tree.map(put, tree)

@@ -8,7 +8,8 @@ Three families, as in the reference text ("Stochastic Value Gradient", "Soft Act
 
 A policy object is static configuration (hashable, safe to close over in ``jax.jit``); its
 parameters ``w`` are a separate pytree from ``init``. ``sample(w, obs, eps)`` is a differentiable
-function of ``w`` and ``obs``; ``noise_from_action`` inverts it (noise inference, Heess et al. 2015).
+function of ``w`` and ``obs``; ``noise_from_action`` inverts it (noise inference, Heess et al.
+2015).
 """
 
 from __future__ import annotations
@@ -55,12 +56,18 @@ class _PolicyBase:
     def __post_init__(self):
         if self.observation_size < 1 or self.action_size < 1:
             raise ValueError(
-                f"observation_size and action_size must be >= 1, got {self.observation_size}, {self.action_size}"
+                f"observation_size and action_size must be >= 1, got {self.observation_size}, "
+                f"{self.action_size}"
             )
         if len(self.action_low) != self.action_size or len(self.action_high) != self.action_size:
-            raise ValueError(f"action bounds must have {self.action_size} entries, got {self.action_low}, {self.action_high}")
+            raise ValueError(
+                f"action bounds must have {self.action_size} entries, got {self.action_low}, "
+                f"{self.action_high}"
+            )
         if any(not lo < hi for lo, hi in zip(self.action_low, self.action_high)):
-            raise ValueError(f"action bounds need low < high, got {self.action_low}, {self.action_high}")
+            raise ValueError(
+                f"action bounds need low < high, got {self.action_low}, {self.action_high}"
+            )
         check_activation(self.activation)
 
     @property
@@ -79,7 +86,13 @@ class _PolicyBase:
         return c + h * jnp.tanh(u)
 
     def _net(self, out: int) -> MLP:
-        return MLP(self.hidden, out, self.activation, self.use_bias, final_scale=0.1 if self.hidden else 1.0)
+        return MLP(
+            self.hidden,
+            out,
+            self.activation,
+            self.use_bias,
+            final_scale=0.1 if self.hidden else 1.0,
+        )
 
     @classmethod
     def for_dynamics(cls, dynamics, **kwargs):
@@ -112,7 +125,9 @@ class DeterministicPolicy(_PolicyBase):
         return self.mean(params, obs)
 
     def log_prob(self, params: Params, obs: Observation, action: Action) -> Scalar:
-        raise NotImplementedError("a deterministic policy has no density; use GaussianPolicy or TanhGaussianPolicy")
+        raise NotImplementedError(
+            "a deterministic policy has no density; use GaussianPolicy or TanhGaussianPolicy"
+        )
 
     def noise_from_action(self, params: Params, obs: Observation, action: Action) -> Noise:
         return jnp.zeros((0,), action.dtype)
@@ -123,7 +138,8 @@ class GaussianPolicy(_PolicyBase):
     """a = d(s; w) + sigma(s; w) eps.
 
     Attributes:
-      state_dependent_std: sigma(s; w) from a network head; otherwise one learned log-std per action.
+      state_dependent_std: sigma(s; w) from a network head; otherwise one learned log-std per
+      action.
       init_std: initial standard deviation.
     """
 
@@ -137,11 +153,15 @@ class GaussianPolicy(_PolicyBase):
     def init(self, key: PRNGKey) -> Params:
         out = 2 * self.action_size if self.state_dependent_std else self.action_size
         net = self._net(out).init(key, jnp.zeros(self.observation_size))
-        log_std = jnp.zeros(self.action_size) + math.log(self.init_std)  # not weakly typed: no retrace
+        log_std = jnp.zeros(self.action_size) + math.log(
+            self.init_std
+        )  # not weakly typed: no retrace
         return {"net": net, "log_std": log_std}
 
     def _mean_std(self, params: Params, obs: Observation) -> tuple[Array, Array]:
-        out = self._net(2 * self.action_size if self.state_dependent_std else self.action_size).apply(params["net"], obs)
+        out = self._net(
+            2 * self.action_size if self.state_dependent_std else self.action_size
+        ).apply(params["net"], obs)
         if self.state_dependent_std:
             out, log_std = jnp.split(out, 2)
             log_std = params["log_std"] + log_std
@@ -163,8 +183,11 @@ class GaussianPolicy(_PolicyBase):
         eps = self.noise_from_action(params, obs, action)
         return _normal_log_prob(eps, self.std(params, obs))
 
-    def sample_and_log_prob(self, params: Params, obs: Observation, eps: Noise) -> tuple[Action, Scalar]:
-        """(a, log pi(a|s; w)) for a = sample(w, s, eps), the density computed from eps (no inversion)."""
+    def sample_and_log_prob(
+        self, params: Params, obs: Observation, eps: Noise
+    ) -> tuple[Action, Scalar]:
+        """(a, log pi(a|s; w)) for a = sample(w, s, eps), the density computed from eps (no
+        inversion)."""
         u, std = self._mean_std(params, obs)
         return self._squash(u) + std * eps, _normal_log_prob(eps, std)
 
@@ -187,7 +210,8 @@ class TanhGaussianPolicy(GaussianPolicy):
         super().__post_init__()
         if not self.bounded:
             raise ValueError(
-                f"TanhGaussianPolicy needs finite action bounds, got low={self.action_low}, high={self.action_high}"
+                f"TanhGaussianPolicy needs finite action bounds, got low={self.action_low}, "
+                f"high={self.action_high}"
             )
 
     def mean(self, params: Params, obs: Observation) -> Action:
@@ -203,7 +227,8 @@ class TanhGaussianPolicy(GaussianPolicy):
         return jnp.arctanh(y)
 
     def _log_det(self, u: Array) -> Array:
-        """log |da/du| = log h + log(1 - tanh(u)^2) = log h + 2 (log 2 - u - softplus(-2u)) (stable)."""
+        """log |da/du| = log h + log(1 - tanh(u)^2) = log h + 2 (log 2 - u - softplus(-2u))
+        (stable)."""
         _, h = self._center_half_width(u.dtype)
         return jnp.log(h) + 2 * (jnp.log(2.0) - u - jax.nn.softplus(-2 * u))
 
@@ -212,8 +237,11 @@ class TanhGaussianPolicy(GaussianPolicy):
         u = self._pre_squash(action)
         return _normal_log_prob((u - u_mean) / std, std) - jnp.sum(self._log_det(u))
 
-    def sample_and_log_prob(self, params: Params, obs: Observation, eps: Noise) -> tuple[Action, Scalar]:
-        """(a, log pi(a|s; w)) from eps directly: exact even where tanh saturates (SAC's actor loss)."""
+    def sample_and_log_prob(
+        self, params: Params, obs: Observation, eps: Noise
+    ) -> tuple[Action, Scalar]:
+        """(a, log pi(a|s; w)) from eps directly: exact even where tanh saturates (SAC's actor
+        loss)."""
         u_mean, std = self._mean_std(params, obs)
         u = u_mean + std * eps
         return self._squash(u), _normal_log_prob(eps, std) - jnp.sum(self._log_det(u))

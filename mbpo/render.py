@@ -1,5 +1,6 @@
 """Pictures of a trained policy: a Brax task to an interactive HTML file (``brax.io.html``), an
-ODE task (pendulum, cartpole) to a PNG strip of frames; any other task to a PNG of its observations."""
+ODE task (pendulum, cartpole) to a PNG strip of frames; any other task to a PNG of its
+observations."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from mbpo.files import write_atomically, write_text
 from mbpo.unroll import PolicyFn
 
 
-def episode_states(dynamics: Dynamics, policy: PolicyFn, key, steps: int, eps_shape: tuple[int, ...]) -> list[State]:
+def episode_states(
+    dynamics: Dynamics, policy: PolicyFn, key, steps: int, eps_shape: tuple[int, ...]
+) -> list[State]:
     """s_0..s_steps under the policy's mean action (eps = 0), on the host."""
     k_reset, k_xi = jax.random.split(key)
     step = jax.jit(lambda s, xi: dynamics.step(s, policy(s.obs, jnp.zeros(eps_shape)), xi))
@@ -48,13 +51,22 @@ def _cartpole(ax, x, frame):
 DRAW = {"pendulum": _pendulum, "cartpole": _cartpole}
 
 
-def render(dynamics: Dynamics, states: list[State], path: pathlib.Path, *, frames: int = 8) -> pathlib.Path:
-    """Writes the picture of ``states`` to ``path`` (HTML for Brax, PNG otherwise); returns the path."""
+def render(
+    dynamics: Dynamics, states: list[State], path: pathlib.Path, *, frames: int = 8
+) -> pathlib.Path:
+    """Writes the picture of ``states`` to ``path`` (HTML for Brax, PNG otherwise); returns the
+    path."""
     if isinstance(dynamics, BraxDynamics):
         from brax.io import html
 
         path = path.with_suffix(".html")
-        write_text(path, html.render(dynamics.env.sys.tree_replace({"opt.timestep": dynamics.env.dt}), [s.x.pipeline_state for s in states]))
+        write_text(
+            path,
+            html.render(
+                dynamics.env.sys.tree_replace({"opt.timestep": dynamics.env.dt}),
+                [s.x.pipeline_state for s in states],
+            ),
+        )
         return path
     from matplotlib.figure import Figure
 

@@ -75,13 +75,19 @@ def ring_buffer(capacity: int) -> RingBuffer:
         raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
 
     def init(example: PyTree) -> RingBufferState:
-        data = jax.tree.map(lambda x: jnp.zeros((capacity, *jnp.shape(x)), jnp.result_type(x)), example)
-        return RingBufferState(data=data, position=jnp.zeros((), jnp.int32), size=jnp.zeros((), jnp.int32))
+        data = jax.tree.map(
+            lambda x: jnp.zeros((capacity, *jnp.shape(x)), jnp.result_type(x)), example
+        )
+        return RingBufferState(
+            data=data, position=jnp.zeros((), jnp.int32), size=jnp.zeros((), jnp.int32)
+        )
 
     def insert(state: RingBufferState, batch: PyTree, mask: Array | None = None) -> RingBufferState:
         sizes = {jnp.shape(x)[0] for x in jax.tree.leaves(batch)}
         if len(sizes) != 1:
-            raise ValueError(f"every leaf of the batch needs the same leading axis, got sizes {sorted(sizes)}")
+            raise ValueError(
+                f"every leaf of the batch needs the same leading axis, got sizes {sorted(sizes)}"
+            )
         (num,) = sizes
         if num > capacity:
             raise ValueError(f"cannot insert {num} items into a buffer of capacity {capacity}")
@@ -90,8 +96,14 @@ def ring_buffer(capacity: int) -> RingBuffer:
         # Kept items go to consecutive slots; dropped ones to the out-of-range slot ``capacity``.
         count = jnp.sum(mask, dtype=jnp.int32)
         index = jnp.where(mask, (state.position + jnp.cumsum(mask) - 1) % capacity, capacity)
-        data = jax.tree.map(lambda d, x: d.at[index].set(x.astype(d.dtype), mode="drop"), state.data, batch)
-        return RingBufferState(data=data, position=(state.position + count) % capacity, size=jnp.minimum(state.size + count, capacity))
+        data = jax.tree.map(
+            lambda d, x: d.at[index].set(x.astype(d.dtype), mode="drop"), state.data, batch
+        )
+        return RingBufferState(
+            data=data,
+            position=(state.position + count) % capacity,
+            size=jnp.minimum(state.size + count, capacity),
+        )
 
     def sample(state: RingBufferState, key: PRNGKey, num: int) -> PyTree:
         index = jax.random.randint(key, (num,), 0, jnp.maximum(state.size, 1))
@@ -104,11 +116,15 @@ def uniform_policy(dynamics: Dynamics) -> PolicyFn:
     """a ~ U(low, high) driven by eps ~ N(0, I) (through the normal CDF), so it is a PolicyFn."""
     low, high = (np.asarray(b, float) for b in dynamics.action_bounds)
     if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
-        raise ValueError(f"uniform random actions need a bounded action box, got low={low}, high={high}")
+        raise ValueError(
+            f"uniform random actions need a bounded action box, got low={low}, high={high}"
+        )
     return lambda obs, eps: (low + (high - low) * jax.scipy.stats.norm.cdf(eps)).astype(eps.dtype)
 
 
-def basepoints(dynamics: Dynamics, key: PRNGKey, num: int, *, segment: int = 50, num_envs: int = 64) -> Transition:
+def basepoints(
+    dynamics: Dynamics, key: PRNGKey, num: int, *, segment: int = 50, num_envs: int = 64
+) -> Transition:
     """A fixed set of ``num`` transitions (s, a, r, done, s') for batch methods (NFQCA, FQI).
 
     Start states are drawn from ``dynamics.reset``; uniformly random actions drive ``num_envs``
@@ -117,14 +133,18 @@ def basepoints(dynamics: Dynamics, key: PRNGKey, num: int, *, segment: int = 50,
     Transitions after a termination are kept with done = 1.
     """
     if num < 1 or segment < 1 or num_envs < 1:
-        raise ValueError(f"num, segment and num_envs must be >= 1, got {num}, {segment}, {num_envs}")
+        raise ValueError(
+            f"num, segment and num_envs must be >= 1, got {num}, {segment}, {num_envs}"
+        )
     policy = uniform_policy(dynamics)
     rounds = -(-num // (segment * num_envs))
 
     def trajectory(k):
         k_reset, k_noise = jax.random.split(k)
         eps = jax.random.normal(k_noise, (segment, dynamics.action_size))
-        xi = jax.vmap(dynamics.sample_noise)(jax.random.split(jax.random.fold_in(k_noise, 1), segment))
+        xi = jax.vmap(dynamics.sample_noise)(
+            jax.random.split(jax.random.fold_in(k_noise, 1), segment)
+        )
         noise = RolloutNoise(eps=eps, xi=xi.reshape(segment, *dynamics.noise_shape))
         _, traj = rollout(dynamics, policy, dynamics.reset(k_reset), noise)
         # Steps after a termination stay in the set, marked done so that they bootstrap nothing.

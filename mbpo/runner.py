@@ -44,15 +44,28 @@ import numpy as np
 from mbpo.agents import registry
 from mbpo.files import csv_text, write_atomically, write_json, write_text
 
-CONFIG, METRICS, CHECKPOINTS, CURVE, TENSORBOARD = "config.json", "metrics.csv", "checkpoints", "learning_curve.png", "tensorboard"
+CONFIG, METRICS, CHECKPOINTS, CURVE, TENSORBOARD = (
+    "config.json",
+    "metrics.csv",
+    "checkpoints",
+    "learning_curve.png",
+    "tensorboard",
+)
 RUN_FILES = (CONFIG, METRICS, CHECKPOINTS, CURVE, TENSORBOARD)
 LOCK = ".lock"
-DAMAGED = "damaged"  # checkpoints/damaged/: checkpoints set aside by --from-checkpoint, never deleted
+DAMAGED = (
+    "damaged"  # checkpoints/damaged/: checkpoints set aside by --from-checkpoint, never deleted
+)
 KEEP = 2  # verified checkpoints kept: the newest and the one before it
 
 
 class RunDirError(ValueError):
-    """A run directory (or its checkpoint or config) that cannot be used; nothing was overwritten."""
+    """A run directory (or its checkpoint or config) that cannot be used; nothing is overwritten."""
+
+
+class UnverifiedCheckpoint(RunDirError):
+    """A checkpoint just written did not read back as written (the disk, not the input): the run
+    stops; the older verified checkpoints are kept."""
 
 
 # --- config ------------------------------------------------------------------------------------
@@ -72,7 +85,9 @@ def load_run(path: pathlib.Path):
     except json.JSONDecodeError as error:
         raise RunDirError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(values, dict):
-        raise RunDirError(f"{path} must hold a JSON object of config fields, got a {type(values).__name__}")
+        raise RunDirError(
+            f"{path} must hold a JSON object of config fields, got a {type(values).__name__}"
+        )
     seeds = values.pop("seeds", 1)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise RunDirError(f"{path}: seeds must be an integer >= 1, got {seeds!r}")
@@ -119,7 +134,10 @@ class Lock:
         except BlockingIOError:
             holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "another process"
             os.close(self._fd)
-            raise RunDirError(f"{run_dir} is in use by a running training (pid {holder}); wait for it or choose another --run-dir") from None
+            raise RunDirError(
+                f"{run_dir} is in use by a running training (pid {holder}); wait for it or choose "
+                "another --run-dir"
+            ) from None
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, str(os.getpid()).encode(), 0)
 
@@ -145,7 +163,8 @@ def claim(run_dir: pathlib.Path, *, resume: bool) -> Lock:
     if not resume and (found := run_files(run_dir)):
         lock.release()
         raise RunDirError(
-            f"{run_dir} already holds a run ({', '.join(found)}); continue it with --resume {run_dir} "
+            f"{run_dir} already holds a run ({', '.join(found)}); continue it with --resume "
+            f"{run_dir} "
             "or choose another --run-dir (nothing was changed)"
         )
     return lock
@@ -210,7 +229,11 @@ def _complete_steps(run_dir: pathlib.Path) -> list[int]:
     root = run_dir / CHECKPOINTS
     if not root.is_dir():
         return []
-    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir() and (root / f"{p.name}.json").exists())
+    return sorted(
+        int(p.name)
+        for p in root.iterdir()
+        if p.name.isdigit() and p.is_dir() and (root / f"{p.name}.json").exists()
+    )
 
 
 def has_checkpoint(run_dir: pathlib.Path) -> bool:
@@ -267,7 +290,10 @@ def save_checkpoint(run_dir: pathlib.Path, state, history: list[dict]) -> None:
     written = array_hashes(_restore_raw(data, _targets(state)))
     if written != hashes:
         bad = sorted(k for k in hashes if written.get(k) != hashes[k])
-        raise RunDirError(f"checkpoint {data} does not read back as written (arrays {bad[:3]}); older checkpoints were kept")
+        raise UnverifiedCheckpoint(
+            f"checkpoint {data} does not read back as written (arrays {bad[:3]}); older "
+            "checkpoints were kept"
+        )
     write_json(meta, {"history": history, "sha256": hashes})
     for old in [s for s in _complete_steps(run_dir) if s < step][: -(KEEP - 1) or None]:
         old_data, old_meta = _paths(run_dir, old)
@@ -280,7 +306,9 @@ def _read(run_dir: pathlib.Path, step: int, template):
     data, meta = _paths(run_dir, step)
     try:
         saved = json.loads(meta.read_text())
-        history, hashes = (saved, None) if isinstance(saved, list) else (saved["history"], saved["sha256"])
+        history, hashes = (
+            (saved, None) if isinstance(saved, list) else (saved["history"], saved["sha256"])
+        )
         raw = _restore_raw(data, _targets(template))
     except Exception as error:  # orbax and tensorstore raise many types for a damaged checkpoint
         message = str(error).splitlines()[0][:240] if str(error) else type(error).__name__
@@ -289,9 +317,17 @@ def _read(run_dir: pathlib.Path, step: int, template):
         found = array_hashes(raw)
         bad = sorted(k for k in hashes if found.get(k) != hashes[k])
         if bad or set(found) != set(hashes):
-            raise RunDirError(f"the content hashes of {len(bad)} arrays do not match ({', '.join(bad[:3])})")
+            raise RunDirError(
+                f"the content hashes of {len(bad)} arrays do not match ({', '.join(bad[:3])})"
+            )
     state = jax.tree.map(
-        lambda like, x: jax.random.wrap_key_data(x, impl=jax.random.key_impl(like)) if _is_key(like) else jnp.asarray(x), template, raw
+        lambda like, x: (
+            jax.random.wrap_key_data(x, impl=jax.random.key_impl(like))
+            if _is_key(like)
+            else jnp.asarray(x)
+        ),
+        template,
+        raw,
     )
     return state, history
 
@@ -310,7 +346,10 @@ def load_checkpoint(run_dir: pathlib.Path, template, step: int | None = None):
     if step is None:
         step = steps[-1]
     elif step not in steps:
-        raise RunDirError(f"no checkpoint after {step} updates in {run_dir / CHECKPOINTS}; there are: {', '.join(map(str, steps))}")
+        raise RunDirError(
+            f"no checkpoint after {step} updates in {run_dir / CHECKPOINTS}; there are: "
+            f"{', '.join(map(str, steps))}"
+        )
     try:
         return _read(run_dir, step, template)
     except RunDirError as error:
@@ -329,7 +368,10 @@ def load_checkpoint(run_dir: pathlib.Path, template, step: int | None = None):
             if intact is not None
             else "no older checkpoint is intact"
         )
-        raise RunDirError(f"checkpoint {path} is corrupted or from another config: {error}; it was left as it is; {advice}") from None
+        raise RunDirError(
+            f"checkpoint {path} is corrupted or from another config: {error}; it was left as it "
+            f"is; {advice}"
+        ) from None
 
 
 def set_aside_newer(run_dir: pathlib.Path, step: int) -> list[pathlib.Path]:
@@ -345,18 +387,28 @@ def write_metrics(run_dir: pathlib.Path, history: list[dict]) -> None:
     write_text(run_dir / METRICS, csv_text(history))
 
 
-def plot_learning_curve(run_dir: pathlib.Path, rows: list[dict], title: str, x: str = "env_steps") -> None:
+def plot_learning_curve(
+    run_dir: pathlib.Path, rows: list[dict], title: str, x: str = "env_steps"
+) -> None:
     """Evaluation return against ``x`` (env steps, or updates for the batch methods, whose data is
-    fixed); with a ``seed`` column, the mean over seeds with a band from the lowest to the highest."""
+    fixed); with a ``seed`` column, the mean over seeds with a band from the lowest to the
+    highest."""
     from matplotlib.figure import Figure
 
     steps = sorted({r[x] for r in rows})
     returns = np.array([[r["eval_return"] for r in rows if r[x] == s] for s in steps])
     figure = Figure(figsize=(6, 4))
     axes = figure.subplots()
-    axes.plot(steps, returns.mean(1), "o-", label=f"mean of {returns.shape[1]} seeds" if returns.shape[1] > 1 else None)
+    axes.plot(
+        steps,
+        returns.mean(1),
+        "o-",
+        label=f"mean of {returns.shape[1]} seeds" if returns.shape[1] > 1 else None,
+    )
     if returns.shape[1] > 1:
-        axes.fill_between(steps, returns.min(1), returns.max(1), alpha=0.25, label="min-max over seeds")
+        axes.fill_between(
+            steps, returns.min(1), returns.max(1), alpha=0.25, label="min-max over seeds"
+        )
         axes.legend(fontsize=8)
     axes.set_xlabel("environment steps" if x == "env_steps" else x.replace("_", " "))
     axes.set_ylabel("evaluation return")
@@ -368,7 +420,8 @@ def plot_learning_curve(run_dir: pathlib.Path, rows: list[dict], title: str, x: 
 
 def seed_rows(history: list[dict]) -> list[dict]:
     """One row per evaluation and seed of a multi-seed history: every list-valued field
-    (``eval_return`` and the last update's metrics, one entry per seed) becomes that seed's value."""
+    (``eval_return`` and the last update's metrics, one entry per seed) becomes that seed's
+    value."""
     rows = []
     for record in history:
         per_seed = {k: v for k, v in record.items() if isinstance(v, list)}
@@ -431,7 +484,9 @@ class ProgressBar:
     def __init__(self, total: int, done: int, steps: int):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, initial=done, unit="update", dynamic_ncols=True, file=sys.stdout)
+        self.bar = tqdm(
+            total=total, initial=done, unit="update", dynamic_ncols=True, file=sys.stdout
+        )
         self.last = {"time": time.perf_counter(), "steps": steps}
 
     def __call__(self, record: dict, state) -> None:
@@ -439,7 +494,9 @@ class ProgressBar:
         rate = (record["env_steps"] - self.last["steps"]) / max(now - self.last["time"], 1e-9)
         self.last.update(time=now, steps=record["env_steps"])
         grad = _mean(record.get("grad_norm", float("nan")))
-        self.bar.set_postfix(ret=f"{_mean(record['eval_return']):.1f}", grad=f"{grad:.3g}", steps_per_s=f"{rate:.0f}")
+        self.bar.set_postfix(
+            ret=f"{_mean(record['eval_return']):.1f}", grad=f"{grad:.3g}", steps_per_s=f"{rate:.0f}"
+        )
         self.bar.update(record["updates"] - self.bar.n)
 
     def close(self) -> None:
@@ -451,11 +508,18 @@ def _resume_point(run_dir: pathlib.Path, trainer, seeds: int, from_checkpoint: i
     ``from_checkpoint``, setting the newer ones aside."""
     config = trainer.config
     init = jax.jit(jax.vmap(trainer.init)) if seeds > 1 else jax.jit(trainer.init)
-    keys = jax.random.split(jax.random.key(config.seed), seeds) if seeds > 1 else jax.random.key(config.seed)
+    keys = (
+        jax.random.split(jax.random.key(config.seed), seeds)
+        if seeds > 1
+        else jax.random.key(config.seed)
+    )
     resume = load_checkpoint(run_dir, init(keys), step=from_checkpoint)
     done = resume[1][-1]["updates"] if resume[1] else 0
     if done > config.num_updates:
-        raise RunDirError(f"--num-updates {config.num_updates} is fewer than the {done} updates {run_dir} has done")
+        raise RunDirError(
+            f"--num-updates {config.num_updates} is fewer than the {done} updates {run_dir} has "
+            "done"
+        )
     if from_checkpoint is not None:
         for moved in set_aside_newer(run_dir, done):
             print(f"set aside the newer checkpoint {moved.name} in {moved.parent}")
@@ -463,8 +527,17 @@ def _resume_point(run_dir: pathlib.Path, trainer, seeds: int, from_checkpoint: i
     return resume
 
 
-def fit(config, *, run_dir: pathlib.Path | None = None, seeds: int = 1, resume: bool = False,
-        from_checkpoint: int | None = None, callbacks=(), progress: bool = True, dynamics=None):  # fmt: skip
+def fit(
+    config,
+    *,
+    run_dir: pathlib.Path | None = None,
+    seeds: int = 1,
+    resume: bool = False,
+    from_checkpoint: int | None = None,
+    callbacks=(),
+    progress: bool = True,
+    dynamics=None,
+):
     """Trains ``config`` (``seeds`` > 1: that many seeds in one vmapped program): the one way to
     train, under ``mbpo train`` and the experiments.
 
@@ -505,7 +578,13 @@ def fit(config, *, run_dir: pathlib.Path | None = None, seeds: int = 1, resume: 
         x = x_axis(config)
         writers = [Checkpoints(run_dir, history, seeds), TensorBoard(run_dir, x)]
         if progress:
-            writers.append(ProgressBar(config.num_updates, history[-1]["updates"] if history else 0, history[-1]["env_steps"] if history else 0))
+            writers.append(
+                ProgressBar(
+                    config.num_updates,
+                    history[-1]["updates"] if history else 0,
+                    history[-1]["env_steps"] if history else 0,
+                )
+            )
         try:
             state, history = _train(trainer, seeds, [*writers, *callbacks], start)
         finally:
@@ -525,6 +604,8 @@ def _train(trainer, seeds: int, callbacks: list, start):
             c(record, state)
 
     if seeds > 1:
-        state, result = loop.train_seeds(trainer, seeds, callback=callback, resume=start, stop_on_divergence=True)
+        state, result = loop.train_seeds(
+            trainer, seeds, callback=callback, resume=start, stop_on_divergence=True
+        )
         return state, result["history"]
     return loop.train(trainer, callback=callback, resume=start)

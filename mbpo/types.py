@@ -16,7 +16,8 @@ Noise: TypeAlias = Float[Array, "..."]
 Done: TypeAlias = Float[Array, ""]
 Step: TypeAlias = Int[Array, ""]
 Flag: TypeAlias = Bool[Array, ""]
-# A pytree of arrays whose structure depends on the dynamics (an ODE state vector, a brax State, ...).
+# A pytree of arrays whose structure depends on the dynamics (an ODE state vector, a brax State,
+# ...).
 PyTree: TypeAlias = Any
 Params: TypeAlias = jax.typing.ArrayLike | dict | tuple | list | None
 
@@ -28,8 +29,8 @@ __all__ = [
     "Float",
     "Noise",
     "Observation",
-    "Params",
     "PRNGKey",
+    "Params",
     "PyTree",
     "Scalar",
     "Step",

@@ -72,7 +72,12 @@ def check_num_steps(num_steps: int, *, minimum: int = 1) -> int:
 
 
 def sample_noise(
-    dynamics: Dynamics, key: PRNGKey, num_steps: int, eps_shape: tuple[int, ...] = (0,), *, extra_eps: int = 0
+    dynamics: Dynamics,
+    key: PRNGKey,
+    num_steps: int,
+    eps_shape: tuple[int, ...] = (0,),
+    *,
+    extra_eps: int = 0,
 ) -> RolloutNoise:
     """eps_t ~ N(0, I) for num_steps + extra_eps steps, xi_t ~ dynamics.sample_noise for num_steps.
 
@@ -106,11 +111,15 @@ def rollout(
       (s_n, the stacked transitions t = 0..n-1).
     """
     if dynamics_gradient not in DYNAMICS_GRADIENTS:
-        raise ValueError(f"unknown dynamics_gradient {dynamics_gradient!r}; allowed: {', '.join(DYNAMICS_GRADIENTS)}")
+        raise ValueError(
+            f"unknown dynamics_gradient {dynamics_gradient!r}; allowed: "
+            f"{', '.join(DYNAMICS_GRADIENTS)}"
+        )
     if dynamics_gradient == "score" and not dynamics.has_log_prob:
         raise ValueError(
             f"dynamics_gradient='score' needs a transition density, but "
-            f"{getattr(dynamics, 'name', type(dynamics).__name__)} ({type(dynamics).__name__}) has no log_prob"
+            f"{getattr(dynamics, 'name', type(dynamics).__name__)} ({type(dynamics).__name__}) has "
+            "no log_prob"
         )
     n_eps, n_xi = jnp.shape(noise.eps)[0], jnp.shape(noise.xi)[0]
     if n_eps != n_xi:
@@ -128,13 +137,22 @@ def rollout(
         if dynamics_gradient == "score":
             reward = dynamics.reward(s, a, s_next)
             log_prob = dynamics.log_prob(s, a, s_next)
-        step = Transition(obs=s.obs, action=a, reward=reward, done=s_next.done, next_obs=s_next.obs, log_prob=log_prob)
+        step = Transition(
+            obs=s.obs,
+            action=a,
+            reward=reward,
+            done=s_next.done,
+            next_obs=s_next.obs,
+            log_prob=log_prob,
+        )
         return s_next, step
 
     return jax.lax.scan(body, state, noise)
 
 
-def open_loop(dynamics: Dynamics, state: State, actions: Array, xi: Array) -> tuple[State, Transition]:
+def open_loop(
+    dynamics: Dynamics, state: State, actions: Array, xi: Array
+) -> tuple[State, Transition]:
     """Applies a fixed action sequence a_{0:n} with dynamics noise xi_{0:n}."""
     return rollout(dynamics, lambda obs, a: a, state, RolloutNoise(eps=actions, xi=xi))
 
@@ -196,7 +214,9 @@ def unroll(
     n = jnp.shape(noise.xi)[0]
     n_eps = jnp.shape(noise.eps)[0]
     if n_eps != n + (q is not None):
-        need = "n + 1 (eps_n draws the bootstrap action a_n)" if q is not None else "n (no bootstrap)"
+        need = (
+            "n + 1 (eps_n draws the bootstrap action a_n)" if q is not None else "n (no bootstrap)"
+        )
         raise ValueError(f"noise.eps has {n_eps} steps and noise.xi has {n}: eps needs {need}")
     if q is None and n == 0:
         raise ValueError("a horizon of 0 needs a critic q: J_0 = q(s_0, d(s_0, eps_0))")
@@ -204,7 +224,11 @@ def unroll(
     dtype = state.obs.dtype
     if n > 0:
         final_state, traj = rollout(
-            dynamics, policy, state, RolloutNoise(eps=noise.eps[:n], xi=noise.xi), dynamics_gradient=dynamics_gradient
+            dynamics,
+            policy,
+            state,
+            RolloutNoise(eps=noise.eps[:n], xi=noise.xi),
+            dynamics_gradient=dynamics_gradient,
         )
         discount_t = gamma ** jnp.arange(n, dtype=dtype)
         alive_t = alive_mask(traj.done)
@@ -233,6 +257,8 @@ def unroll(
             downstream = downstream - weight_t * b_t
         advantage = jax.lax.stop_gradient(downstream)
         log_p = traj.log_prob
-        objective = objective + jnp.sum(alive_t * (log_p - jax.lax.stop_gradient(log_p)) * advantage)
+        objective = objective + jnp.sum(
+            alive_t * (log_p - jax.lax.stop_gradient(log_p)) * advantage
+        )
 
     return objective, UnrollResult(traj, final_state, final_action, bootstrap, discount_n)

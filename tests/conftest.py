@@ -4,12 +4,16 @@ import os
 # LLVM's optimization level 0 compiles them about a quarter faster and changes no HLO (XLA's own
 # passes: fusion, simplification, layout, run as always). Set before jax creates its CPU client;
 # subprocesses inherit it. MBPO_TEST_XLA_DEFAULT=1 runs the suite with XLA's default level.
-if not os.environ.get("MBPO_TEST_XLA_DEFAULT") and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+if not os.environ.get(
+    "MBPO_TEST_XLA_DEFAULT"
+) and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    ).strip()
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import numpy as np
+import pytest
 
 
 @pytest.fixture
@@ -29,5 +33,5 @@ def central_difference(f, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
     for idx in np.ndindex(x.shape):
         e = np.zeros_like(x)
         e[idx] = h
-        jac[(...,) + idx] = (np.asarray(f(x + e)) - np.asarray(f(x - e))) / (2 * h)
+        jac[(..., *idx)] = (np.asarray(f(x + e)) - np.asarray(f(x - e))) / (2 * h)
     return jac

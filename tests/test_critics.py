@@ -86,14 +86,20 @@ def test_q_critic_bad_configuration_raises():
 def test_polyak():
     target = {"a": jnp.array([1.0, 2.0]), "b": {"c": jnp.array(-3.0)}}
     online = {"a": jnp.array([5.0, -2.0]), "b": {"c": jnp.array(1.0)}}
-    for tau, want in [(1.0, online), (0.0, target), (0.25, {"a": np.array([2.0, 1.0]), "b": {"c": np.array(-2.0)}})]:
+    for tau, want in [
+        (1.0, online),
+        (0.0, target),
+        (0.25, {"a": np.array([2.0, 1.0]), "b": {"c": np.array(-2.0)}}),
+    ]:
         got = polyak(target, online, tau)
         for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
             np.testing.assert_allclose(g, w, rtol=1e-15)
 
 
 def test_td0_targets(trajectory):
-    np.testing.assert_allclose(td0_targets(*map(jnp.asarray, trajectory)), _td0_loop(*trajectory), rtol=1e-12)
+    np.testing.assert_allclose(
+        td0_targets(*map(jnp.asarray, trajectory)), _td0_loop(*trajectory), rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("lambda_", [0.0, 0.3, 0.8, 1.0])
@@ -105,7 +111,9 @@ def test_lambda_returns_match_the_backward_recursion(trajectory, lambda_):
 def test_lambda_returns_limits(trajectory):
     args = tuple(map(jnp.asarray, trajectory))
     np.testing.assert_allclose(lambda_returns(*args, 0.0), _td0_loop(*trajectory), rtol=1e-12)
-    np.testing.assert_allclose(lambda_returns(*args, 1.0), _monte_carlo_loop(*trajectory), rtol=1e-12)
+    np.testing.assert_allclose(
+        lambda_returns(*args, 1.0), _monte_carlo_loop(*trajectory), rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, T - 1])
@@ -139,7 +147,9 @@ def test_stop_target_gradients(trajectory, name):
     target = TARGETS[name]
 
     def grad(stop):
-        return jax.grad(lambda v: jnp.sum(target(r_t, discount_t, v, stop_target_gradients=stop)))(v_tp1)
+        return jax.grad(lambda v: jnp.sum(target(r_t, discount_t, v, stop_target_gradients=stop)))(
+            v_tp1
+        )
 
     np.testing.assert_array_equal(grad(True), np.zeros(T))
     assert np.abs(np.asarray(grad(False))).max() > 0.1
@@ -172,7 +182,11 @@ def test_q_loss_by_hand():
     critic = QCritic(observation_size=2, action_size=1, num_q=2, hidden=())
     w = np.array([[1.0, -2.0, 0.5], [0.0, 1.0, 3.0]])
     b = np.array([0.1, -0.4])
-    params = {"params": {"Dense_0": {"kernel": jnp.asarray(w[:, :, None]), "bias": jnp.asarray(b[:, None])}}}
+    params = {
+        "params": {
+            "Dense_0": {"kernel": jnp.asarray(w[:, :, None]), "bias": jnp.asarray(b[:, None])}
+        }
+    }
     obs = np.array([[1.0, 2.0], [-1.0, 0.5], [0.0, 0.0]])
     action = np.array([[0.5], [-1.0], [2.0]])
     y = np.array([0.3, -1.0, 2.0])

@@ -40,8 +40,12 @@ def test_ou_bad_parameters_are_named():
 
 def test_perturb_scales_by_half_width_and_clips():
     low, high = jnp.array([-2.0, 0.0]), jnp.array([2.0, 1.0])
-    np.testing.assert_allclose(perturb(jnp.array([0.0, 0.5]), jnp.array([0.25, 0.2]), low, high), [0.5, 0.6], rtol=1e-6)
-    np.testing.assert_allclose(perturb(jnp.array([1.9, 0.5]), jnp.array([1.0, -3.0]), low, high), [2.0, 0.0])
+    np.testing.assert_allclose(
+        perturb(jnp.array([0.0, 0.5]), jnp.array([0.25, 0.2]), low, high), [0.5, 0.6], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        perturb(jnp.array([1.9, 0.5]), jnp.array([1.0, -3.0]), low, high), [2.0, 0.0]
+    )
 
 
 def test_target_smoothing_respects_its_clip_and_the_box():

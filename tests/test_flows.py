@@ -178,7 +178,8 @@ def test_two_d_density_integrates_to_one():
 
 @functools.partial(_jit, static_argnums=1)
 def _bimodal(key, n):
-    """x | c ~ (N(c_0 + 1, 0.2^2) + N(c_0 - 1 + c_1, 0.2^2)) / 2, c ~ N(0, I): modes that move with c."""
+    """x | c ~ (N(c_0 + 1, 0.2^2) + N(c_0 - 1 + c_1, 0.2^2)) / 2, c ~ N(0, I): modes that move with
+    c."""
     k_c, k_b, k_n = jax.random.split(key, 3)
     c = jax.random.normal(k_c, (n, CONTEXT))
     upper = jax.random.bernoulli(k_b, 0.5, (n,))
@@ -187,7 +188,8 @@ def _bimodal(key, n):
 
 
 def test_fitted_flow_beats_a_fitted_gaussian_on_a_bimodal_conditional():
-    """Held-out log-likelihood: the mixture's entropy is ~0.9 nats below a Gaussian's of its variance,
+    """Held-out log-likelihood: the mixture's entropy is ~0.9 nats below a Gaussian's of its
+    variance,
     so a fitted 1-D spline flow should win by a wide margin; we ask for 0.4 nats per sample (it wins
     by 0.73 with these seeds)."""
     x_train, c_train = _bimodal(jax.random.key(0), 512)
@@ -359,9 +361,18 @@ def test_wrong_shapes_raise_naming_the_shape():
 def test_flow_policy_sample_and_log_prob_agrees_with_the_inverse(x64):
     from mbpo.flows import FlowPolicy
 
-    policy = FlowPolicy(observation_size=3, action_size=2, action_low=(-2.0, -1.0), action_high=(2.0, 1.0), hidden=(8,))
+    policy = FlowPolicy(
+        observation_size=3,
+        action_size=2,
+        action_low=(-2.0, -1.0),
+        action_high=(2.0, 1.0),
+        hidden=(8,),
+    )
     params = policy.init(jax.random.key(0))
-    obs, eps = jax.random.normal(jax.random.key(1), (3,)), jax.random.normal(jax.random.key(2), (2,))
+    obs, eps = (
+        jax.random.normal(jax.random.key(1), (3,)),
+        jax.random.normal(jax.random.key(2), (2,)),
+    )
     action, log_pi = policy.sample_and_log_prob(params, obs, eps)
     np.testing.assert_allclose(action, policy.sample(params, obs, eps), rtol=1e-12)
     np.testing.assert_allclose(log_pi, policy.log_prob(params, obs, action), rtol=1e-9)

@@ -10,8 +10,28 @@ import pytest
 from mbpo import main as cli
 from mbpo import runner
 
-TINY = ["--env", "lqr", "--horizon", "3", "--num-envs", "8", "--episode-length", "12", "--num-updates", "6",
-        "--eval-every", "2", "--eval-envs", "4", "--hidden", "8", "--critic-epochs", "1", "--critic-minibatches", "1"]
+TINY = [
+    "--env",
+    "lqr",
+    "--horizon",
+    "3",
+    "--num-envs",
+    "8",
+    "--episode-length",
+    "12",
+    "--num-updates",
+    "6",
+    "--eval-every",
+    "2",
+    "--eval-envs",
+    "4",
+    "--hidden",
+    "8",
+    "--critic-epochs",
+    "1",
+    "--critic-minibatches",
+    "1",
+]
 
 
 def _checkpoint(run_dir):
@@ -20,12 +40,18 @@ def _checkpoint(run_dir):
 
     trainer = make_trainer(runner.load_config(run_dir))
     state, history = runner.load_checkpoint(run_dir, jax.jit(trainer.init)(jax.random.key(0)))
-    keys_as_data = jax.tree.map(lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x, state)
+    keys_as_data = jax.tree.map(
+        lambda x: (
+            jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+        ),
+        state,
+    )
     return [np.asarray(x) for x in jax.tree.leaves(keys_as_data)], history
 
 
 def kill_after_two_checkpoints(monkeypatch, argv) -> None:
-    """Runs ``mbpo`` with ``argv`` and kills it (KeyboardInterrupt) right after its second checkpoint."""
+    """Runs ``mbpo`` with ``argv`` and kills it (KeyboardInterrupt) right after its second
+    checkpoint."""
     saved = runner.save_checkpoint
     calls = []
 
@@ -58,17 +84,32 @@ def _tensorboard_scalars(run_dir) -> dict:
             event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
             offset += 16 + length
             for value in event.summary.value:
-                scalars.setdefault(value.tag, []).append(pytest.approx(value.simple_value, rel=1e-6))
+                scalars.setdefault(value.tag, []).append(
+                    pytest.approx(value.simple_value, rel=1e-6)
+                )
     return scalars
 
 
 def test_train_writes_the_run_directory_and_evaluate_reads_it(tmp_path, capsys):
     run_dir = tmp_path / "run"
     cli.main(["train", *TINY, "--run-dir", str(run_dir)])
-    assert {p.name for p in run_dir.iterdir() if not p.name.startswith(".")} == {runner.CONFIG, runner.METRICS, runner.CHECKPOINTS, runner.CURVE, runner.TENSORBOARD}
+    assert {p.name for p in run_dir.iterdir() if not p.name.startswith(".")} == {
+        runner.CONFIG,
+        runner.METRICS,
+        runner.CHECKPOINTS,
+        runner.CURVE,
+        runner.TENSORBOARD,
+    }
     # After 3 evaluations the newest two checkpoints are kept.
-    assert sorted(p.name for p in (run_dir / runner.CHECKPOINTS).iterdir()) == ["00000004", "00000004.json", "00000006", "00000006.json"]
-    assert _tensorboard_scalars(run_dir)["eval_return"] == [r["eval_return"] for r in _history(run_dir)]
+    assert sorted(p.name for p in (run_dir / runner.CHECKPOINTS).iterdir()) == [
+        "00000004",
+        "00000004.json",
+        "00000006",
+        "00000006.json",
+    ]
+    assert _tensorboard_scalars(run_dir)["eval_return"] == [
+        r["eval_return"] for r in _history(run_dir)
+    ]
     assert json.loads((run_dir / runner.CONFIG).read_text())["horizon"] == 3
     rows = (run_dir / runner.METRICS).read_text().splitlines()
     assert rows[0].startswith("updates,env_steps,eval_return") and len(rows) == 4
@@ -76,17 +117,83 @@ def test_train_writes_the_run_directory_and_evaluate_reads_it(tmp_path, capsys):
     assert "mean return" in capsys.readouterr().out
     # --config replays the settings; an explicit option still overrides them.
     replay = tmp_path / "replay"
-    cli.main(["train", "--config", str(run_dir / runner.CONFIG), "--num-updates", "2", "--run-dir", str(replay)])
+    cli.main(
+        [
+            "train",
+            "--config",
+            str(run_dir / runner.CONFIG),
+            "--num-updates",
+            "2",
+            "--run-dir",
+            str(replay),
+        ]
+    )
     assert json.loads((replay / runner.CONFIG).read_text())["horizon"] == 3
     assert json.loads((replay / runner.CONFIG).read_text())["num_updates"] == 2
 
 
-SAC_TINY = ["--algo", "sac", "--env", "pendulum", "--num-envs", "4", "--episode-length", "20", "--num-updates", "6", "--eval-every", "2",
-            "--eval-envs", "4", "--hidden", "8", "--gradient-steps", "2", "--batch-size", "16", "--warmup-steps", "8",
-            "--buffer-capacity", "64"]  # fmt: skip
-MBPO_TINY = ["--algo", "mbpo", "--env", "pendulum", "--horizon", "2", "--num-envs", "2", "--episode-length", "20", "--num-updates", "4",
-             "--eval-every", "2", "--eval-envs", "4", "--hidden", "8", "--model-hidden", "8", "--members", "2", "--elites", "1",
-             "--model-steps", "2", "--policy-steps", "2", "--critic-steps", "2", "--batch-size", "8", "--warmup-steps", "4"]  # fmt: skip
+SAC_TINY = [
+    "--algo",
+    "sac",
+    "--env",
+    "pendulum",
+    "--num-envs",
+    "4",
+    "--episode-length",
+    "20",
+    "--num-updates",
+    "6",
+    "--eval-every",
+    "2",
+    "--eval-envs",
+    "4",
+    "--hidden",
+    "8",
+    "--gradient-steps",
+    "2",
+    "--batch-size",
+    "16",
+    "--warmup-steps",
+    "8",
+    "--buffer-capacity",
+    "64",
+]
+MBPO_TINY = [
+    "--algo",
+    "mbpo",
+    "--env",
+    "pendulum",
+    "--horizon",
+    "2",
+    "--num-envs",
+    "2",
+    "--episode-length",
+    "20",
+    "--num-updates",
+    "4",
+    "--eval-every",
+    "2",
+    "--eval-envs",
+    "4",
+    "--hidden",
+    "8",
+    "--model-hidden",
+    "8",
+    "--members",
+    "2",
+    "--elites",
+    "1",
+    "--model-steps",
+    "2",
+    "--policy-steps",
+    "2",
+    "--critic-steps",
+    "2",
+    "--batch-size",
+    "8",
+    "--warmup-steps",
+    "4",
+]
 
 
 @pytest.mark.parametrize("argv", [TINY, SAC_TINY], ids=["svg", "sac"])
@@ -108,7 +215,11 @@ def test_killed_run_resumes_bit_identical(tmp_path, monkeypatch, argv):
 def test_corrupted_or_missing_checkpoint_is_refused_and_left_alone(tmp_path, capsys):
     run_dir = tmp_path / "run"
     cli.main(["train", *TINY, "--num-updates", "2", "--run-dir", str(run_dir)])
-    data_files = [p for p in (run_dir / runner.CHECKPOINTS / "00000002").rglob("*") if p.is_file() and p.parent.name == "d"]
+    data_files = [
+        p
+        for p in (run_dir / runner.CHECKPOINTS / "00000002").rglob("*")
+        if p.is_file() and p.parent.name == "d"
+    ]
     assert data_files
     for path in data_files:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -155,19 +266,43 @@ def test_seeds_train_in_one_program_with_a_row_per_seed_and_evaluation(tmp_path,
     cli.main(["train", *TINY, "--seeds", "3", "--run-dir", str(run_dir)])
     rows = (run_dir / runner.METRICS).read_text().splitlines()
     header = rows[0].split(",")
-    assert header[:3] == ["updates", "env_steps", "wall_time"] and {"seed", "eval_return", "grad_norm"} <= set(header)
+    assert header[:3] == ["updates", "env_steps", "wall_time"] and {
+        "seed",
+        "eval_return",
+        "grad_norm",
+    } <= set(header)
     assert len(rows) == 1 + 3 * 3
     column = header.index("grad_norm")
-    assert all(np.isfinite(float(r.split(",")[column])) for r in rows[1:])  # one seed's value per row, not the list
+    assert all(
+        np.isfinite(float(r.split(",")[column])) for r in rows[1:]
+    )  # one seed's value per row, not the list
     assert (run_dir / runner.CURVE).stat().st_size > 10_000
     assert "3 seeds (one vmapped program)" in capsys.readouterr().out
 
 
 def test_compare_estimators_writes_curves(tmp_path, capsys):
     out = tmp_path / "cmp"
-    cli.main(["compare", "estimators", *TINY, "--num-updates", "4", "--estimators", "svg", "bpo", "--seeds", "2", "--out", str(out)])
+    cli.main(
+        [
+            "compare",
+            "estimators",
+            *TINY,
+            "--num-updates",
+            "4",
+            "--estimators",
+            "svg",
+            "bpo",
+            "--seeds",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     rows = (out / "curves.csv").read_text().splitlines()
-    assert rows[0] == "estimator,updates,env_steps,wall_time,seed,eval_return" and len(rows) == 1 + 2 * 2 * 2
+    assert (
+        rows[0] == "estimator,updates,env_steps,wall_time,seed,eval_return"
+        and len(rows) == 1 + 2 * 2 * 2
+    )
     assert (out / "curves.png").stat().st_size > 10_000
     with pytest.raises(SystemExit) as info:
         cli.main(["compare", "algorithms"])
@@ -178,10 +313,18 @@ def test_algo_picks_the_trainer_and_its_options(tmp_path, capsys):
     sac, mbpo, svg = tmp_path / "sac", tmp_path / "mbpo", tmp_path / "svg"
     cli.main(["train", *SAC_TINY, "--run-dir", str(sac)])
     config = json.loads((sac / runner.CONFIG).read_text())
-    assert config["trainer"] == "off_policy" and config["algo"] == "sac" and config["gradient_steps"] == 2
+    assert (
+        config["trainer"] == "off_policy"
+        and config["algo"] == "sac"
+        and config["gradient_steps"] == 2
+    )
     cli.main(["train", *MBPO_TINY, "--policy-update", "svg_er", "--run-dir", str(mbpo)])
     config = json.loads((mbpo / runner.CONFIG).read_text())
-    assert config["trainer"] == "mbpo" and config["policy_update"] == "svg_er" and config["members"] == 2
+    assert (
+        config["trainer"] == "mbpo"
+        and config["policy_update"] == "svg_er"
+        and config["members"] == 2
+    )
     assert len((mbpo / runner.METRICS).read_text().splitlines()) == 3
     for run in (sac, mbpo):
         cli.main(["evaluate", str(run), "--episodes", "2"])
@@ -189,8 +332,12 @@ def test_algo_picks_the_trainer_and_its_options(tmp_path, capsys):
     # The estimators are algorithms of the unroll trainer: --algo svg is --estimator svg.
     cli.main(["train", *TINY, "--algo", "dpmb_r", "--num-updates", "2", "--run-dir", str(svg)])
     assert json.loads((svg / runner.CONFIG).read_text())["estimator"] == "dpmb_r"
-    # --config (and --resume: test_killed_run_resumes_bit_identical[sac]) find the trainer from the saved config.
-    assert cli._train_config_class(["train", "--config", str(sac / runner.CONFIG)]).__name__ == "OffPolicyConfig"
+    # --config (and --resume: test_killed_run_resumes_bit_identical[sac]) find the trainer from the
+    # saved config.
+    assert (
+        cli._train_config_class(["train", "--config", str(sac / runner.CONFIG)]).__name__
+        == "OffPolicyConfig"
+    )
     assert cli._train_config_class(["train", "--resume", str(mbpo)]).__name__ == "ModelBasedConfig"
 
 

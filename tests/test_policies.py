@@ -22,12 +22,16 @@ INF = (-math.inf, -math.inf), (math.inf, math.inf)
 BOUNDED = {
     "deterministic": DeterministicPolicy(OBS_SIZE, 2, LOW, HIGH, hidden=HIDDEN),
     "gaussian": GaussianPolicy(OBS_SIZE, 2, LOW, HIGH, hidden=HIDDEN),
-    "gaussian_state_std": GaussianPolicy(OBS_SIZE, 2, LOW, HIGH, hidden=HIDDEN, state_dependent_std=True),
+    "gaussian_state_std": GaussianPolicy(
+        OBS_SIZE, 2, LOW, HIGH, hidden=HIDDEN, state_dependent_std=True
+    ),
     "tanh_gaussian": TanhGaussianPolicy(OBS_SIZE, 2, LOW, HIGH, hidden=HIDDEN),
 }
 UNBOUNDED = {
     "gaussian": GaussianPolicy(OBS_SIZE, 2, *INF, hidden=HIDDEN),
-    "gaussian_state_std": GaussianPolicy(OBS_SIZE, 2, *INF, hidden=HIDDEN, state_dependent_std=True),
+    "gaussian_state_std": GaussianPolicy(
+        OBS_SIZE, 2, *INF, hidden=HIDDEN, state_dependent_std=True
+    ),
 }
 
 
@@ -63,7 +67,9 @@ def test_bounded_policies_act_inside_the_box(name):
 
 @pytest.mark.parametrize("state_dependent_std", [False, True])
 def test_gaussian_mean_is_squashed_into_a_bounded_box(state_dependent_std):
-    policy = GaussianPolicy(OBS_SIZE, 2, LOW, HIGH, hidden=HIDDEN, state_dependent_std=state_dependent_std)
+    policy = GaussianPolicy(
+        OBS_SIZE, 2, LOW, HIGH, hidden=HIDDEN, state_dependent_std=state_dependent_std
+    )
     params = _init(policy, 0)
     mean = np.asarray(policy.mean(params, _obs(0, 1e3)))
     assert np.all(mean >= np.array(LOW)) and np.all(mean <= np.array(HIGH)), mean
@@ -84,12 +90,21 @@ def test_gaussian_mean_is_squashed_into_a_bounded_box(state_dependent_std):
         BOUNDED["gaussian_state_std"],
         BOUNDED["tanh_gaussian"],
     ],
-    ids=["gaussian", "gaussian_state_std", "gaussian_bounded_mean", "gaussian_state_std_bounded_mean", "tanh_gaussian"],
+    ids=[
+        "gaussian",
+        "gaussian_state_std",
+        "gaussian_bounded_mean",
+        "gaussian_state_std_bounded_mean",
+        "tanh_gaussian",
+    ],
 )
 def test_noise_from_action_inverts_sample(policy):
     params = _init(policy, 0)
     for seed in range(5):
-        obs, eps = _obs(seed), jnp.clip(_eps(policy, seed + 10, 1.5), -3.0, 3.0)  # moderate: no saturation
+        obs, eps = (
+            _obs(seed),
+            jnp.clip(_eps(policy, seed + 10, 1.5), -3.0, 3.0),
+        )  # moderate: no saturation
         recovered = policy.noise_from_action(params, obs, policy.sample(params, obs, eps))
         np.testing.assert_allclose(recovered, eps, atol=1e-8)
 
@@ -99,7 +114,9 @@ def test_deterministic_policy_has_no_noise():
     params = _init(policy, 0)
     obs = _obs(0)
     assert policy.eps_shape == (0,)
-    np.testing.assert_array_equal(policy.sample(params, obs, jnp.zeros(0)), policy.mean(params, obs))
+    np.testing.assert_array_equal(
+        policy.sample(params, obs, jnp.zeros(0)), policy.mean(params, obs)
+    )
     assert policy.noise_from_action(params, obs, policy.mean(params, obs)).shape == (0,)
     with pytest.raises(NotImplementedError, match="no density"):
         policy.log_prob(params, obs, policy.mean(params, obs))
@@ -131,7 +148,8 @@ def test_density_integrates_to_one(policy, lo, hi):
 
 
 def test_tanh_gaussian_log_prob_is_the_change_of_variables_formula():
-    """log pi(a|s) = log N(u; mu, sigma^2) - sum_i log(h_i (1 - y_i^2)), y = (a - c) / h, u = atanh(y)."""
+    """log pi(a|s) = log N(u; mu, sigma^2) - sum_i log(h_i (1 - y_i^2)), y = (a - c) / h, u =
+    atanh(y)."""
     policy = BOUNDED["tanh_gaussian"]
     params = _init(policy, 0)
     c, h = (np.array(HIGH) + np.array(LOW)) / 2, (np.array(HIGH) - np.array(LOW)) / 2
@@ -142,7 +160,12 @@ def test_tanh_gaussian_log_prob_is_the_change_of_variables_formula():
         a = np.asarray(policy.sample(params, obs, _eps(policy, seed + 10, 2.0)))
         y = (a - c) / h
         u = np.arctanh(y)
-        want = np.sum(-0.5 * ((u - mu) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi) - np.log(h * (1 - y**2)))
+        want = np.sum(
+            -0.5 * ((u - mu) / std) ** 2
+            - np.log(std)
+            - 0.5 * np.log(2 * np.pi)
+            - np.log(h * (1 - y**2))
+        )
         np.testing.assert_allclose(policy.log_prob(params, obs, jnp.asarray(a)), want, rtol=1e-10)
 
 
@@ -154,7 +177,9 @@ def test_log_prob_is_the_noise_density_over_the_jacobian(name):
     obs, eps = _obs(5), _eps(policy, 6)
     jac = jax.jacfwd(lambda e: policy.sample(params, obs, e))(eps)
     want = jnp.sum(norm.logpdf(eps)) - jnp.linalg.slogdet(jac)[1]
-    np.testing.assert_allclose(policy.log_prob(params, obs, policy.sample(params, obs, eps)), want, rtol=1e-10)
+    np.testing.assert_allclose(
+        policy.log_prob(params, obs, policy.sample(params, obs, eps)), want, rtol=1e-10
+    )
 
 
 @pytest.mark.parametrize("name", list(BOUNDED))
@@ -187,7 +212,9 @@ def test_tanh_gaussian_needs_finite_bounds():
 def test_bad_configuration_raises(cls):
     with pytest.raises(ValueError, match="unknown activation 'sigmoidish'"):
         cls(OBS_SIZE, 1, (-1.0,), (1.0,), activation="sigmoidish")
-    with pytest.raises(ValueError, match=r"action bounds must have 2 entries, got \(-1.0,\), \(1.0,\)"):
+    with pytest.raises(
+        ValueError, match=r"action bounds must have 2 entries, got \(-1.0,\), \(1.0,\)"
+    ):
         cls(OBS_SIZE, 2, (-1.0,), (1.0,))
     with pytest.raises(ValueError, match="must have 1 entries"):
         cls(OBS_SIZE, 1, (-1.0, -1.0), (1.0, 1.0))

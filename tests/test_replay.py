@@ -53,10 +53,16 @@ def test_jit_and_vmap_over_seeds():
     batches = jax.vmap(lambda s: _items(0, 3) | {"x": jnp.arange(3.0) + 10 * s})(jnp.arange(3.0))
     states = jax.jit(jax.vmap(buf.insert))(states, batches)
     np.testing.assert_array_equal(states.data["x"][:, :3], [[0, 1, 2], [10, 11, 12], [20, 21, 22]])
-    samples = jax.jit(jax.vmap(lambda s, k: buf.sample(s, k, 4)))(states, jax.random.split(jax.random.key(1), 3))
+    samples = jax.jit(jax.vmap(lambda s, k: buf.sample(s, k, 4)))(
+        states, jax.random.split(jax.random.key(1), 3)
+    )
     assert samples["x"].shape == (3, 4)
     for seed in range(3):
-        assert set(np.asarray(samples["x"][seed]).tolist()) <= {10.0 * seed, 10.0 * seed + 1, 10.0 * seed + 2}
+        assert set(np.asarray(samples["x"][seed]).tolist()) <= {
+            10.0 * seed,
+            10.0 * seed + 1,
+            10.0 * seed + 2,
+        }
 
 
 def test_bad_capacity_and_oversized_insert_are_refused():
@@ -86,7 +92,9 @@ def test_basepoints_cover_the_box_and_mark_steps_after_termination():
     assert data.obs.shape == (1000, 1) and data.action.shape == (1000, 1)
     np.testing.assert_allclose(data.next_obs, data.obs - 1 - data.action, rtol=1e-6)
     assert 0.0 <= float(data.action.min()) and float(data.action.max()) <= 1.0
-    assert abs(float(data.action.mean()) - 0.5) < 0.05  # uniform on [0, 1]: mean 0.5, sd of the mean 0.009
+    assert (
+        abs(float(data.action.mean()) - 0.5) < 0.05
+    )  # uniform on [0, 1]: mean 0.5, sd of the mean 0.009
     # x falls by >= 1 per step, so it is below 0 within 7 steps; from the first such step on,
     # every transition of the segment is marked done (x keeps falling: done = next x < 0).
     done = np.asarray(data.done).reshape(-1, 10)
@@ -95,7 +103,13 @@ def test_basepoints_cover_the_box_and_mark_steps_after_termination():
 
 
 def test_uniform_policy_needs_a_bounded_box():
-    unbounded = from_function(lambda s, a, xi: s + a, lambda s, a, s2: -jnp.sum(s**2), lambda k: jnp.zeros(1), action_size=1,
-                              action_low=-jnp.inf, action_high=jnp.inf)  # fmt: skip
+    unbounded = from_function(
+        lambda s, a, xi: s + a,
+        lambda s, a, s2: -jnp.sum(s**2),
+        lambda k: jnp.zeros(1),
+        action_size=1,
+        action_low=-jnp.inf,
+        action_high=jnp.inf,
+    )
     with pytest.raises(ValueError, match="bounded action box"):
         uniform_policy(unbounded)

@@ -20,7 +20,9 @@ def _exit_code(argv, capsys) -> tuple[int, str]:
 
 
 def _snapshot(root: pathlib.Path) -> dict:
-    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != runner.LOCK}
+    return {
+        p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != runner.LOCK
+    }
 
 
 def _damage_middle(path: pathlib.Path) -> None:
@@ -32,7 +34,10 @@ def _damage_middle(path: pathlib.Path) -> None:
 
 
 def _largest_data_file(checkpoint: pathlib.Path) -> pathlib.Path:
-    return max((p for p in checkpoint.rglob("*") if p.is_file() and p.parent.name == "d"), key=lambda p: p.stat().st_size)
+    return max(
+        (p for p in checkpoint.rglob("*") if p.is_file() and p.parent.name == "d"),
+        key=lambda p: p.stat().st_size,
+    )
 
 
 # 64-unit layers: arrays big enough that orbax stores them outside its checksummed index, where a
@@ -40,7 +45,9 @@ def _largest_data_file(checkpoint: pathlib.Path) -> pathlib.Path:
 WIDE = [*TINY, "--hidden", "64", "64"]
 
 
-def test_damaged_checkpoint_of_the_same_size_is_refused_and_an_older_intact_one_resumes(tmp_path, capsys):
+def test_damaged_checkpoint_of_the_same_size_is_refused_and_an_older_intact_one_resumes(
+    tmp_path, capsys
+):
     whole, run = tmp_path / "whole", tmp_path / "run"
     cli.main(["train", *WIDE, "--run-dir", str(whole)])
     cli.main(["train", *WIDE, "--run-dir", str(run)])
@@ -52,7 +59,10 @@ def test_damaged_checkpoint_of_the_same_size_is_refused_and_an_older_intact_one_
     before = _snapshot(run)
     code, err = _exit_code(["train", "--resume", str(run)], capsys)
     assert code == 2 and "00000006" in err and "do not match" in err and "left as it is" in err
-    assert f"--resume {run} --from-checkpoint 4" in err and "00000004 (after 4 updates) is intact" in err
+    assert (
+        f"--resume {run} --from-checkpoint 4" in err
+        and "00000004 (after 4 updates) is intact" in err
+    )
     assert _snapshot(run) == before  # nothing deleted, nothing rewritten
     # An unreadable index (orbax's own checksum fails) is refused the same way, in one message
     # without TensorStore's pybind internals.
@@ -63,7 +73,9 @@ def test_damaged_checkpoint_of_the_same_size_is_refused_and_an_older_intact_one_
     for index in (unreadable / runner.CHECKPOINTS / "00000006" / "d").iterdir():
         _damage_middle(index)
     code, err = _exit_code(["evaluate", str(unreadable)], capsys)
-    assert code == 2 and "cannot be read" in err and "pybind" not in err and "TensorStore(" not in err
+    assert (
+        code == 2 and "cannot be read" in err and "pybind" not in err and "TensorStore(" not in err
+    )
     # The intact older checkpoint resumes; the damaged one is set aside, never deleted, and the
     # run ends as an uninterrupted one.
     cli.main(["train", "--resume", str(run), "--from-checkpoint", "4"])
@@ -74,20 +86,27 @@ def test_damaged_checkpoint_of_the_same_size_is_refused_and_an_older_intact_one_
     assert [r["eval_return"] for r in history_a] == [r["eval_return"] for r in history_b]
 
 
-def test_a_checkpoint_that_does_not_read_back_is_refused_and_older_ones_are_kept(tmp_path, monkeypatch, capsys):
+def test_a_checkpoint_that_does_not_read_back_is_refused_and_older_ones_are_kept(
+    tmp_path, monkeypatch, capsys
+):
     run = tmp_path / "run"
     cli.main(["train", *TINY, "--num-updates", "4", "--run-dir", str(run)])
     assert runner.checkpoint_steps(run) == [2, 4]
     read = runner._restore_raw
     reads = []
 
-    def bit_rot(path, target):  # after the resume's read, the disk returns other bytes than were written
+    def bit_rot(
+        path, target
+    ):  # after the resume's read, the disk returns other bytes than were written
         import jax
 
         reads.append(path)
         if len(reads) == 1:
             return read(path, target)
-        return jax.tree.map(lambda x: np.asarray(x) + 1 if np.asarray(x).dtype.kind == "f" else x, read(path, target))
+        return jax.tree.map(
+            lambda x: np.asarray(x) + 1 if np.asarray(x).dtype.kind == "f" else x,
+            read(path, target),
+        )
 
     monkeypatch.setattr(runner, "_restore_raw", bit_rot)
     with pytest.raises(runner.RunDirError, match="does not read back as written"):
@@ -105,7 +124,11 @@ def test_new_run_refuses_a_directory_holding_another_runs_files(tmp_path, capsys
     (run / runner.METRICS).write_text("updates\n1\n")
     before = _snapshot(run)
     code, err = _exit_code(["train", *TINY, "--run-dir", str(run)], capsys)
-    assert code == 2 and "already holds a run (config.json, metrics.csv)" in err and f"--resume {run}" in err
+    assert (
+        code == 2
+        and "already holds a run (config.json, metrics.csv)" in err
+        and f"--resume {run}" in err
+    )
     assert _snapshot(run) == before
 
 
@@ -116,7 +139,12 @@ def test_a_second_process_is_refused_while_a_run_holds_the_lock(tmp_path, capsys
     run = tmp_path / "run"
     run.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from mbpo import runner; import pathlib, time; l = runner.Lock(pathlib.Path({str(run)!r})); print('held', flush=True); time.sleep(60)"],
+        [
+            sys.executable,
+            "-c",
+            "from mbpo import runner; import pathlib, time; l = "
+            f"runner.Lock(pathlib.Path({str(run)!r})); print('held', flush=True); time.sleep(60)",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -145,7 +173,11 @@ def test_seeds_runs_checkpoint_resume_and_refuse_another_seed_count(tmp_path, mo
     assert code == 2 and "trains 2 seeds" in err
     assert (killed / runner.METRICS).read_text() == metrics  # nothing overwritten
     cli.main(["train", "--resume", str(killed)])  # all seeds, from the saved seed count
-    assert (whole / runner.METRICS).read_text().count("\n") == (killed / runner.METRICS).read_text().count("\n") == 1 + 3 * 2
+    assert (
+        (whole / runner.METRICS).read_text().count("\n")
+        == (killed / runner.METRICS).read_text().count("\n")
+        == 1 + 3 * 2
+    )
     whole_rows = [r.split(",") for r in (whole / runner.METRICS).read_text().splitlines()]
     killed_rows = [r.split(",") for r in (killed / runner.METRICS).read_text().splitlines()]
     column = whole_rows[0].index("eval_return")
@@ -156,7 +188,11 @@ def test_resume_extends_with_num_updates_and_refuses_other_options_by_name(tmp_p
     short, whole = tmp_path / "short", tmp_path / "whole"
     cli.main(["train", *TINY, "--num-updates", "4", "--run-dir", str(short)])
     config = (short / runner.CONFIG).read_text()
-    for extra, named in ((["--horizon", "2"], "--horizon"), (["--gamma", "0.5", "--seed", "3"], "--gamma, --seed"), (["--algo", "bpo"], "--algo")):
+    for extra, named in (
+        (["--horizon", "2"], "--horizon"),
+        (["--gamma", "0.5", "--seed", "3"], "--gamma, --seed"),
+        (["--algo", "bpo"], "--algo"),
+    ):
         code, err = _exit_code(["train", "--resume", str(short), *extra], capsys)
         assert code == 2 and f"{named} would change it" in err
     assert (short / runner.CONFIG).read_text() == config
@@ -179,14 +215,25 @@ def test_resume_extends_with_num_updates_and_refuses_other_options_by_name(tmp_p
         (["--estimator", "bpo", "--policy", "gaussian"], "defined for a deterministic policy"),
         (["--hidden", "0"], "hidden must be a tuple of layer sizes >= 1, got (0,)"),
         (["--hidden", "8", "-4"], "hidden must be a tuple of layer sizes >= 1, got (8, -4)"),
-        (["--horizon", "64", "--episode-length", "20"], "horizon=64 is longer than episode_length=20"),
-        (["--num-envs", "4096", "--horizon", "12", "--num-updates", "50000"], "more than the int32 counters hold"),
+        (
+            ["--horizon", "64", "--episode-length", "20"],
+            "horizon=64 is longer than episode_length=20",
+        ),
+        (
+            ["--num-envs", "4096", "--horizon", "12", "--num-updates", "50000"],
+            "more than the int32 counters hold",
+        ),
         (["--algo", "sac", "--hidden", "0"], "hidden must be a tuple"),
-        (["--algo", "mbpo", "--horizon", "30", "--episode-length", "20"], "horizon=30 is longer than episode_length=20"),
+        (
+            ["--algo", "mbpo", "--horizon", "30", "--episode-length", "20"],
+            "horizon=30 is longer than episode_length=20",
+        ),
         (["--algo", "mbpo", "--model-hidden", "-1"], "model_hidden must be a tuple"),
     ],
 )
-def test_trainer_and_task_mismatches_exit_2_before_anything_is_written(tmp_path, capsys, extra, message):
+def test_trainer_and_task_mismatches_exit_2_before_anything_is_written(
+    tmp_path, capsys, extra, message
+):
     run = tmp_path / "run"
     base = [] if "--algo" in extra else TINY
     code, err = _exit_code(["train", *base, *extra, "--run-dir", str(run)], capsys)
@@ -200,15 +247,22 @@ def test_trainer_and_task_mismatches_exit_2_before_anything_is_written(tmp_path,
         ({"num_envs": "8"}, "field 'num_envs': expected int, got '8' (str)"),
         ({"num_envs": 8.0}, "field 'num_envs': expected int, got 8.0 (float)"),
         ({"hidden": 8}, "field 'hidden': expected a list of int, got 8 (int)"),
-        ({"normalize_observations": 1}, "field 'normalize_observations': expected bool, got 1 (int)"),
+        (
+            {"normalize_observations": 1},
+            "field 'normalize_observations': expected bool, got 1 (int)",
+        ),
         ({"horizon": "none"}, "field 'horizon': expected int or null"),
         ([1, 2], "must hold a JSON object of config fields, got a list"),
     ],
 )
 def test_config_values_are_type_checked_by_field(tmp_path, capsys, values, message):
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"trainer": "unroll", **values} if isinstance(values, dict) else values))
-    code, err = _exit_code(["train", "--config", str(path), "--run-dir", str(tmp_path / "run")], capsys)
+    path.write_text(
+        json.dumps({"trainer": "unroll", **values} if isinstance(values, dict) else values)
+    )
+    code, err = _exit_code(
+        ["train", "--config", str(path), "--run-dir", str(tmp_path / "run")], capsys
+    )
     assert code == 2 and message in err
     assert not (tmp_path / "run").exists()
 
@@ -216,14 +270,23 @@ def test_config_values_are_type_checked_by_field(tmp_path, capsys, values, messa
 def test_config_of_another_trainer_refuses_fields_whose_meaning_differs(tmp_path, capsys):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"trainer": "unroll", "env": "lqr", "tau": 0.2, "num_envs": 8}))
-    code, err = _exit_code(["train", "--config", str(path), "--algo", "sac", "--run-dir", str(tmp_path / "run")], capsys)
-    assert code == 2 and "its max_grad_norm, tau mean something else for OffPolicyConfig" in err and "--tau" in err
+    code, err = _exit_code(
+        ["train", "--config", str(path), "--algo", "sac", "--run-dir", str(tmp_path / "run")],
+        capsys,
+    )
+    assert (
+        code == 2
+        and "its max_grad_norm, tau mean something else for OffPolicyConfig" in err
+        and "--tau" in err
+    )
     assert not (tmp_path / "run").exists()
     # Given explicitly, the value is the user's, and the shared fields carry over.
     from mbpo.agents.registry import config_class
 
     parser = cli.make_parser(config_class("sac"))
-    defaults = cli._config_defaults(parser.commands["train"], path, config_class("sac"), given={"tau", "max_grad_norm"})
+    defaults = cli._config_defaults(
+        parser.commands["train"], path, config_class("sac"), given={"tau", "max_grad_norm"}
+    )
     assert defaults["env"] == "lqr" and defaults["num_envs"] == 8
     assert "tau" not in defaults and set(defaults) <= set(cli.SHARED_FIELDS)
 
@@ -245,13 +308,37 @@ def test_help_lists_every_algorithm_and_documents_evaluate(capsys):
 
 
 def test_target_return_reports_when_it_is_first_reached(tmp_path, capsys):
-    cli.main(["train", *TINY, "--num-updates", "4", "--target-return", "-1000", "--run-dir", str(tmp_path / "hit")])
+    cli.main(
+        [
+            "train",
+            *TINY,
+            "--num-updates",
+            "4",
+            "--target-return",
+            "-1000",
+            "--run-dir",
+            str(tmp_path / "hit"),
+        ]
+    )
     assert "reached eval return" in capsys.readouterr().out
-    cli.main(["train", *TINY, "--num-updates", "4", "--target-return", "1000", "--run-dir", str(tmp_path / "miss")])
+    cli.main(
+        [
+            "train",
+            *TINY,
+            "--num-updates",
+            "4",
+            "--target-return",
+            "1000",
+            "--run-dir",
+            str(tmp_path / "miss"),
+        ]
+    )
     assert "never reached 1000" in capsys.readouterr().out
 
 
-def test_compare_validates_everything_before_training_and_writes_after_each_estimator(tmp_path, monkeypatch, capsys):
+def test_compare_validates_everything_before_training_and_writes_after_each_estimator(
+    tmp_path, monkeypatch, capsys
+):
     from experiments import compare_estimators
 
     trained = []
@@ -267,16 +354,59 @@ def test_compare_validates_everything_before_training_and_writes_after_each_esti
     tiny = [a for a in TINY if a not in ("--horizon", "3")]
     blocker = tmp_path / "file"
     blocker.write_text("")
-    code, err = _exit_code(["compare", "estimators", *tiny, "--horizon", "3", "--estimators", "svg", "--out", str(blocker / "x")], capsys)
+    code, err = _exit_code(
+        [
+            "compare",
+            "estimators",
+            *tiny,
+            "--horizon",
+            "3",
+            "--estimators",
+            "svg",
+            "--out",
+            str(blocker / "x"),
+        ],
+        capsys,
+    )
     assert code == 2 and "not writable" in err
     code, err = _exit_code(
-        ["compare", "estimators", *tiny, "--horizon", "3", "--env", "pendulum", "--estimators", "svg", "dpmb_sf", "--out", str(tmp_path / "o")],
+        [
+            "compare",
+            "estimators",
+            *tiny,
+            "--horizon",
+            "3",
+            "--env",
+            "pendulum",
+            "--estimators",
+            "svg",
+            "dpmb_sf",
+            "--out",
+            str(tmp_path / "o"),
+        ],
         capsys,
     )
     assert code == 2 and "dpmb_sf needs the transition density" in err and trained == []
     out = tmp_path / "cmp"
     with pytest.raises(RuntimeError, match="second estimator"):
-        cli.main(["compare", "estimators", *tiny, "--horizon", "3", "--num-updates", "2", "--estimators", "svg", "bpo", "--seeds", "2", "--out", str(out)])
+        cli.main(
+            [
+                "compare",
+                "estimators",
+                *tiny,
+                "--horizon",
+                "3",
+                "--num-updates",
+                "2",
+                "--estimators",
+                "svg",
+                "bpo",
+                "--seeds",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
     rows = (out / "curves.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 and all(r.startswith("svg,") for r in rows[1:])
     code, _ = _exit_code(["compare", "estimators", "--estimator", "svg", "--out", str(out)], capsys)
@@ -291,12 +421,19 @@ def test_batch_methods_are_plotted_and_logged_against_updates(tmp_path, monkeypa
 
     from mbpo.agents.off_policy import OffPolicyConfig
 
-    assert [runner.x_axis(OffPolicyConfig(algo=a)) for a in ("nfqca", "fqi", "fqi_amortized", "sac", "td3")] == ["updates"] * 3 + ["env_steps"] * 2
+    assert [
+        runner.x_axis(OffPolicyConfig(algo=a))
+        for a in ("nfqca", "fqi", "fqi_amortized", "sac", "td3")
+    ] == ["updates"] * 3 + ["env_steps"] * 2
     rows = [{"updates": u, "env_steps": 8000, "eval_return": -500.0 + u} for u in (10, 20, 30)]
     saved = []
     real = Figure.savefig
-    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (saved.append(self), real(self, *a, **k))[1])
-    runner.plot_learning_curve(tmp_path, rows, "nfqca", x=runner.x_axis(OffPolicyConfig(algo="nfqca")))
+    monkeypatch.setattr(
+        Figure, "savefig", lambda self, *a, **k: (saved.append(self), real(self, *a, **k))[1]
+    )
+    runner.plot_learning_curve(
+        tmp_path, rows, "nfqca", x=runner.x_axis(OffPolicyConfig(algo="nfqca"))
+    )
     axes = saved[0].axes[0]
     assert axes.get_xlabel() == "updates" and list(axes.lines[0].get_xdata()) == [10, 20, 30]
 
@@ -309,9 +446,15 @@ def test_td3_metrics_carry_no_sac_columns():
 
     columns = {}
     for algo in ("td3", "sac"):
-        trainer = make_trainer(OffPolicyConfig(algo=algo, num_envs=2, hidden=(8,), batch_size=8, gradient_steps=2, warmup_steps=4))
+        trainer = make_trainer(
+            OffPolicyConfig(
+                algo=algo, num_envs=2, hidden=(8,), batch_size=8, gradient_steps=2, warmup_steps=4
+            )
+        )
         state = jax.eval_shape(trainer.init, jax.random.key(0))
-        columns[algo] = set(jax.eval_shape(trainer.update, state)[1])  # shapes only: nothing compiles
+        columns[algo] = set(
+            jax.eval_shape(trainer.update, state)[1]
+        )  # shapes only: nothing compiles
     assert not {"alpha", "entropy"} & columns["td3"] and {"alpha", "entropy"} <= columns["sac"]
 
 

@@ -36,7 +36,8 @@ def _q(obs, a):
 
 
 def _by_hand(w, n, with_q):
-    """sum_{t<n} gamma^t r_t up to and including the terminating step, then gamma^n q(s_n, a_n) if alive."""
+    """sum_{t<n} gamma^t r_t up to and including the terminating step, then gamma^n q(s_n, a_n) if
+    alive."""
     x, total = 0.0, 0.0
     for t in range(n):
         x = x + (w - 0.1 * x)
@@ -59,9 +60,12 @@ def test_unroll_masks_rewards_and_the_bootstrap_after_done(n, with_q):
 
     (value, result), grad = jax.value_and_grad(objective, has_aux=True)(w)
     assert float(value) == pytest.approx(_by_hand(w, n, with_q), rel=1e-12)
-    np.testing.assert_array_equal(result.trajectory.done, (np.arange(1, n + 1) >= DONE_AT).astype(float))
+    np.testing.assert_array_equal(
+        result.trajectory.done, (np.arange(1, n + 1) >= DONE_AT).astype(float)
+    )
     assert float(result.discount_n) == pytest.approx(GAMMA**n if n < DONE_AT else 0.0)
-    # The gradient also ignores what happens after termination: compare with the hand computation's slope.
+    # The gradient also ignores what happens after termination: compare with the hand computation's
+    # slope.
     h = 1e-6
     slope = (_by_hand(w + h, n, with_q) - _by_hand(w - h, n, with_q)) / (2 * h)
     assert float(grad) == pytest.approx(slope, rel=1e-8)
@@ -93,12 +97,24 @@ def test_noise_length_mismatch_raises():
     task = _counter_task()
     state = task.reset(jax.random.key(0))
     xi = jnp.zeros((3, 0))
-    with pytest.raises(ValueError, match=r"noise.eps has 3 steps and noise.xi has 3: eps needs n \+ 1"):
-        unroll(task, _policy(0.5), state, RolloutNoise(eps=jnp.zeros((3, 0)), xi=xi), gamma=GAMMA, q=_q)
-    with pytest.raises(ValueError, match=r"noise.eps has 4 steps and noise.xi has 3: eps needs n \(no bootstrap\)"):
+    with pytest.raises(
+        ValueError, match=r"noise.eps has 3 steps and noise.xi has 3: eps needs n \+ 1"
+    ):
+        unroll(
+            task, _policy(0.5), state, RolloutNoise(eps=jnp.zeros((3, 0)), xi=xi), gamma=GAMMA, q=_q
+        )
+    with pytest.raises(
+        ValueError, match=r"noise.eps has 4 steps and noise.xi has 3: eps needs n \(no bootstrap\)"
+    ):
         unroll(task, _policy(0.5), state, RolloutNoise(eps=jnp.zeros((4, 0)), xi=xi), gamma=GAMMA)
     with pytest.raises(ValueError, match="a horizon of 0 needs a critic q"):
-        unroll(task, _policy(0.5), state, RolloutNoise(eps=jnp.zeros((0, 0)), xi=jnp.zeros((0, 0))), gamma=GAMMA)
+        unroll(
+            task,
+            _policy(0.5),
+            state,
+            RolloutNoise(eps=jnp.zeros((0, 0)), xi=jnp.zeros((0, 0))),
+            gamma=GAMMA,
+        )
     with pytest.raises(ValueError, match="noise.eps has 2 steps but noise.xi has 3"):
         rollout(task, _policy(0.5), state, RolloutNoise(eps=jnp.zeros((2, 0)), xi=xi))
 
@@ -115,4 +131,11 @@ def test_unknown_dynamics_gradient_raises():
     task = _counter_task()
     noise = RolloutNoise(eps=jnp.zeros((1, 0)), xi=jnp.zeros((1, 0)))
     with pytest.raises(ValueError, match="unknown dynamics_gradient 'reinforce'"):
-        unroll(task, _policy(0.5), task.reset(jax.random.key(0)), noise, gamma=GAMMA, dynamics_gradient="reinforce")
+        unroll(
+            task,
+            _policy(0.5),
+            task.reset(jax.random.key(0)),
+            noise,
+            gamma=GAMMA,
+            dynamics_gradient="reinforce",
+        )

@@ -1,9 +1,9 @@
 """The README's "Train on your own dynamics" section, run as written (tiny budgets)."""
 
 import json
+import pathlib
 import re
 import shlex
-import pathlib
 
 from mbpo import main as cli
 from mbpo import runner
@@ -19,11 +19,27 @@ def _section() -> str:
 def test_readme_user_task_trains_evaluates_and_resumes(tmp_path, monkeypatch, capsys):
     section = _section()
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    commands = [line.split("#")[0].strip() for line in re.search(r"```bash\n(.*?)```", section, re.S).group(1).splitlines()]
+    commands = [
+        line.split("#")[0].strip()
+        for line in re.search(r"```bash\n(.*?)```", section, re.S).group(1).splitlines()
+    ]
     (tmp_path / "my_tasks.py").write_text(code)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    tiny = ["--num-envs", "4", "--eval-every", "2", "--eval-envs", "2", "--hidden", "8", "--critic-epochs", "1", "--critic-minibatches", "1"]
+    tiny = [
+        "--num-envs",
+        "4",
+        "--eval-every",
+        "2",
+        "--eval-envs",
+        "2",
+        "--hidden",
+        "8",
+        "--critic-epochs",
+        "1",
+        "--critic-minibatches",
+        "1",
+    ]
     train, evaluate, resume = (shlex.split(c)[1:] for c in commands if c)
     train = [a if a != "200" else "2" for a in train]  # --num-updates 200 -> 2
     cli.main([*train, *tiny])

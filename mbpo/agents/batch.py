@@ -42,7 +42,9 @@ class PolicyAscent:
     def optimize(self, agent, learner, data, window: RingBuffer, win, key):
         return None, None, win
 
-    def fit(self, agent, learner, data, window: RingBuffer, win, key, *, steps: int, batch_size: int):
+    def fit(
+        self, agent, learner, data, window: RingBuffer, win, key, *, steps: int, batch_size: int
+    ):
         size = data.reward.shape[0]
 
         def one(learner, k):
@@ -61,7 +63,9 @@ class PolicyAscent:
 class Greedy(PolicyAscent):
     """FQI: no policy fit; the greedy action argmax_a q(s, a) is computed when acting."""
 
-    def fit(self, agent, learner, data, window: RingBuffer, win, key, *, steps: int, batch_size: int):
+    def fit(
+        self, agent, learner, data, window: RingBuffer, win, key, *, steps: int, batch_size: int
+    ):
         return learner, {"actor_objective": jnp.zeros((steps,)), "grad_norm": jnp.zeros((steps,))}
 
     def act(self, agent, learner):
@@ -86,21 +90,32 @@ class Amortized(PolicyAscent):
         k_idx, k_max = jax.random.split(key)
         idx = jax.random.choice(k_idx, size, (min(self.num_optimized, size),), replace=False)
         s_opt = data.next_obs[idx]
-        best = jax.vmap(lambda s, k: agent.maximize(learner.critic.target, s, k))(s_opt, jax.random.split(k_max, idx.shape[0]))
+        best = jax.vmap(lambda s, k: agent.maximize(learner.critic.target, s, k))(
+            s_opt, jax.random.split(k_max, idx.shape[0])
+        )
         a_star = jnp.zeros_like(data.action).at[idx].set(best)
         in_opt = jnp.zeros(size, bool).at[idx].set(True)
         return a_star, in_opt, window.insert(win, (s_opt, best))
 
-    def fit(self, agent, learner, data, window: RingBuffer, win, key, *, steps: int, batch_size: int):
+    def fit(
+        self, agent, learner, data, window: RingBuffer, win, key, *, steps: int, batch_size: int
+    ):
         def one(learner, k):
             k_idx, _ = jax.random.split(k)
             obs, target = window.sample(win, k_idx, batch_size)
 
             def loss(w):
-                return 0.5 * jnp.mean(jnp.sum((jax.vmap(agent.policy.mean, in_axes=(None, 0))(w, obs) - target) ** 2, -1))
+                return 0.5 * jnp.mean(
+                    jnp.sum(
+                        (jax.vmap(agent.policy.mean, in_axes=(None, 0))(w, obs) - target) ** 2, -1
+                    )
+                )
 
             policy, step = learner.policy.step(loss)
-            return learner.replace(policy=policy), {"actor_objective": -step.value, "grad_norm": step.grad_norm}
+            return learner.replace(policy=policy), {
+                "actor_objective": -step.value,
+                "grad_norm": step.grad_norm,
+            }
 
         return jax.lax.scan(one, learner, jax.random.split(key, steps))
 
@@ -110,7 +125,8 @@ BatchActor = PolicyAscent | Greedy | Amortized
 
 def make_trainer(config, dynamics: Dynamics, agent, actor: BatchActor, state_class) -> Trainer:
     """The trainer of a batch method: basepoints collected once in ``init``, then
-    :func:`iteration` per update. ``state_class`` is :class:`mbpo.agents.off_policy.OffPolicyState`."""
+    :func:`iteration` per update. ``state_class`` is
+    :class:`mbpo.agents.off_policy.OffPolicyState`."""
     policy = agent.policy
     act_size = dynamics.action_size
     replay = ring_buffer(config.num_basepoints)
@@ -122,8 +138,21 @@ def make_trainer(config, dynamics: Dynamics, agent, actor: BatchActor, state_cla
         env_states = jax.vmap(dynamics.reset)(jax.random.split(k_env, config.num_envs))
         obs = env_states.obs[0]
         zero = jnp.zeros((), obs.dtype)
-        example = Transition(obs=obs, action=jnp.zeros(act_size, obs.dtype), reward=zero, done=zero, next_obs=obs, log_prob=zero)
-        data = basepoints(dynamics, k_base, config.num_basepoints, segment=config.basepoint_segment, num_envs=config.num_envs)
+        example = Transition(
+            obs=obs,
+            action=jnp.zeros(act_size, obs.dtype),
+            reward=zero,
+            done=zero,
+            next_obs=obs,
+            log_prob=zero,
+        )
+        data = basepoints(
+            dynamics,
+            k_base,
+            config.num_basepoints,
+            segment=config.basepoint_segment,
+            num_envs=config.num_envs,
+        )
         return state_class(
             learner=agent.init(k_learner, dynamics.observation_size),
             buffer=replay.insert(replay.init(example), data),
@@ -151,13 +180,39 @@ def make_trainer(config, dynamics: Dynamics, agent, actor: BatchActor, state_cla
             critic = learner.critic
             if a_star is not None:  # on B_opt the target uses the optimizer's action a*
                 q_star = q_min(critic.target, batch.next_obs, a_star[idx])
-                y = jnp.where(in_opt[idx], td0_targets(batch.reward, config.gamma * (1 - batch.done), q_star), y)
-            params, opt_state, loss = q_step(agent.critic, critic.tx, critic.params, critic.opt_state, batch.obs, batch.action, y)
-            delta = jnp.mean((q_min(params, batch.obs, batch.action) - q_min(critic.target, batch.obs, batch.action)) ** 2)
-            return learner.replace(critic=critic.replace(params=params, opt_state=opt_state)), {"critic_loss": loss, "q_change": delta}
+                y = jnp.where(
+                    in_opt[idx],
+                    td0_targets(batch.reward, config.gamma * (1 - batch.done), q_star),
+                    y,
+                )
+            params, opt_state, loss = q_step(
+                agent.critic, critic.tx, critic.params, critic.opt_state, batch.obs, batch.action, y
+            )
+            delta = jnp.mean(
+                (
+                    q_min(params, batch.obs, batch.action)
+                    - q_min(critic.target, batch.obs, batch.action)
+                )
+                ** 2
+            )
+            return learner.replace(critic=critic.replace(params=params, opt_state=opt_state)), {
+                "critic_loss": loss,
+                "q_change": delta,
+            }
 
-        learner, metrics = jax.lax.scan(critic_fit, ts.learner, jax.random.split(k_critic, config.gradient_steps))
-        learner, actor_metrics = actor.fit(agent, learner, data, window, win, k_actor, steps=config.gradient_steps, batch_size=config.batch_size)
+        learner, metrics = jax.lax.scan(
+            critic_fit, ts.learner, jax.random.split(k_critic, config.gradient_steps)
+        )
+        learner, actor_metrics = actor.fit(
+            agent,
+            learner,
+            data,
+            window,
+            win,
+            k_actor,
+            steps=config.gradient_steps,
+            batch_size=config.batch_size,
+        )
         learner = learner.replace(
             critic=learner.critic.replace(target=learner.critic.params),
             policy=learner.policy.replace(target=learner.policy.params),
@@ -171,6 +226,22 @@ def make_trainer(config, dynamics: Dynamics, agent, actor: BatchActor, state_cla
         return actor.act(agent, ts.learner)
 
     def evaluate_fn(ts, key: PRNGKey) -> jax.Array:
-        return evaluate(dynamics, act(ts), key, num_envs=config.eval_envs, episode_length=config.episode_length, eps_shape=policy.eps_shape)
+        return evaluate(
+            dynamics,
+            act(ts),
+            key,
+            num_envs=config.eval_envs,
+            episode_length=config.episode_length,
+            eps_shape=policy.eps_shape,
+        )
 
-    return Trainer(config=config, dynamics=dynamics, policy=policy, critic=agent.critic, act=act, init=init, update=update, evaluate=evaluate_fn)
+    return Trainer(
+        config=config,
+        dynamics=dynamics,
+        policy=policy,
+        critic=agent.critic,
+        act=act,
+        init=init,
+        update=update,
+        evaluate=evaluate_fn,
+    )

@@ -41,7 +41,9 @@ def normalizer_update(state: NormalizerState, obs: Float[Array, "B obs"]) -> Nor
     delta = batch_mean - state.mean
     mean = state.mean + delta * n / safe_total
     m2 = state.var * state.count + batch_var * n + delta**2 * state.count * n / safe_total
-    new = NormalizerState(mean=mean, var=jnp.where(total > 0, m2 / safe_total, state.var), count=total)
+    new = NormalizerState(
+        mean=mean, var=jnp.where(total > 0, m2 / safe_total, state.var), count=total
+    )
     return jax.tree.map(lambda a, b: jnp.where(n > 0, a, b), new, state)
 
 
@@ -59,7 +61,9 @@ def reset_finished(dynamics: Dynamics, states: State, key: PRNGKey, episode_leng
     training windows run across episode boundaries)."""
     batch = states.t.shape[0]
     fresh = jax.vmap(dynamics.reset)(jax.random.split(key, batch))
-    finite = jnp.all(jnp.isfinite(states.obs.reshape(batch, -1)), axis=-1) & jnp.isfinite(states.reward.reshape(batch))
+    finite = jnp.all(jnp.isfinite(states.obs.reshape(batch, -1)), axis=-1) & jnp.isfinite(
+        states.reward.reshape(batch)
+    )
     finished = (states.done > 0) | (states.t >= episode_length) | ~finite
 
     def pick(new, old):
@@ -70,17 +74,28 @@ def reset_finished(dynamics: Dynamics, states: State, key: PRNGKey, episode_leng
 
 
 def evaluate(
-    dynamics: Dynamics, policy: PolicyFn, key: PRNGKey, *, num_envs: int, episode_length: int, eps_shape: tuple[int, ...]
+    dynamics: Dynamics,
+    policy: PolicyFn,
+    key: PRNGKey,
+    *,
+    num_envs: int,
+    episode_length: int,
+    eps_shape: tuple[int, ...],
 ) -> Scalar:
     """Mean undiscounted return of ``policy`` with zero noise (eps = 0: the mean action) over
-    ``num_envs`` episodes of ``episode_length`` steps from fresh resets; steps after a done do not count."""
+    ``num_envs`` episodes of ``episode_length`` steps from fresh resets; steps after a done do not
+    count."""
     k_reset, k_xi = jax.random.split(key)
 
     def episode(k_r, k_x):
-        xi = jax.vmap(dynamics.sample_noise)(jax.random.split(k_x, episode_length)).reshape(episode_length, *dynamics.noise_shape)
+        xi = jax.vmap(dynamics.sample_noise)(jax.random.split(k_x, episode_length)).reshape(
+            episode_length, *dynamics.noise_shape
+        )
         noise = RolloutNoise(eps=jnp.zeros((episode_length, *eps_shape)), xi=xi)
         _, traj = rollout(dynamics, policy, dynamics.reset(k_r), noise)
         return jnp.sum(alive_mask(traj.done) * traj.reward)
 
-    returns = jax.vmap(episode)(jax.random.split(k_reset, num_envs), jax.random.split(k_xi, num_envs))
+    returns = jax.vmap(episode)(
+        jax.random.split(k_reset, num_envs), jax.random.split(k_xi, num_envs)
+    )
     return jnp.mean(returns)

@@ -47,11 +47,13 @@ INT32_MAX = 2**31 - 1
 
 def check_counters(max_env_steps: int, num_updates: int) -> None:
     """Raises ValueError when the run's env-step or update count would wrap the int32 counters of
-    the train state (JAX's default integers: at 4096 envs x 32-step windows that is ~16k updates)."""
+    the train state (JAX's default integers: at 4096 envs x 32-step windows that is ~16k
+    updates)."""
     for name, value in (("env steps", max_env_steps), ("updates", num_updates)):
         if value > INT32_MAX:
             raise ValueError(
-                f"this run would count {value:,} {name}, more than the int32 counters hold ({INT32_MAX:,}); "
+                f"this run would count {value:,} {name}, more than the int32 counters hold "
+                f"({INT32_MAX:,}); "
                 "lower num_updates or num_envs"
             )
 
@@ -59,7 +61,9 @@ def check_counters(max_env_steps: int, num_updates: int) -> None:
 def check_sizes(**sizes: tuple[int, ...]) -> None:
     """Raises ValueError naming a hidden-layer tuple with a size < 1 (``()`` is allowed: linear)."""
     for name, value in sizes.items():
-        if not isinstance(value, tuple) or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in value):
+        if not isinstance(value, tuple) or any(
+            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in value
+        ):
             raise ValueError(f"{name} must be a tuple of layer sizes >= 1, got {value!r}")
 
 
@@ -73,7 +77,14 @@ class Diverged(RuntimeError):
         self.record, self.last_finite = record, last_finite
 
 
-def _check_finite(record: dict, metrics: dict, skipped_before, num: int, history: list[dict], seed: int | None = None) -> None:
+def _check_finite(
+    record: dict,
+    metrics: dict,
+    skipped_before,
+    num: int,
+    history: list[dict],
+    seed: int | None = None,
+) -> None:
     """Raises :class:`Diverged` for a chunk whose updates were all skipped or whose evaluation
     return is not finite (``metrics``: the chunk's stacked metrics of one seed; ``history``: the
     records before this chunk)."""
@@ -85,11 +96,18 @@ def _check_finite(record: dict, metrics: dict, skipped_before, num: int, history
         counts = np.concatenate([[skipped_before], np.asarray(skipped)])
         all_skipped = bool(np.all(np.diff(counts) > 0))
     if all_skipped or not math.isfinite(value):
-        why = f"all {num} updates before update {record['updates']} were skipped as non-finite" if all_skipped else (
-            f"the evaluation return after {record['updates']} updates is {value}"
+        why = (
+            f"all {num} updates before update {record['updates']} were skipped as non-finite"
+            if all_skipped
+            else (f"the evaluation return after {record['updates']} updates is {value}")
         )
         last_finite = _last_finite(history)
-        raise Diverged(f"training diverged{where}: {why}; the last finite evaluation was after {last_finite} updates", record, last_finite)
+        raise Diverged(
+            f"training diverged{where}: {why}; the last finite evaluation was after {last_finite} "
+            "updates",
+            record,
+            last_finite,
+        )
 
 
 # Config fields that shape the run (how long, how often to evaluate, which seed, what to report)
@@ -97,7 +115,9 @@ def _check_finite(record: dict, metrics: dict, skipped_before, num: int, history
 RUN_FIELDS = {"num_updates": 1, "eval_every": 1, "seed": 0, "target_return": None}
 
 
-def build_trainer(build: Callable[[Any, Dynamics], Trainer], config, dynamics: Dynamics | None = None) -> Trainer:
+def build_trainer(
+    build: Callable[[Any, Dynamics], Trainer], config, dynamics: Dynamics | None = None
+) -> Trainer:
     """``build(config, dynamics)``; without ``dynamics`` the registered task ``config.env`` (with
     ``config.brax_backend`` for Brax tasks), and then the trainer is cached per (build, config
     without its :data:`RUN_FIELDS`), so its compiled programs are reused: a resumed, extended or
@@ -188,7 +208,8 @@ def train(
       trainer: the pure functions of one configuration.
       callback: called as ``callback(record, state)`` after each evaluation (a checkpoint hook).
       resume: (state, history) saved by a callback of an earlier run of the same config; the run
-        continues from there and ends bit-identical to an uninterrupted one (same chunks, same keys).
+        continues from there and ends bit-identical to an uninterrupted one (same chunks, same
+        keys).
       stop_on_divergence: raise :class:`Diverged` (before the callback) when every update of a
         chunk was skipped as non-finite or the evaluation return is not finite.
 
@@ -203,7 +224,10 @@ def train(
     config = trainer.config
     devices = jax.device_count()
     if config.num_envs % devices:
-        raise ValueError(f"num_envs={config.num_envs} must be a multiple of the {devices} devices it is split over")
+        raise ValueError(
+            f"num_envs={config.num_envs} must be a multiple of the {devices} devices it is split "
+            "over"
+        )
     if resume is None:
         ts, history = jax.jit(trainer.init)(jax.random.key(config.seed)), []
     else:
@@ -270,7 +294,12 @@ def train_seeds(
         raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
     config = trainer.config
     if resume is None:
-        ts, history = jax.jit(jax.vmap(trainer.init))(jax.random.split(jax.random.key(config.seed), num_seeds)), []
+        ts, history = (
+            jax.jit(jax.vmap(trainer.init))(
+                jax.random.split(jax.random.key(config.seed), num_seeds)
+            ),
+            [],
+        )
     else:
         ts, history = resume[0], list(resume[1])
     eval_keys = jax.random.split(jax.random.key(config.seed + 10_000), num_seeds)
@@ -278,7 +307,9 @@ def train_seeds(
     offset = history[-1]["wall_time"] if history else 0.0
     start = time.perf_counter()
     for num, done in _chunks(config, int(ts.updates[0])):
-        skipped_before = history[-1].get("skipped_updates", [0] * num_seeds) if history else [0] * num_seeds
+        skipped_before = (
+            history[-1].get("skipped_updates", [0] * num_seeds) if history else [0] * num_seeds
+        )
         ts, metrics = _run_updates_seeds(trainer, ts, num)
         metrics = jax.device_get(metrics)
         record = {
@@ -297,7 +328,12 @@ def train_seeds(
             callback(record, ts)
     last = history[-1]
     returns = np.asarray(last["eval_return"])
-    return ts, {"eval_return": returns, "env_steps": last["env_steps"], "wall_time": last["wall_time"], "history": history}
+    return ts, {
+        "eval_return": returns,
+        "env_steps": last["env_steps"],
+        "wall_time": last["wall_time"],
+        "history": history,
+    }
 
 
 def first_to_reach(history: list[dict], threshold: float) -> dict | None:

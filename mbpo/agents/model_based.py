@@ -73,30 +73,56 @@ class ModelBasedConfig:
     """Settings of the model-based loop; validated when built."""
 
     algo: str = option("mbpo", "the trainer's name (mbpo train --algo mbpo)", choices=("mbpo",))
-    policy_update: str = option("svg", "svg | svg_er | sac (module docstring)", choices=POLICY_UPDATES)
-    model: str = option("learned", "learned: the Gaussian ensemble; true: the task's own dynamics", choices=MODELS)
+    policy_update: str = option(
+        "svg", "svg | svg_er | sac (module docstring)", choices=POLICY_UPDATES
+    )
+    model: str = option(
+        "learned", "learned: the Gaussian ensemble; true: the task's own dynamics", choices=MODELS
+    )
     env: str = option("pendulum", "task name (see `envs.names()`)")
     brax_backend: str = option("generalized", "physics pipeline of Brax tasks")
-    horizon: int = option(3, "n: model steps of SVG(n), and the length of the real segments collected per env and iteration")
+    horizon: int = option(
+        3,
+        "n: model steps of SVG(n), and the length of the real segments collected per env and "
+        "iteration",
+    )
     num_envs: int = option(1, "real environments")
-    episode_length: int = option(200, "real steps before an environment is reset (at a segment's end)")
+    episode_length: int = option(
+        200, "real steps before an environment is reset (at a segment's end)"
+    )
     num_updates: int = option(500, "iterations")
-    warmup_steps: int = option(150, "real env steps with uniformly random actions first (bounded action boxes)")
+    warmup_steps: int = option(
+        150, "real env steps with uniformly random actions first (bounded action boxes)"
+    )
     buffer_capacity: int = option(50_000, "real transitions the replay buffer holds")
-    holdout_every: int = option(5, "every k-th iteration's segments are held out for elite selection")
+    holdout_every: int = option(
+        5, "every k-th iteration's segments are held out for elite selection"
+    )
     members: int = option(5, "ensemble members")
     elites: int = option(3, "elites")
     model_hidden: tuple[int, ...] = option((128, 128), "hidden sizes of each member")
     model_steps: int = option(20, "model gradient steps per iteration")
     model_batch: int = option(128, "transitions per member and model step")
     model_lr: float = option(1e-3, "model learning rate (Adam)")
-    member: str = option("random_elite", "how the model picks a member: random_elite (per step) | elites_mean", choices=MEMBERS)
-    policy: str = option("gaussian", "svg/svg_er policy: gaussian | tanh_gaussian | flow (a spline normalizing flow; sac: tanh_gaussian)")
+    member: str = option(
+        "random_elite",
+        "how the model picks a member: random_elite (per step) | elites_mean",
+        choices=MEMBERS,
+    )
+    policy: str = option(
+        "gaussian",
+        "svg/svg_er policy: gaussian | tanh_gaussian | flow (a spline normalizing flow; sac: "
+        "tanh_gaussian)",
+    )
     hidden: tuple[int, ...] = option((64, 64), "hidden sizes of policy and critic")
     init_std: float = option(0.5, "initial policy std (svg, svg_er)")
     policy_steps: int = option(10, "policy gradient steps per iteration")
-    critic_steps: int = option(10, "critic TD(0) steps on real transitions per iteration (svg, svg_er)")
-    model_critic: bool = option(True, "svg: also fit the critic to TD(lambda) targets of each model rollout (SHAC-style)")
+    critic_steps: int = option(
+        10, "critic TD(0) steps on real transitions per iteration (svg, svg_er)"
+    )
+    model_critic: bool = option(
+        True, "svg: also fit the critic to TD(lambda) targets of each model rollout (SHAC-style)"
+    )
     td_lambda: float = option(0.95, "lambda of the model-rollout critic targets")
     batch_size: int = option(128, "start states, segments or transitions per step")
     gamma: float = option(0.95, "discount")
@@ -110,34 +136,75 @@ class ModelBasedConfig:
     rollout_to: int = option(200, "sac: iteration where it reaches rollout_max")
     model_rollouts: int = option(256, "sac: model rollouts started per iteration")
     model_buffer_capacity: int = option(50_000, "sac: model transitions kept")
-    real_ratio: float = option(0.05, "sac: fraction of each SAC batch drawn from real transitions (MBPO's 0.05)")
+    real_ratio: float = option(
+        0.05, "sac: fraction of each SAC batch drawn from real transitions (MBPO's 0.05)"
+    )
     eval_every: int = option(25, "iterations between evaluations")
     eval_envs: int = option(32, "episodes per evaluation")
     seed: int = option(0, "random seed")
-    target_return: float | None = option(None, "report the env steps and wall-clock at which the eval return first reaches this")
+    target_return: float | None = option(
+        None, "report the env steps and wall-clock at which the eval return first reaches this"
+    )
 
     def __post_init__(self):
-        for name, allowed in (("policy_update", POLICY_UPDATES), ("model", MODELS), ("member", MEMBERS), ("policy", tuple(SVG_POLICIES))):
+        for name, allowed in (
+            ("policy_update", POLICY_UPDATES),
+            ("model", MODELS),
+            ("member", MEMBERS),
+            ("policy", tuple(SVG_POLICIES)),
+        ):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
+                raise ValueError(
+                    f"unknown {name} {getattr(self, name)!r}; allowed: {', '.join(allowed)}"
+                )
         loop.check_task(self.env, self.brax_backend)
         for name in (
-            "horizon", "num_envs", "episode_length", "num_updates", "buffer_capacity", "holdout_every", "members", "elites",
-            "model_steps", "model_batch", "policy_steps", "critic_steps", "batch_size", "rollout_min", "rollout_max",
-            "model_rollouts", "model_buffer_capacity", "eval_every", "eval_envs",
-        ):  # fmt: skip
+            "horizon",
+            "num_envs",
+            "episode_length",
+            "num_updates",
+            "buffer_capacity",
+            "holdout_every",
+            "members",
+            "elites",
+            "model_steps",
+            "model_batch",
+            "policy_steps",
+            "critic_steps",
+            "batch_size",
+            "rollout_min",
+            "rollout_max",
+            "model_rollouts",
+            "model_buffer_capacity",
+            "eval_every",
+            "eval_envs",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.elites > self.members:
             raise ValueError(f"elites must be <= members = {self.members}, got {self.elites}")
         if self.rollout_min > self.rollout_max or self.rollout_from > self.rollout_to:
-            raise ValueError(f"need rollout_min <= rollout_max and rollout_from <= rollout_to, got {self.rollout_min}, {self.rollout_max}, {self.rollout_from}, {self.rollout_to}")
+            raise ValueError(
+                "need rollout_min <= rollout_max and rollout_from <= rollout_to, got "
+                f"{self.rollout_min}, {self.rollout_max}, {self.rollout_from}, {self.rollout_to}"
+            )
         if self.model == "true" and self.policy_update == "sac":
-            raise ValueError("policy_update='sac' with model='true' is SAC with extra simulator steps: use --algo sac")
+            raise ValueError(
+                "policy_update='sac' with model='true' is SAC with extra simulator steps: use "
+                "--algo sac"
+            )
         if not 0 <= self.td_lambda <= 1:
             raise ValueError(f"td_lambda must be in [0, 1], got {self.td_lambda}")
-        if not 0 < self.gamma <= 1 or not 0 < self.tau <= 1 or self.max_weight <= 0 or self.warmup_steps < 0:
-            raise ValueError(f"need 0 < gamma <= 1, 0 < tau <= 1, max_weight > 0, warmup_steps >= 0; got {self.gamma}, {self.tau}, {self.max_weight}, {self.warmup_steps}")
+        if (
+            not 0 < self.gamma <= 1
+            or not 0 < self.tau <= 1
+            or self.max_weight <= 0
+            or self.warmup_steps < 0
+        ):
+            raise ValueError(
+                "need 0 < gamma <= 1, 0 < tau <= 1, max_weight > 0, warmup_steps >= 0; got "
+                f"{self.gamma}, {self.tau}, {self.max_weight}, {self.warmup_steps}"
+            )
         if min(self.model_lr, self.actor_lr, self.critic_lr, self.init_std) <= 0:
             raise ValueError("model_lr, actor_lr, critic_lr and init_std must be > 0")
         loop.check_sizes(hidden=self.hidden, model_hidden=self.model_hidden)
@@ -145,14 +212,21 @@ class ModelBasedConfig:
             raise ValueError(f"real_ratio must be in [0, 1), got {self.real_ratio}")
         if self.horizon > self.episode_length:
             raise ValueError(
-                f"horizon={self.horizon} is longer than episode_length={self.episode_length}: segments would run past the time limit"
+                f"horizon={self.horizon} is longer than episode_length={self.episode_length}: "
+                "segments would run past the time limit"
             )
-        simulated = self.batch_size * self.horizon * self.policy_steps if self.model == "true" else 0
-        loop.check_counters(self.num_updates * (self.num_envs * self.horizon + simulated), self.num_updates)
+        simulated = (
+            self.batch_size * self.horizon * self.policy_steps if self.model == "true" else 0
+        )
+        loop.check_counters(
+            self.num_updates * (self.num_envs * self.horizon + simulated), self.num_updates
+        )
 
     @property
     def label(self) -> str:
-        return f"mbpo-{self.policy_update}-{self.horizon}" + ("-true" if self.model == "true" else "")
+        return f"mbpo-{self.policy_update}-{self.horizon}" + (
+            "-true" if self.model == "true" else ""
+        )
 
     @property
     def segments_capacity(self) -> int:
@@ -187,9 +261,13 @@ def _transitions(segments: Segment) -> Transition:
     """The n transitions of each segment, flattened: (B * n) observation-space transitions."""
     obs = segments.state.obs
     flat = Transition(
-        obs=obs[:, :-1], action=segments.action, reward=segments.state.reward[:, 1:], done=segments.state.done[:, 1:],
-        next_obs=obs[:, 1:], log_prob=segments.log_prob,
-    )  # fmt: skip
+        obs=obs[:, :-1],
+        action=segments.action,
+        reward=segments.state.reward[:, 1:],
+        done=segments.state.done[:, 1:],
+        next_obs=obs[:, 1:],
+        log_prob=segments.log_prob,
+    )
     return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), flat)
 
 
@@ -214,9 +292,22 @@ class SVGOnModel:
 
     def objective(self, lp: _Loop, w, segments: Segment, model: Dynamics, q, key: PRNGKey):
         c, n = lp.config, lp.config.horizon
-        starts = jax.tree.map(lambda x: x[jnp.arange(c.batch_size), jax.random.randint(key, (c.batch_size,), 0, n)], segments.state)
-        noise = estimators.draw_noise(lp.estimator, model, jax.random.fold_in(key, 1), lp.policy.eps_shape, n, c.batch_size)
-        value, result = estimators.surrogate(lp.estimator, model, functools.partial(lp.policy.sample, w), starts, noise, gamma=c.gamma, q=q)
+        starts = jax.tree.map(
+            lambda x: x[jnp.arange(c.batch_size), jax.random.randint(key, (c.batch_size,), 0, n)],
+            segments.state,
+        )
+        noise = estimators.draw_noise(
+            lp.estimator, model, jax.random.fold_in(key, 1), lp.policy.eps_shape, n, c.batch_size
+        )
+        value, result = estimators.surrogate(
+            lp.estimator,
+            model,
+            functools.partial(lp.policy.sample, w),
+            starts,
+            noise,
+            gamma=c.gamma,
+            q=q,
+        )
         return value, (jnp.ones(()), result)
 
     def critic_from_rollouts(self, lp: _Loop, learner: Learner, result, metrics: dict) -> Learner:
@@ -229,16 +320,26 @@ class SVGOnModel:
         y = window_targets(q_target, traj, final_action, c.gamma, c.td_lambda).reshape(-1)
         flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), traj)
         critic = learner.critic
-        params, opt_state, metrics["model_critic_loss"] = q_step(lp.agent.critic, critic.tx, critic.params, critic.opt_state, flat.obs, flat.action, y)
-        return learner.replace(critic=critic.replace(params=params, opt_state=opt_state).track(c.tau))
+        params, opt_state, metrics["model_critic_loss"] = q_step(
+            lp.agent.critic, critic.tx, critic.params, critic.opt_state, flat.obs, flat.action, y
+        )
+        return learner.replace(
+            critic=critic.replace(params=params, opt_state=opt_state).track(c.tau)
+        )
 
-    def policy_step(self, lp: _Loop, learner: Learner, ts: ModelBasedState, model: Dynamics, key: PRNGKey) -> tuple[Learner, dict]:
+    def policy_step(
+        self, lp: _Loop, learner: Learner, ts: ModelBasedState, model: Dynamics, key: PRNGKey
+    ) -> tuple[Learner, dict]:
         k_batch, k_noise = jax.random.split(key)
         segments = lp.sample_segments(ts, k_batch, lp.config.batch_size)
         q = functools.partial(lp.agent.critic.min_q, learner.critic.params)
         if lp.config.model == "learned":
             segments = segments.replace(state=_observation_states(segments.state))
-        policy_state, step = learner.policy.step(lambda w: self.objective(lp, w, segments, model, q, k_noise), maximize=True, has_aux=True)
+        policy_state, step = learner.policy.step(
+            lambda w: self.objective(lp, w, segments, model, q, k_noise),
+            maximize=True,
+            has_aux=True,
+        )
         weight, result = step.aux
         learner = learner.replace(policy=policy_state)
         metrics = {"objective": step.value, "grad_norm": step.grad_norm, "weight": weight}
@@ -246,11 +347,17 @@ class SVGOnModel:
             learner = self.critic_from_rollouts(lp, learner, result, metrics)
         return learner, metrics
 
-    def step(self, lp: _Loop, ts: ModelBasedState, model: Dynamics, keys: dict) -> tuple[ModelBasedState, Learner, dict]:
+    def step(
+        self, lp: _Loop, ts: ModelBasedState, model: Dynamics, keys: dict
+    ) -> tuple[ModelBasedState, Learner, dict]:
         """Critic TD(0) steps on real transitions, then ``policy_steps`` policy steps."""
         learner, critic_loss = lp.critic_update(ts.learner, ts, keys["critic"])
         policy_step = functools.partial(self.policy_step, lp, ts=ts, model=model)
-        learner, m = jax.lax.scan(lambda lr, k: policy_step(lr, key=k), learner, jax.random.split(keys["policy"], lp.config.policy_steps))
+        learner, m = jax.lax.scan(
+            lambda lr, k: policy_step(lr, key=k),
+            learner,
+            jax.random.split(keys["policy"], lp.config.policy_steps),
+        )
         return ts, learner, {"critic_loss": critic_loss, **{k: v.mean() for k, v in m.items()}}
 
 
@@ -262,7 +369,17 @@ class SVGFromReplay(SVGOnModel):
 
     def objective(self, lp: _Loop, w, segments: Segment, model: Dynamics, q, key: PRNGKey):
         c = lp.config
-        value, info = estimators.replay_surrogate(lp.estimator, model, lp.policy, w, segments, key, gamma=c.gamma, q=q, max_weight=c.max_weight)
+        value, info = estimators.replay_surrogate(
+            lp.estimator,
+            model,
+            lp.policy,
+            w,
+            segments,
+            key,
+            gamma=c.gamma,
+            q=q,
+            max_weight=c.max_weight,
+        )
         return value, (info["weight"], None)
 
 
@@ -278,19 +395,36 @@ class SACOnModel:
         return c.model_buffer_capacity
 
     def rollout_length(self, c: ModelBasedConfig, updates: jax.Array) -> jax.Array:
-        frac = jnp.clip((updates - c.rollout_from) / max(c.rollout_to - c.rollout_from, 1), 0.0, 1.0)
+        frac = jnp.clip(
+            (updates - c.rollout_from) / max(c.rollout_to - c.rollout_from, 1), 0.0, 1.0
+        )
         return jnp.floor(c.rollout_min + frac * (c.rollout_max - c.rollout_min)).astype(jnp.int32)
 
-    def model_data(self, lp: _Loop, ts: ModelBasedState, model: Dynamics, key: PRNGKey) -> RingBufferState:
+    def model_data(
+        self, lp: _Loop, ts: ModelBasedState, model: Dynamics, key: PRNGKey
+    ) -> RingBufferState:
         """MBPO's branched rollouts: k(iteration) model steps from replayed real states."""
         c = lp.config
         k_start, k_noise = jax.random.split(key)
         starts = _transitions(lp.sample_segments(ts, k_start, c.model_rollouts))
         starts = jax.vmap(State.from_observation)(starts.obs[: c.model_rollouts])
-        noise = estimators.draw_noise(estimators.svg(None), model, k_noise, lp.policy.eps_shape, c.rollout_max, c.model_rollouts)
+        noise = estimators.draw_noise(
+            estimators.svg(None),
+            model,
+            k_noise,
+            lp.policy.eps_shape,
+            c.rollout_max,
+            c.model_rollouts,
+        )
 
         def one(s0, nz):
-            _, traj = rollout(model, functools.partial(lp.policy.sample, ts.learner.policy.params), s0, nz, dynamics_gradient="stop")
+            _, traj = rollout(
+                model,
+                functools.partial(lp.policy.sample, ts.learner.policy.params),
+                s0,
+                nz,
+                dynamics_gradient="stop",
+            )
             return traj
 
         traj = jax.lax.stop_gradient(jax.vmap(one)(starts, noise))
@@ -299,7 +433,9 @@ class SACOnModel:
         flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), traj)
         return lp.model_buffer.insert(ts.model_data, flat, mask.reshape(-1))
 
-    def step(self, lp: _Loop, ts: ModelBasedState, model: Dynamics, keys: dict) -> tuple[ModelBasedState, Learner, dict]:
+    def step(
+        self, lp: _Loop, ts: ModelBasedState, model: Dynamics, keys: dict
+    ) -> tuple[ModelBasedState, Learner, dict]:
         c, n = lp.config, lp.config.horizon
         ts = ts.replace(model_data=self.model_data(lp, ts, model, keys["data"]))
         num_real = round(c.real_ratio * c.batch_size)
@@ -309,19 +445,35 @@ class SACOnModel:
             batch = lp.model_buffer.sample(ts.model_data, k_b, c.batch_size - num_real)
             if num_real:  # MBPO mixes a fraction of real transitions into every batch
                 real = _transitions(lp.sample_segments(ts, k_r, -(-num_real // n)))
-                batch = jax.tree.map(lambda m, r: jnp.concatenate([m, r[:num_real].astype(m.dtype)]), batch, real)
+                batch = jax.tree.map(
+                    lambda m, r: jnp.concatenate([m, r[:num_real].astype(m.dtype)]), batch, real
+                )
             return lp.agent.gradient_step(learner, batch, k_g)
 
-        learner, m = jax.lax.scan(sac_step, ts.learner, jax.random.split(keys["policy"], c.policy_steps))
-        return ts, learner, {**{k: v.mean() for k, v in m.items()}, "rollout_length": self.rollout_length(c, ts.updates)}
+        learner, m = jax.lax.scan(
+            sac_step, ts.learner, jax.random.split(keys["policy"], c.policy_steps)
+        )
+        return (
+            ts,
+            learner,
+            {
+                **{k: v.mean() for k, v in m.items()},
+                "rollout_length": self.rollout_length(c, ts.updates),
+            },
+        )
 
 
-UPDATES: dict[str, SVGOnModel | SACOnModel] = {"svg": SVGOnModel(), "svg_er": SVGFromReplay(), "sac": SACOnModel()}
+UPDATES: dict[str, SVGOnModel | SACOnModel] = {
+    "svg": SVGOnModel(),
+    "svg_er": SVGFromReplay(),
+    "sac": SACOnModel(),
+}
 assert set(UPDATES) == set(POLICY_UPDATES)
 
 
 def make_trainer(config: ModelBasedConfig, dynamics: Dynamics | None = None) -> Trainer:
-    """The pure ``init``/``update``/``evaluate`` of ``config`` (cached per config for registered tasks)."""
+    """The pure ``init``/``update``/``evaluate`` of ``config`` (cached per config for registered
+    tasks)."""
     return loop.build_trainer(_make_trainer, config, dynamics)
 
 
@@ -354,8 +506,17 @@ class _Loop:
         if c.model == "true":
             return self.dynamics
         member = RandomElite() if c.member == "random_elite" else ElitesMean()
-        low, high = (np.asarray(b, np.float32) for b in self.dynamics.action_bounds)  # concrete: the model's static bounds
-        return from_ensemble(self.ensemble, model, start_obs=jnp.zeros((1, self.dynamics.observation_size)), member=member, action_low=low, action_high=high)
+        low, high = (
+            np.asarray(b, np.float32) for b in self.dynamics.action_bounds
+        )  # concrete: the model's static bounds
+        return from_ensemble(
+            self.ensemble,
+            model,
+            start_obs=jnp.zeros((1, self.dynamics.observation_size)),
+            member=member,
+            action_low=low,
+            action_high=high,
+        )
 
     def init(self, key: PRNGKey) -> ModelBasedState:
         c, n, act_size = self.config, self.config.horizon, self.dynamics.action_size
@@ -363,10 +524,19 @@ class _Loop:
         env_states = jax.vmap(self.dynamics.reset)(jax.random.split(k_env, c.num_envs))
         dtype = env_states.obs.dtype
         one_state = jax.tree.map(lambda x: x[0], env_states)
-        segment = Segment(state=jax.tree.map(lambda x: jnp.stack([x] * (n + 1)), one_state), action=jnp.zeros((n, act_size), dtype),
-                          log_prob=jnp.zeros(n, dtype))  # fmt: skip
-        transition = Transition(obs=one_state.obs, action=jnp.zeros(act_size, dtype), reward=jnp.zeros((), dtype), done=jnp.zeros((), dtype),
-                                next_obs=one_state.obs, log_prob=jnp.zeros((), dtype))  # fmt: skip
+        segment = Segment(
+            state=jax.tree.map(lambda x: jnp.stack([x] * (n + 1)), one_state),
+            action=jnp.zeros((n, act_size), dtype),
+            log_prob=jnp.zeros(n, dtype),
+        )
+        transition = Transition(
+            obs=one_state.obs,
+            action=jnp.zeros(act_size, dtype),
+            reward=jnp.zeros((), dtype),
+            done=jnp.zeros((), dtype),
+            next_obs=one_state.obs,
+            log_prob=jnp.zeros((), dtype),
+        )
         model = self.ensemble.init(k_model)
         return ModelBasedState(
             model=model,
@@ -402,10 +572,16 @@ class _Loop:
                 return s_next, (s_next, a, log_mu)
 
             _, (states, actions, log_mu) = jax.lax.scan(body, s0, (eps, xi))
-            return Segment(state=jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), s0, states), action=actions, log_prob=log_mu)
+            return Segment(
+                state=jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), s0, states),
+                action=actions,
+                log_prob=log_mu,
+            )
 
         eps = jax.random.normal(k_eps, (c.num_envs, n, *policy.eps_shape), ts.env_states.obs.dtype)
-        xi = jax.vmap(jax.vmap(dynamics.sample_noise))(jax.random.split(k_xi, (c.num_envs, n))).reshape(c.num_envs, n, *dynamics.noise_shape)
+        xi = jax.vmap(jax.vmap(dynamics.sample_noise))(
+            jax.random.split(k_xi, (c.num_envs, n))
+        ).reshape(c.num_envs, n, *dynamics.noise_shape)
         segments = jax.lax.stop_gradient(jax.vmap(one_env)(ts.env_states, eps, xi))
         final = jax.tree.map(lambda x: x[:, -1], segments.state)
         held = ts.updates % c.holdout_every == c.holdout_every - 1
@@ -432,27 +608,52 @@ class _Loop:
             params, opt_state = carry
             # One minibatch per member: whole sampled segments, n transitions each.
             batch = _transitions(self.sample_segments(ts, k, -(-c.members * c.model_batch // n)))
-            per_member = jax.tree.map(lambda x: x[: c.members * c.model_batch].reshape(c.members, c.model_batch, *x.shape[1:]), batch)
-            target = jnp.concatenate([per_member.next_obs - per_member.obs, per_member.reward[..., None]], axis=-1)
-            step = gradient_step(ensemble.loss, params, opt_state, self.model_opt, normalizer, per_member.obs, per_member.action, target,
-                                 skip_nonfinite=False)  # fmt: skip
+            per_member = jax.tree.map(
+                lambda x: x[: c.members * c.model_batch].reshape(
+                    c.members, c.model_batch, *x.shape[1:]
+                ),
+                batch,
+            )
+            target = jnp.concatenate(
+                [per_member.next_obs - per_member.obs, per_member.reward[..., None]], axis=-1
+            )
+            step = gradient_step(
+                ensemble.loss,
+                params,
+                opt_state,
+                self.model_opt,
+                normalizer,
+                per_member.obs,
+                per_member.action,
+                target,
+                skip_nonfinite=False,
+            )
             return (step.params, step.opt_state), step.value
 
-        (params, opt_state), losses = jax.lax.scan(step, (ts.model.params, ts.model_opt), jax.random.split(k_steps, c.model_steps))
+        (params, opt_state), losses = jax.lax.scan(
+            step, (ts.model.params, ts.model_opt), jax.random.split(k_steps, c.model_steps)
+        )
         hold = self.holdout_buffer.sample(ts.holdout, k_hold, 1024)
         target = jnp.concatenate([hold.next_obs - hold.obs, hold.reward[:, None]], axis=-1)
         mse = ensemble.mse(params, normalizer, hold.obs, hold.action, target)
         elites = jnp.where(ts.holdout.size > 0, select_elites(mse, c.elites), ts.model.elites)
         model = ModelState(params=params, normalizer=normalizer, elites=elites)
-        return ts.replace(model=model, model_opt=opt_state), {"model_loss": losses.mean(), "model_holdout_mse": jnp.sort(mse)[: c.elites].mean()}
+        return ts.replace(model=model, model_opt=opt_state), {
+            "model_loss": losses.mean(),
+            "model_holdout_mse": jnp.sort(mse)[: c.elites].mean(),
+        }
 
-    def critic_update(self, learner: Learner, ts: ModelBasedState, key: PRNGKey) -> tuple[Learner, jax.Array]:
+    def critic_update(
+        self, learner: Learner, ts: ModelBasedState, key: PRNGKey
+    ) -> tuple[Learner, jax.Array]:
         """``critic_steps`` TD(0) steps on real transitions (the shared critic), Polyak-tracked."""
         c = self.config
 
         def step(learner, k):
             k_batch, k_step = jax.random.split(k)
-            batch = _transitions(self.sample_segments(ts, k_batch, max(c.batch_size // c.horizon, 1)))
+            batch = _transitions(
+                self.sample_segments(ts, k_batch, max(c.batch_size // c.horizon, 1))
+            )
             learner, loss = self.agent.critic_step(learner, batch, k_step)
             return learner.replace(critic=learner.critic.track(c.tau)), loss
 
@@ -468,12 +669,16 @@ class _Loop:
             ts, metrics = self.model_update(ts, k_model)
         learning = ts.env_steps >= max(c.warmup_steps, c.num_envs * c.horizon)
         keys = {"critic": k_critic, "policy": k_policy, "data": k_data}
-        ts_new, learner, policy_metrics = self.policy_update.step(self, ts, self.model_dynamics(ts.model), keys)
+        ts_new, learner, policy_metrics = self.policy_update.step(
+            self, ts, self.model_dynamics(ts.model), keys
+        )
         metrics.update(policy_metrics)
         learner = jax.tree.map(lambda new, old: jnp.where(learning, new, old), learner, ts.learner)
         simulated = c.batch_size * c.horizon * c.policy_steps if c.model == "true" else 0
         env_steps = ts_new.env_steps + jnp.where(learning, simulated, 0)
-        ts = ts_new.replace(learner=learner, key=key, updates=ts_new.updates + 1, env_steps=env_steps)
+        ts = ts_new.replace(
+            learner=learner, key=key, updates=ts_new.updates + 1, env_steps=env_steps
+        )
         metrics["skipped_updates"] = learner.policy.skipped
         return ts, metrics
 
@@ -482,18 +687,37 @@ class _Loop:
 
     def evaluate(self, ts: ModelBasedState, key: PRNGKey) -> jax.Array:
         c = self.config
-        return evaluate(self.dynamics, self.act(ts), key, num_envs=c.eval_envs, episode_length=c.episode_length, eps_shape=self.policy.eps_shape)
+        return evaluate(
+            self.dynamics,
+            self.act(ts),
+            key,
+            num_envs=c.eval_envs,
+            episode_length=c.episode_length,
+            eps_shape=self.policy.eps_shape,
+        )
 
 
 def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
     c = config
     update = UPDATES[c.policy_update]
     agent_config = OffPolicyConfig(
-        algo="sac", env=c.env, hidden=c.hidden, gamma=c.gamma, tau=c.tau, actor_lr=c.actor_lr, critic_lr=c.critic_lr,
-        batch_size=c.batch_size, autotune_alpha=update.entropy, init_alpha=0.2 if update.entropy else 0.0,
-    )  # fmt: skip
+        algo="sac",
+        env=c.env,
+        hidden=c.hidden,
+        gamma=c.gamma,
+        tau=c.tau,
+        actor_lr=c.actor_lr,
+        critic_lr=c.critic_lr,
+        batch_size=c.batch_size,
+        autotune_alpha=update.entropy,
+        init_alpha=0.2 if update.entropy else 0.0,
+    )
     # SVG: a reparameterized policy of the config's kind; the critic bootstraps with alpha = 0.
-    svg_policy = None if update.entropy else SVG_POLICIES[c.policy].for_dynamics(dynamics, hidden=c.hidden, init_std=c.init_std)
+    svg_policy = (
+        None
+        if update.entropy
+        else SVG_POLICIES[c.policy].for_dynamics(dynamics, hidden=c.hidden, init_std=c.init_std)
+    )
     low, high = (jnp.asarray(b) for b in dynamics.action_bounds)
     bounded = bool(jnp.all(jnp.isfinite(low)) and jnp.all(jnp.isfinite(high)))
     lp = _Loop(
@@ -501,14 +725,30 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
         dynamics=dynamics,
         policy_update=update,
         agent=make_agent(agent_config, dynamics, svg_policy),
-        ensemble=GaussianEnsemble(observation_size=dynamics.observation_size, action_size=dynamics.action_size, num_members=c.members,
-                                  num_elites=c.elites, hidden=c.model_hidden, learn_reward=True),
+        ensemble=GaussianEnsemble(
+            observation_size=dynamics.observation_size,
+            action_size=dynamics.action_size,
+            num_members=c.members,
+            num_elites=c.elites,
+            hidden=c.model_hidden,
+            learn_reward=True,
+        ),
         model_opt=optax.adam(c.model_lr),
         segments_buffer=ring_buffer(c.segments_capacity),
-        holdout_buffer=ring_buffer(max(c.buffer_capacity // c.holdout_every, c.num_envs * c.horizon)),
+        holdout_buffer=ring_buffer(
+            max(c.buffer_capacity // c.holdout_every, c.num_envs * c.horizon)
+        ),
         model_buffer=ring_buffer(update.model_buffer_capacity(c)),
         random_policy=uniform_policy(dynamics) if bounded else None,
         uniform_log_density=-float(jnp.sum(jnp.log(high - low))) if bounded else 0.0,
     )
-    return Trainer(config=config, dynamics=dynamics, policy=lp.policy, critic=lp.agent.critic, act=lp.act, init=lp.init, update=lp.update,
-                   evaluate=lp.evaluate)  # fmt: skip
+    return Trainer(
+        config=config,
+        dynamics=dynamics,
+        policy=lp.policy,
+        critic=lp.agent.critic,
+        act=lp.act,
+        init=lp.init,
+        update=lp.update,
+        evaluate=lp.evaluate,
+    )

@@ -6,14 +6,21 @@ They share the critic module (:mod:`mbpo.critics`: ``QCritic``, ``td0_targets``,
 of NFQCA/DDPG/TD3 is DPMB-R(0) and SAC's is SVG(0) (:func:`mbpo.estimators.surrogate` with zero
 model steps), plus SAC's entropy bonus. The algorithms differ only in data and targets:
 
-| algo          | data                          | target value v(s') of y = r + gamma (1 - done) v(s')      | actor                         |
-| ------------- | ----------------------------- | --------------------------------------------------------- | ----------------------------- |
-| nfqca         | fixed basepoints              | q(s', d(s'; w_n); theta_n), theta_n frozen per iteration  | max_w mean q(s, d(s; w))      |
-| fqi           | fixed basepoints              | max_a' q(s', a'; theta_n) by gradient ascent on a'        | none: act by maximizing q     |
-| fqi_amortized | fixed basepoints              | q(s', a*) on B_opt, q(s', d(s'; w_n)) elsewhere           | regress d onto the last K a*  |
-| ddpg          | replay, OU exploration        | q(s', d(s'; w_targ); theta_targ)                          | max_w mean q(s, d(s; w))      |
-| td3           | replay, Gaussian exploration  | min_i q_i(s', clip(d(s'; w_targ) + clip(noise)); targ)    | q_1, every policy_delay steps |
-| sac           | replay, the policy's samples  | min_i q_i(s', a'; targ) - alpha log pi(a'|s'), a' ~ pi    | SVG(0) + alpha entropy        |
+* nfqca: fixed basepoints; v(s') = q(s', d(s'; w_n); theta_n), theta_n frozen per iteration;
+  actor max_w mean q(s, d(s; w)).
+* fqi: fixed basepoints; v(s') = max_a' q(s', a'; theta_n) by gradient ascent on a'; no actor:
+  it acts by maximizing q.
+* fqi_amortized: fixed basepoints; v(s') = q(s', a*) on B_opt, q(s', d(s'; w_n)) elsewhere;
+  actor: regress d onto the last K a*.
+* ddpg: replay, OU exploration; v(s') = q(s', d(s'; w_targ); theta_targ); actor max_w mean
+  q(s, d(s; w)).
+* td3: replay, Gaussian exploration; v(s') = min_i q_i(s', clip(d(s'; w_targ) + clip(noise)));
+  actor on q_1, every policy_delay steps.
+* sac: replay, the policy's samples; v(s') = min_i q_i(s', a'; targ) - alpha log pi(a'|s'),
+  a' ~ pi; actor SVG(0) + alpha entropy.
+
+Each is one row of :data:`ALGORITHMS` (policy, critics, target, exploration, actor); the batch
+methods' iterations are in :mod:`mbpo.agents.batch`.
 
 References: Hafner & Riedmiller 2011 (NFQCA), Lillicrap et al. 2016 (DDPG), Fujimoto et al.
 2018 (TD3), Haarnoja et al. 2018 (SAC, with the value-network variant of the first paper), and
@@ -76,21 +83,41 @@ class OffPolicyConfig:
 
     algo: str = option("sac", "nfqca | fqi | fqi_amortized | ddpg | td3 | sac", choices=ALGOS)
     env: str = option("pendulum", "task name (see `envs.names()`)")
-    brax_backend: str = option("generalized", "physics pipeline of Brax tasks: generalized | positional | spring | mjx")
-    num_envs: int = option(16, "parallel environments, each stepped once per iteration (online algorithms)")
-    episode_length: int = option(200, "steps before an environment is reset (a time limit: not a termination)")
-    num_updates: int = option(1000, "iterations; each collects num_envs env steps (online) and takes gradient_steps steps")
+    brax_backend: str = option(
+        "generalized", "physics pipeline of Brax tasks: generalized | positional | spring | mjx"
+    )
+    num_envs: int = option(
+        16, "parallel environments, each stepped once per iteration (online algorithms)"
+    )
+    episode_length: int = option(
+        200, "steps before an environment is reset (a time limit: not a termination)"
+    )
+    num_updates: int = option(
+        1000, "iterations; each collects num_envs env steps (online) and takes gradient_steps steps"
+    )
     gradient_steps: int = option(16, "critic (and actor) gradient steps per iteration")
     batch_size: int = option(256, "transitions per gradient step")
     buffer_capacity: int = option(100_000, "replay buffer size (online algorithms)")
-    warmup_steps: int = option(2_000, "env steps with uniformly random actions before learning starts (online)")
-    gamma: float = option(0.95, "discount (0.95 as the unroll trainer; batch methods need many iterations for gamma near 1)")
+    warmup_steps: int = option(
+        2_000, "env steps with uniformly random actions before learning starts (online)"
+    )
+    gamma: float = option(
+        0.95,
+        "discount (0.95 as the unroll trainer; batch methods need many iterations for gamma near "
+        "1)",
+    )
     tau: float = option(0.005, "Polyak rate of the target networks (online algorithms)")
     actor_lr: float = option(1e-3, "policy learning rate")
     critic_lr: float = option(1e-3, "critic learning rate")
-    optimizer: str = option("adam", "adam | sgd (sgd: plain gradient steps, for hand-checked updates)", choices=OPTIMIZERS)
+    optimizer: str = option(
+        "adam",
+        "adam | sgd (sgd: plain gradient steps, for hand-checked updates)",
+        choices=OPTIMIZERS,
+    )
     max_grad_norm: float = option(100.0, "global-norm gradient clipping")
-    hidden: tuple[int, ...] = option((256, 256), "hidden sizes of policy and critic; () gives linear networks")
+    hidden: tuple[int, ...] = option(
+        (256, 256), "hidden sizes of policy and critic; () gives linear networks"
+    )
     ou_theta: float = option(0.15, "DDPG: OU mean reversion")
     ou_sigma: float = option(0.2, "DDPG: OU diffusion, in action half-widths")
     ou_dt: float = option(1e-2, "DDPG: OU Euler-Maruyama step")
@@ -98,52 +125,103 @@ class OffPolicyConfig:
     target_noise: float = option(0.2, "TD3: target policy smoothing std, in half-widths")
     target_noise_clip: float = option(0.5, "TD3: clip of the smoothing noise, in half-widths")
     policy_delay: int = option(2, "TD3: critic steps per actor (and target) update")
-    init_alpha: float = option(0.2, "SAC: initial entropy temperature (0 with autotune_alpha false: no entropy bonus)")
+    init_alpha: float = option(
+        0.2, "SAC: initial entropy temperature (0 with autotune_alpha false: no entropy bonus)"
+    )
     autotune_alpha: bool = option(True, "SAC: tune alpha towards target_entropy")
     alpha_lr: float = option(1e-3, "SAC: temperature learning rate")
     target_entropy: float | None = option(None, "SAC: target entropy; none: -action_size")
-    value_network: bool = option(False, "SAC: the variant with a separate value network v(s; psi) and its target")
-    num_basepoints: int = option(20_000, "batch methods: fixed transitions collected with random actions")
-    basepoint_segment: int = option(50, "batch methods: steps per random-action trajectory from a reset")
+    value_network: bool = option(
+        False, "SAC: the variant with a separate value network v(s; psi) and its target"
+    )
+    num_basepoints: int = option(
+        20_000, "batch methods: fixed transitions collected with random actions"
+    )
+    basepoint_segment: int = option(
+        50, "batch methods: steps per random-action trajectory from a reset"
+    )
     maximize_steps: int = option(30, "FQI: gradient-ascent steps on the action")
-    maximize_lr: float = option(0.3, "FQI: Adam step size of the action ascent (in tanh-preimage units)")
-    maximize_restarts: int = option(4, "FQI: random starts of the action ascent (the best one is kept)")
-    num_optimized: int = option(256, "fqi_amortized: basepoints per iteration whose a* is computed exactly (B_opt)")
-    window: int = option(5, "fqi_amortized: iterations K of optimizer actions the policy is regressed on")
+    maximize_lr: float = option(
+        0.3, "FQI: Adam step size of the action ascent (in tanh-preimage units)"
+    )
+    maximize_restarts: int = option(
+        4, "FQI: random starts of the action ascent (the best one is kept)"
+    )
+    num_optimized: int = option(
+        256, "fqi_amortized: basepoints per iteration whose a* is computed exactly (B_opt)"
+    )
+    window: int = option(
+        5, "fqi_amortized: iterations K of optimizer actions the policy is regressed on"
+    )
     eval_every: int = option(25, "iterations between evaluations")
     eval_envs: int = option(32, "episodes per evaluation")
     seed: int = option(0, "random seed")
-    target_return: float | None = option(None, "report the env steps and wall-clock at which the eval return first reaches this")
+    target_return: float | None = option(
+        None, "report the env steps and wall-clock at which the eval return first reaches this"
+    )
 
     def __post_init__(self):
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algo {self.algo!r}; allowed: {', '.join(ALGOS)}")
         loop.check_task(self.env, self.brax_backend)
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}"
+            )
         for name in (
-            "num_envs", "episode_length", "num_updates", "gradient_steps", "batch_size", "buffer_capacity", "policy_delay",
-            "num_basepoints", "basepoint_segment", "maximize_steps", "maximize_restarts", "num_optimized", "window",
-            "eval_every", "eval_envs",
-        ):  # fmt: skip
+            "num_envs",
+            "episode_length",
+            "num_updates",
+            "gradient_steps",
+            "batch_size",
+            "buffer_capacity",
+            "policy_delay",
+            "num_basepoints",
+            "basepoint_segment",
+            "maximize_steps",
+            "maximize_restarts",
+            "num_optimized",
+            "window",
+            "eval_every",
+            "eval_envs",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.num_envs > self.buffer_capacity:
-            raise ValueError(f"buffer_capacity={self.buffer_capacity} must hold one iteration's num_envs={self.num_envs}")
+            raise ValueError(
+                f"buffer_capacity={self.buffer_capacity} must hold one iteration's "
+                f"num_envs={self.num_envs}"
+            )
         if not 0 < self.gamma <= 1 or not 0 < self.tau <= 1:
-            raise ValueError(f"need 0 < gamma <= 1 and 0 < tau <= 1; got gamma={self.gamma}, tau={self.tau}")
-        for name in ("actor_lr", "critic_lr", "max_grad_norm", "ou_theta", "ou_dt", "alpha_lr", "maximize_lr"):
+            raise ValueError(
+                f"need 0 < gamma <= 1 and 0 < tau <= 1; got gamma={self.gamma}, tau={self.tau}"
+            )
+        for name in (
+            "actor_lr",
+            "critic_lr",
+            "max_grad_norm",
+            "ou_theta",
+            "ou_dt",
+            "alpha_lr",
+            "maximize_lr",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not (self.init_alpha > 0 or (self.init_alpha == 0 and not self.autotune_alpha)):
-            raise ValueError(f"init_alpha must be > 0 (or 0 with autotune_alpha=False: no entropy bonus), got {self.init_alpha}")
+            raise ValueError(
+                "init_alpha must be > 0 (or 0 with autotune_alpha=False: no entropy bonus), got "
+                f"{self.init_alpha}"
+            )
         for name in ("ou_sigma", "explore_std", "target_noise", "target_noise_clip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         loop.check_sizes(hidden=self.hidden)
-        loop.check_counters(self.num_updates * self.num_envs if self.online else self.num_basepoints, self.num_updates)
+        loop.check_counters(
+            self.num_updates * self.num_envs if self.online else self.num_basepoints,
+            self.num_updates,
+        )
 
     @property
     def label(self) -> str:
@@ -151,12 +229,13 @@ class OffPolicyConfig:
 
     @property
     def online(self) -> bool:
-        """Whether the algorithm collects data (DDPG, TD3, SAC) rather than using fixed basepoints."""
+        """Whether the algorithm collects data (DDPG, TD3, SAC) rather than use fixed basepoints."""
         return ALGORITHMS[self.algo].exploration is not None
 
 
 class Learner(struct.PyTreeNode):
-    """The learned parts (the carry of gradient steps): compositions of :class:`mbpo.optim.TrainState`.
+    """The learned parts (the carry of gradient steps): compositions of
+    :class:`mbpo.optim.TrainState`.
 
     Attributes:
       policy: the policy; its ``target`` is the target policy of the deterministic algorithms
@@ -204,7 +283,9 @@ class DeterministicActor:
     """max_w mean q_1(s, d(s; w)) through the unroll engine (DPMB-R(0)): NFQCA, DDPG, TD3 (TD3 and
     DDPG ascend q_1; NFQCA and DDPG have a single q)."""
 
-    def objective(self, agent: Agent, policy_params: Params, learner: Learner, obs, eps) -> tuple[Scalar, Scalar]:
+    def objective(
+        self, agent: Agent, policy_params: Params, learner: Learner, obs, eps
+    ) -> tuple[Scalar, Scalar]:
         states = jax.vmap(State.from_observation)(obs)
         noise = RolloutNoise(eps=eps[:, None], xi=jnp.zeros((obs.shape[0], 0), obs.dtype))
         policy_fn = functools.partial(agent.policy.sample, policy_params)
@@ -212,7 +293,9 @@ class DeterministicActor:
         def q(s, a):
             return agent.critic.q(learner.critic.params, s, a)[0]
 
-        value, _ = estimators.surrogate(estimators.dpmb_r(0), None, policy_fn, states, noise, gamma=agent.config.gamma, q=q)
+        value, _ = estimators.surrogate(
+            estimators.dpmb_r(0), None, policy_fn, states, noise, gamma=agent.config.gamma, q=q
+        )
         return value, jnp.zeros((), obs.dtype)
 
 
@@ -220,13 +303,19 @@ class DeterministicActor:
 class SoftActor:
     """SVG(0) on min_i q_i(s, a), a ~ pi(s), plus the entropy bonus -alpha mean log pi (SAC)."""
 
-    def objective(self, agent: Agent, policy_params: Params, learner: Learner, obs, eps) -> tuple[Scalar, Scalar]:
+    def objective(
+        self, agent: Agent, policy_params: Params, learner: Learner, obs, eps
+    ) -> tuple[Scalar, Scalar]:
         states = jax.vmap(State.from_observation)(obs)
         noise = RolloutNoise(eps=eps[:, None], xi=jnp.zeros((obs.shape[0], 0), obs.dtype))
         policy_fn = functools.partial(agent.policy.sample, policy_params)
         q = functools.partial(agent.critic.min_q, learner.critic.params)
-        value, _ = estimators.surrogate(estimators.svg(0), None, policy_fn, states, noise, gamma=agent.config.gamma, q=q)
-        _, log_pi = jax.vmap(functools.partial(agent.policy.sample_and_log_prob, policy_params))(obs, eps)
+        value, _ = estimators.surrogate(
+            estimators.svg(0), None, policy_fn, states, noise, gamma=agent.config.gamma, q=q
+        )
+        _, log_pi = jax.vmap(functools.partial(agent.policy.sample_and_log_prob, policy_params))(
+            obs, eps
+        )
         return value - agent.alpha(learner) * log_pi.mean(), log_pi.mean()
 
 
@@ -261,7 +350,9 @@ class Algorithm:
 
 
 def _max_target(c: OffPolicyConfig, low: tuple, high: tuple) -> MaxTarget:
-    return MaxTarget(low=low, high=high, steps=c.maximize_steps, lr=c.maximize_lr, restarts=c.maximize_restarts)
+    return MaxTarget(
+        low=low, high=high, steps=c.maximize_steps, lr=c.maximize_lr, restarts=c.maximize_restarts
+    )
 
 
 def _soft_target(c: OffPolicyConfig, low: tuple, high: tuple) -> SoftTarget | ValueTarget:
@@ -269,23 +360,42 @@ def _soft_target(c: OffPolicyConfig, low: tuple, high: tuple) -> SoftTarget | Va
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "nfqca": Algorithm(stochastic=False, num_q=1, target=lambda c, lo, hi: PolicyTarget(), batch_actor=lambda c: batch.PolicyAscent()),
-    "fqi": Algorithm(stochastic=False, num_q=1, target=_max_target, batch_actor=lambda c: batch.Greedy()),
+    "nfqca": Algorithm(
+        stochastic=False,
+        num_q=1,
+        target=lambda c, lo, hi: PolicyTarget(),
+        batch_actor=lambda c: batch.PolicyAscent(),
+    ),
+    "fqi": Algorithm(
+        stochastic=False, num_q=1, target=_max_target, batch_actor=lambda c: batch.Greedy()
+    ),
     "fqi_amortized": Algorithm(
-        stochastic=False, num_q=1, target=lambda c, lo, hi: PolicyTarget(),
+        stochastic=False,
+        num_q=1,
+        target=lambda c, lo, hi: PolicyTarget(),
         batch_actor=lambda c: batch.Amortized(num_optimized=c.num_optimized, window=c.window),
     ),
     "ddpg": Algorithm(
-        stochastic=False, num_q=1, target=lambda c, lo, hi: PolicyTarget(),
-        exploration=lambda c: OUExploration(OrnsteinUhlenbeck(theta=c.ou_theta, sigma=c.ou_sigma, dt=c.ou_dt)),
+        stochastic=False,
+        num_q=1,
+        target=lambda c, lo, hi: PolicyTarget(),
+        exploration=lambda c: OUExploration(
+            OrnsteinUhlenbeck(theta=c.ou_theta, sigma=c.ou_sigma, dt=c.ou_dt)
+        ),
     ),
     "td3": Algorithm(
-        stochastic=False, num_q=2,
-        target=lambda c, lo, hi: SmoothedPolicyTarget(std=c.target_noise, clip=c.target_noise_clip, low=lo, high=hi),
-        exploration=lambda c: GaussianExploration(c.explore_std), actor_every=lambda c: c.policy_delay,
+        stochastic=False,
+        num_q=2,
+        target=lambda c, lo, hi: SmoothedPolicyTarget(
+            std=c.target_noise, clip=c.target_noise_clip, low=lo, high=hi
+        ),
+        exploration=lambda c: GaussianExploration(c.explore_std),
+        actor_every=lambda c: c.policy_delay,
     ),
-    "sac": Algorithm(stochastic=True, num_q=2, target=_soft_target, exploration=lambda c: PolicySample()),
-}  # fmt: skip
+    "sac": Algorithm(
+        stochastic=True, num_q=2, target=_soft_target, exploration=lambda c: PolicySample()
+    ),
+}
 assert set(ALGORITHMS) == set(ALGOS)
 
 
@@ -333,17 +443,25 @@ class Agent:
         tune = self.stochastic and self.config.autotune_alpha
         log_alpha = jnp.log(jnp.asarray(max(self.config.init_alpha, 1e-30), jnp.float32))
         return Learner(
-            policy=TrainState.create(self.policy.init(k_pi), self.actor_opt, target=not self.stochastic),
+            policy=TrainState.create(
+                self.policy.init(k_pi), self.actor_opt, target=not self.stochastic
+            ),
             critic=TrainState.create(self.critic.init(k_q), self.critic_opt, target=True),
-            value=TrainState.create(self.value.init(k_v), self.critic_opt, target=True) if self.value is not None else None,
+            value=TrainState.create(self.value.init(k_v), self.critic_opt, target=True)
+            if self.value is not None
+            else None,
             temperature=TrainState.create(log_alpha, self.alpha_opt) if tune else None,
             steps=jnp.zeros((), jnp.int32),
         )
 
     # --- targets -----------------------------------------------------------------------------
     def bootstrap(self, learner: Learner) -> Bootstrap:
-        """What :attr:`target` reads at s', from ``learner``'s target networks and current policy."""
-        value = functools.partial(self.value.v, learner.value.target) if self.value is not None else None
+        """What :attr:`target` reads at s': ``learner``'s target networks and current policy."""
+        value = (
+            functools.partial(self.value.v, learner.value.target)
+            if self.value is not None
+            else None
+        )
         return Bootstrap(
             q=functools.partial(self.critic.min_q, learner.critic.target),
             target_action=lambda s: self.policy.mean(learner.policy.target, s),
@@ -356,36 +474,53 @@ class Agent:
         """argmax_a min_i q_i(s, a; critic_params) (FQI's greedy action)."""
         return self.maximizer.argmax(lambda s, a: self.critic.min_q(critic_params, s, a), obs, key)
 
-    def critic_targets(self, learner: Learner, batch: Transition, eps: Array, key: PRNGKey) -> Float[Array, " B"]:
-        """y = r + gamma (1 - done) v(s') for a batch, with the target networks' gradients stopped."""
+    def critic_targets(
+        self, learner: Learner, batch: Transition, eps: Array, key: PRNGKey
+    ) -> Float[Array, " B"]:
+        """y = r + gamma (1 - done) v(s') of a batch, the target networks' gradients stopped."""
         keys = jax.random.split(key, batch.reward.shape[0])
         b = self.bootstrap(learner)
         v_next = jax.vmap(lambda s, e, k: self.target(b, s, e, k))(batch.next_obs, eps, keys)
         return td0_targets(batch.reward, self.config.gamma * (1 - batch.done), v_next)
 
     # --- actor -------------------------------------------------------------------------------
-    def actor_objective(self, policy_params: Params, learner: Learner, obs: Float[Array, "B obs"], eps: Array) -> tuple[Scalar, Scalar]:
+    def actor_objective(
+        self, policy_params: Params, learner: Learner, obs: Float[Array, "B obs"], eps: Array
+    ) -> tuple[Scalar, Scalar]:
         """The n = 0 surrogate of :attr:`actor`: DPMB-R(0) for a deterministic policy, SVG(0) with
-        the entropy bonus for SAC. Returns (objective, mean log pi (0 for deterministic policies))."""
+        the entropy bonus for SAC. Returns (objective, mean log pi (0 for deterministic
+        policies))."""
         return self.actor.objective(self, policy_params, learner, obs, eps)
 
-    def actor_step(self, learner: Learner, obs: Float[Array, "B obs"], eps: Array) -> tuple[Learner, dict]:
+    def actor_step(
+        self, learner: Learner, obs: Float[Array, "B obs"], eps: Array
+    ) -> tuple[Learner, dict]:
         """One ascent step of :meth:`actor_objective`, and SAC's temperature step."""
-        policy, step = learner.policy.step(self.actor_objective, learner, obs, eps, maximize=True, has_aux=True)
+        policy, step = learner.policy.step(
+            self.actor_objective, learner, obs, eps, maximize=True, has_aux=True
+        )
         log_pi = step.aux
         learner = learner.replace(policy=policy)
         if learner.temperature is not None:
-            # d/d log_alpha of -log_alpha (log pi + target entropy): alpha grows when entropy is below target.
-            alpha_grad = -(jax.lax.stop_gradient(log_pi) + self.target_entropy).astype(learner.temperature.params.dtype)
+            # d/d log_alpha of -log_alpha (log pi + target entropy): alpha grows when entropy is
+            # below target.
+            alpha_grad = -(jax.lax.stop_gradient(log_pi) + self.target_entropy).astype(
+                learner.temperature.params.dtype
+            )
             learner = learner.replace(temperature=learner.temperature.apply_gradients(alpha_grad))
         metrics = {"actor_objective": step.value, "grad_norm": step.grad_norm}
         if self.stochastic:  # the entropy and temperature columns belong to SAC alone
             metrics["entropy"] = -log_pi
         return learner, metrics
 
-    def value_step(self, learner: Learner, obs: Float[Array, "B obs"], eps: Array) -> tuple[Learner, Scalar]:
-        """SAC's value network: v(s; psi) -> min_i q_i(s, a) - alpha log pi(a|s), a ~ pi (one sample)."""
-        a, log_pi = jax.vmap(functools.partial(self.policy.sample_and_log_prob, learner.policy.params))(obs, eps)
+    def value_step(
+        self, learner: Learner, obs: Float[Array, "B obs"], eps: Array
+    ) -> tuple[Learner, Scalar]:
+        """SAC's value network: v(s; psi) -> min_i q_i(s, a) - alpha log pi(a|s), a ~ pi (one
+        sample)."""
+        a, log_pi = jax.vmap(
+            functools.partial(self.policy.sample_and_log_prob, learner.policy.params)
+        )(obs, eps)
         q = jax.vmap(self.critic.min_q, in_axes=(None, 0, 0))(learner.critic.params, obs, a)
         y = jax.lax.stop_gradient(q - self.alpha(learner) * log_pi)
 
@@ -395,13 +530,20 @@ class Agent:
         value, step = learner.value.step(loss)
         return learner.replace(value=value), step.value
 
-    def critic_step(self, learner: Learner, batch: Transition, key: PRNGKey) -> tuple[Learner, Scalar]:
-        """One :func:`mbpo.critics.q_step` towards y = r + gamma (1 - done) v(s') (target noise drawn from ``key``)."""
+    def critic_step(
+        self, learner: Learner, batch: Transition, key: PRNGKey
+    ) -> tuple[Learner, Scalar]:
+        """One :func:`mbpo.critics.q_step` towards y = r + gamma (1 - done) v(s') (target noise
+        drawn from ``key``)."""
         k_next, k_max = jax.random.split(key)
-        target_eps = jax.random.normal(k_next, batch.action.shape, batch.obs.dtype)  # TD3 smoothing, SAC's a'
+        target_eps = jax.random.normal(
+            k_next, batch.action.shape, batch.obs.dtype
+        )  # TD3 smoothing, SAC's a'
         y = self.critic_targets(learner, batch, target_eps, k_max)
         critic = learner.critic
-        params, opt_state, loss = q_step(self.critic, critic.tx, critic.params, critic.opt_state, batch.obs, batch.action, y)
+        params, opt_state, loss = q_step(
+            self.critic, critic.tx, critic.params, critic.opt_state, batch.obs, batch.action, y
+        )
         return learner.replace(critic=critic.replace(params=params, opt_state=opt_state)), loss
 
     def track_targets(self, learner: Learner) -> Learner:
@@ -415,7 +557,9 @@ class Agent:
         )
 
     # --- one online gradient step ------------------------------------------------------------
-    def gradient_step(self, learner: Learner, batch: Transition, key: PRNGKey) -> tuple[Learner, dict]:
+    def gradient_step(
+        self, learner: Learner, batch: Transition, key: PRNGKey
+    ) -> tuple[Learner, dict]:
         """Critic step on y, then (every :attr:`actor_every`-th step: TD3's policy delay) the actor
         step and the Polyak updates of the targets."""
         k_critic, k_actor, k_value = jax.random.split(key, 3)
@@ -423,7 +567,9 @@ class Agent:
         learner, critic_loss = self.critic_step(learner, batch, k_critic)
         metrics = {"critic_loss": critic_loss}
         if self.value is not None:
-            learner, metrics["value_loss"] = self.value_step(learner, batch.obs, jax.random.normal(k_value, shape, batch.obs.dtype))
+            learner, metrics["value_loss"] = self.value_step(
+                learner, batch.obs, jax.random.normal(k_value, shape, batch.obs.dtype)
+            )
         eps = jax.random.normal(k_actor, shape, batch.obs.dtype)
 
         def actor_and_targets(learner):
@@ -433,7 +579,10 @@ class Agent:
         if self.actor_every > 1:
             zeros = {"actor_objective": jnp.zeros(()), "grad_norm": jnp.zeros(())}
             learner, actor_metrics = jax.lax.cond(
-                learner.steps % self.actor_every == 0, actor_and_targets, lambda lr: (lr, jax.tree.map(jnp.asarray, zeros)), learner
+                learner.steps % self.actor_every == 0,
+                actor_and_targets,
+                lambda lr: (lr, jax.tree.map(jnp.asarray, zeros)),
+                learner,
             )
         else:
             learner, actor_metrics = actor_and_targets(learner)
@@ -444,23 +593,37 @@ class Agent:
 
 
 def _optimizer(config: OffPolicyConfig, lr: float) -> optax.GradientTransformation:
-    return guarded(optax.adam(lr) if config.optimizer == "adam" else optax.sgd(lr), config.max_grad_norm)
+    return guarded(
+        optax.adam(lr) if config.optimizer == "adam" else optax.sgd(lr), config.max_grad_norm
+    )
 
 
-def make_agent(config: OffPolicyConfig, dynamics: Dynamics, policy: GaussianPolicy | None = None) -> Agent:
+def make_agent(
+    config: OffPolicyConfig, dynamics: Dynamics, policy: GaussianPolicy | None = None
+) -> Agent:
     """The :class:`Agent` of ``config`` sized for ``dynamics``; ``policy`` replaces the algorithm's
     own (the model-based loop's SVG policies with a SAC-style critic, alpha = 0)."""
     spec = ALGORITHMS[config.algo]
     low, high = _box(dynamics)
-    if policy is None and not (all(math.isfinite(v) for v in low) and all(math.isfinite(v) for v in high)):
+    if policy is None and not (
+        all(math.isfinite(v) for v in low) and all(math.isfinite(v) for v in high)
+    ):
         raise ValueError(f"{config.algo} needs a bounded action box, got low={low}, high={high}")
     if policy is None and spec.stochastic:
-        policy = TanhGaussianPolicy.for_dynamics(dynamics, hidden=config.hidden, activation="relu", init_std=1.0)
+        policy = TanhGaussianPolicy.for_dynamics(
+            dynamics, hidden=config.hidden, activation="relu", init_std=1.0
+        )
     elif policy is None:
         policy = DeterministicPolicy.for_dynamics(dynamics, hidden=config.hidden, activation="relu")
-    critic = QCritic(dynamics.observation_size, dynamics.action_size, num_q=spec.num_q, hidden=config.hidden)
+    critic = QCritic(
+        dynamics.observation_size, dynamics.action_size, num_q=spec.num_q, hidden=config.hidden
+    )
     target = spec.target(config, low, high)
-    value = VCritic(dynamics.observation_size, hidden=config.hidden) if isinstance(target, ValueTarget) else None
+    value = (
+        VCritic(dynamics.observation_size, hidden=config.hidden)
+        if isinstance(target, ValueTarget)
+        else None
+    )
     return Agent(
         config=config,
         policy=policy,
@@ -486,7 +649,14 @@ def make_trainer(config: OffPolicyConfig, dynamics: Dynamics | None = None) -> T
 
 def _example_transition(obs: Observation, action_size: int) -> Transition:
     zero = jnp.zeros((), obs.dtype)
-    return Transition(obs=obs, action=jnp.zeros(action_size, obs.dtype), reward=zero, done=zero, next_obs=obs, log_prob=zero)
+    return Transition(
+        obs=obs,
+        action=jnp.zeros(action_size, obs.dtype),
+        reward=zero,
+        done=zero,
+        next_obs=obs,
+        log_prob=zero,
+    )
 
 
 def _make_trainer(config: OffPolicyConfig, dynamics: Dynamics) -> Trainer:
@@ -522,14 +692,21 @@ def _make_trainer(config: OffPolicyConfig, dynamics: Dynamics) -> Trainer:
         states = ts.env_states
         eps = jax.random.normal(k_eps, (config.num_envs, act_size), states.obs.dtype)
         low, high = agent.bounds(states.obs.dtype)
-        behaviour = functools.partial(exploration, policy, ts.learner.policy.params, low=low, high=high)
+        behaviour = functools.partial(
+            exploration, policy, ts.learner.policy.params, low=low, high=high
+        )
         action, explored = jax.vmap(behaviour)(states.obs, eps, ts.exploration)
         warm = ts.env_steps < config.warmup_steps
         action = jnp.where(warm, jax.vmap(random_policy)(states.obs, eps), action)
         xi = jax.vmap(dynamics.sample_noise)(jax.random.split(k_xi, config.num_envs))
         nxt = jax.vmap(dynamics.step)(states, action, xi)
         transition = Transition(
-            obs=states.obs, action=action, reward=nxt.reward, done=nxt.done, next_obs=nxt.obs, log_prob=jnp.zeros_like(nxt.reward)
+            obs=states.obs,
+            action=action,
+            reward=nxt.reward,
+            done=nxt.done,
+            next_obs=nxt.obs,
+            log_prob=jnp.zeros_like(nxt.reward),
         )
         finished = (nxt.done > 0) | (nxt.t >= config.episode_length)
         return ts.replace(
@@ -546,20 +723,41 @@ def _make_trainer(config: OffPolicyConfig, dynamics: Dynamics) -> Trainer:
 
         def step(learner, k):
             k_sample, k_grad = jax.random.split(k)
-            new, metrics = agent.gradient_step(learner, replay.sample(ts.buffer, k_sample, config.batch_size), k_grad)
+            new, metrics = agent.gradient_step(
+                learner, replay.sample(ts.buffer, k_sample, config.batch_size), k_grad
+            )
             new = jax.tree.map(lambda a, b: jnp.where(learning, a, b), new, learner)
             return new, metrics
 
-        learner, metrics = jax.lax.scan(step, ts.learner, jax.random.split(k_steps, config.gradient_steps))
+        learner, metrics = jax.lax.scan(
+            step, ts.learner, jax.random.split(k_steps, config.gradient_steps)
+        )
         ts = ts.replace(learner=learner, key=key, updates=ts.updates + 1)
-        return ts, {**{k: v.mean() for k, v in metrics.items()}, "skipped_updates": learner.critic.skipped}
+        return ts, {
+            **{k: v.mean() for k, v in metrics.items()},
+            "skipped_updates": learner.critic.skipped,
+        }
 
     def act(ts: OffPolicyState) -> PolicyFn:
         return functools.partial(policy.sample, ts.learner.policy.params)
 
     def evaluate_fn(ts: OffPolicyState, key: PRNGKey) -> jax.Array:
-        return evaluate(dynamics, act(ts), key, num_envs=config.eval_envs, episode_length=config.episode_length, eps_shape=policy.eps_shape)
+        return evaluate(
+            dynamics,
+            act(ts),
+            key,
+            num_envs=config.eval_envs,
+            episode_length=config.episode_length,
+            eps_shape=policy.eps_shape,
+        )
 
     return Trainer(
-        config=config, dynamics=dynamics, policy=policy, critic=agent.critic, act=act, init=init, update=update, evaluate=evaluate_fn
+        config=config,
+        dynamics=dynamics,
+        policy=policy,
+        critic=agent.critic,
+        act=act,
+        init=init,
+        update=update,
+        evaluate=evaluate_fn,
     )

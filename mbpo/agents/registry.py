@@ -1,10 +1,8 @@
 """Which trainer runs which algorithm: ``mbpo train --algo NAME`` and saved run configs.
 
-| --algo                                    | config                  | trainer                        |
-| ----------------------------------------- | ----------------------- | ------------------------------ |
-| bpo, svg, dpmb_r, dpmb_sf, critic_only    | UnrollTrainerConfig     | mbpo.agents.unroll_trainer     |
-| nfqca, fqi, fqi_amortized, ddpg, td3, sac | OffPolicyConfig         | mbpo.agents.off_policy         |
-| mbpo (SVG(n), SVG-ER or SAC on a model)   | ModelBasedConfig        | mbpo.agents.model_based          |
+* bpo, svg, dpmb_r, dpmb_sf, critic_only: UnrollTrainerConfig, mbpo.agents.unroll_trainer;
+* nfqca, fqi, fqi_amortized, ddpg, td3, sac: OffPolicyConfig, mbpo.agents.off_policy;
+* mbpo (SVG(n), SVG-ER or SAC on a model): ModelBasedConfig, mbpo.agents.model_based.
 
 A run directory's ``config.json`` records the trainer's name under ``"trainer"``, so a run is
 resumed and evaluated by the trainer that wrote it.
@@ -42,7 +40,10 @@ def trainer_name(config) -> str:
     for name, (cls, _) in TRAINERS.items():
         if isinstance(config, cls):
             return name
-    raise TypeError(f"not a trainer config: {type(config).__name__}; known: {', '.join(c.__name__ for c, _ in TRAINERS.values())}")
+    raise TypeError(
+        f"not a trainer config: {type(config).__name__}; known: "
+        f"{', '.join(c.__name__ for c, _ in TRAINERS.values())}"
+    )
 
 
 def config_class(algo: str) -> type:
@@ -72,6 +73,8 @@ def config_from_dict(values: dict):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown config keys {unknown} for {cls.__name__}; allowed: {sorted(known)}")
+        raise ValueError(
+            f"unknown config keys {unknown} for {cls.__name__}; allowed: {sorted(known)}"
+        )
     check_field_types(cls, values)
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

@@ -27,7 +27,14 @@ from flax import struct
 import envs
 from mbpo import estimators
 from mbpo.agents import loop
-from mbpo.agents.common import NormalizerState, evaluate, normalize, normalizer_init, normalizer_update, reset_finished
+from mbpo.agents.common import (
+    NormalizerState,
+    evaluate,
+    normalize,
+    normalizer_init,
+    normalizer_update,
+    reset_finished,
+)
 from mbpo.agents.loop import Trainer, first_to_reach
 from mbpo.cli import option
 from mbpo.critics import QCritic, q_step, window_targets
@@ -37,7 +44,13 @@ from mbpo.policies import POLICIES
 from mbpo.types import Params, PRNGKey
 from mbpo.unroll import RolloutNoise, rollout
 
-ESTIMATOR_POLICY = {"bpo": "deterministic", "dpmb_r": "deterministic", "dpmb_sf": "deterministic", "critic_only": "gaussian", "svg": "gaussian"}
+ESTIMATOR_POLICY = {
+    "bpo": "deterministic",
+    "dpmb_r": "deterministic",
+    "dpmb_sf": "deterministic",
+    "critic_only": "gaussian",
+    "svg": "gaussian",
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -45,12 +58,20 @@ class UnrollTrainerConfig:
     """Settings of :func:`make_trainer`; validated when built."""
 
     env: str = option("pendulum", "task name (see `envs.names()`)")
-    brax_backend: str = option("generalized", "physics pipeline of Brax tasks: generalized | positional | spring | mjx")
-    estimator: str = option("svg", "bpo | svg | dpmb_r | dpmb_sf | critic_only", choices=tuple(estimators.ESTIMATORS))
-    horizon: int | None = option(
-        4, "model steps n per window, >= 0 (0: SVG(0) on 1-step data); none: whole episodes, no critic (SVG(inf)/BPO)"
+    brax_backend: str = option(
+        "generalized", "physics pipeline of Brax tasks: generalized | positional | spring | mjx"
     )
-    policy: str | None = option(None, "deterministic | gaussian | tanh_gaussian; default: the estimator's kind")
+    estimator: str = option(
+        "svg", "bpo | svg | dpmb_r | dpmb_sf | critic_only", choices=tuple(estimators.ESTIMATORS)
+    )
+    horizon: int | None = option(
+        4,
+        "model steps n per window, >= 0 (0: SVG(0) on 1-step data); none: whole episodes, no "
+        "critic (SVG(inf)/BPO)",
+    )
+    policy: str | None = option(
+        None, "deterministic | gaussian | tanh_gaussian; default: the estimator's kind"
+    )
     num_envs: int = option(64, "parallel environments per update")
     episode_length: int = option(200, "steps before an environment is reset")
     num_updates: int = option(1500, "policy updates")
@@ -71,34 +92,57 @@ class UnrollTrainerConfig:
     eval_envs: int = option(32, "episodes per evaluation")
     seed: int = option(0, "random seed")
     target_return: float | None = option(
-        None, "report the env steps and wall-clock at which the eval return first reaches this (pendulum: -200)"
+        None,
+        "report the env steps and wall-clock at which the eval return first reaches this "
+        "(pendulum: -200)",
     )
 
     def __post_init__(self):
         loop.check_task(self.env, self.brax_backend)
         if self.estimator not in estimators.ESTIMATORS:
-            raise ValueError(f"unknown estimator {self.estimator!r}; known: {', '.join(estimators.ESTIMATORS)}")
+            raise ValueError(
+                f"unknown estimator {self.estimator!r}; known: {', '.join(estimators.ESTIMATORS)}"
+            )
         if self.policy is not None and self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; allowed: {', '.join(POLICIES)}")
-        if self.horizon is not None and (self.horizon < 0 or (self.horizon == 0 and self.estimator == "bpo")):
-            raise ValueError(f"horizon must be >= 0 (>= 1 for bpo) or None (whole episodes), got {self.horizon}")
+        if self.horizon is not None and (
+            self.horizon < 0 or (self.horizon == 0 and self.estimator == "bpo")
+        ):
+            raise ValueError(
+                f"horizon must be >= 0 (>= 1 for bpo) or None (whole episodes), got {self.horizon}"
+            )
         if self.horizon is None and self.estimator in ("dpmb_sf", "critic_only"):
-            raise ValueError(f"{self.estimator} bootstraps with a critic: give a finite horizon, not None")
-        for name in ("num_envs", "episode_length", "num_updates", "critic_epochs", "critic_minibatches", "eval_every", "eval_envs"):
+            raise ValueError(
+                f"{self.estimator} bootstraps with a critic: give a finite horizon, not None"
+            )
+        for name in (
+            "num_envs",
+            "episode_length",
+            "num_updates",
+            "critic_epochs",
+            "critic_minibatches",
+            "eval_every",
+            "eval_envs",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_envs * self.steps_per_update % self.critic_minibatches:
             raise ValueError(
-                f"critic_minibatches={self.critic_minibatches} must divide num_envs * window = {self.num_envs * self.steps_per_update}"
+                f"critic_minibatches={self.critic_minibatches} must divide num_envs * window = "
+                f"{self.num_envs * self.steps_per_update}"
             )
         if not 0 < self.gamma <= 1 or not 0 <= self.td_lambda <= 1 or not 0 < self.tau <= 1:
-            raise ValueError(f"need 0 < gamma <= 1, 0 <= td_lambda <= 1, 0 < tau <= 1; got {self.gamma}, {self.td_lambda}, {self.tau}")
+            raise ValueError(
+                f"need 0 < gamma <= 1, 0 <= td_lambda <= 1, 0 < tau <= 1; got {self.gamma}, "
+                f"{self.td_lambda}, {self.tau}"
+            )
         if min(self.actor_lr, self.critic_lr, self.max_grad_norm, self.init_std) <= 0:
             raise ValueError("actor_lr, critic_lr, max_grad_norm and init_std must be > 0")
         loop.check_sizes(hidden=self.hidden)
         if self.horizon is not None and self.horizon > self.episode_length:
             raise ValueError(
-                f"horizon={self.horizon} is longer than episode_length={self.episode_length}: windows would run past the time "
+                f"horizon={self.horizon} is longer than episode_length={self.episode_length}: "
+                "windows would run past the time "
                 "limit; use a horizon <= episode_length, or none for whole episodes"
             )
         estimator = estimators.make(self.estimator, self.horizon)
@@ -106,14 +150,21 @@ class UnrollTrainerConfig:
         try:
             estimator.check_policy(kind == "deterministic")
         except ValueError as error:
-            raise ValueError(f"--policy {kind}: {error}; leave --policy out for the estimator's own kind") from None
-        if estimator.dynamics_gradient == "score" and not envs.has_log_prob(self.env):
-            with_log_prob = [n for n in envs.names() if not envs.is_brax(n) and envs.has_log_prob(n)]
             raise ValueError(
-                f"{self.estimator} needs the transition density log p(s'|s,a), which env {self.env!r} does not have; "
+                f"--policy {kind}: {error}; leave --policy out for the estimator's own kind"
+            ) from None
+        if estimator.dynamics_gradient == "score" and not envs.has_log_prob(self.env):
+            with_log_prob = [
+                n for n in envs.names() if not envs.is_brax(n) and envs.has_log_prob(n)
+            ]
+            raise ValueError(
+                f"{self.estimator} needs the transition density log p(s'|s,a), which env "
+                f"{self.env!r} does not have; "
                 f"tasks with one: {', '.join(with_log_prob)}"
             )
-        loop.check_counters(self.num_updates * self.num_envs * self.steps_per_update, self.num_updates)
+        loop.check_counters(
+            self.num_updates * self.num_envs * self.steps_per_update, self.num_updates
+        )
 
     @property
     def policy_kind(self) -> str:
@@ -187,7 +238,9 @@ class _Unroll:
 
     def policy_fn(self, params: Params, normalizer: NormalizerState):
         c = self.config
-        return lambda obs, eps: self.policy.sample(params, normalize(normalizer, obs, c.normalize_observations), eps)
+        return lambda obs, eps: self.policy.sample(
+            params, normalize(normalizer, obs, c.normalize_observations), eps
+        )
 
     def act(self, ts: UnrollState):
         return self.policy_fn(ts.policy.params, ts.normalizer)
@@ -211,25 +264,39 @@ class _Unroll:
         def objective(w):
             q = self.q_target(ts) if self.estimator.bootstrap else None
             states = jax.lax.stop_gradient(ts.env_states)
-            return estimators.surrogate(self.estimator, self.dynamics, self.policy_fn(w, ts.normalizer), states, noise, gamma=self.config.gamma, q=q)
+            return estimators.surrogate(
+                self.estimator,
+                self.dynamics,
+                self.policy_fn(w, ts.normalizer),
+                states,
+                noise,
+                gamma=self.config.gamma,
+                q=q,
+            )
 
         return ts.policy.step(objective, maximize=True, has_aux=True)
 
     def data_window(self, ts: UnrollState, result, noise: RolloutNoise):
         """The window's transitions (batch, time) and the action after its last state."""
         if self.n > 0:
-            return jax.lax.stop_gradient((result.trajectory, result.final_state, result.final_action))
+            return jax.lax.stop_gradient(
+                (result.trajectory, result.final_state, result.final_action)
+            )
         # SVG(0): the objective used no model step; collect one step of data for the critic.
         dynamics = self.dynamics
         pol = self.act(ts)
         eps = noise.eps  # (B, 1, ...): a_0 for the critic data and a_1 for its bootstrap
         keys = jax.random.split(jax.random.fold_in(ts.key, 7), self.config.num_envs)
         xi = jax.vmap(lambda k: dynamics.sample_noise(k)[None])(keys)
-        final, traj = jax.vmap(lambda s, e, x: rollout(dynamics, pol, s, RolloutNoise(e, x), dynamics_gradient="stop"))(ts.env_states, eps, xi)
+        final, traj = jax.vmap(
+            lambda s, e, x: rollout(dynamics, pol, s, RolloutNoise(e, x), dynamics_gradient="stop")
+        )(ts.env_states, eps, xi)
         final_action = jax.vmap(pol)(final.obs, eps[:, 0])
         return jax.lax.stop_gradient((traj, final, final_action))
 
-    def critic_step(self, ts: UnrollState, traj, final_action, key) -> tuple[UnrollState, jax.Array]:
+    def critic_step(
+        self, ts: UnrollState, traj, final_action, key
+    ) -> tuple[UnrollState, jax.Array]:
         """``critic_epochs`` epochs of ``critic_minibatches`` TD(lambda) steps on the window, then
         the Polyak update of the target."""
         c = self.config
@@ -241,20 +308,26 @@ class _Unroll:
 
         def epoch(carry, k):
             def minibatch(carry, idx):
-                params, opt_state, loss = q_step(self.critic, self.critic_opt, *carry, obs[idx], act[idx], y[idx])
+                params, opt_state, loss = q_step(
+                    self.critic, self.critic_opt, *carry, obs[idx], act[idx], y[idx]
+                )
                 return (params, opt_state), loss
 
             perm = jax.random.permutation(k, y.shape[0]).reshape(c.critic_minibatches, size)
             return jax.lax.scan(minibatch, carry, perm)
 
         critic = ts.critic
-        (params, opt_state), losses = jax.lax.scan(epoch, (critic.params, critic.opt_state), jax.random.split(key, c.critic_epochs))
+        (params, opt_state), losses = jax.lax.scan(
+            epoch, (critic.params, critic.opt_state), jax.random.split(key, c.critic_epochs)
+        )
         return critic.replace(params=params, opt_state=opt_state).track(c.tau), losses.mean()
 
     def update(self, ts: UnrollState) -> tuple[UnrollState, dict]:
         c = self.config
         key, k_noise, k_critic, k_reset = jax.random.split(ts.key, 4)
-        noise = estimators.draw_noise(self.estimator, self.dynamics, k_noise, self.policy.eps_shape, self.n, c.num_envs)
+        noise = estimators.draw_noise(
+            self.estimator, self.dynamics, k_noise, self.policy.eps_shape, self.n, c.num_envs
+        )
         policy, step = self.actor_step(ts, noise)
         traj, final_state, final_action = self.data_window(ts, step.aux, noise)
         if self.estimator.bootstrap:
@@ -281,24 +354,46 @@ class _Unroll:
 
     def evaluate(self, ts: UnrollState, key: PRNGKey) -> jax.Array:
         c = self.config
-        return evaluate(self.dynamics, self.act(ts), key, num_envs=c.eval_envs, episode_length=c.episode_length, eps_shape=self.policy.eps_shape)
+        return evaluate(
+            self.dynamics,
+            self.act(ts),
+            key,
+            num_envs=c.eval_envs,
+            episode_length=c.episode_length,
+            eps_shape=self.policy.eps_shape,
+        )
 
 
 def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
     estimator = estimators.make(config.estimator, config.horizon)
     kind = config.policy_kind
-    policy = POLICIES[kind].for_dynamics(dynamics, hidden=config.hidden, **({} if kind == "deterministic" else {"init_std": config.init_std}))
+    policy = POLICIES[kind].for_dynamics(
+        dynamics,
+        hidden=config.hidden,
+        **({} if kind == "deterministic" else {"init_std": config.init_std}),
+    )
     estimator.check_policy(kind == "deterministic")
     u = _Unroll(
         config=config,
         dynamics=dynamics,
         estimator=estimator,
         policy=policy,
-        critic=QCritic(dynamics.observation_size, dynamics.action_size, num_q=2, hidden=config.hidden),
+        critic=QCritic(
+            dynamics.observation_size, dynamics.action_size, num_q=2, hidden=config.hidden
+        ),
         actor_opt=_optimizer(config, config.actor_lr),
         critic_opt=_optimizer(config, config.critic_lr),
     )
-    return Trainer(config=config, dynamics=dynamics, policy=policy, critic=u.critic, act=u.act, init=u.init, update=u.update, evaluate=u.evaluate)
+    return Trainer(
+        config=config,
+        dynamics=dynamics,
+        policy=policy,
+        critic=u.critic,
+        act=u.act,
+        init=u.init,
+        update=u.update,
+        evaluate=u.evaluate,
+    )
 
 
 def train(
@@ -312,7 +407,9 @@ def train(
     return loop.train(make_trainer(config, dynamics), callback=callback, resume=resume)
 
 
-def train_seeds(config: UnrollTrainerConfig, num_seeds: int, *, dynamics: Dynamics | None = None) -> tuple[UnrollState, dict]:
+def train_seeds(
+    config: UnrollTrainerConfig, num_seeds: int, *, dynamics: Dynamics | None = None
+) -> tuple[UnrollState, dict]:
     """:func:`mbpo.agents.loop.train_seeds` of ``make_trainer(config, dynamics)``."""
     return loop.train_seeds(make_trainer(config, dynamics), num_seeds)
 
@@ -325,8 +422,10 @@ def main(argv=None) -> None:
 
     def report(r, _):
         print(
-            f"updates {r['updates']:5d}  env steps {r['env_steps']:8d}  eval return {r['eval_return']:9.2f}  "
-            f"grad norm {r['grad_norm']:8.3f}  critic loss {r['critic_loss']:8.4f}  {r['wall_time']:6.1f} s",
+            f"updates {r['updates']:5d}  env steps {r['env_steps']:8d}  eval return "
+            f"{r['eval_return']:9.2f}  "
+            f"grad norm {r['grad_norm']:8.3f}  critic loss {r['critic_loss']:8.4f}  "
+            f"{r['wall_time']:6.1f} s",
             flush=True,
         )
 
@@ -334,11 +433,16 @@ def main(argv=None) -> None:
     if config.target_return is not None:
         hit = first_to_reach(history, config.target_return)
         if hit is None:
-            print(f"eval return never reached {config.target_return} in {history[-1]['env_steps']} env steps")
+            print(
+                f"eval return never reached {config.target_return} in {history[-1]['env_steps']} "
+                "env steps"
+            )
         else:
             print(
-                f"reached eval return {hit['eval_return']:.1f} >= {config.target_return} after {hit['env_steps']} env steps, "
-                f"{hit['updates']} updates, {hit['wall_time']:.1f} s wall-clock (compilation included)"
+                f"reached eval return {hit['eval_return']:.1f} >= {config.target_return} after "
+                f"{hit['env_steps']} env steps, "
+                f"{hit['updates']} updates, {hit['wall_time']:.1f} s wall-clock (compilation "
+                "included)"
             )
 
 

@@ -49,7 +49,14 @@ class State(struct.PyTreeNode):
         """A state that is its observation (x = obs): the start of an n = 0 surrogate on replayed
         observations (model-free actors) and of models whose state is the observation."""
         zero = jnp.zeros((), obs.dtype)
-        return cls(x=obs, obs=obs, reward=zero, done=zero, t=jnp.zeros((), jnp.int32), nan_action=jnp.zeros((), bool))
+        return cls(
+            x=obs,
+            obs=obs,
+            reward=zero,
+            done=zero,
+            t=jnp.zeros((), jnp.int32),
+            nan_action=jnp.zeros((), bool),
+        )
 
 
 class NaNActionError(FloatingPointError):
@@ -89,31 +96,41 @@ class Dynamics(struct.PyTreeNode, abc.ABC):
         """Returns the initial dynamics state and its observation."""
 
     @abc.abstractmethod
-    def _step(self, x: PyTree, action: Action, xi: Noise) -> tuple[PyTree, Observation, Scalar, Done]:
+    def _step(
+        self, x: PyTree, action: Action, xi: Noise
+    ) -> tuple[PyTree, Observation, Scalar, Done]:
         """Returns (x', obs', reward, done) for one transition."""
 
     def _log_prob(self, x: PyTree, action: Action, x_next: PyTree) -> Scalar:
         raise NotImplementedError(
-            f"{type(self).__name__} has no known transition density; DPMB-SF and other score-function "
+            f"{type(self).__name__} has no known transition density; DPMB-SF and other "
+            "score-function "
             "estimators through the dynamics need a dynamics with has_log_prob = True"
         )
 
     def _reward(self, x: PyTree, action: Action, x_next: PyTree) -> Scalar:
         raise NotImplementedError(
-            f"{type(self).__name__} computes its reward inside step only; score-function estimators "
+            f"{type(self).__name__} computes its reward inside step only; score-function "
+            "estimators "
             "through the dynamics need the reward as a separate function r(s, a, s')"
         )
 
     def _infer_noise(self, x: PyTree, action: Action, x_next: PyTree) -> Noise:
         raise NotImplementedError(
-            f"{type(self).__name__} cannot infer its noise xi from an observed transition; off-policy "
-            "SVG needs a dynamics with has_noise_inference = True (Gaussian models, additive-noise ODEs)"
+            f"{type(self).__name__} cannot infer its noise xi from an observed transition; "
+            "off-policy "
+            "SVG needs a dynamics with has_noise_inference = True (Gaussian models, additive-noise "
+            "ODEs)"
         )
 
     @property
     def has_noise_inference(self) -> bool:
-        """Whether ``infer_noise(state, action, next_state)`` recovers xi (always for deterministic dynamics)."""
-        return int(np.prod(self.noise_shape)) == 0 or type(self)._infer_noise is not Dynamics._infer_noise
+        """Whether ``infer_noise(state, action, next_state)`` recovers xi (always for deterministic
+        dynamics)."""
+        return (
+            int(np.prod(self.noise_shape)) == 0
+            or type(self)._infer_noise is not Dynamics._infer_noise
+        )
 
     @property
     def has_log_prob(self) -> bool:
@@ -161,8 +178,10 @@ class Dynamics(struct.PyTreeNode, abc.ABC):
         return self._log_prob(state.x, action, next_state.x)
 
     def infer_noise(self, state: State, action: Action, next_state: State) -> Noise:
-        """Noise inference (Heess et al. 2015): the xi with ``step(state, action, xi) == next_state``,
-        e.g. xi = Sigma(s, a)^-1 (s' - mu(s, a)) for a Gaussian model. Zero-size for deterministic dynamics."""
+        """Noise inference (Heess et al. 2015): the xi with ``step(state, action, xi) ==
+        next_state``,
+        e.g. xi = Sigma(s, a)^-1 (s' - mu(s, a)) for a Gaussian model. Zero-size for deterministic
+        dynamics."""
         action = jnp.asarray(action)
         check_array("action", action, (self.action_size,), floating=True)
         if int(np.prod(self.noise_shape)) == 0:
@@ -182,11 +201,14 @@ def check_array(name: str, value: jax.Array, shape: tuple[int, ...], *, floating
     """
     if tuple(value.shape) != tuple(shape):
         raise ValueError(
-            f"{name} has shape {tuple(value.shape)}, but this dynamics expects shape {tuple(shape)} "
+            f"{name} has shape {tuple(value.shape)}, but this dynamics expects shape "
+            f"{tuple(shape)} "
             "(batch over several states with jax.vmap, not by adding a leading axis)"
         )
     if floating and not jnp.issubdtype(value.dtype, jnp.floating):
-        raise TypeError(f"{name} has dtype {value.dtype}; a floating dtype (float32 or float64) is required")
+        raise TypeError(
+            f"{name} has dtype {value.dtype}; a floating dtype (float32 or float64) is required"
+        )
 
 
 def check_actions_finite(state: State) -> None:

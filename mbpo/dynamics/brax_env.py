@@ -19,7 +19,9 @@ BACKENDS = ("generalized", "positional", "spring", "mjx")
 class BraxDynamics(Dynamics):
     """A ``brax.envs.Env`` behind the mbpo interface; ``State.x`` is the brax ``State``."""
 
-    env: Any = struct.field(pytree_node=False)  # a brax.envs.Env; typed loosely to keep brax optional at import
+    env: Any = struct.field(
+        pytree_node=False
+    )  # a brax.envs.Env; typed loosely to keep brax optional at import
     name: str = struct.field(pytree_node=False, default="brax")
 
     @property
@@ -59,7 +61,11 @@ def import_brax_envs():
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):
         from brax import envs as brax_envs
-    kept = [line for line in captured.getvalue().splitlines(keepends=True) if not line.startswith(("Failed to import warp", "Failed to import mujoco_warp"))]
+    kept = [
+        line
+        for line in captured.getvalue().splitlines(keepends=True)
+        if not line.startswith(("Failed to import warp", "Failed to import mujoco_warp"))
+    ]
     sys.stdout.write("".join(kept))
     return brax_envs
 
@@ -79,11 +85,15 @@ def from_brax(env_or_name: Any, *, backend: str = "generalized", **env_kwargs) -
     if isinstance(env_or_name, str):
         known = sorted(brax_envs._envs)  # brax keeps its registry private; this is its only listing
         if env_or_name not in known:
-            raise ValueError(f"unknown Brax environment {env_or_name!r}; Brax has: {', '.join(known)}")
+            raise ValueError(
+                f"unknown Brax environment {env_or_name!r}; Brax has: {', '.join(known)}"
+            )
         if backend not in BACKENDS:
             raise ValueError(f"unknown Brax backend {backend!r}; allowed: {', '.join(BACKENDS)}")
         env = brax_envs.get_environment(env_or_name, backend=backend, **env_kwargs)
         return BraxDynamics(env=env, name=f"{env_or_name}[{backend}]")
     if not isinstance(env_or_name, brax_envs.Env):
-        raise TypeError(f"expected a brax.envs.Env or a Brax environment name, got {type(env_or_name).__name__}")
+        raise TypeError(
+            f"expected a brax.envs.Env or a Brax environment name, got {type(env_or_name).__name__}"
+        )
     return BraxDynamics(env=env_or_name, name=type(env_or_name).__name__)

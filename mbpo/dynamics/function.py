@@ -10,7 +10,7 @@ import numpy as np
 from flax import struct
 
 from mbpo.dynamics.base import Dynamics
-from mbpo.types import Action, Array, Done, Noise, Observation, PRNGKey, Params, Scalar
+from mbpo.types import Action, Array, Done, Noise, Observation, Params, PRNGKey, Scalar
 
 TransitionFn = Callable[[Array, Action, Noise, Params], Array]
 RewardFn = Callable[[Array, Action, Array, Params], Scalar]
@@ -30,8 +30,12 @@ class FunctionDynamics(Dynamics):
     reset_fn: Callable[[PRNGKey], Array] = struct.field(pytree_node=False)
     observation_fn: Callable[[Array], Observation] = struct.field(pytree_node=False)
     done_fn: Callable[[Array], Done] | None = struct.field(pytree_node=False)
-    log_prob_fn: Callable[[Array, Action, Array, Params], Scalar] | None = struct.field(pytree_node=False)
-    infer_noise_fn: Callable[[Array, Action, Array, Params], Noise] | None = struct.field(pytree_node=False)
+    log_prob_fn: Callable[[Array, Action, Array, Params], Scalar] | None = struct.field(
+        pytree_node=False
+    )
+    infer_noise_fn: Callable[[Array, Action, Array, Params], Noise] | None = struct.field(
+        pytree_node=False
+    )
     noise_fn: Callable[[PRNGKey, tuple[int, ...]], Noise] = struct.field(pytree_node=False)
     sizes: tuple[int, int] = struct.field(pytree_node=False)  # (observation_size, action_size)
     noise_shape_: tuple[int, ...] = struct.field(pytree_node=False)
@@ -97,7 +101,9 @@ def _broadcast_bounds(low, high, action_size: int) -> tuple[tuple[float, ...], t
     low = np.broadcast_to(np.asarray(low, float), (action_size,))
     high = np.broadcast_to(np.asarray(high, float), (action_size,))
     if np.any(np.isnan(low)) or np.any(np.isnan(high)) or np.any(low >= high):
-        raise ValueError(f"action bounds must satisfy low < high elementwise, got low={low}, high={high}")
+        raise ValueError(
+            f"action bounds must satisfy low < high elementwise, got low={low}, high={high}"
+        )
     return tuple(low.tolist()), tuple(high.tolist())
 
 
@@ -139,22 +145,32 @@ def make_function_dynamics(
     s_next = jax.eval_shape(transition, s, a, xi, params)
     if getattr(s_next, "shape", None) != s.shape:
         raise ValueError(
-            f"{transition_name} returned shape {getattr(s_next, 'shape', s_next)}, but the state from "
+            f"{transition_name} returned shape {getattr(s_next, 'shape', s_next)}, but the state "
+            "from "
             f"reset has shape {s.shape}: the output of the {transition_name} must match the state"
         )
     if s_next.dtype != s.dtype:
         raise TypeError(
-            f"{transition_name} returned dtype {s_next.dtype}, but the state from reset has dtype {s.dtype}: "
-            f"the output of the {transition_name} must keep the state's dtype (a lax.scan carry cannot change it)"
+            f"{transition_name} returned dtype {s_next.dtype}, but the state from reset has dtype "
+            f"{s.dtype}: "
+            f"the output of the {transition_name} must keep the state's dtype (a lax.scan carry "
+            "cannot change it)"
         )
     if not jnp.issubdtype(s.dtype, jnp.floating):
-        raise TypeError(f"reset(key) returned dtype {s.dtype}; the state must be floating (float32 or float64) to be differentiated")
+        raise TypeError(
+            f"reset(key) returned dtype {s.dtype}; the state must be floating (float32 or float64) "
+            "to be differentiated"
+        )
     r = jax.eval_shape(reward, s, a, s, params)
     if getattr(r, "shape", None) != ():
-        raise ValueError(f"reward(s, a, s_next) must return a scalar, got shape {getattr(r, 'shape', r)}")
+        raise ValueError(
+            f"reward(s, a, s_next) must return a scalar, got shape {getattr(r, 'shape', r)}"
+        )
     obs = jax.eval_shape(observation, s)
     if len(getattr(obs, "shape", (None, None))) != 1:
-        raise ValueError(f"observation(s) must return a vector, got shape {getattr(obs, 'shape', obs)}")
+        raise ValueError(
+            f"observation(s) must return a vector, got shape {getattr(obs, 'shape', obs)}"
+        )
     if log_prob is not None:
         lp = jax.eval_shape(log_prob, s, a, s, params)
         if getattr(lp, "shape", None) != ():
@@ -219,6 +235,8 @@ def from_function(
         observation=observation,
         done=done,
         log_prob=None if log_prob is None else (lambda s, a, s_next, _: log_prob(s, a, s_next)),
-        infer_noise=None if infer_noise is None else (lambda s, a, s_next, _: infer_noise(s, a, s_next)),
+        infer_noise=None
+        if infer_noise is None
+        else (lambda s, a, s_next, _: infer_noise(s, a, s_next)),
         name=name,
     )

@@ -1,4 +1,5 @@
-"""Continuous-time dynamics dx/dt = f(t, x, u, params), integrated over one control interval by diffrax.
+"""Continuous-time dynamics dx/dt = f(t, x, u, params), integrated over one control interval by
+diffrax.
 
 The action u is held constant over the interval [0, dt] (zero-order hold), which is split into
 ``substeps`` fixed steps of the chosen solver. Optional reparameterized Gaussian process noise,
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbpo.dynamics.function import FunctionDynamics, make_function_dynamics
-from mbpo.types import Action, Array, Done, Observation, PRNGKey, Params, Scalar
+from mbpo.types import Action, Array, Done, Observation, Params, PRNGKey, Scalar
 
 VectorField = Callable[[Array, Array, Action, Params], Array]
 
@@ -41,7 +42,9 @@ class ODESolver:
     dt: float = 0.05
     substeps: int = 1
     solver: diffrax.AbstractSolver = dataclasses.field(default_factory=diffrax.Tsit5)
-    adjoint: diffrax.AbstractAdjoint = dataclasses.field(default_factory=diffrax.RecursiveCheckpointAdjoint)
+    adjoint: diffrax.AbstractAdjoint = dataclasses.field(
+        default_factory=diffrax.RecursiveCheckpointAdjoint
+    )
 
     def __post_init__(self):
         if not (isinstance(self.dt, (int, float)) and self.dt > 0 and np.isfinite(self.dt)):
@@ -49,10 +52,13 @@ class ODESolver:
         if not isinstance(self.substeps, (int, np.integer)) or self.substeps < 1:
             raise ValueError(f"substeps must be an int >= 1, got {self.substeps!r}")
         if not isinstance(self.solver, diffrax.AbstractSolver):
-            raise TypeError(f"solver must be a diffrax solver such as diffrax.Tsit5(), got {self.solver!r}")
+            raise TypeError(
+                f"solver must be a diffrax solver such as diffrax.Tsit5(), got {self.solver!r}"
+            )
         if not isinstance(self.adjoint, diffrax.AbstractAdjoint):
             raise TypeError(
-                f"adjoint must be a diffrax adjoint such as diffrax.RecursiveCheckpointAdjoint(), got {self.adjoint!r}"
+                "adjoint must be a diffrax adjoint such as diffrax.RecursiveCheckpointAdjoint(), "
+                f"got {self.adjoint!r}"
             )
 
     def integrate(self, vector_field: VectorField, x: Array, u: Action, params: Params) -> Array:
@@ -120,19 +126,38 @@ def from_ode(
     x0 = _check_vector_field(vector_field, reset, action_size, params)
     integrate = solver.integrate
     common = dict(
-        reward=lambda x, u, x_next, p: reward(x, u, x_next), reset=reset, action_size=action_size, params=params,
-        action_low=action_low, action_high=action_high, observation=observation, done=done, name=name,
+        reward=lambda x, u, x_next, p: reward(x, u, x_next),
+        reset=reset,
+        action_size=action_size,
+        params=params,
+        action_low=action_low,
+        action_high=action_high,
+        observation=observation,
+        done=done,
+        name=name,
         transition_name="vector_field",
-    )  # fmt: skip
+    )
     if noise_std is None:
-        return make_function_dynamics(transition=lambda x, u, xi, p: integrate(vector_field, x, u, p), noise_shape=(0,), **common)
-    transition, infer_noise, log_prob = _additive_gaussian(integrate, vector_field, noise_std, x0.shape)
+        return make_function_dynamics(
+            transition=lambda x, u, xi, p: integrate(vector_field, x, u, p),
+            noise_shape=(0,),
+            **common,
+        )
+    transition, infer_noise, log_prob = _additive_gaussian(
+        integrate, vector_field, noise_std, x0.shape
+    )
     return make_function_dynamics(
-        transition=transition, noise_shape=tuple(x0.shape), log_prob=log_prob, infer_noise=infer_noise, **common
+        transition=transition,
+        noise_shape=tuple(x0.shape),
+        log_prob=log_prob,
+        infer_noise=infer_noise,
+        **common,
     )
 
 
-def _check_vector_field(vector_field: VectorField, reset, action_size: int, params) -> jax.ShapeDtypeStruct:
+def _check_vector_field(
+    vector_field: VectorField, reset, action_size: int, params
+) -> jax.ShapeDtypeStruct:
     """The state's shape and dtype from ``reset``; a vector field whose output has another shape
     is refused (``jax.eval_shape``: nothing is compiled)."""
     x0 = jax.eval_shape(reset, jax.random.key(0))
@@ -140,7 +165,8 @@ def _check_vector_field(vector_field: VectorField, reset, action_size: int, para
     dx = jax.eval_shape(vector_field, jax.ShapeDtypeStruct((), x0.dtype), x0, u0, params)
     if getattr(dx, "shape", None) != x0.shape:
         raise ValueError(
-            f"vector_field(t, x, u, params) returned shape {getattr(dx, 'shape', dx)}, but the state "
+            f"vector_field(t, x, u, params) returned shape {getattr(dx, 'shape', dx)}, but the "
+            "state "
             f"x from reset has shape {x0.shape}: dx/dt must have the shape of x"
         )
     return x0
@@ -150,7 +176,9 @@ def _additive_gaussian(integrate, vector_field: VectorField, noise_std, shape: t
     """(transition, infer_noise, log_prob) of x' = Phi_dt(x, u) + noise_std xi, xi ~ N(0, I)."""
     std = np.broadcast_to(np.asarray(noise_std, float), shape)
     if not np.all(std > 0):
-        raise ValueError(f"noise_std must be > 0 (or None for deterministic dynamics), got {noise_std!r}")
+        raise ValueError(
+            f"noise_std must be > 0 (or None for deterministic dynamics), got {noise_std!r}"
+        )
     std = tuple(std.tolist())
 
     def transition(x, u, xi, p):

@@ -1,4 +1,5 @@
-"""A learned probabilistic ensemble dynamics model (PETS, Chua et al. 2018; MBPO, Janner et al. 2019).
+"""A learned probabilistic ensemble dynamics model (PETS, Chua et al. 2018; MBPO, Janner et al.
+2019).
 
 Each of K members is a Gaussian MLP of the normalized input z = (u - m) / v, u = (s, a),
 
@@ -7,14 +8,16 @@ Each of K members is a Gaussian MLP of the normalized input z = (u - m) / v, u =
 optionally with a last output coordinate for the reward. The raw log-variance of the network is
 squashed between learned limits with soft bounds (PETS, appendix A.1),
 
-    log sigma^2 = max_lv - softplus(max_lv - raw),    log sigma^2 = min_lv + softplus(log sigma^2 - min_lv),
+    log sigma^2 = max_lv - softplus(max_lv - raw),    log sigma^2 = min_lv + softplus(log sigma^2 -
+    min_lv),
 
 and the members are trained on bootstrap resamples of the data with the Gaussian negative
 log-likelihood plus ``logvar_limit_coef * (sum max_lv - sum min_lv)``, which keeps the limits tight.
 Training stops early on a holdout split, keeps each member's best parameters, and ranks the members
 by holdout MSE to pick the elites (MBPO).
 
-:class:`EnsembleDynamics` puts the trained model behind :class:`mbpo.dynamics.Dynamics`: the state is
+:class:`EnsembleDynamics` puts the trained model behind :class:`mbpo.dynamics.Dynamics`: the state
+is
 the observation vector and one transition is
 
     s' = s + mu_k(s, a) + sigma_k(s, a) * xi,    xi ~ N(0, I),
@@ -41,8 +44,8 @@ from jax.scipy.special import logsumexp, ndtr, ndtri
 from mbpo.dynamics.base import Dynamics
 from mbpo.dynamics.function import _broadcast_bounds
 from mbpo.networks import MLP, check_activation
-from mbpo.types import Action, Array, Done, Float, Int, Observation, Params, PRNGKey, Scalar
 from mbpo.optim import gradient_step
+from mbpo.types import Action, Array, Done, Float, Int, Observation, Params, PRNGKey, Scalar
 
 RewardFn = Callable[[Observation, Action, Observation], Scalar]
 DoneFn = Callable[[Observation], Done]
@@ -369,7 +372,9 @@ def _check_params(ensemble: GaussianEnsemble, params: EnsembleParams, key: PRNGK
         raise ValueError(f"params do not fit this ensemble: leaf shapes {got}, expected {want}")
 
 
-def _split(key_split: PRNGKey, key_boot: PRNGKey, n: int, num_holdout: int, members: int, bootstrap: bool):
+def _split(
+    key_split: PRNGKey, key_boot: PRNGKey, n: int, num_holdout: int, members: int, bootstrap: bool
+):
     """(holdout rows, training rows, each member's training sample: a bootstrap resample of the
     training rows, or all of them)."""
     num_train = n - num_holdout
@@ -407,7 +412,17 @@ def _fit(
 
     def fit_step(carry, rows_kb):
         params, opt_state = carry
-        step = gradient_step(ensemble.loss, params, opt_state, optimizer, normalizer, obs[rows_kb], action[rows_kb], target[rows_kb], skip_nonfinite=False)
+        step = gradient_step(
+            ensemble.loss,
+            params,
+            opt_state,
+            optimizer,
+            normalizer,
+            obs[rows_kb],
+            action[rows_kb],
+            target[rows_kb],
+            skip_nonfinite=False,
+        )
         return (step.params, step.opt_state), step.value
 
     def epoch(c: _FitCarry) -> _FitCarry:
@@ -651,7 +666,8 @@ def from_ensemble(
         or start_obs.shape[1] != ensemble.observation_size
     ):
         raise ValueError(
-            f"start_obs has shape {start_obs.shape}, expected (N, {ensemble.observation_size}) with N >= 1"
+            f"start_obs has shape {start_obs.shape}, expected (N, {ensemble.observation_size}) "
+            "with N >= 1"
         )
     if reward is None and not ensemble.learn_reward:
         raise ValueError("reward is None and the ensemble has learn_reward=False: no reward to use")

@@ -39,15 +39,26 @@ def _point_mass(reward_offset=0.0):
 
     return from_function(
         transition,
-        reward=lambda s, a, s_next: -s_next[0] ** 2 - 0.01 * a @ a + jax.lax.stop_gradient(reward_offset),
+        reward=lambda s, a, s_next: (
+            -(s_next[0] ** 2) - 0.01 * a @ a + jax.lax.stop_gradient(reward_offset)
+        ),
         reset=lambda key: jax.random.normal(key, (2,)),
         action_size=1,
         noise_shape=(1,),
     )
 
 
-BPO = UnrollTrainerConfig(env="lqr", estimator="bpo", horizon=4, num_envs=4, episode_length=8, num_updates=4, eval_every=2,
-                          eval_envs=2, hidden=(8,))  # fmt: skip
+BPO = UnrollTrainerConfig(
+    env="lqr",
+    estimator="bpo",
+    horizon=4,
+    num_envs=4,
+    episode_length=8,
+    num_updates=4,
+    eval_every=2,
+    eval_envs=2,
+    hidden=(8,),
+)
 
 
 def test_nan_objective_with_a_finite_gradient_is_skipped_and_counted():
@@ -69,13 +80,40 @@ def test_a_run_whose_updates_are_all_skipped_stops_with_exit_code_3(tmp_path, mo
     nan_task = make_trainer(BPO, _point_mass(reward_offset=jnp.nan))
     with pytest.raises(loop.Diverged, match="all 2 updates before update 2 were skipped"):
         loop.train(nan_task)
-    monkeypatch.setattr(registry, "make_trainer", lambda config: nan_task)
+    monkeypatch.setattr(registry, "make_trainer", lambda config, dynamics=None: nan_task)
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as info:
-        cli.main(["train", "--env", "lqr", "--estimator", "bpo", "--horizon", "4", "--num-envs", "4", "--episode-length", "8",
-                  "--num-updates", "4", "--eval-every", "2", "--eval-envs", "2", "--hidden", "8", "--run-dir", str(run)])  # fmt: skip
+        cli.main(
+            [
+                "train",
+                "--env",
+                "lqr",
+                "--estimator",
+                "bpo",
+                "--horizon",
+                "4",
+                "--num-envs",
+                "4",
+                "--episode-length",
+                "8",
+                "--num-updates",
+                "4",
+                "--eval-every",
+                "2",
+                "--eval-envs",
+                "2",
+                "--hidden",
+                "8",
+                "--run-dir",
+                str(run),
+            ]
+        )
     err = capsys.readouterr().err
-    assert info.value.code == 3 and "training diverged" in err and "last finite evaluation was after 0 updates" in err
+    assert (
+        info.value.code == 3
+        and "training diverged" in err
+        and "last finite evaluation was after 0 updates" in err
+    )
     assert "no checkpoint was written" in err and runner.checkpoint_steps(run) == []
 
 
@@ -83,8 +121,20 @@ def test_training_recovers_from_one_nan_transition():
     """One environment's state turned NaN halfway through: that update is skipped, the
     environment is reset, the normalizer is untouched, and every seed still closes >= 75% of the
     gap to the Riccati policy on LQR (as test_unroll_trainer's learning test without the NaN)."""
-    config = UnrollTrainerConfig(env="lqr", estimator="svg", horizon=8, num_envs=16, episode_length=40, num_updates=100,
-                                 hidden=(16,), eval_envs=8, eval_every=2, critic_epochs=2, critic_minibatches=2, actor_lr=3e-3)  # fmt: skip
+    config = UnrollTrainerConfig(
+        env="lqr",
+        estimator="svg",
+        horizon=8,
+        num_envs=16,
+        episode_length=40,
+        num_updates=100,
+        hidden=(16,),
+        eval_envs=8,
+        eval_every=2,
+        critic_epochs=2,
+        critic_minibatches=2,
+        actor_lr=3e-3,
+    )
     trainer = make_trainer(config)
     keys = jax.random.split(jax.random.key(config.seed), 3)
     eval_keys = jax.random.split(jax.random.key(config.seed + 10_000), 3)
@@ -93,19 +143,35 @@ def test_training_recovers_from_one_nan_transition():
     # Chunks of 2 updates, the program test_unroll_trainer's learning test compiles (same config).
     for _ in range(25):
         ts, _ = loop._run_updates_seeds(trainer, ts, 2)
-    ts = ts.replace(env_states=ts.env_states.replace(obs=ts.env_states.obs.at[:, 0].set(jnp.nan), x=ts.env_states.x.at[:, 0].set(jnp.nan)))
+    ts = ts.replace(
+        env_states=ts.env_states.replace(
+            obs=ts.env_states.obs.at[:, 0].set(jnp.nan), x=ts.env_states.x.at[:, 0].set(jnp.nan)
+        )
+    )
     for _ in range(25):
         ts, metrics = loop._run_updates_seeds(trainer, ts, 2)
     assert np.all(np.asarray(metrics["skipped_updates"])[:, -1] == 1)  # the one update, then none
     assert np.all(np.isfinite(np.asarray(ts.normalizer.mean)))
     final = np.asarray(jax.vmap(trainer.evaluate)(ts, eval_keys))
     gain, _ = lqr_lib.riccati(trainer.dynamics, config.gamma)
-    optimal = np.asarray(jax.vmap(lambda k: evaluate(trainer.dynamics, lambda o, e: -gain @ o, k, num_envs=config.eval_envs,
-                                                     episode_length=config.episode_length, eps_shape=(1,)))(eval_keys))  # fmt: skip
+    optimal = np.asarray(
+        jax.vmap(
+            lambda k: evaluate(
+                trainer.dynamics,
+                lambda o, e: -gain @ o,
+                k,
+                num_envs=config.eval_envs,
+                episode_length=config.episode_length,
+                eps_shape=(1,),
+            )
+        )(eval_keys)
+    )
     assert np.all(optimal - final <= 0.25 * (optimal - initial)), (initial, final, optimal)
 
 
 def test_int32_counters_are_checked_when_the_config_is_built():
     with pytest.raises(ValueError, match="more than the int32 counters hold"):
         dataclasses.replace(BPO, num_envs=4096, horizon=32, episode_length=32, num_updates=16_500)
-    dataclasses.replace(BPO, num_envs=4096, horizon=32, episode_length=32, num_updates=16_000)  # 2.1e9: fits
+    dataclasses.replace(
+        BPO, num_envs=4096, horizon=32, episode_length=32, num_updates=16_000
+    )  # 2.1e9: fits

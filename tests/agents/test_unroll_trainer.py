@@ -13,10 +13,24 @@ from mbpo.agents.loop import run_updates
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, train, train_seeds
 from mbpo.cli import parse
 
-SMALL = UnrollTrainerConfig(env="lqr", estimator="svg", horizon=4, num_envs=16, episode_length=40, num_updates=4, hidden=(16,), eval_envs=8, eval_every=2, critic_epochs=2, critic_minibatches=2)
+SMALL = UnrollTrainerConfig(
+    env="lqr",
+    estimator="svg",
+    horizon=4,
+    num_envs=16,
+    episode_length=40,
+    num_updates=4,
+    hidden=(16,),
+    eval_envs=8,
+    eval_every=2,
+    critic_epochs=2,
+    critic_minibatches=2,
+)
 
 
-@pytest.mark.parametrize("estimator,horizon", [("svg", 4), ("dpmb_sf", 2), ("svg", 0), ("svg", None)])
+@pytest.mark.parametrize(
+    "estimator,horizon", [("svg", 4), ("dpmb_sf", 2), ("svg", 0), ("svg", None)]
+)
 def test_jitted_update_does_not_retrace_on_second_call(estimator, horizon):
     trainer = make_trainer(dataclasses.replace(SMALL, estimator=estimator, horizon=horizon))
     traces = []
@@ -30,24 +44,34 @@ def test_jitted_update_does_not_retrace_on_second_call(estimator, horizon):
     ts, metrics = step(ts)
     ts, metrics = step(ts)
     assert len(traces) == 1
-    assert int(ts.updates) == 2 and int(ts.env_steps) == 2 * SMALL.num_envs * trainer.config.steps_per_update
+    assert (
+        int(ts.updates) == 2
+        and int(ts.env_steps) == 2 * SMALL.num_envs * trainer.config.steps_per_update
+    )
     assert np.isfinite(float(metrics["objective"]))
 
 
 def test_vmapped_seeds_equal_separate_runs():
     config = dataclasses.replace(SMALL, num_updates=3)
-    states, result = train_seeds(config, 3)
+    states, _result = train_seeds(config, 3)
     trainer = make_trainer(config)
     for i, key in enumerate(jax.random.split(jax.random.key(config.seed), 3)):
         ts, _ = run_updates(trainer, jax.jit(trainer.init)(key), 3)
-        for a, b in zip(jax.tree.leaves(ts.policy.params), jax.tree.leaves(jax.tree.map(lambda x: x[i], states.policy.params))):
+        for a, b in zip(
+            jax.tree.leaves(ts.policy.params),
+            jax.tree.leaves(jax.tree.map(lambda x, i=i: x[i], states.policy.params)),
+        ):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
 
 
 def test_nonfinite_gradient_is_skipped_and_counted():
     trainer = make_trainer(SMALL)
     ts = jax.jit(trainer.init)(jax.random.key(0))
-    poisoned = ts.replace(env_states=ts.env_states.replace(obs=ts.env_states.obs.at[0, 0].set(jnp.nan), x=ts.env_states.x.at[0, 0].set(jnp.nan)))
+    poisoned = ts.replace(
+        env_states=ts.env_states.replace(
+            obs=ts.env_states.obs.at[0, 0].set(jnp.nan), x=ts.env_states.x.at[0, 0].set(jnp.nan)
+        )
+    )
     new, metrics = jax.jit(trainer.update)(poisoned)
     assert int(metrics["skipped_updates"]) == 1
     for before, after in zip(jax.tree.leaves(ts.policy.params), jax.tree.leaves(new.policy.params)):
@@ -58,7 +82,9 @@ def test_nonfinite_gradient_is_skipped_and_counted():
 def test_learning_closes_most_of_the_gap_to_the_riccati_policy_on_lqr(estimator, horizon):
     """100 updates close >= 75% of the gap between the initial policy's return and the Riccati
     gain's, on each of 3 seeds (same evaluation episodes for all three policies)."""
-    config = dataclasses.replace(SMALL, estimator=estimator, horizon=horizon, num_updates=100, actor_lr=3e-3)
+    config = dataclasses.replace(
+        SMALL, estimator=estimator, horizon=horizon, num_updates=100, actor_lr=3e-3
+    )
     trainer = make_trainer(config)
     keys = jax.random.split(jax.random.key(config.seed), 3)
     eval_keys = jax.random.split(jax.random.key(config.seed + 10_000), 3)
@@ -67,7 +93,12 @@ def test_learning_closes_most_of_the_gap_to_the_riccati_policy_on_lqr(estimator,
     optimal = np.asarray(
         jax.vmap(
             lambda k: evaluate(
-                trainer.dynamics, lambda o, e: -gain @ o, k, num_envs=config.eval_envs, episode_length=config.episode_length, eps_shape=(1,)
+                trainer.dynamics,
+                lambda o, e: -gain @ o,
+                k,
+                num_envs=config.eval_envs,
+                episode_length=config.episode_length,
+                eps_shape=(1,),
             )
         )(eval_keys)
     )
@@ -78,9 +109,14 @@ def test_learning_closes_most_of_the_gap_to_the_riccati_policy_on_lqr(estimator,
 
 def test_train_reports_progress():
     records = []
-    _, history = train(dataclasses.replace(SMALL, num_updates=4, eval_every=2), callback=lambda r, ts: records.append(r))
+    _, history = train(
+        dataclasses.replace(SMALL, num_updates=4, eval_every=2),
+        callback=lambda r, ts: records.append(r),
+    )
     assert [r["updates"] for r in records] == [2, 4] and records == history
-    assert {"eval_return", "env_steps", "grad_norm", "wall_time", "skipped_updates"} <= set(records[0])
+    assert {"eval_return", "env_steps", "grad_norm", "wall_time", "skipped_updates"} <= set(
+        records[0]
+    )
 
 
 @pytest.mark.parametrize(
@@ -101,5 +137,12 @@ def test_bad_config_exits_with_code_2_naming_the_value(argv, message, capsys):
 
 
 def test_cli_parses_tuples_and_none():
-    config = parse(UnrollTrainerConfig, ["--hidden", "8", "8", "--horizon", "none", "--normalize-observations", "false"])
-    assert config.hidden == (8, 8) and config.horizon is None and config.normalize_observations is False
+    config = parse(
+        UnrollTrainerConfig,
+        ["--hidden", "8", "8", "--horizon", "none", "--normalize-observations", "false"],
+    )
+    assert (
+        config.hidden == (8, 8)
+        and config.horizon is None
+        and config.normalize_observations is False
+    )

@@ -25,7 +25,10 @@ def test_gradient_through_brax_steps_is_finite_and_nonzero():
 
 
 def test_unknown_backend_and_env_are_refused():
-    with pytest.raises(ValueError, match="unknown Brax backend 'warp'; allowed: generalized, positional, spring, mjx"):
+    with pytest.raises(
+        ValueError,
+        match="unknown Brax backend 'warp'; allowed: generalized, positional, spring, mjx",
+    ):
         from_brax("ant", backend="warp")
     with pytest.raises(ValueError, match="unknown Brax environment 'antt'"):
         from_brax("antt")

@@ -19,7 +19,9 @@ def _setup(name, num_steps, seed=0):
     k_reset, k_act, k_xi = jax.random.split(jax.random.key(seed), 3)
     state = dynamics.reset(k_reset)
     # Stay inside the action box so the actuator saturation (a kink) is never hit.
-    actions = 0.5 * jax.random.uniform(k_act, (num_steps, dynamics.action_size), minval=-1, maxval=1)
+    actions = 0.5 * jax.random.uniform(
+        k_act, (num_steps, dynamics.action_size), minval=-1, maxval=1
+    )
     xi = jax.vmap(dynamics.sample_noise)(jax.random.split(k_xi, num_steps))
     return dynamics, state, actions, xi
 
@@ -57,18 +59,27 @@ def test_final_state_jacobian_wrt_initial_state_matches_finite_differences(name,
 
 
 def test_ode_adjoints_agree():
-    """RecursiveCheckpointAdjoint (default), DirectAdjoint and BacksolveAdjoint give the same gradient."""
+    """RecursiveCheckpointAdjoint (default), DirectAdjoint and BacksolveAdjoint give the same
+    gradient."""
     import diffrax
 
     from mbpo.dynamics import ODESolver
 
     grads = []
-    for adjoint in (diffrax.RecursiveCheckpointAdjoint(), diffrax.DirectAdjoint(), diffrax.BacksolveAdjoint()):
+    for adjoint in (
+        diffrax.RecursiveCheckpointAdjoint(),
+        diffrax.DirectAdjoint(),
+        diffrax.BacksolveAdjoint(),
+    ):
         dynamics = envs.make("pendulum", solver=ODESolver(dt=0.05, substeps=4, adjoint=adjoint))
         state = dynamics.reset(jax.random.key(0))
         actions = 0.3 * jnp.ones((5, 1))
         xi = jnp.zeros((5, 0))
-        grads.append(jax.grad(lambda a: jnp.sum(open_loop(dynamics, state, a, xi)[1].reward))(actions))
+
+        def total(a, dynamics=dynamics, state=state, xi=xi):
+            return jnp.sum(open_loop(dynamics, state, a, xi)[1].reward)
+
+        grads.append(jax.grad(total)(actions))
     np.testing.assert_allclose(grads[1], grads[0], rtol=1e-10)
     np.testing.assert_allclose(grads[2], grads[0], rtol=1e-5)
 
@@ -85,7 +96,10 @@ def test_ode_solver_converges_to_fine_reference():
         return open_loop(dynamics, state, 0.5 * jnp.ones((40, 1)), jnp.zeros((40, 0)))[0].x
 
     reference = final(ODESolver(dt=0.05, substeps=32))
-    errors = [np.abs(final(ODESolver(dt=0.05, substeps=k, solver=diffrax.Euler())) - reference).max() for k in (8, 16)]
+    errors = [
+        np.abs(final(ODESolver(dt=0.05, substeps=k, solver=diffrax.Euler())) - reference).max()
+        for k in (8, 16)
+    ]
     # Euler is first order: halving the step halves the error.
     assert 1.7 < errors[0] / errors[1] < 2.3
     assert np.abs(final(ODESolver(dt=0.05, substeps=1)) - reference).max() < 1e-5

@@ -68,7 +68,9 @@ def test_interface_metadata():
 
 
 def test_unknown_env_lists_known_ones():
-    with pytest.raises(ValueError, match=r"unknown env 'pendullum'.*pendulum.*cartpole.*lqr.*hybrid.*ant"):
+    with pytest.raises(
+        ValueError, match=r"unknown env 'pendullum'.*pendulum.*cartpole.*lqr.*hybrid.*ant"
+    ):
         envs.make("pendullum")
 
 
@@ -129,7 +131,9 @@ def test_function_adapter_validates_and_steps():
         lambda key: jax.random.normal(key, (1,)),
         action_size=1,
         noise_shape=(1,),
-        log_prob=lambda s, a, s_next: jax.scipy.stats.norm.logpdf(s_next - 0.9 * s - a, scale=0.1).sum(),
+        log_prob=lambda s, a, s_next: jax.scipy.stats.norm.logpdf(
+            s_next - 0.9 * s - a, scale=0.1
+        ).sum(),
     )
     state = dynamics.reset(jax.random.key(0))
     nxt = dynamics.step(state, jnp.array([0.5]), jnp.array([1.0]))
@@ -137,7 +141,9 @@ def test_function_adapter_validates_and_steps():
     np.testing.assert_allclose(nxt.reward, -(nxt.x[0] ** 2), rtol=1e-6)
     assert int(nxt.t) == 1
     np.testing.assert_allclose(
-        dynamics.log_prob(state, jnp.array([0.5]), nxt), jax.scipy.stats.norm.logpdf(1.0) - np.log(0.1), rtol=1e-5
+        dynamics.log_prob(state, jnp.array([0.5]), nxt),
+        jax.scipy.stats.norm.logpdf(1.0) - np.log(0.1),
+        rtol=1e-5,
     )
     with pytest.raises(ValueError, match=r"transition returned shape \(2,\)"):
         from_function(
@@ -162,7 +168,12 @@ def test_ode_process_noise_density_is_the_gaussian_of_the_increment(x64):
 def test_rollout_noise_lengths_must_agree():
     dynamics = envs.make("lqr")
     with pytest.raises(ValueError, match="noise.eps has 3 steps but noise.xi has 4"):
-        rollout(dynamics, lambda o, e: e, dynamics.reset(jax.random.key(0)), RolloutNoise(jnp.zeros((3, 1)), jnp.zeros((4, 2))))
+        rollout(
+            dynamics,
+            lambda o, e: e,
+            dynamics.reset(jax.random.key(0)),
+            RolloutNoise(jnp.zeros((3, 1)), jnp.zeros((4, 2))),
+        )
 
 
 @pytest.mark.parametrize("dt,substeps", [(0.05, 1), (0.05, 3), (0.1, 7), (1 / 3, 10)])
@@ -170,7 +181,9 @@ def test_ode_takes_exactly_substeps_steps(dt, substeps):
     """Euler through the adapter equals a hand-written Euler loop of `substeps` steps."""
     from envs import pendulum
 
-    dynamics = envs.make("pendulum", solver=ODESolver(dt=dt, substeps=substeps, solver=diffrax.Euler()))
+    dynamics = envs.make(
+        "pendulum", solver=ODESolver(dt=dt, substeps=substeps, solver=diffrax.Euler())
+    )
     state = dynamics.reset(jax.random.key(0))
     u = jnp.array([0.7])
     x, h = state.x, dt / substeps

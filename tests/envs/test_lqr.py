@@ -29,7 +29,9 @@ def _monte_carlo_returns(task, K, horizon, num, policy_std, seed=0):
 def test_finite_horizon_return_matches_monte_carlo(policy_std):
     task = envs.make("lqr")
     returns = _monte_carlo_returns(task, K_TEST, horizon=60, num=4000, policy_std=policy_std)
-    exact = float(lqr_lib.expected_return(task, jnp.asarray(K_TEST), GAMMA, horizon=60, policy_std=policy_std))
+    exact = float(
+        lqr_lib.expected_return(task, jnp.asarray(K_TEST), GAMMA, horizon=60, policy_std=policy_std)
+    )
     se = returns.std(ddof=1) / np.sqrt(returns.size)
     assert abs(returns.mean() - exact) < 4 * se, (returns.mean(), exact, se)
 
@@ -48,7 +50,9 @@ def test_closed_form_gradient_equals_autodiff_of_closed_form_return(policy_std):
     task = envs.make("lqr")
     K = jnp.asarray(K_TEST)
     auto = jax.grad(lambda k: lqr_lib.expected_return(task, k, GAMMA, policy_std=policy_std))(K)
-    np.testing.assert_allclose(lqr_lib.return_gradient(task, K, GAMMA, policy_std=policy_std), auto, rtol=1e-8)
+    np.testing.assert_allclose(
+        lqr_lib.return_gradient(task, K, GAMMA, policy_std=policy_std), auto, rtol=1e-8
+    )
 
 
 def test_riccati_gain_beats_nearby_gains_and_is_stationary():
@@ -64,12 +68,17 @@ def test_riccati_gain_beats_nearby_gains_and_is_stationary():
 
 
 def test_q_value_is_consistent_with_value():
-    """V(s) = E_{eps}[Q(s, -K s + sigma eps)], and Q satisfies its Bellman equation in expectation."""
+    """V(s) = E_{eps}[Q(s, -K s + sigma eps)], and Q satisfies its Bellman equation on average."""
     task = envs.make("lqr")
     K, sigma = jnp.asarray(K_TEST), 0.3
     s = jnp.array([0.7, -0.4])
-    # a = -K s + sigma eps with scalar eps: E over eps by Gauss-Hermite quadrature (exact for quadratics).
+    # a = -K s + sigma eps with scalar eps: E over eps by Gauss-Hermite quadrature (exact for
+    # quadratics).
     nodes, weights = np.polynomial.hermite_e.hermegauss(5)
     weights = weights / weights.sum()
-    q = jax.vmap(lambda e: lqr_lib.q_value(task, K, GAMMA, s, -K @ s + sigma * jnp.atleast_1d(e), sigma))(nodes)
-    np.testing.assert_allclose(np.sum(weights * q), lqr_lib.value(task, K, GAMMA, s, sigma), rtol=1e-10)
+    q = jax.vmap(
+        lambda e: lqr_lib.q_value(task, K, GAMMA, s, -K @ s + sigma * jnp.atleast_1d(e), sigma)
+    )(nodes)
+    np.testing.assert_allclose(
+        np.sum(weights * q), lqr_lib.value(task, K, GAMMA, s, sigma), rtol=1e-10
+    )

@@ -13,7 +13,17 @@ from envs import hybrid
 
 
 def test_names_cover_the_required_tasks():
-    required = {"pendulum", "cartpole", "lqr", "hybrid", "inverted_pendulum", "reacher", "halfcheetah", "hopper", "ant"}
+    required = {
+        "pendulum",
+        "cartpole",
+        "lqr",
+        "hybrid",
+        "inverted_pendulum",
+        "reacher",
+        "halfcheetah",
+        "hopper",
+        "ant",
+    }
     assert required <= set(envs.names())
     assert envs.is_brax("ant") and not envs.is_brax("pendulum")
 

@@ -48,7 +48,10 @@ def test_make_equals_the_factories():
         (lambda: estimators.svg(-1), "horizon must be an int >= 0 or None.*got -1"),
         (lambda: estimators.make("dpmb_r", 2.5), "horizon must be an int >= 0 or None.*got 2.5"),
         (lambda: estimators.svg(True), "got True"),
-        (lambda: estimators.make("ppo", 3), "unknown estimator 'ppo'; known: bpo, svg, dpmb_r, dpmb_sf, critic_only"),
+        (
+            lambda: estimators.make("ppo", 3),
+            "unknown estimator 'ppo'; known: bpo, svg, dpmb_r, dpmb_sf, critic_only",
+        ),
         (
             lambda: Estimator("x", 1, "reinforce"),
             "unknown dynamics_gradient 'reinforce'; allowed: pathwise, stop, score",
@@ -68,9 +71,13 @@ def test_check_policy():
     estimators.svg(1).check_policy(deterministic=False)
     estimators.critic_only(1).check_policy(deterministic=True)
     estimators.critic_only(1).check_policy(deterministic=False)
-    with pytest.raises(ValueError, match=r"bpo is defined for a deterministic policy, got a stochastic one"):
+    with pytest.raises(
+        ValueError, match=r"bpo is defined for a deterministic policy, got a stochastic one"
+    ):
         estimators.bpo().check_policy(deterministic=False)
-    with pytest.raises(ValueError, match=r"svg\(2\) is defined for a stochastic policy, got a deterministic one"):
+    with pytest.raises(
+        ValueError, match=r"svg\(2\) is defined for a stochastic policy, got a deterministic one"
+    ):
         estimators.svg(2).check_policy(deterministic=True)
 
 
@@ -79,11 +86,15 @@ def test_draw_noise_has_the_lengths_the_estimator_needs():
 
     def shapes(estimator, eps_shape, batch):
         noise = jax.eval_shape(
-            lambda k: estimators.draw_noise(estimator, task, k, eps_shape, 20, batch), jax.random.key(0)
+            lambda k: estimators.draw_noise(estimator, task, k, eps_shape, 20, batch),
+            jax.random.key(0),
         )
         return noise.eps.shape, noise.xi.shape
 
-    assert shapes(estimators.dpmb_sf(3), (0,), 4) == ((4, 4, 0), (4, 3, 3))  # eps_3 draws the bootstrap action
+    assert shapes(estimators.dpmb_sf(3), (0,), 4) == (
+        (4, 4, 0),
+        (4, 3, 3),
+    )  # eps_3 draws the bootstrap action
     assert shapes(estimators.bpo(), (0,), 2) == ((2, 20, 0), (2, 20, 3))
     assert shapes(estimators.svg(0), (1,), 2) == ((2, 1, 1), (2, 0, 3))
 

@@ -7,7 +7,8 @@ With n = 1, a deterministic policy d(s; w), a fixed start state s_0 and a fixed 
 
 so grad J_1 is the gradient of an exact sum over the three modes of a reparameterized Gaussian
 expectation, estimated by Monte Carlo over z (with its own standard error). DPMB-SF (score function
-through log p(s_1 | s_0, a_0)) is unbiased for it; the pathwise gradient misses d p(m' | s_0, a_0) / da
+through log p(s_1 | s_0, a_0)) is unbiased for it; the pathwise gradient misses d p(m' | s_0, a_0) /
+da
 and is biased. Statistical checks use combined standard errors (SE) of independent batches.
 """
 
@@ -46,7 +47,9 @@ def q(obs, a):
 def setup():
     task = envs.make("hybrid")
     policy = DeterministicPolicy.for_dynamics(task, hidden=(8,))
-    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), jax.jit(policy.init)(jax.random.key(0)))
+    params = jax.tree.map(
+        lambda x: jnp.asarray(x, jnp.float64), jax.jit(policy.init)(jax.random.key(0))
+    )
     x0 = jnp.asarray(X0)
     s0 = task.reset(jax.random.key(0)).replace(x=x0, obs=hybrid.observation(x0))
     return task, policy, params, s0
@@ -59,12 +62,18 @@ def _noise(xi):
 def _surrogate(setup, dynamics_gradient):
     task, policy, _, s0 = setup
     return lambda w, xi: unroll(
-        task, lambda o, e: policy.sample(w, o, e), s0, _noise(xi), gamma=GAMMA, q=q, dynamics_gradient=dynamics_gradient
+        task,
+        lambda o, e: policy.sample(w, o, e),
+        s0,
+        _noise(xi),
+        gamma=GAMMA,
+        q=q,
+        dynamics_gradient=dynamics_gradient,
     )[0]
 
 
 def _enumerated(setup):
-    """(w, z) -> sum_{m'} p(m' | s_0, a_0) [r + gamma q(s_1, d(s_1; w))] at one draw z ~ N(0, I_2)."""
+    """(w, z) -> sum_{m'} p(m' | s_0, a_0) [r + gamma q(s_1, d(s_1; w))] at a draw z ~ N(0, I_2)"""
     task, policy, _, s0 = setup
     p = task.params
 
@@ -92,7 +101,10 @@ def gradients(setup):
         "pathwise": _surrogate(setup, "pathwise"),
     }
     keys = dict(zip(losses, jax.random.split(jax.random.key(1), 3)))
-    noise = {name: jax.random.normal(keys[name], (BATCH, 2 if name == "enumeration" else 3)) for name in losses}
+    noise = {
+        name: jax.random.normal(keys[name], (BATCH, 2 if name == "enumeration" else 3))
+        for name in losses
+    }
 
     # One program for the three (one compilation); w is an argument, not a closed-over constant,
     # which XLA would constant-fold into its broadcast over the batch.
@@ -132,13 +144,19 @@ def test_pathwise_gradient_misses_the_mode_probability_term(gradients, setup):
     diff, se = _z_scores(gradients, "pathwise")
     _, unravel = ravel_pytree(setup[2])
     i = int(unravel(jnp.arange(diff.size))["params"]["Dense_1"]["bias"][0])
-    assert abs(diff[i]) > 6 * se[i], f"pathwise - enumeration = {diff[i]:.4g}, combined SE {se[i]:.3g}"
-    assert abs(diff[i]) > 0.1 * np.linalg.norm(gradients["enumeration"][0])  # a large bias, not a nuance
+    assert abs(diff[i]) > 6 * se[i], (
+        f"pathwise - enumeration = {diff[i]:.4g}, combined SE {se[i]:.3g}"
+    )
+    assert abs(diff[i]) > 0.1 * np.linalg.norm(
+        gradients["enumeration"][0]
+    )  # a large bias, not a nuance
 
 
 def test_score_surrogate_has_the_pathwise_value(setup):
     xi = jax.random.normal(jax.random.key(2), (3,))
-    values = jax.jit(lambda w: (_surrogate(setup, "score")(w, xi), _surrogate(setup, "pathwise")(w, xi)))
+    values = jax.jit(
+        lambda w: (_surrogate(setup, "score")(w, xi), _surrogate(setup, "pathwise")(w, xi))
+    )
     score, pathwise = values(setup[2])
     np.testing.assert_allclose(score, pathwise, rtol=1e-14)
     assert float(pathwise) != 0.0
@@ -148,7 +166,9 @@ def test_score_needs_a_dynamics_with_log_prob():
     task = envs.make("pendulum")
     assert not task.has_log_prob
     noise = RolloutNoise(eps=jnp.zeros((2, 0)), xi=jnp.zeros((1, *task.noise_shape)))
-    with pytest.raises(ValueError, match="dynamics_gradient='score' needs a transition density.*has no log_prob"):
+    with pytest.raises(
+        ValueError, match="dynamics_gradient='score' needs a transition density.*has no log_prob"
+    ):
         unroll(
             task,
             lambda o, e: jnp.zeros(1),

@@ -2,7 +2,8 @@
 
 Exact expectations of SVG(n) gradients: with a linear policy, linear dynamics and quadratic reward
 and critic, the per-sample gradient is a quadratic polynomial of the standard-normal noise z
-(s_0, xi_{0:n}, eps_{0:n}), so the symmetric cubature E[g(z)] = (1/2d) sum_i g(+-sqrt(d) e_i) is exact.
+(s_0, xi_{0:n}, eps_{0:n}), so the symmetric cubature E[g(z)] = (1/2d) sum_i g(+-sqrt(d) e_i) is
+exact.
 """
 
 import jax
@@ -52,7 +53,9 @@ def _closed_form_jn(task, params, n, stochastic, q_gain=K0, q_sigma=None):
     Sigma = task.S0 @ task.S0.T
     total = 0.0
     for t in range(n):
-        total -= GAMMA**t * (jnp.trace((task.Q + K.T @ task.R @ K) @ Sigma) + sigma**2 * jnp.trace(task.R))
+        total -= GAMMA**t * (
+            jnp.trace((task.Q + K.T @ task.R @ K) @ Sigma) + sigma**2 * jnp.trace(task.R)
+        )
         Sigma = M @ Sigma @ M.T + N
     G = jnp.concatenate([jnp.eye(2), -K], axis=0)
     expected_q = -jnp.trace(G.T @ H @ G @ Sigma) - sigma**2 * H[2, 2] - q_const
@@ -87,7 +90,9 @@ def test_svg_n_with_exact_critic_equals_closed_form_gradient(n):
     def grad_at(z):
         state, noise = _unpack(z, task, n, 1)
         return jax.grad(
-            lambda w: unroll(task, lambda o, e: policy.sample(w, o, e), state, noise, gamma=GAMMA, q=q)[0]
+            lambda w: unroll(
+                task, lambda o, e: policy.sample(w, o, e), state, noise, gamma=GAMMA, q=q
+            )[0]
         )(params)
 
     svg = _exact_expected_gradient(grad_at, dim)
@@ -109,8 +114,12 @@ def test_bpo_gradient_equals_closed_form():
     est = estimators.bpo()
     grad = jax.grad(
         lambda w: estimators.surrogate(
-            est, noiseless, lambda o, e: policy.sample(w, o, e), jax.tree.map(lambda x: x[None], state),
-            jax.tree.map(lambda x: x[None], noise), gamma=GAMMA,
+            est,
+            noiseless,
+            lambda o, e: policy.sample(w, o, e),
+            jax.tree.map(lambda x: x[None], state),
+            jax.tree.map(lambda x: x[None], noise),
+            gamma=GAMMA,
         )[0]
     )(params)
     closed = lqr_lib.return_gradient(noiseless, jnp.asarray(K0), GAMMA)  # d J / d K
@@ -126,7 +135,15 @@ def test_svg0_with_deterministic_policy_is_the_dpg_actor_gradient():
     states = jax.vmap(task.reset)(jax.random.split(jax.random.key(0), 16))
     noise = RolloutNoise(eps=jnp.zeros((16, 1, 0)), xi=jnp.zeros((16, 0, 2)))
     grad = jax.grad(
-        lambda w: estimators.surrogate(estimators.dpmb_r(0), task, lambda o, e: policy.sample(w, o, e), states, noise, gamma=GAMMA, q=q)[0]
+        lambda w: estimators.surrogate(
+            estimators.dpmb_r(0),
+            task,
+            lambda o, e: policy.sample(w, o, e),
+            states,
+            noise,
+            gamma=GAMMA,
+            q=q,
+        )[0]
     )(params)
 
     def dpg(s):  # grad_w d(s; w) grad_a q(s, a) at a = d(s; w)
@@ -140,21 +157,39 @@ def test_svg0_with_deterministic_policy_is_the_dpg_actor_gradient():
 
 def test_dpg_over_the_discounted_state_distribution_is_the_policy_gradient():
     """Silver et al. 2014: grad J = sum_t gamma^t E[grad_w d grad_a Q_K]; with states whose second
-    moment is Sigma_K = sum_t gamma^t E[s_t s_t^T], SVG(0) with the exact critic is exactly grad J."""
+    moment is Sigma_K = sum_t gamma^t E[s_t s_t^T], SVG(0) with the exact critic is exactly grad
+    J."""
     task = envs.make("lqr")
     K = jnp.asarray(K0)
     policy = _policy(stochastic=False)
     params = _params(K0, stochastic=False)
     M = task.A - task.B @ K
     Sigma0 = task.S0 @ task.S0.T
-    Sigma_K = lqr_lib._solve_discounted_lyapunov(M, Sigma0 + GAMMA * task.W @ task.W.T / (1 - GAMMA), GAMMA)
+    Sigma_K = lqr_lib._solve_discounted_lyapunov(
+        M, Sigma0 + GAMMA * task.W @ task.W.T / (1 - GAMMA), GAMMA
+    )
     L = jnp.linalg.cholesky(Sigma_K)
-    states = jax.vmap(lambda s: task.reset(jax.random.key(0)).replace(x=s, obs=s))(L.T)  # sum s s^T = Sigma_K
+    states = jax.vmap(lambda s: task.reset(jax.random.key(0)).replace(x=s, obs=s))(
+        L.T
+    )  # sum s s^T = Sigma_K
     noise = RolloutNoise(eps=jnp.zeros((2, 1, 0)), xi=jnp.zeros((2, 0, 2)))
     grad = jax.grad(
-        lambda w: 2 * estimators.surrogate(estimators.dpmb_r(0), task, lambda o, e: policy.sample(w, o, e), states, noise, gamma=GAMMA, q=_q_fn(task, 0.0))[0]
+        lambda w: (
+            2
+            * estimators.surrogate(
+                estimators.dpmb_r(0),
+                task,
+                lambda o, e: policy.sample(w, o, e),
+                states,
+                noise,
+                gamma=GAMMA,
+                q=_q_fn(task, 0.0),
+            )[0]
+        )
     )(params)
-    np.testing.assert_allclose(-grad["params"]["Dense_0"]["kernel"].T, lqr_lib.return_gradient(task, K, GAMMA), rtol=1e-8)
+    np.testing.assert_allclose(
+        -grad["params"]["Dense_0"]["kernel"].T, lqr_lib.return_gradient(task, K, GAMMA), rtol=1e-8
+    )
 
 
 @pytest.mark.parametrize("n", [1, 4])
@@ -164,29 +199,55 @@ def test_stopped_dynamics_gradient_is_the_critic_only_n_step_gradient(n):
     params = _params(K0, stochastic=True)
     q = _q_fn(task, SIGMA)
     state = task.reset(jax.random.key(1))
-    noise = RolloutNoise(eps=jax.random.normal(jax.random.key(2), (n + 1, 1)), xi=jax.random.normal(jax.random.key(3), (n, 2)))
+    noise = RolloutNoise(
+        eps=jax.random.normal(jax.random.key(2), (n + 1, 1)),
+        xi=jax.random.normal(jax.random.key(3), (n, 2)),
+    )
     grad = jax.grad(
-        lambda w: unroll(task, lambda o, e: policy.sample(w, o, e), state, noise, gamma=GAMMA, q=q, dynamics_gradient="stop")[0]
+        lambda w: unroll(
+            task,
+            lambda o, e: policy.sample(w, o, e),
+            state,
+            noise,
+            gamma=GAMMA,
+            q=q,
+            dynamics_gradient="stop",
+        )[0]
     )(params)
-    # The states of the same rollout, as data; then each term's gradient through its own action only.
-    _, traj = rollout(task, lambda o, e: policy.sample(params, o, e), state, RolloutNoise(noise.eps[:n], noise.xi))
+    # The states of the same rollout, as data; then each term's gradient through its own action
+    # only.
+    _, traj = rollout(
+        task, lambda o, e: policy.sample(params, o, e), state, RolloutNoise(noise.eps[:n], noise.xi)
+    )
     s_n = traj.next_obs[-1]
 
     def manual(w):
-        r = jax.vmap(lambda s, e: task.stage_reward(s, policy.sample(w, s, e)))(traj.obs, noise.eps[:n])
-        return jnp.sum(GAMMA ** jnp.arange(n) * r) + GAMMA**n * q(s_n, policy.sample(w, s_n, noise.eps[n]))
+        r = jax.vmap(lambda s, e: task.stage_reward(s, policy.sample(w, s, e)))(
+            traj.obs, noise.eps[:n]
+        )
+        return jnp.sum(GAMMA ** jnp.arange(n) * r) + GAMMA**n * q(
+            s_n, policy.sample(w, s_n, noise.eps[n])
+        )
 
     want = jax.grad(manual)(params)
     for got, ref in zip(jax.tree.leaves(grad), jax.tree.leaves(want)):
         np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
-    pathwise = jax.grad(lambda w: unroll(task, lambda o, e: policy.sample(w, o, e), state, noise, gamma=GAMMA, q=q)[0])(params)
+    pathwise = jax.grad(
+        lambda w: unroll(task, lambda o, e: policy.sample(w, o, e), state, noise, gamma=GAMMA, q=q)[
+            0
+        ]
+    )(params)
     assert not np.allclose(jax.tree.leaves(pathwise)[1], jax.tree.leaves(want)[1])
 
 
 def _per_sample_gradients(loss, params, num, seed):
     keys = jax.random.split(jax.random.key(seed), num)
     grads = jax.jit(jax.vmap(lambda k: jax.grad(loss)(params, k)))(keys)
-    return np.asarray(grads["params"]["Dense_0"]["kernel"] if "params" in grads else grads["net"]["params"]["Dense_0"]["kernel"]).reshape(num, -1)
+    return np.asarray(
+        grads["params"]["Dense_0"]["kernel"]
+        if "params" in grads
+        else grads["net"]["params"]["Dense_0"]["kernel"]
+    ).reshape(num, -1)
 
 
 def _assert_within_4_se(samples, want):
@@ -215,10 +276,22 @@ def test_dpmb_sf_agrees_with_closed_form_within_4_se():
     def loss(w, key):
         state, _, k_xi = _random_start(task, key)
         noise = RolloutNoise(eps=jnp.zeros((N_SF + 1, 0)), xi=jax.random.normal(k_xi, (N_SF, 2)))
-        return unroll(task, lambda o, e: policy.sample(w, o, e), state, noise, gamma=GAMMA, q=q, dynamics_gradient=est.dynamics_gradient)[0]
+        return unroll(
+            task,
+            lambda o, e: policy.sample(w, o, e),
+            state,
+            noise,
+            gamma=GAMMA,
+            q=q,
+            dynamics_gradient=est.dynamics_gradient,
+        )[0]
 
     samples = _per_sample_gradients(loss, params, 40000, seed=0)
-    want = np.asarray(jax.grad(lambda w: _closed_form_jn(task, w, N_SF, stochastic=False))(params)["params"]["Dense_0"]["kernel"]).ravel()
+    want = np.asarray(
+        jax.grad(lambda w: _closed_form_jn(task, w, N_SF, stochastic=False))(params)["params"][
+            "Dense_0"
+        ]["kernel"]
+    ).ravel()
     _assert_within_4_se(samples, want)
 
 
@@ -230,35 +303,52 @@ def test_reparameterized_svg_agrees_with_closed_form_within_4_se():
 
     def loss(w, key):
         state, k_eps, k_xi = _random_start(task, key)
-        noise = RolloutNoise(eps=jax.random.normal(k_eps, (N_SF + 1, 1)), xi=jax.random.normal(k_xi, (N_SF, 2)))
+        noise = RolloutNoise(
+            eps=jax.random.normal(k_eps, (N_SF + 1, 1)), xi=jax.random.normal(k_xi, (N_SF, 2))
+        )
         return unroll(task, lambda o, e: policy.sample(w, o, e), state, noise, gamma=GAMMA, q=q)[0]
 
     samples = _per_sample_gradients(loss, params, 20000, seed=1)
-    want = np.asarray(jax.grad(lambda w: _closed_form_jn(task, w, N_SF, stochastic=True))(params)["net"]["params"]["Dense_0"]["kernel"]).ravel()
+    want = np.asarray(
+        jax.grad(lambda w: _closed_form_jn(task, w, N_SF, stochastic=True))(params)["net"][
+            "params"
+        ]["Dense_0"]["kernel"]
+    ).ravel()
     _assert_within_4_se(samples, want)
 
 
 def test_model_free_score_function_agrees_with_closed_form_within_4_se():
-    """REINFORCE on J_n: grad log pi(a_t|s_t) times the discounted return-to-go minus gamma^t V(s_t)."""
+    """REINFORCE on J_n: grad log pi(a_t|s_t) times the discounted return-to-go minus gamma^t
+    V(s_t)."""
     task = envs.make("lqr")
     policy = _policy(stochastic=True)
     params = _params(K0 * 0.8, stochastic=True)
     q = _q_fn(task, SIGMA)
-    v = lambda s: lqr_lib.value(task, jnp.asarray(K0), GAMMA, s, SIGMA)  # noqa: E731
+    v = lambda s: lqr_lib.value(task, jnp.asarray(K0), GAMMA, s, SIGMA)
 
     def loss(w, key):
         state, k_eps, k_xi = _random_start(task, key)
         eps = jax.random.normal(k_eps, (N_SF + 1, 1))
         noise = RolloutNoise(eps=eps[:N_SF], xi=jax.random.normal(k_xi, (N_SF, 2)))
-        final, traj = rollout(task, lambda o, e: policy.sample(w, o, e), state, noise, dynamics_gradient="stop")
+        final, traj = rollout(
+            task, lambda o, e: policy.sample(w, o, e), state, noise, dynamics_gradient="stop"
+        )
         obs = jnp.concatenate([traj.obs, final.obs[None]])
-        actions = jax.lax.stop_gradient(jnp.concatenate([traj.action, policy.sample(w, final.obs, eps[N_SF])[None]]))
+        actions = jax.lax.stop_gradient(
+            jnp.concatenate([traj.action, policy.sample(w, final.obs, eps[N_SF])[None]])
+        )
         log_pi = jax.vmap(policy.log_prob, in_axes=(None, 0, 0))(w, obs, actions)
-        weighted = jnp.concatenate([GAMMA ** jnp.arange(N_SF) * traj.reward, GAMMA**N_SF * q(obs[-1], actions[-1])[None]])
+        weighted = jnp.concatenate(
+            [GAMMA ** jnp.arange(N_SF) * traj.reward, GAMMA**N_SF * q(obs[-1], actions[-1])[None]]
+        )
         to_go = jnp.cumsum(weighted[::-1])[::-1]
         baseline = GAMMA ** jnp.arange(N_SF + 1) * jax.vmap(v)(obs)
         return estimators.score_surrogate(log_pi, to_go - baseline)
 
     samples = _per_sample_gradients(loss, params, 40000, seed=2)
-    want = np.asarray(jax.grad(lambda w: _closed_form_jn(task, w, N_SF, stochastic=True))(params)["net"]["params"]["Dense_0"]["kernel"]).ravel()
+    want = np.asarray(
+        jax.grad(lambda w: _closed_form_jn(task, w, N_SF, stochastic=True))(params)["net"][
+            "params"
+        ]["Dense_0"]["kernel"]
+    ).ravel()
     _assert_within_4_se(samples, want)

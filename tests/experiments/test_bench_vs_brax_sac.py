@@ -154,7 +154,7 @@ def test_summary_without_timed_chunks():
 
 
 def test_shared_flag_writer_serves_the_apg_worker_too():
-    """bench_vs_brax_apg's command line, written by the shared helper, parses back to its settings."""
+    """bench_vs_brax_apg's command line, written by the shared helper, parses back to settings."""
     from experiments import apg_worker
     from experiments import bench_vs_brax_apg as apg_bench
 

@@ -26,7 +26,8 @@ TINY = dataclasses.replace(
 
 def test_lqr_bias_of_a_stale_critic_shrinks_with_the_horizon(x64):
     rows = {r["n"]: r for r in ch.lqr_gradients(TINY, jax.random.key(0))}
-    # n = 0 inherits all of the stale critic's error; "full" (no critic, gamma^120 ~ 2e-3) almost none.
+    # n = 0 inherits all of the stale critic's error; "full" (no critic, gamma^120 ~ 2e-3) almost
+    # none.
     assert rows["0"]["bias"] > rows["0"]["bias_se"] * 6
     assert rows["full"]["bias"] < rows["0"]["bias"] / 3
     assert rows["full"]["bias"] < 4 * rows["full"]["bias_se"] + 0.01
@@ -36,7 +37,13 @@ def test_lqr_bias_of_a_stale_critic_shrinks_with_the_horizon(x64):
 
 def test_main_writes_csv_json_and_png(tmp_path, monkeypatch):
     # lqr stands in for pendulum here: the same code path, compiled in a fraction of the time.
-    monkeypatch.setitem(ch.PRESETS, "cpu", dataclasses.replace(TINY, task="lqr", ode_episode=40, horizons=(2,), return_horizons=(2,), budget=2 * 16 * 2))
+    monkeypatch.setitem(
+        ch.PRESETS,
+        "cpu",
+        dataclasses.replace(
+            TINY, task="lqr", ode_episode=40, horizons=(2,), return_horizons=(2,), budget=2 * 16 * 2
+        ),
+    )
     out = tmp_path / "run"
     ch.main(["--preset", "cpu", "--out", str(out)])
     summary = json.loads((out / "summary.json").read_text())
