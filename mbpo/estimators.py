@@ -98,8 +98,11 @@ class Estimator:
             raise ValueError(f"{self.name} is defined for a {self.policy} policy, got a {kind} one")
 
 
-def bpo() -> Estimator:
-    """Backpropagation policy optimization: J = sum_t gamma^t r(s_t, d(s_t; w)), no critic."""
+def bpo(n: int | None = None) -> Estimator:
+    """Backpropagation policy optimization: J = sum_t gamma^t r(s_t, d(s_t; w)), no critic.
+
+    BPO has no horizon of its own: ``n`` (how many steps the trainer unrolls, None for the whole
+    episode) does not change the estimator, whose surrogate never bootstraps."""
     return Estimator("bpo", None, "pathwise", "deterministic")
 
 
@@ -133,14 +136,38 @@ ESTIMATORS = {
 }
 
 
+# The horizons each family takes: "finite" (it bootstraps with a critic: n >= 0), "positive"
+# (BPO: the trainer unrolls n >= 1 steps, or the whole episode), "any" (n >= 0 or None).
+HORIZONS = {
+    "bpo": "positive",
+    "svg": "any",
+    "dpmb_r": "any",
+    "dpmb_sf": "finite",
+    "critic_only": "finite",
+}
+
+
+def check_horizon(name: str, horizon: int | None) -> None:
+    """Raises ValueError, naming the value and what is allowed, for a horizon ``name`` refuses."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}")
+    kind = HORIZONS[name]
+    if horizon is not None and (horizon < 0 or (horizon == 0 and kind == "positive")):
+        raise ValueError(
+            f"horizon must be >= 0 (>= 1 for bpo) or None (whole episodes), got {horizon}"
+        )
+    if horizon is None and kind == "finite":
+        raise ValueError(f"{name} bootstraps with a critic: give a finite horizon, not None")
+
+
 def make(name: str, horizon: int | None = None) -> Estimator:
     """``make("svg", 5)``, ``make("bpo")``, ... with a clear error for unknown names.
 
     BPO has no critic and no horizon of its own: the caller chooses how many steps it unrolls
-    (the trainer's window), so ``horizon`` is not used for it."""
+    (the trainer's window), so ``horizon`` does not change it (:func:`bpo`)."""
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}")
-    return ESTIMATORS[name]() if name == "bpo" else ESTIMATORS[name](horizon)
+    return ESTIMATORS[name](horizon)
 
 
 def draw_noise(

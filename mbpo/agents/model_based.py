@@ -188,7 +188,7 @@ class ModelBasedConfig:
                 "need rollout_min <= rollout_max and rollout_from <= rollout_to, got "
                 f"{self.rollout_min}, {self.rollout_max}, {self.rollout_from}, {self.rollout_to}"
             )
-        if self.model == "true" and self.policy_update == "sac":
+        if self.model == "true" and UPDATES[self.policy_update].model_data_only:
             raise ValueError(
                 "policy_update='sac' with model='true' is SAC with extra simulator steps: use "
                 "--algo sac"
@@ -286,6 +286,7 @@ class SVGOnModel:
     TD(lambda) targets train the critic too (SHAC-style)."""
 
     entropy = False  # the critic bootstraps with alpha = 0
+    model_data_only = False  # it also learns through the true dynamics (model="true")
 
     def model_buffer_capacity(self, c: ModelBasedConfig) -> int:
         return 1
@@ -390,6 +391,7 @@ class SACOnModel:
     model transitions with a ``real_ratio`` fraction of real ones."""
 
     entropy = True
+    model_data_only = True  # with the true dynamics it would be SAC with extra simulator steps
 
     def model_buffer_capacity(self, c: ModelBasedConfig) -> int:
         return c.model_buffer_capacity

@@ -105,16 +105,7 @@ class UnrollTrainerConfig:
             )
         if self.policy is not None and self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; allowed: {', '.join(POLICIES)}")
-        if self.horizon is not None and (
-            self.horizon < 0 or (self.horizon == 0 and self.estimator == "bpo")
-        ):
-            raise ValueError(
-                f"horizon must be >= 0 (>= 1 for bpo) or None (whole episodes), got {self.horizon}"
-            )
-        if self.horizon is None and self.estimator in ("dpmb_sf", "critic_only"):
-            raise ValueError(
-                f"{self.estimator} bootstraps with a critic: give a finite horizon, not None"
-            )
+        estimators.check_horizon(self.estimator, self.horizon)
         for name in (
             "num_envs",
             "episode_length",
