@@ -293,6 +293,24 @@ def make_parser(train_config: type | None = None) -> argparse.ArgumentParser:
             "this trainer's --estimator; the others have their own options (mbpo train --algo NAME "
             "--help)",
         )
+    _add_run_options(p_train)
+    p_eval = sub.add_parser(
+        "evaluate",
+        help="evaluate the checkpoint of a run directory",
+        description="Evaluate a run's newest checkpoint.",
+    )
+    _add_evaluate_options(p_eval)
+    sub.add_parser(
+        "compare",
+        help="compare horizons or estimators: mbpo compare {horizons,estimators} --help",
+        add_help=False,
+    )
+    parser.commands = sub.choices
+    return parser
+
+
+def _add_run_options(p_train: argparse.ArgumentParser) -> None:
+    """``mbpo train``'s options beside the config fields: where the run goes and how it resumes."""
     p_train.add_argument(
         "--run-dir",
         type=pathlib.Path,
@@ -319,11 +337,10 @@ def make_parser(train_config: type | None = None) -> argparse.ArgumentParser:
     p_train.add_argument(
         "--seeds", type=int, default=1, help="train N seeds in one vmapped program"
     )
-    p_eval = sub.add_parser(
-        "evaluate",
-        help="evaluate the checkpoint of a run directory",
-        description="Evaluate a run's newest checkpoint.",
-    )
+
+
+def _add_evaluate_options(p_eval: argparse.ArgumentParser) -> None:
+    """``mbpo evaluate``'s options."""
     p_eval.add_argument(
         "run_dir", type=pathlib.Path, help="a run directory written by `mbpo train`"
     )
@@ -341,13 +358,6 @@ def make_parser(train_config: type | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="also draw one episode: RUN_DIR/episode.html (Brax) or .png",
     )
-    sub.add_parser(
-        "compare",
-        help="compare horizons or estimators: mbpo compare {horizons,estimators} --help",
-        add_help=False,
-    )
-    parser.commands = sub.choices
-    return parser
 
 
 def _config_defaults(parser, path: pathlib.Path, config_class: type, given: set[str]) -> dict:

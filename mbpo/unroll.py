@@ -180,6 +180,20 @@ class UnrollResult(NamedTuple):
     discount_n: Scalar
 
 
+def _check_unroll(noise: RolloutNoise, gamma: float, *, bootstrap: bool) -> int:
+    """n, the model steps of ``noise``; ValueError for a gamma or noise lengths that do not fit."""
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    n = jnp.shape(noise.xi)[0]
+    n_eps = jnp.shape(noise.eps)[0]
+    if n_eps != n + bootstrap:
+        need = "n + 1 (eps_n draws the bootstrap action a_n)" if bootstrap else "n (no bootstrap)"
+        raise ValueError(f"noise.eps has {n_eps} steps and noise.xi has {n}: eps needs {need}")
+    if not bootstrap and n == 0:
+        raise ValueError("a horizon of 0 needs a critic q: J_0 = q(s_0, d(s_0, eps_0))")
+    return n
+
+
 def unroll(
     dynamics: Dynamics,
     policy: PolicyFn,
@@ -209,18 +223,7 @@ def unroll(
     Returns:
       (J_n, :class:`UnrollResult`).
     """
-    if not 0.0 < gamma <= 1.0:
-        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-    n = jnp.shape(noise.xi)[0]
-    n_eps = jnp.shape(noise.eps)[0]
-    if n_eps != n + (q is not None):
-        need = (
-            "n + 1 (eps_n draws the bootstrap action a_n)" if q is not None else "n (no bootstrap)"
-        )
-        raise ValueError(f"noise.eps has {n_eps} steps and noise.xi has {n}: eps needs {need}")
-    if q is None and n == 0:
-        raise ValueError("a horizon of 0 needs a critic q: J_0 = q(s_0, d(s_0, eps_0))")
-
+    n = _check_unroll(noise, gamma, bootstrap=q is not None)
     dtype = state.obs.dtype
     if n > 0:
         final_state, traj = rollout(

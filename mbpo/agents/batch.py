@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -123,125 +124,128 @@ class Amortized(PolicyAscent):
 BatchActor = PolicyAscent | Greedy | Amortized
 
 
-def make_trainer(config, dynamics: Dynamics, agent, actor: BatchActor, state_class) -> Trainer:
-    """The trainer of a batch method: basepoints collected once in ``init``, then
-    :func:`iteration` per update. ``state_class`` is
-    :class:`mbpo.agents.off_policy.OffPolicyState`."""
-    policy = agent.policy
-    act_size = dynamics.action_size
-    replay = ring_buffer(config.num_basepoints)
-    window = ring_buffer(actor.window_size)
-    q_min = jax.vmap(agent.critic.min_q, in_axes=(None, 0, 0))
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Batch:
+    """The static parts of a batch method and its pure functions."""
 
-    def init(key: PRNGKey):
+    config: Any
+    dynamics: Dynamics
+    agent: Any
+    actor: BatchActor
+    state_class: type
+    replay: RingBuffer
+    window: RingBuffer
+
+    def init(self, key: PRNGKey):
+        c, dynamics, act_size = self.config, self.dynamics, self.dynamics.action_size
         k_learner, k_env, k_base, key = jax.random.split(key, 4)
-        env_states = jax.vmap(dynamics.reset)(jax.random.split(k_env, config.num_envs))
+        env_states = jax.vmap(dynamics.reset)(jax.random.split(k_env, c.num_envs))
         obs = env_states.obs[0]
         zero = jnp.zeros((), obs.dtype)
+        action = jnp.zeros(act_size, obs.dtype)
         example = Transition(
-            obs=obs,
-            action=jnp.zeros(act_size, obs.dtype),
-            reward=zero,
-            done=zero,
-            next_obs=obs,
-            log_prob=zero,
+            obs=obs, action=action, reward=zero, done=zero, next_obs=obs, log_prob=zero
         )
         data = basepoints(
-            dynamics,
-            k_base,
-            config.num_basepoints,
-            segment=config.basepoint_segment,
-            num_envs=config.num_envs,
+            dynamics, k_base, c.num_basepoints, segment=c.basepoint_segment, num_envs=c.num_envs
         )
-        return state_class(
-            learner=agent.init(k_learner, dynamics.observation_size),
-            buffer=replay.insert(replay.init(example), data),
-            optimized=window.init((obs, jnp.zeros(act_size, obs.dtype))),
+        return self.state_class(
+            learner=self.agent.init(k_learner, dynamics.observation_size),
+            buffer=self.replay.insert(self.replay.init(example), data),
+            optimized=self.window.init((obs, jnp.zeros(act_size, obs.dtype))),
             env_states=env_states,
             exploration=(),
             key=key,
             updates=jnp.zeros((), jnp.int32),
-            env_steps=jnp.asarray(config.num_basepoints, jnp.int32),  # all data up front
+            env_steps=jnp.asarray(c.num_basepoints, jnp.int32),  # all data up front
         )
 
-    def update(ts):
+    def critic_fit(self, learner, data, a_star, in_opt, key):
+        """One q step on a basepoint batch towards y(theta_n, w_n) (a* on B_opt)."""
+        c, agent = self.config, self.agent
+        q_min = jax.vmap(agent.critic.min_q, in_axes=(None, 0, 0))
+        k_idx, _, k_max = jax.random.split(key, 3)
+        idx = jax.random.randint(k_idx, (c.batch_size,), 0, c.num_basepoints)
+        batch = jax.tree.map(lambda x: x[idx], data)
+        y = agent.critic_targets(learner, batch, jnp.zeros_like(batch.action), k_max)
+        critic = learner.critic
+        if a_star is not None:  # on B_opt the target uses the optimizer's action a*
+            q_star = q_min(critic.target, batch.next_obs, a_star[idx])
+            y_star = td0_targets(batch.reward, c.gamma * (1 - batch.done), q_star)
+            y = jnp.where(in_opt[idx], y_star, y)
+        params, opt_state, loss = q_step(
+            agent.critic, critic.tx, critic.params, critic.opt_state, batch.obs, batch.action, y
+        )
+        new_q = q_min(params, batch.obs, batch.action)
+        delta = jnp.mean((new_q - q_min(critic.target, batch.obs, batch.action)) ** 2)
+        learner = learner.replace(critic=critic.replace(params=params, opt_state=opt_state))
+        return learner, {"critic_loss": loss, "q_change": delta}
+
+    def update(self, ts):
         """One iteration n: fit q to y(theta_n, w_n) with theta_n, w_n frozen, then the policy;
         then theta_n <- theta_{n+1}."""
+        c, agent, actor = self.config, self.agent, self.actor
         key, k_opt, k_critic, k_actor = jax.random.split(ts.key, 4)
         data = ts.buffer.data
-        size = config.num_basepoints
-        a_star, in_opt, win = actor.optimize(agent, ts.learner, data, window, ts.optimized, k_opt)
-
-        def critic_fit(learner, k):
-            k_idx, _, k_max = jax.random.split(k, 3)
-            idx = jax.random.randint(k_idx, (config.batch_size,), 0, size)
-            batch = jax.tree.map(lambda x: x[idx], data)
-            y = agent.critic_targets(learner, batch, jnp.zeros_like(batch.action), k_max)
-            critic = learner.critic
-            if a_star is not None:  # on B_opt the target uses the optimizer's action a*
-                q_star = q_min(critic.target, batch.next_obs, a_star[idx])
-                y = jnp.where(
-                    in_opt[idx],
-                    td0_targets(batch.reward, config.gamma * (1 - batch.done), q_star),
-                    y,
-                )
-            params, opt_state, loss = q_step(
-                agent.critic, critic.tx, critic.params, critic.opt_state, batch.obs, batch.action, y
-            )
-            delta = jnp.mean(
-                (
-                    q_min(params, batch.obs, batch.action)
-                    - q_min(critic.target, batch.obs, batch.action)
-                )
-                ** 2
-            )
-            return learner.replace(critic=critic.replace(params=params, opt_state=opt_state)), {
-                "critic_loss": loss,
-                "q_change": delta,
-            }
-
-        learner, metrics = jax.lax.scan(
-            critic_fit, ts.learner, jax.random.split(k_critic, config.gradient_steps)
+        a_star, in_opt, win = actor.optimize(
+            agent, ts.learner, data, self.window, ts.optimized, k_opt
         )
+        fit = functools.partial(self.critic_fit, data=data, a_star=a_star, in_opt=in_opt)
+        keys = jax.random.split(k_critic, c.gradient_steps)
+        learner, metrics = jax.lax.scan(lambda lr, k: fit(lr, key=k), ts.learner, keys)
         learner, actor_metrics = actor.fit(
             agent,
             learner,
             data,
-            window,
+            self.window,
             win,
             k_actor,
-            steps=config.gradient_steps,
-            batch_size=config.batch_size,
+            steps=c.gradient_steps,
+            batch_size=c.batch_size,
         )
         learner = learner.replace(
             critic=learner.critic.replace(target=learner.critic.params),
             policy=learner.policy.replace(target=learner.policy.params),
-            steps=learner.steps + config.gradient_steps,
+            steps=learner.steps + c.gradient_steps,
         )
         metrics = {k: v.mean() for k, v in {**metrics, **actor_metrics}.items()}
         ts = ts.replace(learner=learner, optimized=win, key=key, updates=ts.updates + 1)
         return ts, {**metrics, "skipped_updates": learner.critic.skipped}
 
-    def act(ts):
-        return actor.act(agent, ts.learner)
+    def act(self, ts):
+        return self.actor.act(self.agent, ts.learner)
 
-    def evaluate_fn(ts, key: PRNGKey) -> jax.Array:
+    def evaluate(self, ts, key: PRNGKey) -> jax.Array:
+        c = self.config
         return evaluate(
-            dynamics,
-            act(ts),
+            self.dynamics,
+            self.act(ts),
             key,
-            num_envs=config.eval_envs,
-            episode_length=config.episode_length,
-            eps_shape=policy.eps_shape,
+            num_envs=c.eval_envs,
+            episode_length=c.episode_length,
+            eps_shape=self.agent.policy.eps_shape,
         )
 
+
+def make_trainer(config, dynamics: Dynamics, agent, actor: BatchActor, state_class) -> Trainer:
+    """The trainer of a batch method: basepoints collected once in ``init``, then one iteration
+    per update. ``state_class`` is :class:`mbpo.agents.off_policy.OffPolicyState`."""
+    b = _Batch(
+        config=config,
+        dynamics=dynamics,
+        agent=agent,
+        actor=actor,
+        state_class=state_class,
+        replay=ring_buffer(config.num_basepoints),
+        window=ring_buffer(actor.window_size),
+    )
     return Trainer(
         config=config,
         dynamics=dynamics,
-        policy=policy,
+        policy=agent.policy,
         critic=agent.critic,
-        act=act,
-        init=init,
-        update=update,
-        evaluate=evaluate_fn,
+        act=b.act,
+        init=b.init,
+        update=b.update,
+        evaluate=b.evaluate,
     )

@@ -69,7 +69,7 @@ from mbpo.exploration import (
 )
 from mbpo.optim import TrainState, guarded
 from mbpo.policies import DeterministicPolicy, GaussianPolicy, TanhGaussianPolicy
-from mbpo.replay import RingBufferState, ring_buffer, uniform_policy
+from mbpo.replay import RingBuffer, RingBufferState, ring_buffer, uniform_policy
 from mbpo.types import Action, Array, Float, Observation, Params, PRNGKey, PyTree, Scalar
 from mbpo.unroll import PolicyFn, RolloutNoise, Transition
 
@@ -659,46 +659,50 @@ def _example_transition(obs: Observation, action_size: int) -> Transition:
     )
 
 
-def _make_trainer(config: OffPolicyConfig, dynamics: Dynamics) -> Trainer:
-    agent = make_agent(config, dynamics)
-    spec = ALGORITHMS[config.algo]
-    if spec.batch_actor is not None:
-        return batch.make_trainer(config, dynamics, agent, spec.batch_actor(config), OffPolicyState)
-    policy = agent.policy
-    act_size = dynamics.action_size
-    exploration = spec.exploration(config)
-    random_policy = uniform_policy(dynamics)
-    replay = ring_buffer(config.buffer_capacity)
-    optimized = ring_buffer(1)
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Online:
+    """The static parts of an online algorithm (DDPG, TD3, SAC) and its pure functions: each
+    iteration steps every environment once with the exploration, then takes ``gradient_steps``
+    agent steps on replayed batches."""
 
-    def init(key: PRNGKey) -> OffPolicyState:
+    config: OffPolicyConfig
+    dynamics: Dynamics
+    agent: Agent
+    exploration: Exploration
+    replay: RingBuffer
+    random_policy: PolicyFn  # the warm-up's uniform actions
+
+    def init(self, key: PRNGKey) -> OffPolicyState:
+        c, act_size = self.config, self.dynamics.action_size
         k_learner, k_env, _, key = jax.random.split(key, 4)
-        env_states = jax.vmap(dynamics.reset)(jax.random.split(k_env, config.num_envs))
+        env_states = jax.vmap(self.dynamics.reset)(jax.random.split(k_env, c.num_envs))
         dtype = env_states.obs.dtype
         return OffPolicyState(
-            learner=agent.init(k_learner, dynamics.observation_size),
-            buffer=replay.init(_example_transition(env_states.obs[0], act_size)),
-            optimized=optimized.init((env_states.obs[0], jnp.zeros(act_size, dtype))),
+            learner=self.agent.init(k_learner, self.dynamics.observation_size),
+            buffer=self.replay.init(_example_transition(env_states.obs[0], act_size)),
+            optimized=ring_buffer(1).init((env_states.obs[0], jnp.zeros(act_size, dtype))),
             env_states=env_states,
-            exploration=exploration.init(config.num_envs, act_size, dtype),
+            exploration=self.exploration.init(c.num_envs, act_size, dtype),
             key=key,
             updates=jnp.zeros((), jnp.int32),
             env_steps=jnp.zeros((), jnp.int32),
         )
 
-    def collect(ts: OffPolicyState, key: PRNGKey) -> OffPolicyState:
+    def collect(self, ts: OffPolicyState, key: PRNGKey) -> OffPolicyState:
         """Steps every environment once and stores the transitions."""
+        c, dynamics = self.config, self.dynamics
         k_eps, k_xi, k_reset = jax.random.split(key, 3)
         states = ts.env_states
-        eps = jax.random.normal(k_eps, (config.num_envs, act_size), states.obs.dtype)
-        low, high = agent.bounds(states.obs.dtype)
+        eps = jax.random.normal(k_eps, (c.num_envs, dynamics.action_size), states.obs.dtype)
+        low, high = self.agent.bounds(states.obs.dtype)
+        params = ts.learner.policy.params
         behaviour = functools.partial(
-            exploration, policy, ts.learner.policy.params, low=low, high=high
+            self.exploration, self.agent.policy, params, low=low, high=high
         )
         action, explored = jax.vmap(behaviour)(states.obs, eps, ts.exploration)
-        warm = ts.env_steps < config.warmup_steps
-        action = jnp.where(warm, jax.vmap(random_policy)(states.obs, eps), action)
-        xi = jax.vmap(dynamics.sample_noise)(jax.random.split(k_xi, config.num_envs))
+        warm = ts.env_steps < c.warmup_steps
+        action = jnp.where(warm, jax.vmap(self.random_policy)(states.obs, eps), action)
+        xi = jax.vmap(dynamics.sample_noise)(jax.random.split(k_xi, c.num_envs))
         nxt = jax.vmap(dynamics.step)(states, action, xi)
         transition = Transition(
             obs=states.obs,
@@ -708,56 +712,68 @@ def _make_trainer(config: OffPolicyConfig, dynamics: Dynamics) -> Trainer:
             next_obs=nxt.obs,
             log_prob=jnp.zeros_like(nxt.reward),
         )
-        finished = (nxt.done > 0) | (nxt.t >= config.episode_length)
+        finished = (nxt.done > 0) | (nxt.t >= c.episode_length)
         return ts.replace(
-            buffer=replay.insert(ts.buffer, jax.lax.stop_gradient(transition)),
-            env_states=reset_finished(dynamics, nxt, k_reset, config.episode_length),
-            exploration=exploration.reset(explored, finished),
-            env_steps=ts.env_steps + config.num_envs,
+            buffer=self.replay.insert(ts.buffer, jax.lax.stop_gradient(transition)),
+            env_states=reset_finished(dynamics, nxt, k_reset, c.episode_length),
+            exploration=self.exploration.reset(explored, finished),
+            env_steps=ts.env_steps + c.num_envs,
         )
 
-    def update(ts: OffPolicyState) -> tuple[OffPolicyState, dict]:
+    def update(self, ts: OffPolicyState) -> tuple[OffPolicyState, dict]:
+        c = self.config
         key, k_collect, k_steps = jax.random.split(ts.key, 3)
-        ts = collect(ts, k_collect)
-        learning = ts.env_steps >= max(config.warmup_steps, config.num_envs)
+        ts = self.collect(ts, k_collect)
+        learning = ts.env_steps >= max(c.warmup_steps, c.num_envs)
 
         def step(learner, k):
             k_sample, k_grad = jax.random.split(k)
-            new, metrics = agent.gradient_step(
-                learner, replay.sample(ts.buffer, k_sample, config.batch_size), k_grad
-            )
+            batch = self.replay.sample(ts.buffer, k_sample, c.batch_size)
+            new, metrics = self.agent.gradient_step(learner, batch, k_grad)
             new = jax.tree.map(lambda a, b: jnp.where(learning, a, b), new, learner)
             return new, metrics
 
-        learner, metrics = jax.lax.scan(
-            step, ts.learner, jax.random.split(k_steps, config.gradient_steps)
-        )
+        keys = jax.random.split(k_steps, c.gradient_steps)
+        learner, metrics = jax.lax.scan(step, ts.learner, keys)
         ts = ts.replace(learner=learner, key=key, updates=ts.updates + 1)
-        return ts, {
-            **{k: v.mean() for k, v in metrics.items()},
-            "skipped_updates": learner.critic.skipped,
-        }
+        metrics = {k: v.mean() for k, v in metrics.items()}
+        return ts, {**metrics, "skipped_updates": learner.critic.skipped}
 
-    def act(ts: OffPolicyState) -> PolicyFn:
-        return functools.partial(policy.sample, ts.learner.policy.params)
+    def act(self, ts: OffPolicyState) -> PolicyFn:
+        return functools.partial(self.agent.policy.sample, ts.learner.policy.params)
 
-    def evaluate_fn(ts: OffPolicyState, key: PRNGKey) -> jax.Array:
+    def evaluate(self, ts: OffPolicyState, key: PRNGKey) -> jax.Array:
+        c = self.config
         return evaluate(
-            dynamics,
-            act(ts),
+            self.dynamics,
+            self.act(ts),
             key,
-            num_envs=config.eval_envs,
-            episode_length=config.episode_length,
-            eps_shape=policy.eps_shape,
+            num_envs=c.eval_envs,
+            episode_length=c.episode_length,
+            eps_shape=self.agent.policy.eps_shape,
         )
 
+
+def _make_trainer(config: OffPolicyConfig, dynamics: Dynamics) -> Trainer:
+    agent = make_agent(config, dynamics)
+    spec = ALGORITHMS[config.algo]
+    if spec.batch_actor is not None:
+        return batch.make_trainer(config, dynamics, agent, spec.batch_actor(config), OffPolicyState)
+    online = _Online(
+        config=config,
+        dynamics=dynamics,
+        agent=agent,
+        exploration=spec.exploration(config),
+        replay=ring_buffer(config.buffer_capacity),
+        random_policy=uniform_policy(dynamics),
+    )
     return Trainer(
         config=config,
         dynamics=dynamics,
-        policy=policy,
+        policy=agent.policy,
         critic=agent.critic,
-        act=act,
-        init=init,
-        update=update,
-        evaluate=evaluate_fn,
+        act=online.act,
+        init=online.init,
+        update=online.update,
+        evaluate=online.evaluate,
     )

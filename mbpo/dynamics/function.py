@@ -107,6 +107,47 @@ def _broadcast_bounds(low, high, action_size: int) -> tuple[tuple[float, ...], t
     return tuple(low.tolist()), tuple(high.tolist())
 
 
+def _check_shapes(
+    transition, reward, observation, log_prob, params, s, a, xi, transition_name: str
+):
+    """The shape and dtype checks of :func:`make_function_dynamics` (``jax.eval_shape``: nothing is
+    compiled); returns the observation's shape."""
+    s_next = jax.eval_shape(transition, s, a, xi, params)
+    if getattr(s_next, "shape", None) != s.shape:
+        raise ValueError(
+            f"{transition_name} returned shape {getattr(s_next, 'shape', s_next)}, but the state "
+            "from "
+            f"reset has shape {s.shape}: the output of the {transition_name} must match the state"
+        )
+    if s_next.dtype != s.dtype:
+        raise TypeError(
+            f"{transition_name} returned dtype {s_next.dtype}, but the state from reset has dtype "
+            f"{s.dtype}: "
+            f"the output of the {transition_name} must keep the state's dtype (a lax.scan carry "
+            "cannot change it)"
+        )
+    if not jnp.issubdtype(s.dtype, jnp.floating):
+        raise TypeError(
+            f"reset(key) returned dtype {s.dtype}; the state must be floating (float32 or float64) "
+            "to be differentiated"
+        )
+    r = jax.eval_shape(reward, s, a, s, params)
+    if getattr(r, "shape", None) != ():
+        raise ValueError(
+            f"reward(s, a, s_next) must return a scalar, got shape {getattr(r, 'shape', r)}"
+        )
+    obs = jax.eval_shape(observation, s)
+    if len(getattr(obs, "shape", (None, None))) != 1:
+        raise ValueError(
+            f"observation(s) must return a vector, got shape {getattr(obs, 'shape', obs)}"
+        )
+    if log_prob is not None:
+        lp = jax.eval_shape(log_prob, s, a, s, params)
+        if getattr(lp, "shape", None) != ():
+            raise ValueError(f"log_prob must return a scalar, got shape {getattr(lp, 'shape', lp)}")
+    return obs
+
+
 def make_function_dynamics(
     *,
     transition: TransitionFn,
@@ -142,39 +183,9 @@ def make_function_dynamics(
         raise TypeError(f"reset(key) must return one array (the state vector), got {s}")
     a = jax.ShapeDtypeStruct((int(action_size),), s.dtype)
     xi = jax.ShapeDtypeStruct(noise_shape, s.dtype)
-    s_next = jax.eval_shape(transition, s, a, xi, params)
-    if getattr(s_next, "shape", None) != s.shape:
-        raise ValueError(
-            f"{transition_name} returned shape {getattr(s_next, 'shape', s_next)}, but the state "
-            "from "
-            f"reset has shape {s.shape}: the output of the {transition_name} must match the state"
-        )
-    if s_next.dtype != s.dtype:
-        raise TypeError(
-            f"{transition_name} returned dtype {s_next.dtype}, but the state from reset has dtype "
-            f"{s.dtype}: "
-            f"the output of the {transition_name} must keep the state's dtype (a lax.scan carry "
-            "cannot change it)"
-        )
-    if not jnp.issubdtype(s.dtype, jnp.floating):
-        raise TypeError(
-            f"reset(key) returned dtype {s.dtype}; the state must be floating (float32 or float64) "
-            "to be differentiated"
-        )
-    r = jax.eval_shape(reward, s, a, s, params)
-    if getattr(r, "shape", None) != ():
-        raise ValueError(
-            f"reward(s, a, s_next) must return a scalar, got shape {getattr(r, 'shape', r)}"
-        )
-    obs = jax.eval_shape(observation, s)
-    if len(getattr(obs, "shape", (None, None))) != 1:
-        raise ValueError(
-            f"observation(s) must return a vector, got shape {getattr(obs, 'shape', obs)}"
-        )
-    if log_prob is not None:
-        lp = jax.eval_shape(log_prob, s, a, s, params)
-        if getattr(lp, "shape", None) != ():
-            raise ValueError(f"log_prob must return a scalar, got shape {getattr(lp, 'shape', lp)}")
+    obs = _check_shapes(
+        transition, reward, observation, log_prob, params, s, a, xi, transition_name
+    )
     return FunctionDynamics(
         params=params,
         transition_fn=transition,

@@ -387,6 +387,21 @@ def _split(
     return hold, train, train[sample]
 
 
+def _fit_start(params, opt_state, key: PRNGKey, members: int, max_epochs: int, dtype) -> _FitCarry:
+    """The early-stopping loop's first carry: no epoch done, every member's best MSE infinite."""
+    return _FitCarry(
+        params=params,
+        opt_state=opt_state,
+        best_params=params,
+        best_mse=jnp.full((members,), jnp.inf, dtype),
+        epochs_since_improvement=jnp.zeros((), jnp.int32),
+        epoch=jnp.zeros((), jnp.int32),
+        key=key,
+        holdout_mse_t=jnp.full((max_epochs, members), jnp.nan, dtype),
+        train_loss_t=jnp.full((max_epochs,), jnp.nan, dtype),
+    )
+
+
 @jax.jit(static_argnums=(0, 1, 2))
 def _fit(
     ensemble: GaussianEnsemble,
@@ -456,18 +471,7 @@ def _fit(
     def running(c: _FitCarry) -> jax.Array:
         return (c.epoch < config.max_epochs) & (c.epochs_since_improvement < config.patience)
 
-    dtype = target.dtype
-    start = _FitCarry(
-        params=params,
-        opt_state=optimizer.init(params),
-        best_params=params,
-        best_mse=jnp.full((k,), jnp.inf, dtype),
-        epochs_since_improvement=jnp.zeros((), jnp.int32),
-        epoch=jnp.zeros((), jnp.int32),
-        key=key_loop,
-        holdout_mse_t=jnp.full((config.max_epochs, k), jnp.nan, dtype),
-        train_loss_t=jnp.full((config.max_epochs,), jnp.nan, dtype),
-    )
+    start = _fit_start(params, optimizer.init(params), key_loop, k, config.max_epochs, target.dtype)
     end = jax.lax.while_loop(running, epoch, start)
     model = ModelState(
         end.best_params, normalizer, select_elites(end.best_mse, ensemble.num_elites)
