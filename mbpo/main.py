@@ -28,21 +28,11 @@ from mbpo.cli import add_arguments, build
 
 DIVERGED = 3  # exit code of a run stopped by non-finite training
 # Fields that mean the same in every trainer's config: --config of one trainer gives them to
-# another.
+# another. The task fields are declared once (mbpo.agents.loop.TaskFields); the others have
+# each trainer's own default.
 SHARED_FIELDS = (
-    "env",
-    "brax_backend",
-    "num_envs",
-    "episode_length",
-    "num_updates",
-    "gamma",
-    "actor_lr",
-    "critic_lr",
-    "hidden",
-    "eval_every",
-    "eval_envs",
-    "seed",
-    "target_return",
+    *("env", "brax_backend", "eval_every", "eval_envs", "seed", "target_return"),
+    *("num_envs", "episode_length", "num_updates", "gamma", "actor_lr", "critic_lr", "hidden"),
 )
 # What --resume may change: the length of the run (it extends it) and nothing else.
 RESUMABLE = ("num_updates",)

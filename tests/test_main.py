@@ -363,3 +363,17 @@ def test_envs_lists_every_task(capsys):
     cli.main(["envs"])
     out = capsys.readouterr().out
     assert all(name in out for name in envs.names())
+
+
+def test_task_fields_are_declared_once_and_carry_across_trainers():
+    import dataclasses
+
+    from mbpo.agents import loop, registry
+
+    task_fields = {f.name for f in dataclasses.fields(loop.TaskFields)}
+    assert task_fields <= set(cli.SHARED_FIELDS)
+    for name in ("svg", "sac", "mbpo"):
+        config_class = registry.config_class(name)
+        assert issubclass(config_class, loop.TaskFields)
+        own = set(config_class.__annotations__)  # fields the class itself declares
+        assert not own & task_fields, (config_class.__name__, own & task_fields)

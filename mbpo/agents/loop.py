@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 import envs
+from mbpo.cli import option
 from mbpo.dynamics.base import Dynamics
 from mbpo.dynamics.brax_env import BACKENDS
 from mbpo.parallel import make_mesh, shard_train_state
@@ -33,6 +34,23 @@ class LoopConfig(Protocol):
     num_updates: int
     eval_every: int
     seed: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TaskFields:
+    """The fields every trainer config declares once, here: the task, evaluation and seed (they
+    mean the same in every trainer, so ``mbpo train --config`` carries them across trainers)."""
+
+    env: str = option("pendulum", "task name (see `envs.names()`)")
+    brax_backend: str = option(
+        "generalized", "physics pipeline of Brax tasks: generalized | positional | spring | mjx"
+    )
+    eval_every: int = option(25, "updates (iterations) between evaluations")
+    eval_envs: int = option(32, "episodes per evaluation")
+    seed: int = option(0, "random seed")
+    target_return: float | None = option(
+        None, "report the env steps and wall-clock at which the eval return first reaches this"
+    )
 
 
 def check_task(env: str, brax_backend: str) -> None:

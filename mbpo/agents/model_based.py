@@ -69,7 +69,7 @@ MEMBERS = ("random_elite", "elites_mean")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ModelBasedConfig:
+class ModelBasedConfig(loop.TaskFields):
     """Settings of the model-based loop; validated when built."""
 
     algo: str = option("mbpo", "the trainer's name (mbpo train --algo mbpo)", choices=("mbpo",))
@@ -79,8 +79,6 @@ class ModelBasedConfig:
     model: str = option(
         "learned", "learned: the Gaussian ensemble; true: the task's own dynamics", choices=MODELS
     )
-    env: str = option("pendulum", "task name (see `envs.names()`)")
-    brax_backend: str = option("generalized", "physics pipeline of Brax tasks")
     horizon: int = option(
         3,
         "n: model steps of SVG(n), and the length of the real segments collected per env and "
@@ -138,12 +136,6 @@ class ModelBasedConfig:
     model_buffer_capacity: int = option(50_000, "sac: model transitions kept")
     real_ratio: float = option(
         0.05, "sac: fraction of each SAC batch drawn from real transitions (MBPO's 0.05)"
-    )
-    eval_every: int = option(25, "iterations between evaluations")
-    eval_envs: int = option(32, "episodes per evaluation")
-    seed: int = option(0, "random seed")
-    target_return: float | None = option(
-        None, "report the env steps and wall-clock at which the eval return first reaches this"
     )
 
     def __post_init__(self):

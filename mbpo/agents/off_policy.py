@@ -78,14 +78,10 @@ OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class OffPolicyConfig:
+class OffPolicyConfig(loop.TaskFields):
     """Settings of the model-free trainers; validated when built."""
 
     algo: str = option("sac", "nfqca | fqi | fqi_amortized | ddpg | td3 | sac", choices=ALGOS)
-    env: str = option("pendulum", "task name (see `envs.names()`)")
-    brax_backend: str = option(
-        "generalized", "physics pipeline of Brax tasks: generalized | positional | spring | mjx"
-    )
     num_envs: int = option(
         16, "parallel environments, each stepped once per iteration (online algorithms)"
     )
@@ -152,12 +148,6 @@ class OffPolicyConfig:
     )
     window: int = option(
         5, "fqi_amortized: iterations K of optimizer actions the policy is regressed on"
-    )
-    eval_every: int = option(25, "iterations between evaluations")
-    eval_envs: int = option(32, "episodes per evaluation")
-    seed: int = option(0, "random seed")
-    target_return: float | None = option(
-        None, "report the env steps and wall-clock at which the eval return first reaches this"
     )
 
     def __post_init__(self):

@@ -54,13 +54,9 @@ ESTIMATOR_POLICY = {
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class UnrollTrainerConfig:
+class UnrollTrainerConfig(loop.TaskFields):
     """Settings of :func:`make_trainer`; validated when built."""
 
-    env: str = option("pendulum", "task name (see `envs.names()`)")
-    brax_backend: str = option(
-        "generalized", "physics pipeline of Brax tasks: generalized | positional | spring | mjx"
-    )
     estimator: str = option(
         "svg", "bpo | svg | dpmb_r | dpmb_sf | critic_only", choices=tuple(estimators.ESTIMATORS)
     )
@@ -88,14 +84,6 @@ class UnrollTrainerConfig:
     hidden: tuple[int, ...] = option((64, 64), "hidden sizes of policy and critic")
     init_std: float = option(0.5, "initial policy standard deviation (stochastic policies)")
     normalize_observations: bool = option(True, "normalize observations with running statistics")
-    eval_every: int = option(25, "updates between evaluations")
-    eval_envs: int = option(32, "episodes per evaluation")
-    seed: int = option(0, "random seed")
-    target_return: float | None = option(
-        None,
-        "report the env steps and wall-clock at which the eval return first reaches this "
-        "(pendulum: -200)",
-    )
 
     def __post_init__(self):
         loop.check_task(self.env, self.brax_backend)
