@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mbpo.agents.common import evaluate
+from mbpo.agents.common import evaluate_config
 from mbpo.agents.loop import Trainer
 from mbpo.critics import q_step, td0_targets
 from mbpo.dynamics.base import Dynamics
@@ -216,15 +216,8 @@ class _Batch:
         return self.actor.act(self.agent, ts.learner)
 
     def evaluate(self, ts, key: PRNGKey) -> jax.Array:
-        c = self.config
-        return evaluate(
-            self.dynamics,
-            self.act(ts),
-            key,
-            num_envs=c.eval_envs,
-            episode_length=c.episode_length,
-            eps_shape=self.agent.policy.eps_shape,
-        )
+        eps_shape = self.agent.policy.eps_shape
+        return evaluate_config(self.dynamics, self.act(ts), key, self.config, eps_shape)
 
 
 def make_trainer(config, dynamics: Dynamics, agent, actor: BatchActor, state_class) -> Trainer:
@@ -239,13 +232,4 @@ def make_trainer(config, dynamics: Dynamics, agent, actor: BatchActor, state_cla
         replay=ring_buffer(config.num_basepoints),
         window=ring_buffer(actor.window_size),
     )
-    return Trainer(
-        config=config,
-        dynamics=dynamics,
-        policy=agent.policy,
-        critic=agent.critic,
-        act=b.act,
-        init=b.init,
-        update=b.update,
-        evaluate=b.evaluate,
-    )
+    return Trainer.of(b, policy=agent.policy, critic=agent.critic)

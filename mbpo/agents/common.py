@@ -73,6 +73,20 @@ def reset_finished(dynamics: Dynamics, states: State, key: PRNGKey, episode_leng
     return jax.tree.map(pick, fresh, states)
 
 
+def evaluate_config(
+    dynamics: Dynamics, policy: PolicyFn, key: PRNGKey, config, eps_shape
+) -> Scalar:
+    """:func:`evaluate` with the config's ``eval_envs`` episodes of ``episode_length`` steps."""
+    return evaluate(
+        dynamics,
+        policy,
+        key,
+        num_envs=config.eval_envs,
+        episode_length=config.episode_length,
+        eps_shape=eps_shape,
+    )
+
+
 def evaluate(
     dynamics: Dynamics,
     policy: PolicyFn,

@@ -181,6 +181,21 @@ class Trainer:
     evaluate: Callable[[PyTree, PRNGKey], jax.Array]
     programs: Any = None
 
+    @classmethod
+    def of(cls, parts, *, policy, critic) -> Trainer:
+        """The trainer of ``parts``: a frozen object with ``config``, ``dynamics`` and the methods
+        ``act``, ``init``, ``update`` and ``evaluate`` (each trainer module's own dataclass)."""
+        return cls(
+            config=parts.config,
+            dynamics=parts.dynamics,
+            policy=policy,
+            critic=critic,
+            act=parts.act,
+            init=parts.init,
+            update=parts.update,
+            evaluate=parts.evaluate,
+        )
+
     # A static argument of jax.jit: trainers built from the same programs (a shared cache entry
     # of build_trainer, whatever their RUN_FIELDS) are equal, so they share compilations; any
     # other trainer is equal only to itself.

@@ -40,7 +40,7 @@ from flax import struct
 
 from mbpo import estimators
 from mbpo.agents import loop
-from mbpo.agents.common import evaluate, reset_finished
+from mbpo.agents.common import evaluate_config, reset_finished
 from mbpo.agents.loop import Trainer
 from mbpo.agents.off_policy import Agent, Learner, OffPolicyConfig, make_agent
 from mbpo.cli import option
@@ -680,15 +680,8 @@ class _Loop:
         return functools.partial(self.policy.sample, ts.learner.policy.params)
 
     def evaluate(self, ts: ModelBasedState, key: PRNGKey) -> jax.Array:
-        c = self.config
-        return evaluate(
-            self.dynamics,
-            self.act(ts),
-            key,
-            num_envs=c.eval_envs,
-            episode_length=c.episode_length,
-            eps_shape=self.policy.eps_shape,
-        )
+        eps_shape = self.policy.eps_shape
+        return evaluate_config(self.dynamics, self.act(ts), key, self.config, eps_shape)
 
 
 def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
@@ -736,13 +729,4 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
         random_policy=uniform_policy(dynamics) if bounded else None,
         uniform_log_density=-float(jnp.sum(jnp.log(high - low))) if bounded else 0.0,
     )
-    return Trainer(
-        config=config,
-        dynamics=dynamics,
-        policy=lp.policy,
-        critic=lp.agent.critic,
-        act=lp.act,
-        init=lp.init,
-        update=lp.update,
-        evaluate=lp.evaluate,
-    )
+    return Trainer.of(lp, policy=lp.policy, critic=lp.agent.critic)

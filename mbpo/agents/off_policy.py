@@ -42,7 +42,7 @@ from flax import struct
 
 from mbpo import estimators
 from mbpo.agents import batch, loop
-from mbpo.agents.common import evaluate, reset_finished
+from mbpo.agents.common import evaluate_config, reset_finished
 from mbpo.agents.loop import Trainer
 from mbpo.cli import option
 from mbpo.critics import (
@@ -733,15 +733,8 @@ class _Online:
         return functools.partial(self.agent.policy.sample, ts.learner.policy.params)
 
     def evaluate(self, ts: OffPolicyState, key: PRNGKey) -> jax.Array:
-        c = self.config
-        return evaluate(
-            self.dynamics,
-            self.act(ts),
-            key,
-            num_envs=c.eval_envs,
-            episode_length=c.episode_length,
-            eps_shape=self.agent.policy.eps_shape,
-        )
+        eps_shape = self.agent.policy.eps_shape
+        return evaluate_config(self.dynamics, self.act(ts), key, self.config, eps_shape)
 
 
 def _make_trainer(config: OffPolicyConfig, dynamics: Dynamics) -> Trainer:
@@ -757,13 +750,4 @@ def _make_trainer(config: OffPolicyConfig, dynamics: Dynamics) -> Trainer:
         replay=ring_buffer(config.buffer_capacity),
         random_policy=uniform_policy(dynamics),
     )
-    return Trainer(
-        config=config,
-        dynamics=dynamics,
-        policy=agent.policy,
-        critic=agent.critic,
-        act=online.act,
-        init=online.init,
-        update=online.update,
-        evaluate=online.evaluate,
-    )
+    return Trainer.of(online, policy=agent.policy, critic=agent.critic)

@@ -29,7 +29,7 @@ from mbpo import estimators
 from mbpo.agents import loop
 from mbpo.agents.common import (
     NormalizerState,
-    evaluate,
+    evaluate_config,
     normalize,
     normalizer_init,
     normalizer_update,
@@ -332,15 +332,8 @@ class _Unroll:
         return new, metrics
 
     def evaluate(self, ts: UnrollState, key: PRNGKey) -> jax.Array:
-        c = self.config
-        return evaluate(
-            self.dynamics,
-            self.act(ts),
-            key,
-            num_envs=c.eval_envs,
-            episode_length=c.episode_length,
-            eps_shape=self.policy.eps_shape,
-        )
+        eps_shape = self.policy.eps_shape
+        return evaluate_config(self.dynamics, self.act(ts), key, self.config, eps_shape)
 
 
 def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
@@ -363,16 +356,7 @@ def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
         actor_opt=_optimizer(config, config.actor_lr),
         critic_opt=_optimizer(config, config.critic_lr),
     )
-    return Trainer(
-        config=config,
-        dynamics=dynamics,
-        policy=policy,
-        critic=u.critic,
-        act=u.act,
-        init=u.init,
-        update=u.update,
-        evaluate=u.evaluate,
-    )
+    return Trainer.of(u, policy=policy, critic=u.critic)
 
 
 def train(
