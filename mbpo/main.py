@@ -57,10 +57,24 @@ def _envs(args: argparse.Namespace) -> None:
         )
 
 
-def _given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that keeps the actions added to it in ``options`` (argparse's own
+    list is private); its subparsers are of this class too."""
+
+    def __init__(self, *args, **kwargs):
+        self.options: list[argparse.Action] = []
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.options.append(action)
+        return action
+
+
+def _given(parser: Parser, argv: list[str]) -> set[str]:
     """The destinations of the options written out in ``argv`` (abbreviations are off)."""
     given = set()
-    for action in parser._actions:
+    for action in parser.options:
         if any(
             token == o or token.startswith(o + "=") for token in argv for o in action.option_strings
         ):
@@ -258,9 +272,7 @@ def make_parser(train_config: type | None = None) -> argparse.ArgumentParser:
 
     train_config = train_config or UnrollTrainerConfig
     algos = " | ".join(registry.ALGOS)
-    parser = argparse.ArgumentParser(
-        prog="mbpo", description="Policy optimization through differentiable dynamics."
-    )
+    parser = Parser(prog="mbpo", description="Policy optimization through differentiable dynamics.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_envs = sub.add_parser("envs", help="list the tasks and their sizes")
     p_envs.add_argument(
