@@ -203,6 +203,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     import jax
 
     from mbpo import runner
+    from mbpo.agents import loop
     from mbpo.agents.registry import make_trainer
 
     if args.episodes < 1:
@@ -216,9 +217,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
             )
         config = dataclasses.replace(config, eval_envs=args.episodes)
         trainer = make_trainer(config)
-        state, _history = runner.load_checkpoint(
-            args.run_dir, jax.jit(trainer.init)(jax.random.key(config.seed))
-        )
+        state, _history = runner.load_checkpoint(args.run_dir, loop.initial_state(trainer))
     except (runner.RunDirError, ValueError) as error:
         parser.error(str(error))
     value = float(jax.jit(trainer.evaluate)(state, jax.random.key(args.seed)))

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mbpo.agents import registry
+from mbpo.agents import loop, registry
 from mbpo.files import csv_text, write_atomically, write_json, write_text
 
 CONFIG, METRICS, CHECKPOINTS, CURVE, TENSORBOARD = (
@@ -507,13 +507,7 @@ def _resume_point(run_dir: pathlib.Path, trainer, seeds: int, from_checkpoint: i
     """(state, history) of the run in ``run_dir``: its newest verified checkpoint, or
     ``from_checkpoint``, setting the newer ones aside."""
     config = trainer.config
-    init = jax.jit(jax.vmap(trainer.init)) if seeds > 1 else jax.jit(trainer.init)
-    keys = (
-        jax.random.split(jax.random.key(config.seed), seeds)
-        if seeds > 1
-        else jax.random.key(config.seed)
-    )
-    resume = load_checkpoint(run_dir, init(keys), step=from_checkpoint)
+    resume = load_checkpoint(run_dir, loop.initial_state(trainer, seeds), step=from_checkpoint)
     done = resume[1][-1]["updates"] if resume[1] else 0
     if done > config.num_updates:
         raise RunDirError(
@@ -597,8 +591,6 @@ def fit(
 
 
 def _train(trainer, seeds: int, callbacks: list, start):
-    from mbpo.agents import loop
-
     def callback(record, state):
         for c in callbacks:
             c(record, state)

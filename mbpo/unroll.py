@@ -54,6 +54,13 @@ class Transition(struct.PyTreeNode):
     next_obs: Float[Array, "T obs"]
     log_prob: Float[Array, " T"]
 
+    @classmethod
+    def example(cls, obs: Observation, action_size: int) -> Transition:
+        """One zero transition at ``obs`` (no time axis): the example that sizes a replay buffer."""
+        zero = jnp.zeros((), obs.dtype)
+        action = jnp.zeros(action_size, obs.dtype)
+        return cls(obs=obs, action=action, reward=zero, done=zero, next_obs=obs, log_prob=zero)
+
 
 class RolloutNoise(struct.PyTreeNode):
     """The explicit noise of a rollout: eps for the policy, xi for the dynamics (time first)."""

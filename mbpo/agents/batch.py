@@ -141,11 +141,7 @@ class _Batch:
         k_learner, k_env, k_base, key = jax.random.split(key, 4)
         env_states = jax.vmap(dynamics.reset)(jax.random.split(k_env, c.num_envs))
         obs = env_states.obs[0]
-        zero = jnp.zeros((), obs.dtype)
-        action = jnp.zeros(act_size, obs.dtype)
-        example = Transition(
-            obs=obs, action=action, reward=zero, done=zero, next_obs=obs, log_prob=zero
-        )
+        example = Transition.example(obs, act_size)
         data = basepoints(
             dynamics, k_base, c.num_basepoints, segment=c.basepoint_segment, num_envs=c.num_envs
         )

@@ -228,6 +228,15 @@ def _chunks(config: LoopConfig, done: int):
         yield num, done
 
 
+def initial_state(trainer: Trainer, seeds: int = 1) -> PyTree:
+    """``trainer.init`` at ``config.seed`` (one seed), or vmapped over ``seeds`` keys split from
+    it: the state every run starts from, and the template its checkpoints are restored into."""
+    key = jax.random.key(trainer.config.seed)
+    if seeds > 1:
+        return jax.jit(jax.vmap(trainer.init))(jax.random.split(key, seeds))
+    return jax.jit(trainer.init)(key)
+
+
 def train(
     trainer: Trainer,
     *,
@@ -262,7 +271,7 @@ def train(
             "over"
         )
     if resume is None:
-        ts, history = jax.jit(trainer.init)(jax.random.key(config.seed)), []
+        ts, history = initial_state(trainer), []
     else:
         ts, history = resume[0], list(resume[1])
     if devices > 1:
@@ -327,12 +336,7 @@ def train_seeds(
         raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
     config = trainer.config
     if resume is None:
-        ts, history = (
-            jax.jit(jax.vmap(trainer.init))(
-                jax.random.split(jax.random.key(config.seed), num_seeds)
-            ),
-            [],
-        )
+        ts, history = initial_state(trainer, num_seeds), []
     else:
         ts, history = resume[0], list(resume[1])
     eval_keys = jax.random.split(jax.random.key(config.seed + 10_000), num_seeds)

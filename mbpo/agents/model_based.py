@@ -523,14 +523,7 @@ class _Loop:
             action=jnp.zeros((n, act_size), dtype),
             log_prob=jnp.zeros(n, dtype),
         )
-        transition = Transition(
-            obs=one_state.obs,
-            action=jnp.zeros(act_size, dtype),
-            reward=jnp.zeros((), dtype),
-            done=jnp.zeros((), dtype),
-            next_obs=one_state.obs,
-            log_prob=jnp.zeros((), dtype),
-        )
+        transition = Transition.example(one_state.obs, act_size)
         model = self.ensemble.init(k_model)
         return ModelBasedState(
             model=model,

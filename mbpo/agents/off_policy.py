@@ -637,18 +637,6 @@ def make_trainer(config: OffPolicyConfig, dynamics: Dynamics | None = None) -> T
     return loop.build_trainer(_make_trainer, config, dynamics)
 
 
-def _example_transition(obs: Observation, action_size: int) -> Transition:
-    zero = jnp.zeros((), obs.dtype)
-    return Transition(
-        obs=obs,
-        action=jnp.zeros(action_size, obs.dtype),
-        reward=zero,
-        done=zero,
-        next_obs=obs,
-        log_prob=zero,
-    )
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Online:
     """The static parts of an online algorithm (DDPG, TD3, SAC) and its pure functions: each
@@ -669,7 +657,7 @@ class _Online:
         dtype = env_states.obs.dtype
         return OffPolicyState(
             learner=self.agent.init(k_learner, self.dynamics.observation_size),
-            buffer=self.replay.init(_example_transition(env_states.obs[0], act_size)),
+            buffer=self.replay.init(Transition.example(env_states.obs[0], act_size)),
             optimized=ring_buffer(1).init((env_states.obs[0], jnp.zeros(act_size, dtype))),
             env_states=env_states,
             exploration=self.exploration.init(c.num_envs, act_size, dtype),
