@@ -4,28 +4,31 @@
 process and a brax agent (``brax.training.agents.*``) in a worker subprocess under a second
 virtual environment, because brax 0.14.2's agents call ``jax.device_put_replicated``, which jax
 0.10 (mbpo's) removed. The workers (:mod:`experiments.apg_worker`, :mod:`experiments.sac_worker`)
-import this module too, so it imports only the standard library at module level (jax is imported
-where a listener is registered), and it never imports mbpo.
+import this module too, so it imports only the standard library and the jax-free mbpo modules
+(:mod:`mbpo.cli`, :mod:`mbpo.files`, through :mod:`experiments.harness`) at module level; jax is
+imported where a listener is registered, mbpo's trainers only on our side.
 
-A worker's settings are a frozen dataclass whose fields carry their ``--help`` text
-(:func:`option`); :func:`command_line` writes one as the worker's command line and
-:func:`parse_settings` reads it back, so the bench and the worker cannot disagree on flags.
+A worker's settings are a frozen dataclass (a :class:`WorkerSettings`) whose fields carry their
+``--help`` text (:func:`mbpo.cli.option`); :func:`command_line` writes one as the worker's command
+line and :func:`mbpo.cli.parse` reads it back, so the bench and the worker cannot disagree on flags.
+Our side trains through :func:`mbpo.runner.fit` with a :class:`ChunkLog` callback
+(:func:`train_ours`), and :func:`compare` runs the two sides seed by seed into one report.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
 import os
 import pathlib
-import statistics
 import subprocess
 import sys
 import time
-import typing
 from collections.abc import Callable
+
+from experiments import harness
+from mbpo.cli import option
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -36,46 +39,6 @@ COMPILE_PHASES = frozenset({"/jax/core/compile/jaxpr_to_mlir_module_duration", C
 # Compiled by brax's agents outside their timed training epochs: the evaluation unroll, and the
 # squeeze of the replicated parameters handed to it.
 UNTIMED_PROGRAMS = frozenset({"jit(generate_eval_unroll)", "jit(squeeze)", "jit(_squeeze)"})
-
-
-def option(default, help: str):
-    """A dataclass field with a default and its ``--help`` text (mbpo.cli.option, which the
-    workers cannot import)."""
-    return dataclasses.field(default=default, metadata={"help": help})
-
-
-def boolean(text: str) -> bool:
-    """``true``/``false`` (also 1/0, yes/no, on/off) as a bool, for argparse."""
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def parse_settings(cls: type, argv: list[str] | None, *, prog: str, description: str):
-    """``--field-name VALUE`` options for the fields of the dataclass ``cls`` (tuples of ints take
-    several values, bools take true/false); returns ``cls(**options)``. A value the constructor
-    rejects (ValueError) exits with status 2 and its message."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    hints = typing.get_type_hints(cls)
-    converters = {
-        tuple[int, ...]: {"type": int, "nargs": "+"},
-        bool: {"type": boolean},
-        str | None: {"type": str},
-    }
-    for field in dataclasses.fields(cls):
-        parser.add_argument(
-            f"--{field.name.replace('_', '-')}",
-            default=field.default,
-            help=f"{field.metadata['help']} (default: {field.default})",
-            **converters.get(hints[field.name], {"type": hints[field.name]}),
-        )
-    args = vars(parser.parse_args(argv))
-    try:
-        return cls(**{name: tuple(v) if isinstance(v, list) else v for name, v in args.items()})
-    except ValueError as error:
-        parser.error(str(error))
 
 
 def command_line(python: str, module: str, settings) -> list[str]:
@@ -247,55 +210,221 @@ def alternate_seeds(seeds: int, sides: dict[str, Callable[[int], dict]]) -> dict
     return result
 
 
-def mean_std(values: list[float | None]) -> dict:
-    """Mean and sample std (0 for one value) of the values that are not None."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return {"mean": None, "std": None, "n": 0}
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "n": len(values),
-    }
+ACTIVATIONS = ("relu", "tanh", "elu", "swish")
 
 
-def pm(stat: dict, scale: float = 1.0, digits: int = 2) -> str:
-    """A :func:`mean_std` result as ``mean +- std`` (times ``scale``); ``n/a`` without values."""
-    if stat["mean"] is None:
-        return "n/a"
-    return f"{scale * stat['mean']:.{digits}f} +- {scale * stat['std']:.{digits}f}"
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WorkerSettings:
+    """What every brax worker takes; each worker's settings add its agent's own fields."""
 
-
-def parse_bench_args(
-    argv: list[str] | None,
-    *,
-    prog: str,
-    description: str,
-    presets: dict,
-    python_flag: str,
-    default_python: str,
-    agent: str,
-) -> argparse.Namespace:
-    """The command line of a benchmark against brax: ``--preset`` (a key of ``presets``), the
-    python of the brax environment (``python_flag``, e.g. ``--brax-python``) and ``--out``. An
-    unknown preset, or a python that is not executable, exits with 2."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument(
-        "--preset", choices=sorted(presets), default="cpu", help="the comparison's settings"
+    env: str = option("inverted_pendulum", "Brax environment name (``brax.envs.get_environment``).")
+    backend: str = option(
+        "positional", "Brax physics pipeline: generalized | positional | spring | mjx."
     )
-    parser.add_argument(
-        python_flag,
-        default=default_python,
-        help=f"python of the jax-0.9 environment with brax 0.14.2 (default: {default_python})",
+    num_envs: int = option(16, "Parallel training environments (``num_envs``).")
+    episode_length: int = option(
+        200, "Steps before an environment is truncated and reset, in training and evaluation."
     )
-    parser.add_argument("--out", type=pathlib.Path, help="JSON file for the report")
-    args = parser.parse_args(argv)
-    path = getattr(args, python_flag.lstrip("-").replace("-", "_"))
-    if not os.access(path, os.X_OK):
-        parser.error(
-            f"{python_flag} {path} is not an executable file. {agent} needs jax < 0.10; create "
-            "its environment with: python3.11 -m venv /work/venv-apg && "
-            '/work/venv-apg/bin/pip install "jax[cpu]<0.10" brax==0.14.2 '
-            f"(or pass {python_flag} PATH to another such python)"
+    num_evals: int = option(
+        5,
+        "Evaluations, the one before training included (``num_evals``); see the worker's minimum.",
+    )
+    learning_rate: float = option(1e-3, "Adam learning rate (``learning_rate``).")
+    hidden: tuple[int, ...] = option(
+        (64, 64), "Hidden layer sizes (``hidden_layer_sizes`` of the agent's networks)."
+    )
+    activation: str = option("relu", "Hidden activation: relu | tanh | elu | swish.")
+    normalize_observations: bool = option(
+        False, "Running mean/std normalization of observations (``normalize_observations``)."
+    )
+    deterministic_eval: bool = option(
+        True, "Evaluate the mode tanh(mu) rather than a sample (``deterministic_eval``)."
+    )
+    eval_envs: int = option(128, "Episodes per evaluation (``num_eval_envs``).")
+    seed: int = option(0, "Random seed (``seed``).")
+    compilation_cache: str | None = option(
+        None, "Folder of jax's persistent compilation cache; none: no cache."
+    )
+
+    def __post_init__(self):
+        harness.check_positive(self, "num_envs", "episode_length", "eval_envs")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {self.activation!r}; allowed: {', '.join(ACTIVATIONS)}"
+            )
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"hidden must be a non-empty tuple of sizes >= 1, got {self.hidden}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+
+class ChunkLog:
+    """The :func:`mbpo.runner.fit` callback of our side: the evaluations (the untrained policy's
+    first, at ``x`` = 0), the time of each chunk's updates (evaluation excluded) and whether
+    anything compiled during it.
+
+    Args:
+      compiles: the :class:`CompileLog` of this process.
+      label: prefix of the line printed at each evaluation.
+      x: the training progress of ``evals``: ``updates`` or ``env_steps``.
+      unevaluated: the first chunks whose evaluation is left out of ``evals`` (a warmup chunk that
+        brax does not evaluate).
+    """
+
+    def __init__(self, compiles: CompileLog, *, label: str, x: str, unevaluated: int = 0):
+        self.compiles, self.label, self.x, self.unevaluated = compiles, label, x, unevaluated
+        self.evals: list[dict] = []
+        self.times: list[float] = []
+        self.compiled: list[bool] = []
+        self.last: dict = {}
+        self.compile_start = compiles.seconds
+
+    def begin(self, trainer, state) -> None:
+        import jax
+
+        key = jax.random.key(trainer.config.seed + 10_000)
+        value = float(jax.jit(trainer.evaluate)(state, key))
+        self.evals.append({self.x: 0, "eval_return": value})
+        self.mark = len(self.compiles.compiles)
+
+    def __call__(self, record: dict, state) -> None:
+        self.times.append(record["update_time"])
+        self.compiled.append(len(self.compiles.compiles) > self.mark)
+        self.mark = len(self.compiles.compiles)
+        if len(self.times) > self.unevaluated:
+            self.evals.append({self.x: record[self.x], "eval_return": record["eval_return"]})
+        self.last = record
+        print(
+            f"[{self.label}] chunk {len(self.times)} {self.evals[-1]} {self.times[-1]:.2f} s "
+            f"compiled {self.compiled[-1]}",
+            flush=True,
         )
-    return args
+
+    def steady_times(self) -> list[float]:
+        """The times of the evaluated chunks during which nothing compiled."""
+        pairs = zip(self.times[self.unevaluated :], self.compiled[self.unevaluated :])
+        return [t for t, compiled in pairs if not compiled]
+
+    def report(self, seed: int) -> dict:
+        """``seed``, ``evals``, ``eval_return`` (the last), ``chunk_times_s``, ``chunk_compiled``,
+        ``compile_s`` (lowering and XLA compile time during this seed: all of it for the first
+        seed run, as the later ones reuse its programs) and ``skipped_updates``."""
+        return {
+            "seed": seed,
+            "evals": self.evals,
+            "eval_return": self.evals[-1]["eval_return"],
+            "chunk_times_s": self.times,
+            "chunk_compiled": self.compiled,
+            "compile_s": self.compiles.seconds - self.compile_start,
+            "skipped_updates": int(self.last["skipped_updates"]),
+        }
+
+
+def train_ours(config, seed: int, compiles: CompileLog, **log) -> ChunkLog:
+    """One seed of our side: ``config`` at ``seed`` through :func:`mbpo.runner.fit`; returns its
+    :class:`ChunkLog` (``log``: its keyword arguments, the label aside)."""
+    from mbpo.runner import fit
+
+    chunks = ChunkLog(compiles, label=f"ours seed {seed}", **log)
+    fit(dataclasses.replace(config, seed=seed), callbacks=[chunks], progress=False)
+    return chunks
+
+
+@dataclasses.dataclass(frozen=True)
+class BraxSide:
+    """The brax side of a benchmark.
+
+    Attributes:
+      name: its key in the report (``apg``, ``brax``).
+      agent: what the messages call it (``Brax's APG``).
+      worker: the worker's module (``experiments.apg_worker``).
+      flag: the option naming the python of the brax environment (``--apg-python``).
+      python: that option's default.
+    """
+
+    name: str
+    agent: str
+    worker: str
+    flag: str
+    python: str = "/work/venv-apg/bin/python"
+
+    def parse(self, experiment: harness.Experiment, argv: list[str] | None) -> harness.Run:
+        """The harness's options and :attr:`flag`; a python that is not executable exits with 2."""
+        parser = experiment.parser()
+        parser.add_argument(
+            self.flag,
+            default=self.python,
+            dest="python",
+            help=f"python of the jax-0.9 environment with brax 0.14.2 (default: {self.python})",
+        )
+        run = experiment.parse(argv, parser)
+        harness.executable(parser, self.flag, run.args.python, self.agent)
+        return run
+
+    def command(self, python: str, settings) -> list[str]:
+        """The worker's command line for ``settings`` (run from the repository root)."""
+        return command_line(python, self.worker, settings)
+
+
+def compare(
+    run: harness.Run,
+    side: BraxSide,
+    *,
+    ours: Callable[[int, CompileLog], dict],
+    settings: Callable[[int, str | None], WorkerSettings],
+    summarize: Callable[[list[dict], list[dict]], dict],
+    format_table: Callable[[dict], str],
+    config,
+) -> None:
+    """Runs both sides seed by seed (:func:`alternate_seeds`; the brax side in workers sharing
+    one compilation cache), summarizes them and finishes ``run``'s report."""
+    import tempfile
+
+    report = {**run.header(), "ours_config": dataclasses.asdict(config)}
+    compiles = CompileLog()
+    with tempfile.TemporaryDirectory(prefix=f"{side.name}-jax-cache-") as cache:
+        sides = {
+            "ours": lambda seed: ours(seed, compiles),
+            side.name: lambda seed: run_worker(
+                side.command(run.args.python, settings(seed, cache))
+            ),
+        }
+        report.update(alternate_seeds(run.preset.seeds, sides))
+    seed0 = side.command(run.args.python, settings(0, "CACHE_DIR"))
+    report[f"{side.name}_command_seed0"] = " ".join(seed0)
+    report[f"{side.name}_jax_version"] = report[side.name][0]["jax_version"]
+    report["brax_version"] = report[side.name][0]["brax_version"]
+    report["summary"] = summarize(report["ours"], report[side.name])
+    run.finish(report, format_table)
+
+
+def curve(runs: list[dict], x: str) -> list[dict]:
+    """Mean +- std over seeds of the return at each evaluation of ``runs``."""
+    return [
+        {x: e[x], **harness.mean_std([r["evals"][i]["eval_return"] for r in runs])}
+        for i, e in enumerate(runs[0]["evals"])
+    ]
+
+
+def met(goal: bool) -> str:
+    return "met" if goal else "NOT met"
+
+
+def wall_line(report: dict, side: str, label: str) -> str:
+    """The table line of the wall times of the run and of each side, and the machine's load."""
+    return (
+        f"wall time {report['wall_s']:.0f} s (ours {report['ours_wall_s']:.0f} s, {label} "
+        f"{report[side + '_wall_s']:.0f} s); load average "
+        f"{report['load_average_1min_at_start']:.1f} at the start, "
+        f"{report['load_average_1min_at_end']:.1f} at the end"
+    )
+
+
+def curve_lines(summary: dict, side: str, x: str, label: str, width: int, digits: int) -> list:
+    """The table's return curves: one line per evaluation, mean +- std over seeds of each side."""
+    lines = [f"{'eval return by ' + x.replace('_', ' '):<{width}}{'ours':>20}{label:>20}"]
+    for o, b in zip(summary["ours"]["curve"], summary[side]["curve"]):
+        lines.append(
+            f"{o[x]:<{width}}{harness.pm(o, digits=digits):>20}{harness.pm(b, digits=digits):>20}"
+        )
+    return [*lines, "(mean +- std over seeds)"]

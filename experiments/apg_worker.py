@@ -48,42 +48,28 @@ import dataclasses
 import functools
 import time
 
+from experiments import harness
 from experiments._baselines import (
     BraxProgress,
+    WorkerSettings,
     import_jax,
-    option,
-    parse_settings,
     worker_header,
     worker_main,
 )
+from mbpo import cli
+from mbpo.cli import option
 
 START = time.perf_counter()
 
-ACTIVATIONS = ("tanh", "elu", "relu", "swish")
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ApgSettings:
+class ApgSettings(WorkerSettings):
     """One brax APG run; the help of each field says which ``apg.train`` argument it sets."""
 
-    env: str = option("reacher", "Brax environment name (``brax.envs.get_environment``).")
-    backend: str = option(
-        "positional", "Brax physics pipeline: generalized | positional | spring | mjx."
-    )
-    num_envs: int = option(32, "Parallel training environments (``num_envs``).")
-    episode_length: int = option(
-        128, "Steps before an environment is truncated and reset, in training and evaluation."
-    )
     horizon: int = option(16, "Steps of each differentiated window (``horizon_length``).")
     num_updates: int = option(
         60, "Policy updates (``policy_updates``); a multiple of ``num_evals - 1``."
     )
-    num_evals: int = option(
-        5,
-        "Evaluations, the one before training included (``num_evals``); >= 4, since with "
-        "jax 0.9 the first two training epochs compile.",
-    )
-    learning_rate: float = option(2e-3, "Adam learning rate (``learning_rate``).")
     adam_b1: float = option(0.7, "Adam beta1 (``adam_b[0]``).")
     adam_b2: float = option(0.95, "Adam beta2 (``adam_b[1]``).")
     use_schedule: bool = option(
@@ -95,30 +81,11 @@ class ApgSettings:
         "Global-norm gradient clipping (``max_gradient_norm``; brax also always clips each "
         "element to [-1, 1], a no-op once the global norm is <= 1).",
     )
-    hidden: tuple[int, ...] = option(
-        (64, 64),
-        "Hidden layer sizes of the policy (``hidden_layer_sizes`` of ``make_apg_networks``).",
-    )
-    activation: str = option(
-        "tanh", "Hidden activation: tanh | elu | relu | swish (brax's default is elu)."
-    )
     layer_norm: bool = option(False, "Layer norm after each hidden layer (brax's default is True).")
-    normalize_observations: bool = option(
-        True, "Running mean/std normalization of observations (``normalize_observations``)."
-    )
-    deterministic_eval: bool = option(
-        True, "Evaluate the mode tanh(mu) rather than a sample (``deterministic_eval``)."
-    )
-    eval_envs: int = option(128, "Episodes per evaluation (``num_eval_envs``).")
-    seed: int = option(0, "Random seed (``seed``).")
-    compilation_cache: str | None = option(
-        None, "Folder of jax's persistent compilation cache; none: no cache."
-    )
 
     def __post_init__(self):
-        for name in ("num_envs", "episode_length", "horizon", "num_updates", "eval_envs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        super().__post_init__()
+        harness.check_positive(self, "horizon", "num_updates")
         if self.num_evals < 4:
             raise ValueError(
                 f"num_evals must be >= 4 (the first two epochs compile), got {self.num_evals}"
@@ -128,18 +95,8 @@ class ApgSettings:
                 f"num_updates={self.num_updates} must be a multiple of num_evals - 1 = "
                 f"{self.num_evals - 1} (brax rounds the updates per epoch)"
             )
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unknown activation {self.activation!r}; allowed: {', '.join(ACTIVATIONS)}"
-            )
-        if not self.hidden or min(self.hidden) < 1:
-            raise ValueError(f"hidden must be a non-empty tuple of sizes >= 1, got {self.hidden}")
-        if min(self.learning_rate, self.max_grad_norm) <= 0 or not (
-            0 <= self.adam_b1 < 1 and 0 <= self.adam_b2 < 1
-        ):
-            raise ValueError(
-                "need learning_rate > 0, max_grad_norm > 0 and 0 <= adam_b1, adam_b2 < 1"
-            )
+        if self.max_grad_norm <= 0 or not (0 <= self.adam_b1 < 1 and 0 <= self.adam_b2 < 1):
+            raise ValueError("need max_grad_norm > 0 and 0 <= adam_b1, adam_b2 < 1")
 
     @property
     def updates_per_epoch(self) -> int:
@@ -148,9 +105,7 @@ class ApgSettings:
 
 def parse(argv: list[str] | None = None) -> ApgSettings:
     """``--field-name`` options for the fields of :class:`ApgSettings`; bad values exit with 2."""
-    return parse_settings(
-        ApgSettings, argv, prog="apg_worker.py", description=__doc__.splitlines()[0]
-    )
+    return cli.parse(ApgSettings, argv, prog="apg_worker.py", description=__doc__.splitlines()[0])
 
 
 def run(settings: ApgSettings) -> dict:

@@ -32,11 +32,9 @@ fastest calls, is the steadier figure. Run as
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import pathlib
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
@@ -46,8 +44,8 @@ import numpy as np
 
 import envs
 from envs import brax_tasks, pendulum
+from experiments import harness
 from mbpo.dynamics import BACKENDS, Dynamics, ODESolver, State
-from mbpo.files import finish_report, run_header
 from mbpo.types import Action, Array, Float, Observation, PyTree, Scalar
 from mbpo.unroll import RolloutNoise, rollout, sample_noise
 
@@ -102,44 +100,19 @@ class Preset:
     brax: TaskConfig
 
 
+# About 2-3 minutes on a 2-core CPU, most of it compiling the Brax rollouts and gradients.
+_CPU = TaskConfig(
+    num_envs=(1, 64, 1024), rollout_steps=100, gradient_envs=64, gradient_steps=32, warmup=3,
+    repeats=30,
+)  # fmt: skip
+_GPU = dataclasses.replace(_CPU, num_envs=(1, 64, 1024, 4096))  # a few minutes on one H100
 PRESETS: dict[str, Preset] = {
-    # About 2-3 minutes on a 2-core CPU, most of it compiling the Brax rollouts and gradients.
     "cpu": Preset(
-        pendulum=TaskConfig(
-            num_envs=(1, 64, 1024),
-            rollout_steps=100,
-            gradient_envs=64,
-            gradient_steps=32,
-            warmup=3,
-            repeats=30,
-        ),
-        brax=TaskConfig(
-            num_envs=(1, 64, 1024),
-            rollout_steps=10,
-            gradient_envs=64,
-            gradient_steps=32,
-            warmup=2,
-            repeats=10,
-        ),
+        pendulum=_CPU, brax=dataclasses.replace(_CPU, rollout_steps=10, warmup=2, repeats=10)
     ),
-    # A few minutes on one H100.
     "gpu": Preset(
-        pendulum=TaskConfig(
-            num_envs=(1, 64, 1024, 4096),
-            rollout_steps=1000,
-            gradient_envs=64,
-            gradient_steps=32,
-            warmup=3,
-            repeats=30,
-        ),
-        brax=TaskConfig(
-            num_envs=(1, 64, 1024, 4096),
-            rollout_steps=32,
-            gradient_envs=64,
-            gradient_steps=32,
-            warmup=3,
-            repeats=20,
-        ),
+        pendulum=dataclasses.replace(_GPU, rollout_steps=1000),
+        brax=dataclasses.replace(_GPU, rollout_steps=32, repeats=20),
     ),
 }
 
@@ -348,12 +321,7 @@ def format_table(report: dict) -> str:
         f"{'compile s a/r':>17}"
     )
     lines = [
-        f"jax {report['jax_version']} on {report['device_kind']} ({report['platform']}), "
-        + f"preset {report['preset']}, wall time {report['wall_s']:.1f} s, "
-        + "1-min load average {:.1f} at the start, {:.1f} at the end".format(
-            report["load_average_1min_at_start"], report["load_average_1min_at_end"]
-        ),
-        f"command: {report['command']}",
+        *harness.report_lines(report),
         "ratio = adapter time / raw lax.scan time, median over back-to-back pairs (goal <= 1.05);",
         "min = ratio of the fastest calls (the steadier figure when other jobs load the machine);",
         "times are medians; rel diff = max |adapter - raw| / max |raw| of the outputs "
@@ -373,14 +341,13 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parses the command line; unknown presets, tasks or backends exit with code 2."""
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.bench_dynamics", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="cpu", help="measurement sizes"
-    )
+EXPERIMENT = harness.Experiment("experiments.bench_dynamics", __doc__, PRESETS, out=None)
+
+
+def parser():
+    """The harness's options, with ``--out`` (any path) and the Brax task and pipeline measured;
+    unknown presets, tasks or backends exit with code 2."""
+    parser = EXPERIMENT.parser()
     parser.add_argument(
         "--brax-task",
         choices=brax_tasks.TASKS,
@@ -395,23 +362,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Brax physics pipeline",
     )
     parser.add_argument("--out", type=pathlib.Path, help="JSON file for the report")
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    argv = sys.argv[1:] if argv is None else argv
-    preset = PRESETS[args.preset]
-    start = time.perf_counter()
+    run = EXPERIMENT.parse(argv, parser())
     report = {
-        **run_header("experiments.bench_dynamics", argv),
-        "preset": args.preset,
+        **run.header(),
         "tasks": [
-            benchmark_task(pendulum_subject(), preset.pendulum),
-            benchmark_task(brax_subject(args.brax_task, args.backend), preset.brax),
+            benchmark_task(pendulum_subject(), run.preset.pendulum),
+            benchmark_task(brax_subject(run.args.brax_task, run.args.backend), run.preset.brax),
         ],
     }
-    finish_report(report, start, args.out, format_table)
+    run.finish(report, format_table)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,7 @@ Run as
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 
@@ -43,9 +41,8 @@ import numpy as np
 from jax.scipy.special import ndtr
 
 import envs
-from experiments.bench_unroll import json_path
+from experiments import harness
 from mbpo.dynamics import Dynamics
-from mbpo.files import finish_report, run_header
 from mbpo.models import ElitesMean, GaussianEnsemble, ModelState, TrainConfig, fit, from_ensemble
 from mbpo.models.ensemble import DoneFn, RewardFn
 from mbpo.types import Array, Float, PRNGKey
@@ -293,11 +290,7 @@ def format_table(report: dict) -> str:
     """The report as fixed-width text: a header, then one row per task."""
     h = report["config"]["horizon"]
     lines = [
-        f"jax {report['jax_version']} on {report['device_kind']} ({report['platform']}), "
-        + f"preset {report['preset']}, wall time {report['wall_s']:.1f} s, load average "
-        + f"{report['load_average_1min_at_start']:.1f} at the start, "
-        + f"{report['load_average_1min_at_end']:.1f} at the end",
-        f"command: {report['command']}",
+        *harness.report_lines(report),
         "open-loop mean prediction (moment-matched elites, xi = 0) on the true actions;",
         f"RMSE after 1 and {h} steps, raw and normalized (per-dimension RMSE / test std, RMS over",
         "dimensions); const = the normalized RMSE of predicting s_t; alive = windows before the "
@@ -323,41 +316,23 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parses the command line; an unknown preset or a bad ``--out`` exits with code 2."""
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.bench_model_error", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="cpu", help="data and model sizes"
-    )
+EXPERIMENT = harness.Experiment("experiments.bench_model_error", __doc__, PRESETS)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = EXPERIMENT.parser()
     parser.add_argument(
         "--tasks", nargs="+", choices=list(TASKS), help="a subset of tasks (default: the preset's)"
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the data, the split and the model"
     )
-    parser.add_argument(
-        "--out", type=json_path, metavar="PATH.json", help="JSON file for the report"
-    )
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    argv = sys.argv[1:] if argv is None else argv
-    preset = PRESETS[args.preset]
-    if args.tasks is not None:
-        preset = dataclasses.replace(preset, tasks=tuple(args.tasks))
-    start = time.perf_counter()
-    report = {
-        **run_header("experiments.bench_model_error", argv),
-        "preset": args.preset,
-        "seed": args.seed,
-        "config": dataclasses.asdict(preset),
-        "rows": benchmark(preset, args.seed),
-    }
-    finish_report(report, start, args.out, format_table)
+    run = EXPERIMENT.parse(argv, parser)
+    preset = run.preset
+    if run.args.tasks is not None:
+        preset = run.preset = dataclasses.replace(preset, tasks=tuple(run.args.tasks))
+    report = {**run.header(), "seed": run.args.seed, "rows": benchmark(preset, run.args.seed)}
+    run.finish(report, format_table)
 
 
 if __name__ == "__main__":

@@ -31,11 +31,8 @@ proxy for peak memory. Run as
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import pathlib
-import sys
 import time
 from collections.abc import Callable
 
@@ -45,11 +42,11 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import envs
+from experiments import harness
 from experiments.bench_dynamics import compare, pendulum_subject
 from mbpo import estimators
 from mbpo.critics import QCritic
 from mbpo.dynamics import Dynamics, State
-from mbpo.files import finish_report, run_header
 from mbpo.policies import GaussianPolicy
 from mbpo.types import Action, Array, Float, Noise, Observation, Params, Scalar
 from mbpo.unroll import RolloutNoise
@@ -305,11 +302,7 @@ def _mib(value: int | None) -> str:
 def format_table(report: dict) -> str:
     """The report as fixed-width text: a header, then one row per task and horizon."""
     lines = [
-        f"jax {report['jax_version']} on {report['device_kind']} ({report['platform']}), "
-        + f"preset {report['preset']}, wall time {report['wall_s']:.1f} s, load average "
-        + f"{report['load_average_1min_at_start']:.1f} at the start, "
-        + f"{report['load_average_1min_at_end']:.1f} at the end",
-        f"command: {report['command']}",
+        *harness.report_lines(report),
         "time of one jitted value_and_grad of mean_b J_n w.r.t. the policy parameters (median);",
         "ratio = engine time / scan time, median [quartiles] over back-to-back pairs "
         + "(goal <= 1.05);",
@@ -330,40 +323,12 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def json_path(text: str) -> pathlib.Path:
-    """The ``--out`` argument: a path ending in .json that is not a folder."""
-    path = pathlib.Path(text)
-    if path.suffix != ".json" or path.is_dir():
-        raise argparse.ArgumentTypeError(f"expected a PATH.json file, got {text!r}")
-    return path
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parses the command line; an unknown preset or a bad ``--out`` exits with code 2."""
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.bench_unroll", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="cpu", help="measurement sizes"
-    )
-    parser.add_argument(
-        "--out", type=json_path, metavar="PATH.json", help="JSON file for the report"
-    )
-    return parser.parse_args(argv)
+EXPERIMENT = harness.Experiment("experiments.bench_unroll", __doc__, PRESETS)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    argv = sys.argv[1:] if argv is None else argv
-    preset = PRESETS[args.preset]
-    start = time.perf_counter()
-    report = {
-        **run_header("experiments.bench_unroll", argv),
-        "preset": args.preset,
-        "config": dataclasses.asdict(preset),
-        "rows": benchmark(preset),
-    }
-    finish_report(report, start, args.out, format_table)
+    run = EXPERIMENT.parse(argv)
+    run.finish({**run.header(), "rows": benchmark(run.preset)}, format_table)
 
 
 if __name__ == "__main__":

@@ -57,25 +57,13 @@ load from other processes that drifts during the run falls on both alike.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
-import tempfile
-import time
 
-import jax
-
-import envs
 from envs import brax_tasks
-from experiments import _baselines
-from experiments._baselines import CompileLog, mean_std, pm
+from experiments import _baselines, harness
 from experiments.apg_worker import ApgSettings
-from mbpo.agents.loop import Trainer, run_updates
-from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer
-from mbpo.files import finish_report, run_header
-
-DEFAULT_APG_PYTHON = "/work/venv-apg/bin/python"
-WORKER_MODULE = "experiments.apg_worker"
+from experiments.harness import mean_std, pm
+from mbpo.agents.unroll_trainer import UnrollTrainerConfig
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -116,9 +104,9 @@ class Preset:
             raise ValueError(
                 f"env must be a Brax task ({', '.join(brax_tasks.TASKS)}), got {self.env!r}"
             )
-        for name in ("num_envs", "episode_length", "horizon", "num_updates", "eval_envs", "seeds"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        harness.check_positive(
+            self, "num_envs", "episode_length", "horizon", "num_updates", "eval_envs", "seeds"
+        )
         if self.num_evals < 4 or self.num_updates % (self.num_evals - 1):
             raise ValueError(
                 "need num_evals >= 4 and num_updates a multiple of num_evals - 1; "
@@ -130,35 +118,32 @@ class Preset:
         return self.num_updates // (self.num_evals - 1)
 
 
+# Reacher: no termination and a smooth reward (-distance - |a|^2). On a 2-core CPU most of the run
+# is compiling Brax gradients (1-2 min per program).
+_CPU = Preset(
+    env="reacher",
+    backend="positional",
+    num_envs=32,
+    episode_length=128,
+    horizon=16,
+    num_updates=60,
+    num_evals=5,
+    learning_rate=2e-3,
+    hidden=(64, 64),
+    eval_envs=128,
+    seeds=3,
+)
 PRESETS: dict[str, Preset] = {
-    # Reacher: no termination and a smooth reward (-distance - |a|^2). On a 2-core CPU most of the
-    # run is compiling Brax gradients (1-2 min per program).
-    "cpu": Preset(
-        env="reacher",
-        backend="positional",
-        num_envs=32,
-        episode_length=128,
-        horizon=16,
-        num_updates=60,
-        num_evals=5,
-        learning_rate=2e-3,
-        hidden=(64, 64),
-        eval_envs=128,
-        seeds=3,
-    ),
+    "cpu": _CPU,
     # One GPU (not run yet): ant, whose reward has a forward-velocity term through the contacts.
-    "gpu": Preset(
+    "gpu": dataclasses.replace(
+        _CPU,
         env="ant",
-        backend="positional",
         num_envs=256,
         episode_length=1000,
         horizon=32,
         num_updates=200,
-        num_evals=5,
         learning_rate=1e-3,
-        hidden=(64, 64),
-        eval_envs=128,
-        seeds=3,
     ),
 }
 
@@ -208,51 +193,14 @@ def worker_settings(preset: Preset, seed: int, cache: str | None) -> ApgSettings
     )
 
 
-def worker_command(preset: Preset, apg_python: str, seed: int, cache: str | None) -> list[str]:
-    """The ``apg_worker`` command line for ``preset`` and ``seed`` (run from the repository root)"""
-    return _baselines.command_line(apg_python, WORKER_MODULE, worker_settings(preset, seed, cache))
-
-
-def train_ours(trainer: Trainer, preset: Preset, seed: int, compiles: CompileLog) -> dict:
-    """One seed of our BPO in chunks of ``preset.updates_per_chunk`` updates, evaluated after each.
-
-    Returns ``evals`` (``updates``, ``eval_return``), ``eval_return`` (the last), ``chunk_times_s``,
-    ``chunk_compiled``, ``time_per_update_s`` (over the chunks that did not compile, None if none)
-    and ``skipped_updates`` (non-finite gradients skipped).
-    """
-    ts = jax.jit(trainer.init)(jax.random.key(seed))
-    evaluate = jax.jit(trainer.evaluate)
-    eval_key = jax.random.key(seed + 10_000)
-    evals = [{"updates": 0, "eval_return": float(evaluate(ts, eval_key))}]
-    chunk_times, chunk_compiled = [], []
-    for chunk in range(1, preset.num_evals):
-        before = len(compiles.compiles)
-        start = time.perf_counter()
-        ts, metrics = jax.block_until_ready(run_updates(trainer, ts, preset.updates_per_chunk))
-        chunk_times.append(time.perf_counter() - start)
-        chunk_compiled.append(len(compiles.compiles) > before)
-        evals.append(
-            {
-                "updates": chunk * preset.updates_per_chunk,
-                "eval_return": float(evaluate(ts, eval_key)),
-            }
-        )
-        print(
-            f"[ours seed {seed}] {evals[-1]} {chunk_times[-1]:.2f} s compiled {chunk_compiled[-1]}",
-            flush=True,
-        )
-    steady = [t for t, compiled in zip(chunk_times, chunk_compiled) if not compiled]
-    return {
-        "seed": seed,
-        "evals": evals,
-        "eval_return": evals[-1]["eval_return"],
-        "chunk_times_s": chunk_times,
-        "chunk_compiled": chunk_compiled,
-        "time_per_update_s": sum(steady) / (len(steady) * preset.updates_per_chunk)
-        if steady
-        else None,
-        "skipped_updates": int(metrics["skipped_updates"][-1]),
-    }
+def train_ours(config: UnrollTrainerConfig, preset: Preset, seed: int, compiles) -> dict:
+    """One seed of our BPO in chunks of ``preset.updates_per_chunk`` updates, evaluated before
+    training and after each chunk: the :class:`experiments._baselines.ChunkLog` report with
+    ``time_per_update_s`` (over the chunks that did not compile, None if none)."""
+    chunks = _baselines.train_ours(config, seed, compiles, x="updates")
+    steady = chunks.steady_times()
+    per_update = sum(steady) / (len(steady) * preset.updates_per_chunk) if steady else None
+    return {**chunks.report(seed), "time_per_update_s": per_update}
 
 
 def summarize(ours: list[dict], apg: list[dict]) -> dict:
@@ -262,10 +210,7 @@ def summarize(ours: list[dict], apg: list[dict]) -> dict:
         summary[name] = {
             "time_per_update_s": mean_std([r["time_per_update_s"] for r in runs]),
             "eval_return": mean_std([r["eval_return"] for r in runs]),
-            "curve": [
-                {"updates": e["updates"], **mean_std([r["evals"][i]["eval_return"] for r in runs])}
-                for i, e in enumerate(runs[0]["evals"])
-            ],
+            "curve": _baselines.curve(runs, "updates"),
         }
     t_ours, t_apg = (
         summary["ours"]["time_per_update_s"]["mean"],
@@ -281,11 +226,13 @@ def summarize(ours: list[dict], apg: list[dict]) -> dict:
 
 def format_table(report: dict) -> str:
     """The report as fixed-width text: settings, the two goals, the return at each evaluation."""
-    p, s = report["preset_settings"], report["summary"]
+    p, s = report["config"], report["summary"]
     chunk = p["num_updates"] // (p["num_evals"] - 1)
     ratio = "n/a" if s["time_ratio"] is None else f"{s['time_ratio']:.2f}"
-    time_goal = "met" if s["time_goal_met"] else "NOT met"
-    return_goal = "met" if s["return_goal_met"] else "NOT met"
+    time_goal, return_goal = (
+        _baselines.met(s["time_goal_met"]),
+        _baselines.met(s["return_goal_met"]),
+    )
     difference = s["ours"]["eval_return"]["mean"] - s["apg"]["eval_return"]["mean"]
     ours_first = report["ours"][0]["chunk_times_s"][0]
     apg_first = report["apg"][0]["epoch_times_s"][0]
@@ -294,12 +241,9 @@ def format_table(report: dict) -> str:
         + f"episode {p['episode_length']}, horizon {p['horizon']}, hidden {tuple(p['hidden'])}, "
         + f"lr {p['learning_rate']}, {p['num_updates']} updates in {p['num_evals'] - 1} chunks "
         + f"of {chunk}, {p['seeds']} seeds, {p['eval_envs']} eval episodes",
-        f"ours: mbpo bpo, jax {report['jax_version']}; APG: brax {report['apg_brax_version']}, "
+        f"ours: mbpo bpo, jax {report['jax_version']}; APG: brax {report['brax_version']}, "
         + f"jax {report['apg_jax_version']}; device {report['device_kind']}",
-        f"wall time {report['wall_s']:.0f} s (ours {report['ours_wall_s']:.0f} s, "
-        + f"APG {report['apg_wall_s']:.0f} s); load average "
-        + f"{report['load_average_1min_at_start']:.1f} at the start, "
-        + f"{report['load_average_1min_at_end']:.1f} at the end",
+        _baselines.wall_line(report, "apg", "APG"),
         "",
         f"{'':<34}{'ours':>20}{'brax APG':>20}{'ours/APG':>10}  goal",
         f"{'time per update, ms (no compile)':<34}"
@@ -310,51 +254,27 @@ def format_table(report: dict) -> str:
         + f"  ours >= APG: {return_goal} (difference {difference:+.2f})",
         f"{'first chunk (compiles), s, seed 0':<34}{ours_first:>20.1f}{apg_first:>20.1f}",
         "",
-        f"{'eval return by updates':<34}{'ours':>20}{'brax APG':>20}",
+        *_baselines.curve_lines(s, "apg", "updates", "brax APG", 34, 2),
     ]
-    for o, a in zip(s["ours"]["curve"], s["apg"]["curve"]):
-        lines.append(f"{o['updates']:<34}{pm(o):>20}{pm(a):>20}")
-    lines.append("(mean +- std over seeds)")
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parses the command line; an unknown preset or a missing ``--apg-python`` exits with 2."""
-    return _baselines.parse_bench_args(
-        argv,
-        prog="python -m experiments.bench_vs_brax_apg",
-        description=__doc__.splitlines()[0],
-        presets=PRESETS,
-        python_flag="--apg-python",
-        default_python=DEFAULT_APG_PYTHON,
-        agent="Brax's APG",
-    )
+EXPERIMENT = harness.Experiment("experiments.bench_vs_brax_apg", __doc__, PRESETS)
+SIDE = _baselines.BraxSide("apg", "Brax's APG", "experiments.apg_worker", "--apg-python")
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    argv = sys.argv[1:] if argv is None else argv
-    preset = PRESETS[args.preset]
-    start = time.perf_counter()
-    report = {**run_header("experiments.bench_vs_brax_apg", argv), "preset": args.preset}
-    report["preset_settings"] = dataclasses.asdict(preset)
-    report["ours_config"] = dataclasses.asdict(trainer_config(preset))
-
-    compiles = CompileLog()
-    trainer = make_trainer(trainer_config(preset), envs.make(preset.env, backend=preset.backend))
-    with tempfile.TemporaryDirectory(prefix="apg-jax-cache-") as cache:
-        sides = {
-            "ours": lambda seed: train_ours(trainer, preset, seed, compiles),
-            "apg": lambda seed: _baselines.run_worker(
-                worker_command(preset, args.apg_python, seed, cache)
-            ),
-        }
-        report.update(_baselines.alternate_seeds(preset.seeds, sides))
-    report["apg_command_seed0"] = " ".join(worker_command(preset, args.apg_python, 0, "CACHE_DIR"))
-    report["apg_jax_version"] = report["apg"][0]["jax_version"]
-    report["apg_brax_version"] = report["apg"][0]["brax_version"]
-    report["summary"] = summarize(report["ours"], report["apg"])
-    finish_report(report, start, args.out, format_table)
+    run = SIDE.parse(EXPERIMENT, argv)
+    preset, config = run.preset, trainer_config(run.preset)
+    _baselines.compare(
+        run,
+        SIDE,
+        ours=lambda seed, compiles: train_ours(config, preset, seed, compiles),
+        settings=lambda seed, cache: worker_settings(preset, seed, cache),
+        summarize=summarize,
+        format_table=format_table,
+        config=config,
+    )
 
 
 if __name__ == "__main__":

@@ -79,26 +79,16 @@ processes that drifts during the run falls on both alike.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
-import tempfile
-import time
-
-import jax
 
 import envs
 from envs import brax_tasks
-from experiments import _baselines
-from experiments._baselines import CompileLog, mean_std, pm
+from experiments import _baselines, harness
+from experiments.harness import mean_std, pm
 from experiments.sac_worker import SacSettings
-from mbpo.agents.loop import Trainer, run_updates
-from mbpo.agents.off_policy import OffPolicyConfig, make_trainer
+from mbpo.agents.off_policy import OffPolicyConfig
 from mbpo.dynamics.brax_env import BACKENDS
-from mbpo.files import finish_report, run_header
 
-DEFAULT_BRAX_PYTHON = "/work/venv-apg/bin/python"
-WORKER_MODULE = "experiments.sac_worker"
 NO_CLIPPING = 1e9  # our optimizer always clips the global norm; brax's never does
 BRAX_ALPHA = {"init_alpha": 1.0, "alpha_lr": 3e-4, "target_entropy_per_action": -0.5}
 
@@ -150,17 +140,8 @@ class Preset:
             )
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        for name in (
-            "num_envs",
-            "episode_length",
-            "chunk_updates",
-            "batch_size",
-            "gradient_steps",
-            "eval_envs",
-            "seeds",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        harness.check_positive(self, "num_envs", "episode_length", "chunk_updates", "batch_size")
+        harness.check_positive(self, "gradient_steps", "eval_envs", "seeds")
         if self.train_chunks < 2:
             raise ValueError(
                 f"train_chunks must be >= 2 (brax's first epoch compiles), got {self.train_chunks}"
@@ -192,30 +173,31 @@ class Preset:
         return (1 + self.train_chunks) * self.chunk_env_steps
 
 
+# inverted_pendulum: reward 1 per step until |angle| > 0.2, so the return is the steps balanced (at
+# most episode_length). Both sides go from ~40 to the 100s within 4k env steps.
+_CPU = Preset(
+    env="inverted_pendulum",
+    backend="positional",
+    num_envs=16,
+    episode_length=200,
+    chunk_updates=128,
+    train_chunks=6,
+    batch_size=256,
+    gradient_steps=8,
+    learning_rate=1e-3,
+    discount=0.99,
+    tau=0.005,
+    buffer_capacity=100_000,
+    hidden=(64, 64),
+    eval_envs=128,
+    seeds=3,
+)
 PRESETS: dict[str, Preset] = {
-    # inverted_pendulum: reward 1 per step until |angle| > 0.2, so the return is the steps
-    # balanced (at most episode_length). Both sides go from ~40 to the 100s within 4k env steps.
-    "cpu": Preset(
-        env="inverted_pendulum",
-        backend="positional",
-        num_envs=16,
-        episode_length=200,
-        chunk_updates=128,
-        train_chunks=6,
-        batch_size=256,
-        gradient_steps=8,
-        learning_rate=1e-3,
-        discount=0.99,
-        tau=0.005,
-        buffer_capacity=100_000,
-        hidden=(64, 64),
-        eval_envs=128,
-        seeds=3,
-    ),
+    "cpu": _CPU,
     # One GPU (not run yet): halfcheetah, brax's default network sizes, 106k env steps.
-    "gpu": Preset(
+    "gpu": dataclasses.replace(
+        _CPU,
         env="halfcheetah",
-        backend="positional",
         num_envs=128,
         episode_length=1000,
         chunk_updates=64,
@@ -223,12 +205,8 @@ PRESETS: dict[str, Preset] = {
         batch_size=512,
         gradient_steps=32,
         learning_rate=6e-4,
-        discount=0.99,
-        tau=0.005,
         buffer_capacity=1_000_000,
         hidden=(256, 256),
-        eval_envs=128,
-        seeds=3,
     ),
 }
 
@@ -289,55 +267,19 @@ def worker_settings(preset: Preset, seed: int, cache: str | None) -> SacSettings
     )
 
 
-def worker_command(preset: Preset, brax_python: str, seed: int, cache: str | None) -> list[str]:
-    """The ``sac_worker`` command line for ``preset`` and ``seed`` (run from the repository root)"""
-    return _baselines.command_line(brax_python, WORKER_MODULE, worker_settings(preset, seed, cache))
-
-
-def train_ours(trainer: Trainer, preset: Preset, seed: int, compiles: CompileLog) -> dict:
+def train_ours(config: OffPolicyConfig, preset: Preset, seed: int, compiles) -> dict:
     """One seed of our SAC: a warmup chunk, then ``preset.train_chunks`` chunks, evaluated before
-    training and after each training chunk.
-
-    Returns ``evals`` (``env_steps``, ``eval_return``), ``eval_return`` (the last),
-    ``chunk_times_s`` and ``chunk_compiled`` (the warmup chunk first), ``env_steps_per_s`` (over
-    the training chunks that did not compile, None if none), ``fastest_env_steps_per_s`` (the
-    fastest of those chunks), ``compile_s`` (compile time during
-    this seed: all of it for the first seed run, as the later ones reuse its programs), the last
-    ``alpha`` and ``skipped_updates`` (non-finite gradients skipped).
-    """
-    compile_start = compiles.seconds
-    ts = jax.jit(trainer.init)(jax.random.key(seed))
-    evaluate = jax.jit(trainer.evaluate)
-    eval_key = jax.random.key(seed + 10_000)
-    evals = [{"env_steps": 0, "eval_return": float(evaluate(ts, eval_key))}]
-    chunk_times, chunk_compiled = [], []
-    for chunk in range(1 + preset.train_chunks):
-        before = len(compiles.compiles)
-        start = time.perf_counter()
-        ts, metrics = jax.block_until_ready(run_updates(trainer, ts, preset.chunk_updates))
-        chunk_times.append(time.perf_counter() - start)
-        chunk_compiled.append(len(compiles.compiles) > before)
-        if chunk > 0:
-            evals.append(
-                {"env_steps": int(ts.env_steps), "eval_return": float(evaluate(ts, eval_key))}
-            )
-        print(
-            f"[ours seed {seed}] chunk {chunk} ({'train' if chunk else 'warmup'}) {evals[-1]} "
-            f"{chunk_times[-1]:.2f} s compiled {chunk_compiled[-1]}",
-            flush=True,
-        )
-    steady = [t for t, compiled in zip(chunk_times[1:], chunk_compiled[1:]) if not compiled]
+    training and after each training chunk: the :class:`experiments._baselines.ChunkLog` report
+    (the warmup chunk first in ``chunk_times_s``) with ``env_steps_per_s`` (over the training
+    chunks that did not compile, None if none), ``fastest_env_steps_per_s`` (the fastest of those
+    chunks) and the last ``alpha``."""
+    chunks = _baselines.train_ours(config, seed, compiles, x="env_steps", unevaluated=1)
+    steady = chunks.steady_times()
     return {
-        "seed": seed,
-        "evals": evals,
-        "eval_return": evals[-1]["eval_return"],
-        "chunk_times_s": chunk_times,
-        "chunk_compiled": chunk_compiled,
+        **chunks.report(seed),
         "env_steps_per_s": len(steady) * preset.chunk_env_steps / sum(steady) if steady else None,
         "fastest_env_steps_per_s": preset.chunk_env_steps / min(steady) if steady else None,
-        "compile_s": compiles.seconds - compile_start,
-        "alpha": float(metrics["alpha"][-1]),
-        "skipped_updates": int(metrics["skipped_updates"][-1]),
+        "alpha": float(chunks.last["alpha"]),
     }
 
 
@@ -359,10 +301,7 @@ def summarize(ours: list[dict], brax: list[dict]) -> dict:
             "fastest_env_steps_per_s": mean_std([r["fastest_env_steps_per_s"] for r in runs]),
             "eval_return": mean_std([r["eval_return"] for r in runs]),
             "compile_s_seed0": runs[0]["compile_s"],
-            "curve": [
-                {"env_steps": s, **mean_std([r["evals"][i]["eval_return"] for r in runs])}
-                for i, s in enumerate(steps[name])
-            ],
+            "curve": _baselines.curve(runs, "env_steps"),
         }
     for rate in ("env_steps_per_s", "fastest_env_steps_per_s"):
         ours_rate, brax_rate = (summary[n][rate]["mean"] for n in ("ours", "brax"))
@@ -378,14 +317,16 @@ def summarize(ours: list[dict], brax: list[dict]) -> dict:
 
 def format_table(report: dict) -> str:
     """The report as fixed-width text: settings, the two goals, compile time, the return curve."""
-    p, s = report["preset_settings"], report["summary"]
+    p, s = report["config"], report["summary"]
     chunk_steps = p["chunk_updates"] * p["num_envs"]
     ratio, fastest_ratio = (
         "n/a" if s[name] is None else f"{s[name]:.2f}"
         for name in ("speed_ratio", "fastest_speed_ratio")
     )
-    speed_goal = "met" if s["speed_goal_met"] else "NOT met"
-    return_goal = "met" if s["return_goal_met"] else "NOT met"
+    speed_goal, return_goal = (
+        _baselines.met(s["speed_goal_met"]),
+        _baselines.met(s["return_goal_met"]),
+    )
     difference = s["ours"]["eval_return"]["mean"] - s["brax"]["eval_return"]["mean"]
     # Both include the warmup: ours runs it as a chunk of its own, brax's timed first epoch
     # starts with it.
@@ -403,10 +344,7 @@ def format_table(report: dict) -> str:
         f"ours: mbpo sac, jax {report['jax_version']}; brax SAC: brax "
         + f"{report['brax_version']}, jax {report['brax_jax_version']}; device "
         + f"{report['device_kind']}",
-        f"wall time {report['wall_s']:.0f} s (ours {report['ours_wall_s']:.0f} s, "
-        + f"brax {report['brax_wall_s']:.0f} s); load average "
-        + f"{report['load_average_1min_at_start']:.1f} at the start, "
-        + f"{report['load_average_1min_at_end']:.1f} at the end",
+        _baselines.wall_line(report, "brax", "brax"),
         "",
         f"{'':<38}{'ours':>20}{'brax SAC':>20}{'ours/brax':>10}  goal",
         f"{'env steps per s (no compile)':<38}{pm(s['ours']['env_steps_per_s'], digits=0):>20}"
@@ -422,55 +360,28 @@ def format_table(report: dict) -> str:
         + f"{s['brax']['compile_s_seed0']:>20.1f}",
         f"{'warmup + first chunk s, seed 0':<38}{ours_first:>20.1f}{brax_first:>20.1f}",
         "",
-        f"{'eval return by env steps':<38}{'ours':>20}{'brax SAC':>20}",
+        *_baselines.curve_lines(s, "brax", "env_steps", "brax SAC", 38, 1),
     ]
-    for o, b in zip(s["ours"]["curve"], s["brax"]["curve"]):
-        lines.append(f"{o['env_steps']:<38}{pm(o, digits=1):>20}{pm(b, digits=1):>20}")
-    lines.append("(mean +- std over seeds)")
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parses the command line; an unknown preset or a missing ``--brax-python`` exits with 2."""
-    return _baselines.parse_bench_args(
-        argv,
-        prog="python -m experiments.bench_vs_brax_sac",
-        description=__doc__.splitlines()[0],
-        presets=PRESETS,
-        python_flag="--brax-python",
-        default_python=DEFAULT_BRAX_PYTHON,
-        agent="Brax's SAC",
-    )
+EXPERIMENT = harness.Experiment("experiments.bench_vs_brax_sac", __doc__, PRESETS)
+SIDE = _baselines.BraxSide("brax", "Brax's SAC", "experiments.sac_worker", "--brax-python")
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    argv = sys.argv[1:] if argv is None else argv
-    preset = PRESETS[args.preset]
-    start = time.perf_counter()
-    report = {**run_header("experiments.bench_vs_brax_sac", argv), "preset": args.preset}
-    report["preset_settings"] = dataclasses.asdict(preset)
-
-    compiles = CompileLog()
-    dynamics = envs.make(preset.env, backend=preset.backend)
-    config = trainer_config(preset, dynamics.action_size)
-    report["ours_config"] = dataclasses.asdict(config)
-    trainer = make_trainer(config, dynamics)
-    with tempfile.TemporaryDirectory(prefix="sac-jax-cache-") as cache:
-        sides = {
-            "ours": lambda seed: train_ours(trainer, preset, seed, compiles),
-            "brax": lambda seed: _baselines.run_worker(
-                worker_command(preset, args.brax_python, seed, cache)
-            ),
-        }
-        report.update(_baselines.alternate_seeds(preset.seeds, sides))
-    report["brax_command_seed0"] = " ".join(
-        worker_command(preset, args.brax_python, 0, "CACHE_DIR")
+    run = SIDE.parse(EXPERIMENT, argv)
+    preset = run.preset
+    config = trainer_config(preset, envs.make(preset.env, backend=preset.backend).action_size)
+    _baselines.compare(
+        run,
+        SIDE,
+        ours=lambda seed, compiles: train_ours(config, preset, seed, compiles),
+        settings=lambda seed, cache: worker_settings(preset, seed, cache),
+        summarize=summarize,
+        format_table=format_table,
+        config=config,
     )
-    report["brax_jax_version"] = report["brax"][0]["jax_version"]
-    report["brax_version"] = report["brax"][0]["brax_version"]
-    report["summary"] = summarize(report["ours"], report["brax"])
-    finish_report(report, start, args.out, format_table)
 
 
 if __name__ == "__main__":

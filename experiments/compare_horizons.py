@@ -21,11 +21,8 @@ Writes ``gradients.csv``, ``returns.csv``, ``summary.json`` and ``horizons.png``
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import pathlib
-import sys
 import time
 
 import jax
@@ -35,12 +32,13 @@ from jax.flatten_util import ravel_pytree
 
 import envs
 from envs import lqr as lqr_lib
-from mbpo import estimators
+from experiments import harness
+from mbpo import curves, estimators
 from mbpo.agents.loop import run_updates
-from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, train_seeds
-from mbpo.files import csv_text, run_header, write_atomically, write_json, write_text
+from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer
+from mbpo.files import csv_text
 from mbpo.policies import GaussianPolicy
-from mbpo.runner import RunDirError, check_writable
+from mbpo.runner import fit
 
 FULL = None  # the "full" horizon: the whole episode, no critic
 
@@ -87,39 +85,38 @@ class Preset:
 
 
 ALL_HORIZONS = (0, 1, 2, 4, 8, 16, 32, 64, FULL)
+_CPU = Preset(
+    horizons=ALL_HORIZONS,
+    gradient_seeds=16,
+    gradient_batch=64,
+    lqr_episode=200,
+    task="pendulum",
+    ode_episode=200,
+    pretrain_updates=100,
+    budget=200_000,
+    return_horizons=(0, 4, 16, 32, 64, FULL),
+    return_seeds=2,
+    num_envs=32,
+    brax_task="inverted_pendulum",
+    brax_backend="positional",
+    brax_horizons=(1, 8, 32),
+    brax_episode=64,
+    brax_budget=0,
+)
 PRESETS = {
-    "cpu": Preset(
-        horizons=ALL_HORIZONS,
-        gradient_seeds=16,
-        gradient_batch=64,
-        lqr_episode=200,
-        task="pendulum",
-        ode_episode=200,
-        pretrain_updates=100,
-        budget=200_000,
-        return_horizons=(0, 4, 16, 32, 64, FULL),
-        return_seeds=2,
-        num_envs=32,
-        brax_task="inverted_pendulum",
-        brax_backend="positional",
-        brax_horizons=(1, 8, 32),
-        brax_episode=64,
-        brax_budget=0,
-    ),
-    "gpu": Preset(
-        horizons=ALL_HORIZONS,
+    "cpu": _CPU,
+    # One H100, < 10 minutes.
+    "gpu": dataclasses.replace(
+        _CPU,
         gradient_seeds=64,
         gradient_batch=256,
         lqr_episode=400,
-        task="pendulum",
-        ode_episode=200,
         pretrain_updates=300,
         budget=2_000_000,
         return_horizons=ALL_HORIZONS,
         return_seeds=4,
         num_envs=256,
         brax_task="ant",
-        brax_backend="positional",
         brax_horizons=(1, 4, 16, 64, FULL),
         brax_episode=256,
         brax_budget=2_000_000,
@@ -272,22 +269,28 @@ def returns_after_budget(
         config = dataclasses.replace(
             config, num_updates=max(1, budget // (config.num_envs * config.steps_per_update))
         )
-        _, result = train_seeds(config, preset.return_seeds, dynamics=envs.make(env, **env_kwargs))
-        for seed, ret in enumerate(result["eval_return"]):
+        _, history = fit(
+            config,
+            seeds=preset.return_seeds,
+            dynamics=envs.make(env, **env_kwargs),
+            stop_on_divergence=False,
+        )
+        last = curves.seed_rows(history[-1:])
+        for row in last:
             rows.append(
                 {
                     "env": env,
                     "n": label(n),
-                    "seed": seed,
-                    "return": float(ret),
-                    "env_steps": result["env_steps"],
-                    "wall_time": result["wall_time"],
+                    "seed": row["seed"],
+                    "return": float(row["eval_return"]),
+                    "env_steps": row["env_steps"],
+                    "wall_time": row["wall_time"],
                 }
             )
-        r = np.asarray(result["eval_return"])
+        r = np.asarray([row["eval_return"] for row in last])
         print(
             f"{env:>18s}  n = {label(n):>4s}  return {r.mean():9.2f} +- {r.std():7.2f}  "
-            f"({result['env_steps']} env steps, {result['wall_time']:.0f} s)",
+            f"({last[0]['env_steps']} env steps, {last[0]['wall_time']:.0f} s)",
             flush=True,
         )
     return rows
@@ -345,33 +348,18 @@ def plot(gradient_rows: list[dict], return_rows: list[dict]):
     return figure
 
 
-def parse_args(
-    argv=None, prog: str = "python -m experiments.compare_horizons"
-) -> tuple[Preset, argparse.Namespace]:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--preset",
-        choices=tuple(PRESETS),
-        default="cpu",
-        help="cpu: minutes on a laptop CPU; gpu: one H100, < 10 minutes",
-    )
-    parser.add_argument(
-        "--out", type=pathlib.Path, required=True, help="directory for CSV, JSON and PNG"
-    )
+EXPERIMENT = harness.Experiment(
+    "experiments.compare_horizons", __doc__, PRESETS, out=harness.DIRECTORY
+)
+
+
+def main(argv=None) -> None:
+    parser = EXPERIMENT.parser()
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-brax", action="store_true", help="leave out the Brax task")
-    args = parser.parse_args(argv)
-    try:
-        check_writable(args.out)
-    except RunDirError as error:
-        parser.error(f"--out: {error}")
-    return PRESETS[args.preset], args
-
-
-def main(argv=None, prog: str = "python -m experiments.compare_horizons") -> None:
-    preset, args = parse_args(argv, prog)
-    start = time.perf_counter()
-    key = jax.random.key(args.seed)
+    run = EXPERIMENT.parse(argv, parser)
+    preset = run.preset
+    key = jax.random.key(run.args.seed)
     jax.config.update("jax_enable_x64", True)
     gradient_rows = lqr_gradients(preset, jax.random.fold_in(key, 0))
     jax.config.update("jax_enable_x64", False)
@@ -381,7 +369,7 @@ def main(argv=None, prog: str = "python -m experiments.compare_horizons") -> Non
     return_rows = returns_after_budget(
         preset.task, preset, preset.return_horizons, preset.ode_episode, preset.budget
     )
-    if preset.brax_task and not args.skip_brax:
+    if preset.brax_task and not run.args.skip_brax:
         brax = {"backend": preset.brax_backend}
         gradient_rows += trained_gradients(
             preset.brax_task,
@@ -401,21 +389,21 @@ def main(argv=None, prog: str = "python -m experiments.compare_horizons") -> Non
                 **brax,
             )
     summary = {
-        **run_header(
-            "experiments.compare_horizons", list(argv if argv is not None else sys.argv[1:])
-        ),
-        "preset": dataclasses.asdict(preset),
-        "wall_time": time.perf_counter() - start,
+        **run.header(),
+        "wall_time": time.perf_counter() - run.start,
         "gradients": gradient_rows,
         "returns": return_rows,
     }
-    write_text(args.out / "gradients.csv", csv_text(gradient_rows))
-    write_text(args.out / "returns.csv", csv_text(return_rows))
-    write_json(args.out / "summary.json", summary)
-    figure = plot(gradient_rows, return_rows)
-    write_atomically(args.out / "horizons.png", lambda f: figure.savefig(f, format="png", dpi=110))
+    run.write(
+        {
+            "gradients.csv": csv_text(gradient_rows),
+            "returns.csv": csv_text(return_rows),
+            "summary.json": summary,
+            "horizons.png": plot(gradient_rows, return_rows),
+        }
+    )
     print(
-        f"wrote {args.out}/{{gradients.csv, returns.csv, summary.json, horizons.png}} in "
+        f"wrote {run.out}/{{gradients.csv, returns.csv, summary.json, horizons.png}} in "
         f"{summary['wall_time']:.0f} s"
     )
 

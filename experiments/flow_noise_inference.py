@@ -35,10 +35,8 @@ Runs in float64 (Phi^-1(F) of a tail sample needs it). Run as
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
-import sys
 import time
 from typing import NamedTuple
 
@@ -47,9 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.stats import norm
 
-from experiments.bench_unroll import json_path
+from experiments import harness
 from mbpo.dynamics import FunctionDynamics, State
-from mbpo.files import finish_report, run_header
 from mbpo.flows import ConditionalFlow, fit_flow, flow_dynamics
 from mbpo.noise_inference import infer_dynamics_noise
 from mbpo.types import Array, Float, PRNGKey
@@ -351,10 +348,8 @@ def format_table(report: dict) -> str:
     """The summary as fixed-width text: mean over seeds (std over seeds in brackets)."""
     preset = report["config"]
     lines = [
-        f"jax {report['jax_version']} on {report['device_kind']} ({report['platform']}), "
-        + f"preset {report['preset']}, {report['date']}, wall time {report['wall_s']:.1f} s, "
-        + f"load average {report['load_average_1min_at_start']:.1f} at the start",
-        f"command: {report['command']}",
+        *harness.report_lines(report),
+        f"date {report['date']}",
         f"{preset['seeds']} seeds x ({preset['n_train']} train, {preset['n_test']} held-out) "
         "transitions; "
         + f"KS 5% critical value {1.36 / np.sqrt(preset['n_test']):.3f}; mean over seeds [std]",
@@ -367,35 +362,22 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parses the command line; an unknown preset or a bad ``--out`` exits with code 2."""
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.flow_noise_inference", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="run sizes")
-    parser.add_argument(
-        "--out", type=json_path, metavar="PATH.json", help="JSON file for the report"
-    )
-    return parser.parse_args(argv)
+EXPERIMENT = harness.Experiment("experiments.flow_noise_inference", __doc__, PRESETS)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    argv = sys.argv[1:] if argv is None else argv
+    run = EXPERIMENT.parse(argv)
     jax.config.update("jax_enable_x64", True)
-    preset, task = PRESETS[args.preset], Task()
-    start = time.perf_counter()
-    rows = [row for seed in range(preset.seeds) for row in run_seed(task, preset, seed)]
+    task = Task()
+    rows = [row for seed in range(run.preset.seeds) for row in run_seed(task, run.preset, seed)]
     report = {
-        **run_header("experiments.flow_noise_inference", argv),
+        **run.header(),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "preset": args.preset,
-        "config": dataclasses.asdict(preset),
         "task": dataclasses.asdict(task),
         "summary": aggregate(rows),
         "rows": rows,
     }
-    finish_report(report, start, args.out, format_table)
+    run.finish(report, format_table)
 
 
 if __name__ == "__main__":

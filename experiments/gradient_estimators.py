@@ -245,13 +245,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[ExperimentConfig, argpars
         default="cpu",
         help="sizes; explicit options override them",
     )
-    add_arguments(parser, ExperimentConfig)
+    add_arguments(parser, ExperimentConfig, defaults={})
     parser.add_argument("--out", type=pathlib.Path, help="JSON file for the summary")
     parser.add_argument("--plot", type=pathlib.Path, help="PNG file for a violin plot")
-    preset, _ = parser.parse_known_args(argv)
-    parser.set_defaults(**PRESETS[preset.preset])
     args = parser.parse_args(argv)
-    return build(parser, ExperimentConfig, args), args
+    return build(parser, ExperimentConfig, args, PRESETS[args.preset]), args
 
 
 def main(argv: list[str] | None = None) -> None:

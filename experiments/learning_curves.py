@@ -23,19 +23,18 @@ ratio of SAC's env steps to each algorithm's (the issue's goal: SVG(n) with a cr
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import pathlib
-import sys
 import time
 
 import numpy as np
 
-from experiments.compare_estimators import plot, seed_rows
-from mbpo.agents import loop, registry
+from experiments import harness
+from mbpo import curves
+from mbpo.agents import registry
 from mbpo.agents.off_policy import OffPolicyConfig
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig
-from mbpo.files import csv_text, run_header, write_atomically, write_json, write_text
+from mbpo.compare import compare
+from mbpo.files import csv_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,90 +329,63 @@ def format_table(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(preset: Preset, only: list[str] | None = None, report=None) -> list[dict]:
-    """Trains every algorithm of every task (``only``: a subset of algorithm names); after each
-    one, ``report(rows so far)`` (results are written as they come, so a cut run keeps them)."""
-    configs = [
-        (task, name, make_config(task, name, overrides))
+def train(preset: Preset, only: list[str] | None = None, report=None) -> list[dict]:
+    """Trains every algorithm of every task (``only``: a subset of algorithm names) with
+    :func:`mbpo.compare.compare`; after each one, ``report(rows so far)`` (results are written as
+    they come, so a cut run keeps them). Every config is built, and so validated, first."""
+    variants = [
+        (task, {n: make_config(task, n, o) for n, o in task.algorithms if not only or n in only})
         for task in preset.tasks
-        for name, overrides in task.algorithms
     ]
-    rows = []
-    for task, name, config in configs:  # all configs are validated above, before anything trains
-        if only and name not in only:
-            continue
-        start = time.perf_counter()
-        _, result = loop.train_seeds(registry.make_trainer(config), preset.seeds)
-        for row in seed_rows(name, result, key="algorithm"):
-            rows.append({"task": task.env, **row})
-        final = np.asarray(result["eval_return"])
-        print(
-            f"{task.env:>18s} {name:>14s}: return {final.mean():9.2f} (min {final.min():9.2f}) "
-            f"after {result['env_steps']} env steps, "
-            f"{time.perf_counter() - start:.0f} s",
-            flush=True,
-        )
-        if report is not None:
-            report(rows)
+    rows: list[dict] = []
+    for task, configs in variants:
+        done = list(rows)
+
+        def on_done(mine, task=task, done=done):
+            rows[:] = done + [{"task": task.env, **r} for r in mine]
+            if report is not None:
+                report(rows)
+
+        compare(configs, preset.seeds, "algorithm", on_done=on_done)
     return rows
 
 
-def write_results(
-    out: pathlib.Path, rows: list[dict], preset: Preset, preset_name: str, header: dict
-) -> str:
+def write_results(run: harness.Run, rows: list[dict]) -> str:
     """curves.csv, summary.json, summary.md and curves_<task>.png of ``rows``; returns the table"""
+    preset, header = run.preset, run.header()
     table = summarize(rows, preset)
-    write_text(out / "curves.csv", csv_text(rows))
-    write_json(
-        out / "summary.json",
-        {**header, "preset": preset_name, "seeds": preset.seeds, "summary": table},
-    )
     text = format_table(table)
-    write_text(
-        out / "summary.md",
-        f"# Learning curves ({preset_name} preset, {preset.seeds} seeds)\n\n"
+    files = {
+        "curves.csv": csv_text(rows),
+        "summary.json": {**header, "seeds": preset.seeds, "summary": table},
+        "summary.md": f"# Learning curves ({run.args.preset} preset, {preset.seeds} seeds)\n\n"
         f"`{header['command']}`, {time.strftime('%Y-%m-%d')}, jax {header['jax_version']} on "
-        f"{header['device_kind']} "
-        f"(load {header['load_average_1min_at_start']:.1f} at start)\n\n{text}\n",
-    )
+        f"{header['device_kind']} (load {header['load_average_1min_at_start']:.1f} at start)"
+        f"\n\n{text}\n",
+    }
     for task in preset.tasks:
         mine = [r for r in rows if r["task"] == task.env]
         if mine:
-            figure = plot(
-                mine,
-                f"{task.env}, {preset.seeds} seeds",
-                key="algorithm",
-                threshold=task.threshold,
-                log_x=True,
+            title = f"{task.env}, {preset.seeds} seeds"
+            files[f"curves_{task.env}.png"] = curves.plot(
+                mine, title, "algorithm", threshold=task.threshold, log_x=True
             )
-            write_atomically(
-                out / f"curves_{task.env}.png",
-                lambda f, fig=figure: fig.savefig(f, format="png", dpi=110),
-            )
+    run.write(files)
     return text
 
 
+EXPERIMENT = harness.Experiment(
+    "experiments.learning_curves", __doc__, PRESETS, out=harness.DIRECTORY
+)
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.learning_curves", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument(
-        "--preset",
-        choices=tuple(PRESETS),
-        default="cpu",
-        help="cpu (minutes here) or gpu (one H100)",
-    )
+    parser = EXPERIMENT.parser()
     parser.add_argument("--only", nargs="+", help="run only these algorithm names of the preset")
     parser.add_argument("--tasks", nargs="+", help="run only these tasks of the preset")
     parser.add_argument("--seeds", type=int, help="override the preset's seeds")
-    parser.add_argument(
-        "--out", type=pathlib.Path, required=True, help="directory for CSV, JSON, Markdown and PNG"
-    )
-    args = parser.parse_args(argv)
-    if args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out {args.out} exists and is not a directory")
-    preset = PRESETS[args.preset]
+    run = EXPERIMENT.parse(argv, parser)
+    preset, args = run.preset, run.args
     if args.seeds is not None:
         if args.seeds < 1:
             parser.error(f"--seeds must be >= 1, got {args.seeds}")
@@ -434,13 +406,9 @@ def main(argv: list[str] | None = None) -> None:
             f"--only: unknown algorithm names {sorted(set(args.only) - names)}; this preset has "
             f"{sorted(names)}"
         )
-    header = run_header("experiments.learning_curves", argv)
-    rows = run(
-        preset,
-        args.only,
-        report=lambda rows: write_results(args.out, rows, preset, args.preset, header),
-    )
-    print(write_results(args.out, rows, preset, args.preset, header))
+    run.preset = preset
+    rows = train(preset, args.only, report=lambda rows: write_results(run, rows))
+    print(write_results(run, rows))
     print(f"wrote {args.out}/{{curves.csv, summary.json, summary.md, curves_<task>.png}}")
 
 

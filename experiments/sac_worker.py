@@ -53,32 +53,24 @@ import dataclasses
 import functools
 import time
 
+from experiments import harness
 from experiments._baselines import (
     BraxProgress,
+    WorkerSettings,
     import_jax,
-    option,
-    parse_settings,
     worker_header,
     worker_main,
 )
+from mbpo import cli
+from mbpo.cli import option
 
 START = time.perf_counter()
 
-ACTIVATIONS = ("relu", "tanh", "elu", "swish")
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SacSettings:
+class SacSettings(WorkerSettings):
     """One brax SAC run; the help of each field says which ``sac.train`` argument it sets."""
 
-    env: str = option("inverted_pendulum", "Brax environment name (``brax.envs.get_environment``).")
-    backend: str = option(
-        "positional", "Brax physics pipeline: generalized | positional | spring | mjx."
-    )
-    num_envs: int = option(16, "Parallel training environments (``num_envs``).")
-    episode_length: int = option(
-        200, "Steps before an environment is truncated and reset, in training and evaluation."
-    )
     env_steps: int = option(
         14336,
         "Env steps in all, the warmup included (``num_timesteps``); env_steps - warmup_steps must "
@@ -89,53 +81,21 @@ class SacSettings:
         "Env steps of the initial policy that fill the replay buffer before any gradient step "
         "(``min_replay_size``); a multiple of num_envs.",
     )
-    num_evals: int = option(
-        7,
-        "Evaluations, the one before training included (``num_evals``); >= 3, since the first "
-        "training epoch compiles.",
-    )
     batch_size: int = option(256, "Transitions per gradient step (``batch_size``).")
     grad_updates_per_step: int = option(
         8, "Gradient steps per step of all envs (``grad_updates_per_step``)."
     )
-    learning_rate: float = option(
-        1e-3, "Adam learning rate of policy and critics (``learning_rate``)."
-    )
     discount: float = option(0.99, "Discount gamma (``discounting``).")
     tau: float = option(0.005, "Polyak rate of the target critics (``tau``).")
     max_replay_size: int = option(100_000, "Replay buffer size (``max_replay_size``).")
-    hidden: tuple[int, ...] = option(
-        (64, 64),
-        "Hidden layer sizes of policy and critics (``hidden_layer_sizes`` of "
-        "``make_sac_networks``).",
-    )
-    activation: str = option("relu", "Hidden activation: relu | tanh | elu | swish.")
     reward_scaling: float = option(1.0, "Reward multiplier in the critic target.")
-    normalize_observations: bool = option(
-        False, "Running mean/std normalization of observations (``normalize_observations``)."
-    )
-    deterministic_eval: bool = option(
-        True, "Evaluate the mode tanh(mu) rather than a sample (``deterministic_eval``)."
-    )
-    eval_envs: int = option(128, "Episodes per evaluation (``num_eval_envs``).")
-    seed: int = option(0, "Random seed (``seed``).")
-    compilation_cache: str | None = option(
-        None, "Folder of jax's persistent compilation cache; none: no cache."
-    )
 
     def __post_init__(self):
-        for name in (
-            "num_envs",
-            "episode_length",
-            "env_steps",
-            "warmup_steps",
-            "batch_size",
-            "grad_updates_per_step",
-            "max_replay_size",
-            "eval_envs",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        super().__post_init__()
+        harness.check_positive(
+            self, "env_steps", "warmup_steps", "batch_size", "grad_updates_per_step"
+        )
+        harness.check_positive(self, "max_replay_size")
         if self.num_evals < 3:
             raise ValueError(
                 f"num_evals must be >= 3 (the first epoch compiles), got {self.num_evals}"
@@ -152,16 +112,9 @@ class SacSettings:
                 f"positive multiple of (num_evals - 1) num_envs = {per_epoch} (brax rounds the "
                 "steps per epoch up)"
             )
-        if self.activation not in ACTIVATIONS:
+        if not 0 < self.discount <= 1 or not 0 < self.tau <= 1:
             raise ValueError(
-                f"unknown activation {self.activation!r}; allowed: {', '.join(ACTIVATIONS)}"
-            )
-        if not self.hidden or min(self.hidden) < 1:
-            raise ValueError(f"hidden must be a non-empty tuple of sizes >= 1, got {self.hidden}")
-        if self.learning_rate <= 0 or not 0 < self.discount <= 1 or not 0 < self.tau <= 1:
-            raise ValueError(
-                "need learning_rate > 0, 0 < discount <= 1 and 0 < tau <= 1; got "
-                f"{self.learning_rate}, {self.discount}, {self.tau}"
+                f"need 0 < discount <= 1 and 0 < tau <= 1; got {self.discount}, {self.tau}"
             )
 
     @property
@@ -172,9 +125,7 @@ class SacSettings:
 
 def parse(argv: list[str] | None = None) -> SacSettings:
     """``--field-name`` options for the fields of :class:`SacSettings`; bad values exit with 2."""
-    return parse_settings(
-        SacSettings, argv, prog="sac_worker.py", description=__doc__.splitlines()[0]
-    )
+    return cli.parse(SacSettings, argv, prog="sac_worker.py", description=__doc__.splitlines()[0])
 
 
 def run(settings: SacSettings) -> dict:

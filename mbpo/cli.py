@@ -24,6 +24,14 @@ def option(default: Any, help: str, **kwargs) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
 
 
+def check_positive(config: Any, *names: str, minimum: int = 1) -> None:
+    """Raises ValueError naming the first field of ``names`` below ``minimum`` (a config's
+    ``__post_init__`` check of its sizes and counts)."""
+    for name in names:
+        if getattr(config, name) < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {getattr(config, name)}")
+
+
 def _parser_for(annotation: Any) -> tuple[Any, dict]:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -95,34 +103,52 @@ def check_field_types(cls: type, values: dict) -> None:
             )
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = ()) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    exclude: Sequence[str] = (),
+    *,
+    defaults: dict | None = None,
+) -> None:
     """Adds ``--field-name`` options for every field of the dataclass ``cls`` (but ``exclude``:
-    :func:`build` then takes their defaults)."""
+    :func:`build` then takes their defaults). With ``defaults`` (a preset's values, shown in the
+    help) an option left out is absent from the parsed namespace, so that :func:`build` with the
+    same ``defaults`` tells the preset's values from the ones given: one parse."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         if field.name in exclude:
             continue
         convert, extra = _parser_for(hints[field.name])
         choices = field.metadata.get("choices")
+        shown = field.default if defaults is None else defaults.get(field.name, field.default)
         parser.add_argument(
             f"--{field.name.replace('_', '-')}",
             dest=field.name,
             type=convert,
-            default=field.default,
+            default=field.default if defaults is None else argparse.SUPPRESS,
             choices=choices,
-            help=f"{field.metadata.get('help', '')} (default: {field.default})",
+            help=f"{field.metadata.get('help', '')} (default: {shown})",
             **extra,
         )
 
 
-def build(parser: argparse.ArgumentParser, cls: type[T], args: argparse.Namespace) -> T:
-    """The dataclass from parsed ``args``; a validation error exits with code 2 naming the value."""
-    values = {}
+def build(
+    parser: argparse.ArgumentParser,
+    cls: type[T],
+    args: argparse.Namespace,
+    defaults: dict | None = None,
+    **fixed,
+) -> T:
+    """The dataclass from parsed ``args`` over ``defaults`` (see :func:`add_arguments`) and the
+    fields' own defaults, with ``fixed`` values last; a validation error exits with code 2 naming
+    the value."""
+    values = dict(defaults or {})
     for field in dataclasses.fields(cls):
         if not hasattr(args, field.name):
-            continue  # an excluded option: the field's default
+            continue  # an excluded or left-out option: the default
         value = getattr(args, field.name)
         values[field.name] = tuple(value) if isinstance(value, list) else value
+    values.update(fixed)
     try:
         return cls(**values)
     except (ValueError, TypeError) as error:

@@ -8,7 +8,7 @@
     mbpo train --resume runs/svg32 --num-updates 3000             ... and extend it
     mbpo train --config runs/svg32/config.json  replay a run's settings
     mbpo evaluate runs/svg32 --episodes 64 --render
-    mbpo compare horizons --preset cpu --out runs/horizons
+    mbpo compare horizons --env pendulum --horizons 0 1 4 full --out runs/horizons
     mbpo compare estimators --env pendulum --estimators svg dpmb_r bpo --out DIR
 
 Exit codes: 0 done; 2 bad input (named, before anything is compiled or written) or an unusable
@@ -121,7 +121,7 @@ def _train(
 ) -> None:
     """``mbpo train``: the config from the command line (or the saved one of ``--resume``), then
     :func:`mbpo.runner.fit` into the run directory."""
-    from mbpo import runner
+    from mbpo import curves, runner
     from mbpo.agents import loop
 
     if args.seeds < 1:
@@ -168,9 +168,7 @@ def _train(
             f"{history[-1]['env_steps']} env steps"
         )
     if config.target_return is not None:
-        _report_target(
-            runner.seed_rows(history) if seeds > 1 else history, config.target_return, seeds
-        )
+        _report_target(curves.seed_rows(history), config.target_return, seeds)
     print(
         f"wrote {run_dir}/{{{runner.CONFIG}, {runner.METRICS}, {runner.CHECKPOINTS}/, "
         f"{runner.CURVE}, {runner.TENSORBOARD}/}}"
@@ -403,14 +401,9 @@ def _config_defaults(parser, path: pathlib.Path, config_class: type, given: set[
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:
-        from experiments import compare_estimators, compare_horizons
+        from mbpo import compare
 
-        kinds = {"horizons": compare_horizons.main, "estimators": compare_estimators.main}
-        if len(argv) < 2 or argv[1] not in kinds:
-            make_parser().error(
-                f"mbpo compare needs one of: {', '.join(kinds)} (then --help), got {argv[1:2]}"
-            )
-        kinds[argv[1]](argv[2:], prog=f"mbpo compare {argv[1]}")
+        compare.main(argv[1:])
         return
     train_config = _train_config_class(argv) if argv[:1] == ["train"] else None
     parser = make_parser(train_config)

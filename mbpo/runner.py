@@ -41,8 +41,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mbpo import curves
 from mbpo.agents import loop, registry
-from mbpo.files import csv_text, write_atomically, write_json, write_text
+from mbpo.files import csv_text, write_json, write_text
 
 CONFIG, METRICS, CHECKPOINTS, CURVE, TENSORBOARD = (
     "config.json",
@@ -390,45 +391,10 @@ def write_metrics(run_dir: pathlib.Path, history: list[dict]) -> None:
 def plot_learning_curve(
     run_dir: pathlib.Path, rows: list[dict], title: str, x: str = "env_steps"
 ) -> None:
-    """Evaluation return against ``x`` (env steps, or updates for the batch methods, whose data is
-    fixed); with a ``seed`` column, the mean over seeds with a band from the lowest to the
-    highest."""
-    from matplotlib.figure import Figure
-
-    steps = sorted({r[x] for r in rows})
-    returns = np.array([[r["eval_return"] for r in rows if r[x] == s] for s in steps])
-    figure = Figure(figsize=(6, 4))
-    axes = figure.subplots()
-    axes.plot(
-        steps,
-        returns.mean(1),
-        "o-",
-        label=f"mean of {returns.shape[1]} seeds" if returns.shape[1] > 1 else None,
-    )
-    if returns.shape[1] > 1:
-        axes.fill_between(
-            steps, returns.min(1), returns.max(1), alpha=0.25, label="min-max over seeds"
-        )
-        axes.legend(fontsize=8)
-    axes.set_xlabel("environment steps" if x == "env_steps" else x.replace("_", " "))
-    axes.set_ylabel("evaluation return")
-    axes.set_title(title, fontsize=9)
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    write_atomically(run_dir / CURVE, lambda file: figure.savefig(file, format="png", dpi=110))
-
-
-def seed_rows(history: list[dict]) -> list[dict]:
-    """One row per evaluation and seed of a multi-seed history: every list-valued field
-    (``eval_return`` and the last update's metrics, one entry per seed) becomes that seed's
-    value."""
-    rows = []
-    for record in history:
-        per_seed = {k: v for k, v in record.items() if isinstance(v, list)}
-        shared = {k: v for k, v in record.items() if k not in per_seed}
-        for seed in range(len(record["eval_return"])):
-            rows.append({**shared, "seed": seed, **{k: v[seed] for k, v in per_seed.items()}})
-    return rows
+    """RUN_DIR/learning_curve.png: evaluation return against ``x`` (env steps, or updates for the
+    batch methods, whose data is fixed); with a ``seed`` column, the mean over seeds with a band
+    from the lowest to the highest (:func:`mbpo.curves.plot`)."""
+    curves.save_png(run_dir / CURVE, curves.plot(rows, title, x=x))
 
 
 # --- one way to train ---------------------------------------------------------------------------
@@ -453,7 +419,9 @@ class Checkpoints:
     def __call__(self, record: dict, state) -> None:
         self.history.append(record)
         save_checkpoint(self.run_dir, state, self.history)
-        write_metrics(self.run_dir, seed_rows(self.history) if self.seeds > 1 else self.history)
+        write_metrics(
+            self.run_dir, curves.seed_rows(self.history) if self.seeds > 1 else self.history
+        )
 
 
 class TensorBoard:
@@ -531,6 +499,7 @@ def fit(
     callbacks=(),
     progress: bool = True,
     dynamics=None,
+    stop_on_divergence: bool = True,
 ):
     """Trains ``config`` (``seeds`` > 1: that many seeds in one vmapped program): the one way to
     train, under ``mbpo train`` and the experiments.
@@ -544,16 +513,21 @@ def fit(
       seeds: seeds trained side by side (keys split from ``config.seed``).
       resume: continue the run in ``run_dir`` from its newest verified checkpoint
         (``from_checkpoint``: that older one, setting the newer ones aside).
-      callbacks: ``callback(record, state)`` after every evaluation, after the checkpoint.
+      callbacks: ``callback(record, state)`` after every evaluation, after the checkpoint; one
+        with a ``begin(trainer, state)`` method is handed the trainer and the state the run starts
+        from before the first update (to evaluate the untrained policy, say).
       progress: a progress bar on stdout (with ``run_dir``).
       dynamics: a :class:`mbpo.dynamics.base.Dynamics` instead of the registered task.
+      stop_on_divergence: raise :class:`mbpo.agents.loop.Diverged` when a seed diverges; off, a
+        comparison keeps the seeds that did not (their records hold the non-finite values).
 
     Returns:
       (state, history); with seeds > 1 the history's metrics are per-seed lists.
 
     Raises:
       RunDirError: a directory or checkpoint that cannot be used (nothing was overwritten).
-      mbpo.agents.loop.Diverged: every update of a chunk was skipped, or the return is not finite.
+      mbpo.agents.loop.Diverged: every update of a chunk was skipped, or the return is not finite
+        (with ``stop_on_divergence``).
     """
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
@@ -563,7 +537,7 @@ def fit(
         raise ValueError("from_checkpoint needs resume=True")
     trainer = registry.make_trainer(config, dynamics)
     if run_dir is None:
-        return _train(trainer, seeds, list(callbacks), None)
+        return _train(trainer, seeds, list(callbacks), None, stop_on_divergence)
     run_dir = pathlib.Path(run_dir)
     with claim(run_dir, resume=resume):
         start = _resume_point(run_dir, trainer, seeds, from_checkpoint) if resume else None
@@ -580,24 +554,35 @@ def fit(
                 )
             )
         try:
-            state, history = _train(trainer, seeds, [*writers, *callbacks], start)
+            state, history = _train(
+                trainer, seeds, [*writers, *callbacks], start, stop_on_divergence
+            )
         finally:
             for writer in writers:
                 getattr(writer, "close", lambda: None)()
-        rows = seed_rows(history) if seeds > 1 else history
+        rows = curves.seed_rows(history) if seeds > 1 else history
         title = f"{config.label} on {config.env}" + (f", {seeds} seeds" if seeds > 1 else "")
         plot_learning_curve(run_dir, rows, title, x=x)
         return state, history
 
 
-def _train(trainer, seeds: int, callbacks: list, start):
+def _train(trainer, seeds: int, callbacks: list, start, stop_on_divergence: bool):
     def callback(record, state):
         for c in callbacks:
             c(record, state)
 
+    starting = [c for c in callbacks if hasattr(c, "begin")]
+    if starting:
+        if start is None:
+            start = (loop.initial_state(trainer, seeds), [])
+        for c in starting:
+            c.begin(trainer, start[0])
+
     if seeds > 1:
         state, result = loop.train_seeds(
-            trainer, seeds, callback=callback, resume=start, stop_on_divergence=True
+            trainer, seeds, callback=callback, resume=start, stop_on_divergence=stop_on_divergence
         )
         return state, result["history"]
-    return loop.train(trainer, callback=callback, resume=start)
+    return loop.train(
+        trainer, callback=callback, resume=start, stop_on_divergence=stop_on_divergence
+    )

@@ -10,7 +10,8 @@ SCRIPT = textwrap.dedent(
     """
     import jax, numpy as np
     from mbpo.agents.loop import run_updates
-    from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, train
+    from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer
+    from mbpo.runner import fit
     from mbpo.parallel import make_mesh, shard_train_state
     assert jax.device_count() == 4
     config = UnrollTrainerConfig(env="lqr", estimator="svg", horizon=3, num_envs=16,
@@ -25,10 +26,10 @@ SCRIPT = textwrap.dedent(
     for a, b in zip(jax.tree.leaves((single.policy.params, single.critic.params)),
     jax.tree.leaves((sharded.policy.params, sharded.critic.params))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-    final, history = train(config)  # train() shards by itself over every device
+    final, history = fit(config)  # fit() shards by itself over every device
     assert len(final.env_states.obs.sharding.device_set) == 4 and len(history) == 2
     try:
-        train(config.__class__(**{**config.__dict__, "num_envs": 6}))
+        fit(config.__class__(**{**config.__dict__, "num_envs": 6}))
     except ValueError as error:
         assert "num_envs=6 must be a multiple of the 4 devices" in str(error)
     else:

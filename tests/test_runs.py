@@ -339,18 +339,18 @@ def test_target_return_reports_when_it_is_first_reached(tmp_path, capsys):
 def test_compare_validates_everything_before_training_and_writes_after_each_estimator(
     tmp_path, monkeypatch, capsys
 ):
-    from experiments import compare_estimators
+    from mbpo import compare
 
     trained = []
-    real = compare_estimators.train_seeds
+    real = compare.fit
 
-    def counting(config, seeds):
+    def counting(config, **kwargs):
         trained.append(config.estimator)
         if len(trained) == 2:
             raise RuntimeError("crash in the second estimator")
-        return real(config, seeds)
+        return real(config, **kwargs)
 
-    monkeypatch.setattr(compare_estimators, "train_seeds", counting)
+    monkeypatch.setattr(compare, "fit", counting)
     tiny = [a for a in TINY if a not in ("--horizon", "3")]
     blocker = tmp_path / "file"
     blocker.write_text("")

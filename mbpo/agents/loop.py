@@ -260,8 +260,9 @@ def train(
 
     Returns:
       The final state and the history: one record per evaluation with ``updates``, ``env_steps``,
-      ``wall_time`` (s, compilation included, summed over resumed runs), ``eval_return`` and the
-      last update's metrics.
+      ``wall_time`` (s, compilation included, summed over resumed runs), ``eval_return``, the
+      last update's metrics and ``update_time`` (s spent in this chunk's updates, evaluation
+      excluded, compilation included).
     """
     config = trainer.config
     devices = jax.device_count()
@@ -282,12 +283,15 @@ def train(
     start = time.perf_counter()
     for num, done in _chunks(config, int(ts.updates)):
         skipped_before = history[-1].get("skipped_updates", 0) if history else 0
-        ts, metrics = run_updates(trainer, ts, num)
+        chunk_start = time.perf_counter()
+        ts, metrics = jax.block_until_ready(run_updates(trainer, ts, num))
+        update_time = time.perf_counter() - chunk_start
         record = {
             "updates": done,
             "env_steps": int(ts.env_steps),
             "eval_return": float(evaluate_jit(ts, eval_key)),
             **{k: float(v[-1]) for k, v in metrics.items()},
+            "update_time": update_time,
         }
         record["wall_time"] = offset + time.perf_counter() - start
         if stop_on_divergence:
@@ -347,7 +351,9 @@ def train_seeds(
         skipped_before = (
             history[-1].get("skipped_updates", [0] * num_seeds) if history else [0] * num_seeds
         )
-        ts, metrics = _run_updates_seeds(trainer, ts, num)
+        chunk_start = time.perf_counter()
+        ts, metrics = jax.block_until_ready(_run_updates_seeds(trainer, ts, num))
+        update_time = time.perf_counter() - chunk_start
         metrics = jax.device_get(metrics)
         record = {
             "updates": done,
@@ -355,6 +361,7 @@ def train_seeds(
             "wall_time": offset + time.perf_counter() - start,
             "eval_return": jax.device_get(evaluate_seeds(ts, eval_keys)).tolist(),
             **{k: np.asarray(v)[:, -1].tolist() for k, v in metrics.items()},
+            "update_time": update_time,
         }
         if stop_on_divergence:
             for seed in range(num_seeds):

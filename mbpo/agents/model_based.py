@@ -43,7 +43,7 @@ from mbpo.agents import loop
 from mbpo.agents.common import evaluate_config, reset_finished
 from mbpo.agents.loop import Trainer
 from mbpo.agents.off_policy import Agent, Learner, OffPolicyConfig, make_agent
-from mbpo.cli import option
+from mbpo.cli import check_positive, option
 from mbpo.critics import q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.flows import FlowPolicy
@@ -150,7 +150,8 @@ class ModelBasedConfig(loop.TaskFields):
                     f"unknown {name} {getattr(self, name)!r}; allowed: {', '.join(allowed)}"
                 )
         loop.check_task(self.env, self.brax_backend)
-        for name in (
+        check_positive(
+            self,
             "horizon",
             "num_envs",
             "episode_length",
@@ -170,9 +171,7 @@ class ModelBasedConfig(loop.TaskFields):
             "model_buffer_capacity",
             "eval_every",
             "eval_envs",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        )
         if self.elites > self.members:
             raise ValueError(f"elites must be <= members = {self.members}, got {self.elites}")
         if self.rollout_min > self.rollout_max or self.rollout_from > self.rollout_to:

@@ -44,7 +44,7 @@ from mbpo import estimators
 from mbpo.agents import batch, loop
 from mbpo.agents.common import evaluate_config, reset_finished
 from mbpo.agents.loop import Trainer
-from mbpo.cli import option
+from mbpo.cli import check_positive, option
 from mbpo.critics import (
     Bootstrap,
     CriticTarget,
@@ -158,7 +158,8 @@ class OffPolicyConfig(loop.TaskFields):
             raise ValueError(
                 f"unknown optimizer {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}"
             )
-        for name in (
+        check_positive(
+            self,
             "num_envs",
             "episode_length",
             "num_updates",
@@ -174,9 +175,7 @@ class OffPolicyConfig(loop.TaskFields):
             "window",
             "eval_every",
             "eval_envs",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        )
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.num_envs > self.buffer_capacity:

@@ -16,7 +16,6 @@ One trainer, configured by the estimator (:mod:`mbpo.estimators`):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -35,8 +34,8 @@ from mbpo.agents.common import (
     normalizer_update,
     reset_finished,
 )
-from mbpo.agents.loop import Trainer, first_to_reach
-from mbpo.cli import option
+from mbpo.agents.loop import Trainer
+from mbpo.cli import check_positive, option
 from mbpo.critics import QCritic, q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.optim import TrainState, guarded
@@ -94,7 +93,8 @@ class UnrollTrainerConfig(loop.TaskFields):
         if self.policy is not None and self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; allowed: {', '.join(POLICIES)}")
         estimators.check_horizon(self.estimator, self.horizon)
-        for name in (
+        check_positive(
+            self,
             "num_envs",
             "episode_length",
             "num_updates",
@@ -102,9 +102,7 @@ class UnrollTrainerConfig(loop.TaskFields):
             "critic_minibatches",
             "eval_every",
             "eval_envs",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        )
         if self.num_envs * self.steps_per_update % self.critic_minibatches:
             raise ValueError(
                 f"critic_minibatches={self.critic_minibatches} must divide num_envs * window = "
@@ -357,57 +355,3 @@ def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
         critic_opt=_optimizer(config, config.critic_lr),
     )
     return Trainer.of(u, policy=policy, critic=u.critic)
-
-
-def train(
-    config: UnrollTrainerConfig,
-    *,
-    dynamics: Dynamics | None = None,
-    callback: Callable[[dict, UnrollState], None] | None = None,
-    resume: tuple[UnrollState, list[dict]] | None = None,
-) -> tuple[UnrollState, list[dict]]:
-    """:func:`mbpo.agents.loop.train` of ``make_trainer(config, dynamics)``."""
-    return loop.train(make_trainer(config, dynamics), callback=callback, resume=resume)
-
-
-def train_seeds(
-    config: UnrollTrainerConfig, num_seeds: int, *, dynamics: Dynamics | None = None
-) -> tuple[UnrollState, dict]:
-    """:func:`mbpo.agents.loop.train_seeds` of ``make_trainer(config, dynamics)``."""
-    return loop.train_seeds(make_trainer(config, dynamics), num_seeds)
-
-
-def main(argv=None) -> None:
-    from mbpo.cli import parse
-
-    config = parse(UnrollTrainerConfig, argv, prog="python -m mbpo.agents.unroll_trainer")
-    print(f"training {config.estimator} (n = {config.horizon}) on {config.env}")
-
-    def report(r, _):
-        print(
-            f"updates {r['updates']:5d}  env steps {r['env_steps']:8d}  eval return "
-            f"{r['eval_return']:9.2f}  "
-            f"grad norm {r['grad_norm']:8.3f}  critic loss {r['critic_loss']:8.4f}  "
-            f"{r['wall_time']:6.1f} s",
-            flush=True,
-        )
-
-    _, history = train(config, callback=report)
-    if config.target_return is not None:
-        hit = first_to_reach(history, config.target_return)
-        if hit is None:
-            print(
-                f"eval return never reached {config.target_return} in {history[-1]['env_steps']} "
-                "env steps"
-            )
-        else:
-            print(
-                f"reached eval return {hit['eval_return']:.1f} >= {config.target_return} after "
-                f"{hit['env_steps']} env steps, "
-                f"{hit['updates']} updates, {hit['wall_time']:.1f} s wall-clock (compilation "
-                "included)"
-            )
-
-
-if __name__ == "__main__":
-    main()

@@ -10,8 +10,9 @@ import pytest
 from envs import lqr as lqr_lib
 from mbpo.agents.common import evaluate
 from mbpo.agents.loop import run_updates
-from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer, train, train_seeds
+from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer
 from mbpo.cli import parse
+from mbpo.runner import fit
 
 SMALL = UnrollTrainerConfig(
     env="lqr",
@@ -53,7 +54,7 @@ def test_jitted_update_does_not_retrace_on_second_call(estimator, horizon):
 
 def test_vmapped_seeds_equal_separate_runs():
     config = dataclasses.replace(SMALL, num_updates=3)
-    states, _result = train_seeds(config, 3)
+    states, _history = fit(config, seeds=3)
     trainer = make_trainer(config)
     for i, key in enumerate(jax.random.split(jax.random.key(config.seed), 3)):
         ts, _ = run_updates(trainer, jax.jit(trainer.init)(key), 3)
@@ -102,16 +103,16 @@ def test_learning_closes_most_of_the_gap_to_the_riccati_policy_on_lqr(estimator,
             )
         )(eval_keys)
     )
-    _, result = train_seeds(config, 3)
-    final = np.asarray(result["eval_return"])
+    _, history = fit(config, seeds=3)
+    final = np.asarray(history[-1]["eval_return"])
     assert np.all(optimal - final <= 0.25 * (optimal - initial)), (initial, final, optimal)
 
 
 def test_train_reports_progress():
     records = []
-    _, history = train(
+    _, history = fit(
         dataclasses.replace(SMALL, num_updates=4, eval_every=2),
-        callback=lambda r, ts: records.append(r),
+        callbacks=[lambda r, ts: records.append(r)],
     )
     assert [r["updates"] for r in records] == [2, 4] and records == history
     assert {"eval_return", "env_steps", "grad_norm", "wall_time", "skipped_updates"} <= set(

@@ -68,7 +68,7 @@ def test_adapter_and_raw_scan_compute_the_same_numbers(result):
 )
 def test_cli_refuses_unknown_values_naming_the_allowed_ones(flag, value, allowed, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        bench_dynamics.parse_args([flag, value])
+        bench_dynamics.EXPERIMENT.parse([flag, value], bench_dynamics.parser())
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert f"invalid choice: '{value}'" in error and allowed in error

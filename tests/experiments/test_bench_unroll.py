@@ -72,7 +72,7 @@ def test_check_same_refuses_a_different_gradient():
 )
 def test_cli_refuses_bad_values(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        bench_unroll.parse_args(argv)
+        bench_unroll.EXPERIMENT.parse(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 

@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 
-from experiments import _baselines, sac_worker
 from experiments import bench_vs_brax_sac as bench
+from experiments import harness, sac_worker
 
 
 def _preset(**changes) -> bench.Preset:
@@ -52,11 +52,13 @@ def test_both_sides_get_the_same_schedule(name):
 
 def test_worker_command_round_trips():
     preset = bench.PRESETS["cpu"]
-    command = bench.worker_command(preset, "/venv/bin/python", seed=2, cache="/tmp/cache")
+    command = bench.SIDE.command("/venv/bin/python", bench.worker_settings(preset, 2, "/tmp/cache"))
     assert command[:3] == ["/venv/bin/python", "-m", "experiments.sac_worker"]
     assert command[command.index("--hidden") + 1 : command.index("--hidden") + 3] == ["64", "64"]
     assert sac_worker.parse(command[3:]) == bench.worker_settings(preset, 2, "/tmp/cache")
-    assert "--compilation-cache" not in bench.worker_command(preset, "python", 0, None)
+    assert "--compilation-cache" not in bench.SIDE.command(
+        "python", bench.worker_settings(preset, 0, None)
+    )
 
 
 @pytest.mark.parametrize(
@@ -78,7 +80,7 @@ def test_worker_rejects_bad_flags(argv, message, capsys):
 
 def test_parse_args_needs_an_executable_brax_python(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        bench.parse_args(["--brax-python", str(tmp_path / "missing")])
+        bench.SIDE.parse(bench.EXPERIMENT, ["--brax-python", str(tmp_path / "missing")])
     assert "--brax-python" in capsys.readouterr().err
 
 
@@ -115,7 +117,7 @@ def test_summary_and_table():
 
     report = {
         "preset": "cpu",
-        "preset_settings": dataclasses.asdict(bench.PRESETS["cpu"]),
+        "config": dataclasses.asdict(bench.PRESETS["cpu"]),
         "summary": summary,
         "ours": ours,
         "brax": brax,
@@ -150,7 +152,7 @@ def test_summary_without_timed_chunks():
     summary = bench.summarize(ours, brax)
     assert summary["speed_ratio"] is None and not summary["speed_goal_met"]
     assert summary["fastest_speed_ratio"] is None
-    assert _baselines.pm(summary["brax"]["env_steps_per_s"]) == "n/a"
+    assert harness.pm(summary["brax"]["env_steps_per_s"]) == "n/a"
 
 
 def test_shared_flag_writer_serves_the_apg_worker_too():
@@ -159,7 +161,7 @@ def test_shared_flag_writer_serves_the_apg_worker_too():
     from experiments import bench_vs_brax_apg as apg_bench
 
     preset = apg_bench.PRESETS["cpu"]
-    command = apg_bench.worker_command(preset, "python", seed=3, cache="/tmp/cache")
+    command = apg_bench.SIDE.command("python", apg_bench.worker_settings(preset, 3, "/tmp/cache"))
     assert command[:3] == ["python", "-m", "experiments.apg_worker"]
     assert apg_worker.parse(command[3:]) == apg_bench.worker_settings(preset, 3, "/tmp/cache")
     assert command[command.index("--use-schedule") + 1] == "false"
