@@ -13,21 +13,21 @@ import numpy as np
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.dynamics.brax_env import BraxDynamics
 from mbpo.files import write_atomically, write_text
-from mbpo.unroll import PolicyFn
+from mbpo.unroll import PolicyFn, rollout, sample_noise
 
 
 def episode_states(
     dynamics: Dynamics, policy: PolicyFn, key, steps: int, eps_shape: tuple[int, ...]
 ) -> list[State]:
-    """s_0..s_steps under the policy's mean action (eps = 0), on the host."""
-    k_reset, k_xi = jax.random.split(key)
-    step = jax.jit(lambda s, xi: dynamics.step(s, policy(s.obs, jnp.zeros(eps_shape)), xi))
+    """s_0..s_steps under the policy's mean action (eps = 0), the dynamics noise drawn by
+    :func:`mbpo.unroll.sample_noise`, through :func:`mbpo.unroll.rollout`; on the host."""
+    k_reset, k_noise = jax.random.split(key)
     state = jax.jit(dynamics.reset)(k_reset)
-    states = [state]
-    for k in jax.random.split(k_xi, steps):
-        state = step(state, dynamics.sample_noise(k))
-        states.append(state)
-    return states
+    noise = sample_noise(dynamics, k_noise, steps, eps_shape)
+    noise = noise.replace(eps=jnp.zeros_like(noise.eps))
+    run = jax.jit(lambda s, n: rollout(dynamics, policy, s, n, with_states=True))
+    _, (_, states) = run(state, noise)
+    return [state, *(jax.tree.map(lambda x, i=i: x[i], states) for i in range(steps))]
 
 
 def _pendulum(ax, x, frame):

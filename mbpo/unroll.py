@@ -92,9 +92,29 @@ def sample_noise(
     """
     num_steps = check_num_steps(num_steps, minimum=1 - extra_eps)
     k_eps, k_xi = jax.random.split(key)
-    xi = jax.vmap(dynamics.sample_noise)(jax.random.split(k_xi, num_steps))
-    xi = xi.reshape(num_steps, *dynamics.noise_shape)
+    xi = _draw_xi(dynamics, k_xi, (num_steps,))
     return RolloutNoise(eps=jax.random.normal(k_eps, (num_steps + extra_eps, *eps_shape)), xi=xi)
+
+
+def draw_noise(
+    dynamics: Dynamics,
+    k_eps: PRNGKey,
+    k_xi: PRNGKey,
+    shape: tuple[int, ...],
+    eps_shape: tuple[int, ...],
+    dtype=None,
+) -> RolloutNoise:
+    """eps ~ N(0, I) of shape ``shape + eps_shape`` from ``k_eps`` and xi ~ dynamics.sample_noise
+    of shape ``shape + noise_shape``, one key of ``k_xi`` split to ``shape`` per draw: the noise of
+    :func:`sample_noise`, and of data collection, whose shape leads with the environments."""
+    kw = {} if dtype is None else {"dtype": dtype}
+    eps = jax.random.normal(k_eps, (*shape, *eps_shape), **kw)
+    return RolloutNoise(eps=eps, xi=_draw_xi(dynamics, k_xi, shape))
+
+
+def _draw_xi(dynamics: Dynamics, k_xi: PRNGKey, shape: tuple[int, ...]):
+    keys = jax.random.split(k_xi, shape).reshape(-1)
+    return jax.vmap(dynamics.sample_noise)(keys).reshape(*shape, *dynamics.noise_shape)
 
 
 def rollout(
@@ -104,6 +124,7 @@ def rollout(
     noise: RolloutNoise,
     *,
     dynamics_gradient: str = "pathwise",
+    with_states: bool = False,
 ) -> tuple[State, Transition]:
     """Runs n = len(noise.xi) steps from ``state``: the only rollout loop in mbpo.
 
@@ -113,9 +134,12 @@ def rollout(
       state: the start state s_0 (unbatched; vmap for batches).
       noise: eps of shape (n, ...) and xi of shape (n, *dynamics.noise_shape).
       dynamics_gradient: ``"pathwise"``, ``"stop"`` or ``"score"`` (module docstring).
+      with_states: also stack the states s_1..s_n (the whole State, physics included: what a
+        renderer draws).
 
     Returns:
-      (s_n, the stacked transitions t = 0..n-1).
+      (s_n, the stacked transitions t = 0..n-1); with ``with_states``, (s_n, (transitions, the
+      stacked states s_1..s_n)).
     """
     if dynamics_gradient not in DYNAMICS_GRADIENTS:
         raise ValueError(
@@ -152,7 +176,7 @@ def rollout(
             next_obs=s_next.obs,
             log_prob=log_prob,
         )
-        return s_next, step
+        return s_next, (step, s_next) if with_states else step
 
     return jax.lax.scan(body, state, noise)
 

@@ -60,7 +60,7 @@ from mbpo.optim import gradient_step
 from mbpo.policies import GaussianPolicy, TanhGaussianPolicy
 from mbpo.replay import RingBuffer, RingBufferState, Segment, ring_buffer, uniform_policy
 from mbpo.types import PRNGKey
-from mbpo.unroll import PolicyFn, Transition, alive_mask, rollout
+from mbpo.unroll import PolicyFn, Transition, alive_mask, draw_noise, rollout
 
 POLICY_UPDATES = ("svg", "svg_er", "sac")
 SVG_POLICIES = {"gaussian": GaussianPolicy, "tanh_gaussian": TanhGaussianPolicy, "flow": FlowPolicy}
@@ -564,11 +564,9 @@ class _Loop:
                 log_prob=log_mu,
             )
 
-        eps = jax.random.normal(k_eps, (c.num_envs, n, *policy.eps_shape), ts.env_states.obs.dtype)
-        xi = jax.vmap(jax.vmap(dynamics.sample_noise))(
-            jax.random.split(k_xi, (c.num_envs, n))
-        ).reshape(c.num_envs, n, *dynamics.noise_shape)
-        segments = jax.lax.stop_gradient(jax.vmap(one_env)(ts.env_states, eps, xi))
+        dtype = ts.env_states.obs.dtype
+        noise = draw_noise(dynamics, k_eps, k_xi, (c.num_envs, n), policy.eps_shape, dtype)
+        segments = jax.lax.stop_gradient(jax.vmap(one_env)(ts.env_states, noise.eps, noise.xi))
         final = jax.tree.map(lambda x: x[:, -1], segments.state)
         held = ts.updates % c.holdout_every == c.holdout_every - 1
         keep = jnp.full((c.num_envs,), ~held)

@@ -71,7 +71,7 @@ from mbpo.optim import TrainState, guarded
 from mbpo.policies import DeterministicPolicy, GaussianPolicy, TanhGaussianPolicy
 from mbpo.replay import RingBuffer, RingBufferState, ring_buffer, uniform_policy
 from mbpo.types import Action, Array, Float, Observation, Params, PRNGKey, PyTree, Scalar
-from mbpo.unroll import PolicyFn, RolloutNoise, Transition
+from mbpo.unroll import PolicyFn, RolloutNoise, Transition, draw_noise
 
 ALGOS = ("nfqca", "fqi", "fqi_amortized", "ddpg", "td3", "sac")
 OPTIMIZERS = ("adam", "sgd")
@@ -670,7 +670,10 @@ class _Online:
         c, dynamics = self.config, self.dynamics
         k_eps, k_xi, k_reset = jax.random.split(key, 3)
         states = ts.env_states
-        eps = jax.random.normal(k_eps, (c.num_envs, dynamics.action_size), states.obs.dtype)
+        noise = draw_noise(
+            dynamics, k_eps, k_xi, (c.num_envs,), (dynamics.action_size,), states.obs.dtype
+        )
+        eps = noise.eps
         low, high = self.agent.bounds(states.obs.dtype)
         params = ts.learner.policy.params
         behaviour = functools.partial(
@@ -679,8 +682,7 @@ class _Online:
         action, explored = jax.vmap(behaviour)(states.obs, eps, ts.exploration)
         warm = ts.env_steps < c.warmup_steps
         action = jnp.where(warm, jax.vmap(self.random_policy)(states.obs, eps), action)
-        xi = jax.vmap(dynamics.sample_noise)(jax.random.split(k_xi, c.num_envs))
-        nxt = jax.vmap(dynamics.step)(states, action, xi)
+        nxt = jax.vmap(dynamics.step)(states, action, noise.xi)
         transition = Transition(
             obs=states.obs,
             action=action,
