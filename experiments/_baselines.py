@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable
 
 from experiments import harness
+from mbpo import cli
 from mbpo.cli import option
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -217,6 +219,8 @@ ACTIVATIONS = ("relu", "tanh", "elu", "swish")
 class WorkerSettings:
     """What every brax worker takes; each worker's settings add its agent's own fields."""
 
+    worker = ""  # the worker's script, for --help
+
     env: str = option("inverted_pendulum", "Brax environment name (``brax.envs.get_environment``).")
     backend: str = option(
         "positional", "Brax physics pipeline: generalized | positional | spring | mjx."
@@ -256,6 +260,48 @@ class WorkerSettings:
             raise ValueError(f"hidden must be a non-empty tuple of sizes >= 1, got {self.hidden}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+    @classmethod
+    def parse(cls, argv: list[str] | None = None):
+        """``--field-name`` options for the fields (:func:`mbpo.cli.parse`); bad values exit 2."""
+        return cli.parse(cls, argv, prog=cls.worker, description=cls.__doc__.splitlines()[0])
+
+
+def run_agent(settings: WorkerSettings, agent: str, progress: BraxProgress, **kwargs) -> dict:
+    """Trains ``brax.training.agents.<agent>`` with ``settings`` (``kwargs``: the agent's own
+    ``train`` arguments; ``network_kwargs``: its network factory's), reporting to ``progress``.
+    Returns :func:`worker_header`, ``progress.report()`` and ``train_s`` (the call)."""
+    import importlib
+
+    import_jax(settings.compilation_cache)
+    from brax import envs
+    from flax import linen
+
+    module = f"brax.training.agents.{agent}"
+    networks = importlib.import_module(f"{module}.networks")
+    network_factory = functools.partial(
+        getattr(networks, f"make_{agent}_networks"),
+        hidden_layer_sizes=settings.hidden,
+        activation=getattr(linen, settings.activation),
+        **kwargs.pop("network_kwargs", {}),
+    )
+    start = time.perf_counter()
+    importlib.import_module(f"{module}.train").train(
+        environment=envs.get_environment(settings.env, backend=settings.backend),
+        episode_length=settings.episode_length,
+        num_envs=settings.num_envs,
+        num_eval_envs=settings.eval_envs,
+        num_evals=settings.num_evals,
+        learning_rate=settings.learning_rate,
+        normalize_observations=settings.normalize_observations,
+        deterministic_eval=settings.deterministic_eval,
+        seed=settings.seed,
+        network_factory=network_factory,
+        progress_fn=progress,
+        **kwargs,
+    )
+    train_s = time.perf_counter() - start
+    return {**worker_header(module, settings), **progress.report(), "train_s": train_s}
 
 
 class ChunkLog:
@@ -428,3 +474,62 @@ def curve_lines(summary: dict, side: str, x: str, label: str, width: int, digits
             f"{o[x]:<{width}}{harness.pm(o, digits=digits):>20}{harness.pm(b, digits=digits):>20}"
         )
     return [*lines, "(mean +- std over seeds)"]
+
+
+def summarize(ours: list[dict], theirs: list[dict], side: str, x: str, stats: tuple) -> dict:
+    """Per side, mean +- std over seeds of each of ``stats`` and of the final return, the compile
+    time of seed 0 and the return curve; ``return_goal_met`` (ours >= theirs). The benchmark adds
+    its ratios (:func:`ratio`) and goals.
+
+    Raises ValueError if the two sides were evaluated at different ``x`` (updates, env steps).
+    """
+    sides = {"ours": ours, side: theirs}
+    at = {name: [e[x] for e in runs[0]["evals"]] for name, runs in sides.items()}
+    if at["ours"] != at[side]:
+        raise ValueError(
+            f"evaluated at different {x.replace('_', ' ')}: ours {at['ours']}, {side} {at[side]}"
+        )
+    summary = {
+        name: {
+            **{stat: harness.mean_std([r[stat] for r in runs]) for stat in stats},
+            "eval_return": harness.mean_std([r["eval_return"] for r in runs]),
+            "compile_s_seed0": runs[0].get("compile_s"),
+            "curve": curve(runs, x),
+        }
+        for name, runs in sides.items()
+    }
+    mean = {name: summary[name]["eval_return"]["mean"] for name in sides}
+    summary["return_goal_met"] = mean["ours"] >= mean[side]
+    return summary
+
+
+def ratio(summary: dict, stat: str, side: str) -> float | None:
+    """Ours over theirs of the mean of ``stat`` (None when either side has no value)."""
+    ours, theirs = summary["ours"][stat]["mean"], summary[side][stat]["mean"]
+    return ours / theirs if ours is not None and theirs is not None else None
+
+
+def stat_row(label: str, width: int, summary: dict, side: str, stat: str, tail: str = "", **fmt):
+    """A table line: ``label``, then mean +- std over seeds of ``stat`` for ours and for ``side``
+    (``fmt``: :func:`experiments.harness.pm`'s scale and digits), then ``tail``."""
+    ours, theirs = (harness.pm(summary[name][stat], **fmt) for name in ("ours", side))
+    return f"{label:<{width}}{ours:>20}{theirs:>20}{tail}"
+
+
+def main(script, argv) -> None:
+    """A benchmark's entry point: parse ``script.EXPERIMENT``'s options and ``script.SIDE``'s
+    python (:meth:`BraxSide.parse`), then :func:`compare` with the script's
+    ``trainer_config(preset)``, ``train_ours(config, preset, seed, compiles)``,
+    ``worker_settings(preset, seed, cache)``, ``summarize`` and ``format_table``."""
+    run = script.SIDE.parse(script.EXPERIMENT, argv)
+    preset = run.preset
+    config = script.trainer_config(preset)
+    compare(
+        run,
+        script.SIDE,
+        ours=lambda seed, compiles: script.train_ours(config, preset, seed, compiles),
+        settings=lambda seed, cache: script.worker_settings(preset, seed, cache),
+        summarize=script.summarize,
+        format_table=script.format_table,
+        config=config,
+    )

@@ -2,9 +2,9 @@
 
 The reference side of :mod:`experiments.bench_vs_brax_apg`. It runs under a second virtual
 environment with jax 0.9: brax 0.14.2's training agents call ``jax.device_put_replicated``, which
-jax 0.10 removed. For the same reason it imports nothing from mbpo; from this repository only
-:mod:`experiments._baselines` (standard library only). Create that environment once (about 1.5
-minutes):
+jax 0.10 removed. For the same reason it imports from this repository only
+:mod:`experiments._baselines`, :mod:`experiments.harness` and the jax-free :mod:`mbpo.cli` and
+:mod:`mbpo.files`. Create that environment once (about 1.5 minutes):
 
     python3.11 -m venv /work/venv-apg
     /work/venv-apg/bin/pip install "jax[cpu]<0.10" brax==0.14.2
@@ -45,26 +45,19 @@ every program), ``time_per_update_s``, ``steady_updates``, ``train_s`` (the ``tr
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 
-from experiments import harness
-from experiments._baselines import (
-    BraxProgress,
-    WorkerSettings,
-    import_jax,
-    worker_header,
-    worker_main,
-)
-from mbpo import cli
+from experiments import _baselines, harness
 from mbpo.cli import option
 
 START = time.perf_counter()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ApgSettings(WorkerSettings):
+class ApgSettings(_baselines.WorkerSettings):
     """One brax APG run; the help of each field says which ``apg.train`` argument it sets."""
+
+    worker = "apg_worker.py"
 
     horizon: int = option(16, "Steps of each differentiated window (``horizon_length``).")
     num_updates: int = option(
@@ -103,66 +96,40 @@ class ApgSettings(WorkerSettings):
         return self.num_updates // (self.num_evals - 1)
 
 
-def parse(argv: list[str] | None = None) -> ApgSettings:
-    """``--field-name`` options for the fields of :class:`ApgSettings`; bad values exit with 2."""
-    return cli.parse(ApgSettings, argv, prog="apg_worker.py", description=__doc__.splitlines()[0])
+parse = ApgSettings.parse
 
 
 def run(settings: ApgSettings) -> dict:
     """Trains brax APG with ``settings`` and returns the report (see the module docstring)."""
-    import_jax(settings.compilation_cache)
-    from brax import envs
-    from brax.training.agents.apg import networks as apg_networks
-    from brax.training.agents.apg import train as apg
-    from flax import linen
-
-    progress = BraxProgress(
+    progress = _baselines.BraxProgress(
         label=f"apg seed {settings.seed}",
         x_name="updates",
         x_of_step=lambda step: step * settings.updates_per_epoch,
     )
-    network_factory = functools.partial(
-        apg_networks.make_apg_networks,
-        hidden_layer_sizes=settings.hidden,
-        activation=getattr(linen, settings.activation),
-        layer_norm=settings.layer_norm,
-    )
-    start = time.perf_counter()
-    apg.train(
-        environment=envs.get_environment(settings.env, backend=settings.backend),
-        episode_length=settings.episode_length,
+    report = _baselines.run_agent(
+        settings,
+        "apg",
+        progress,
+        network_kwargs={"layer_norm": settings.layer_norm},
         policy_updates=settings.num_updates,
         horizon_length=settings.horizon,
-        num_envs=settings.num_envs,
-        num_evals=settings.num_evals,
-        num_eval_envs=settings.eval_envs,
-        learning_rate=settings.learning_rate,
         adam_b=(settings.adam_b1, settings.adam_b2),
         use_schedule=settings.use_schedule,
         max_gradient_norm=settings.max_grad_norm,
-        normalize_observations=settings.normalize_observations,
-        deterministic_eval=settings.deterministic_eval,
-        seed=settings.seed,
-        network_factory=network_factory,
-        progress_fn=progress,
     )
-    train_s = time.perf_counter() - start
     steady_updates = len(progress.steady_times()) * settings.updates_per_epoch
+    per_update = sum(progress.steady_times()) / steady_updates if steady_updates else None
     return {
-        **worker_header("brax.training.agents.apg", settings),
+        **report,
         "updates_per_epoch": settings.updates_per_epoch,
-        **progress.report(),
-        "time_per_update_s": sum(progress.steady_times()) / steady_updates
-        if steady_updates
-        else None,
+        "time_per_update_s": per_update,
         "steady_updates": steady_updates,
-        "train_s": train_s,
         "total_s": time.perf_counter() - START,
     }
 
 
 def main(argv: list[str] | None = None) -> None:
-    worker_main(parse, run, argv)
+    _baselines.worker_main(parse, run, argv)
 
 
 if __name__ == "__main__":

@@ -58,11 +58,11 @@ load from other processes that drifts during the run falls on both alike.
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 from envs import brax_tasks
 from experiments import _baselines, harness
 from experiments.apg_worker import ApgSettings
-from experiments.harness import mean_std, pm
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig
 
 
@@ -149,7 +149,7 @@ PRESETS: dict[str, Preset] = {
 
 
 def trainer_config(preset: Preset) -> UnrollTrainerConfig:
-    """Our settings for ``preset`` (the seed is given to ``init`` directly)."""
+    """Our settings for ``preset`` (each seed replaces ``seed``)."""
     return UnrollTrainerConfig(
         env=preset.env,
         estimator="bpo",
@@ -205,22 +205,9 @@ def train_ours(config: UnrollTrainerConfig, preset: Preset, seed: int, compiles)
 
 def summarize(ours: list[dict], apg: list[dict]) -> dict:
     """Mean +- std over seeds of time per update and of the returns; the ratio and the goals."""
-    summary = {}
-    for name, runs in (("ours", ours), ("apg", apg)):
-        summary[name] = {
-            "time_per_update_s": mean_std([r["time_per_update_s"] for r in runs]),
-            "eval_return": mean_std([r["eval_return"] for r in runs]),
-            "curve": _baselines.curve(runs, "updates"),
-        }
-    t_ours, t_apg = (
-        summary["ours"]["time_per_update_s"]["mean"],
-        summary["apg"]["time_per_update_s"]["mean"],
-    )
-    summary["time_ratio"] = t_ours / t_apg if t_ours is not None and t_apg is not None else None
+    summary = _baselines.summarize(ours, apg, "apg", "updates", ("time_per_update_s",))
+    summary["time_ratio"] = _baselines.ratio(summary, "time_per_update_s", "apg")
     summary["time_goal_met"] = summary["time_ratio"] is not None and summary["time_ratio"] <= 1.0
-    summary["return_goal_met"] = (
-        summary["ours"]["eval_return"]["mean"] >= summary["apg"]["eval_return"]["mean"]
-    )
     return summary
 
 
@@ -246,12 +233,23 @@ def format_table(report: dict) -> str:
         _baselines.wall_line(report, "apg", "APG"),
         "",
         f"{'':<34}{'ours':>20}{'brax APG':>20}{'ours/APG':>10}  goal",
-        f"{'time per update, ms (no compile)':<34}"
-        + f"{pm(s['ours']['time_per_update_s'], 1e3):>20}"
-        + f"{pm(s['apg']['time_per_update_s'], 1e3):>20}{ratio:>10}  <= 1.0: {time_goal}",
-        f"{'eval return @ ' + str(p['num_updates']) + ' updates':<34}"
-        + f"{pm(s['ours']['eval_return']):>20}{pm(s['apg']['eval_return']):>20}{'':>10}"
-        + f"  ours >= APG: {return_goal} (difference {difference:+.2f})",
+        _baselines.stat_row(
+            "time per update, ms (no compile)",
+            34,
+            s,
+            "apg",
+            "time_per_update_s",
+            f"{ratio:>10}  <= 1.0: {time_goal}",
+            scale=1e3,
+        ),
+        _baselines.stat_row(
+            f"eval return @ {p['num_updates']} updates",
+            34,
+            s,
+            "apg",
+            "eval_return",
+            f"{'':>10}  ours >= APG: {return_goal} (difference {difference:+.2f})",
+        ),
         f"{'first chunk (compiles), s, seed 0':<34}{ours_first:>20.1f}{apg_first:>20.1f}",
         "",
         *_baselines.curve_lines(s, "apg", "updates", "brax APG", 34, 2),
@@ -264,17 +262,7 @@ SIDE = _baselines.BraxSide("apg", "Brax's APG", "experiments.apg_worker", "--apg
 
 
 def main(argv: list[str] | None = None) -> None:
-    run = SIDE.parse(EXPERIMENT, argv)
-    preset, config = run.preset, trainer_config(run.preset)
-    _baselines.compare(
-        run,
-        SIDE,
-        ours=lambda seed, compiles: train_ours(config, preset, seed, compiles),
-        settings=lambda seed, cache: worker_settings(preset, seed, cache),
-        summarize=summarize,
-        format_table=format_table,
-        config=config,
-    )
+    _baselines.main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

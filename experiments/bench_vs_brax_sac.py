@@ -80,11 +80,11 @@ processes that drifts during the run falls on both alike.
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import envs
 from envs import brax_tasks
 from experiments import _baselines, harness
-from experiments.harness import mean_std, pm
 from experiments.sac_worker import SacSettings
 from mbpo.agents.off_policy import OffPolicyConfig
 from mbpo.dynamics.brax_env import BACKENDS
@@ -211,9 +211,10 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def trainer_config(preset: Preset, action_size: int) -> OffPolicyConfig:
-    """Our settings for ``preset`` on a task with ``action_size`` actions (the seed is given to
-    ``init`` directly)."""
+def trainer_config(preset: Preset, action_size: int | None = None) -> OffPolicyConfig:
+    """Our settings for ``preset`` on a task with ``action_size`` actions (None: the task's)."""
+    if action_size is None:
+        action_size = envs.make(preset.env, backend=preset.backend).action_size
     return OffPolicyConfig(
         algo="sac",
         env=preset.env,
@@ -288,30 +289,11 @@ def summarize(ours: list[dict], brax: list[dict]) -> dict:
 
     Raises ValueError if the two sides were evaluated at different env steps.
     """
-    sides = {"ours": ours, "brax": brax}
-    steps = {name: [e["env_steps"] for e in runs[0]["evals"]] for name, runs in sides.items()}
-    if steps["ours"] != steps["brax"]:
-        raise ValueError(
-            f"evaluated at different env steps: ours {steps['ours']}, brax {steps['brax']}"
-        )
-    summary = {}
-    for name, runs in sides.items():
-        summary[name] = {
-            "env_steps_per_s": mean_std([r["env_steps_per_s"] for r in runs]),
-            "fastest_env_steps_per_s": mean_std([r["fastest_env_steps_per_s"] for r in runs]),
-            "eval_return": mean_std([r["eval_return"] for r in runs]),
-            "compile_s_seed0": runs[0]["compile_s"],
-            "curve": _baselines.curve(runs, "env_steps"),
-        }
-    for rate in ("env_steps_per_s", "fastest_env_steps_per_s"):
-        ours_rate, brax_rate = (summary[n][rate]["mean"] for n in ("ours", "brax"))
-        summary["speed_ratio" if rate == "env_steps_per_s" else "fastest_speed_ratio"] = (
-            ours_rate / brax_rate if ours_rate is not None and brax_rate is not None else None
-        )
+    rates = ("env_steps_per_s", "fastest_env_steps_per_s")
+    summary = _baselines.summarize(ours, brax, "brax", "env_steps", rates)
+    summary["speed_ratio"] = _baselines.ratio(summary, "env_steps_per_s", "brax")
+    summary["fastest_speed_ratio"] = _baselines.ratio(summary, "fastest_env_steps_per_s", "brax")
     summary["speed_goal_met"] = summary["speed_ratio"] is not None and summary["speed_ratio"] >= 1.0
-    summary["return_goal_met"] = (
-        summary["ours"]["eval_return"]["mean"] >= summary["brax"]["eval_return"]["mean"]
-    )
     return summary
 
 
@@ -347,15 +329,33 @@ def format_table(report: dict) -> str:
         _baselines.wall_line(report, "brax", "brax"),
         "",
         f"{'':<38}{'ours':>20}{'brax SAC':>20}{'ours/brax':>10}  goal",
-        f"{'env steps per s (no compile)':<38}{pm(s['ours']['env_steps_per_s'], digits=0):>20}"
-        + f"{pm(s['brax']['env_steps_per_s'], digits=0):>20}{ratio:>10}  >= 1.0: {speed_goal}",
-        f"{'  fastest chunk of each seed':<38}"
-        + f"{pm(s['ours']['fastest_env_steps_per_s'], digits=0):>20}"
-        + f"{pm(s['brax']['fastest_env_steps_per_s'], digits=0):>20}{fastest_ratio:>10}",
-        f"{'eval return @ ' + str(final_steps) + ' env steps':<38}"
-        + f"{pm(s['ours']['eval_return'], digits=1):>20}"
-        + f"{pm(s['brax']['eval_return'], digits=1):>20}{'':>10}"
-        + f"  ours >= brax: {return_goal} (difference {difference:+.1f})",
+        _baselines.stat_row(
+            "env steps per s (no compile)",
+            38,
+            s,
+            "brax",
+            "env_steps_per_s",
+            f"{ratio:>10}  >= 1.0: {speed_goal}",
+            digits=0,
+        ),
+        _baselines.stat_row(
+            "  fastest chunk of each seed",
+            38,
+            s,
+            "brax",
+            "fastest_env_steps_per_s",
+            f"{fastest_ratio:>10}",
+            digits=0,
+        ),
+        _baselines.stat_row(
+            f"eval return @ {final_steps} env steps",
+            38,
+            s,
+            "brax",
+            "eval_return",
+            f"{'':>10}  ours >= brax: {return_goal} (difference {difference:+.1f})",
+            digits=1,
+        ),
         f"{'lower + XLA compile s, seed 0':<38}{s['ours']['compile_s_seed0']:>20.1f}"
         + f"{s['brax']['compile_s_seed0']:>20.1f}",
         f"{'warmup + first chunk s, seed 0':<38}{ours_first:>20.1f}{brax_first:>20.1f}",
@@ -370,18 +370,7 @@ SIDE = _baselines.BraxSide("brax", "Brax's SAC", "experiments.sac_worker", "--br
 
 
 def main(argv: list[str] | None = None) -> None:
-    run = SIDE.parse(EXPERIMENT, argv)
-    preset = run.preset
-    config = trainer_config(preset, envs.make(preset.env, backend=preset.backend).action_size)
-    _baselines.compare(
-        run,
-        SIDE,
-        ours=lambda seed, compiles: train_ours(config, preset, seed, compiles),
-        settings=lambda seed, cache: worker_settings(preset, seed, cache),
-        summarize=summarize,
-        format_table=format_table,
-        config=config,
-    )
+    _baselines.main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -85,75 +85,67 @@ BATCH = {
     "maximize_restarts": 2,
 }
 
+
+def online(updates: int, **extra) -> dict:
+    return {**ONLINE, "num_updates": updates, "eval_every": 100, **extra}
+
+
+def batch(basepoints: int, updates: int, **extra) -> dict:
+    return {
+        **BATCH,
+        "num_basepoints": basepoints,
+        "num_updates": updates,
+        "eval_every": 10,
+        **extra,
+    }
+
+
+def model_based(update: str, horizon: int, updates: int, **extra) -> dict:
+    return {
+        **MODEL_BASED,
+        "policy_update": update,
+        "horizon": horizon,
+        "num_updates": updates,
+        **extra,
+    }
+
+
+def pendulum(scale: int, td3: dict, amortized: dict) -> Task:
+    """Every algorithm on pendulum; ``scale`` 1 (cpu) or 2 (gpu) sets the budgets."""
+    updates = {1: (3000, 8000, 60, 1500, 700, 1500), 2: (4000, 16000, 100, 2000, 2000, 3000)}
+    free, points, fitted, svg, mbpo_svg, mbpo = updates[scale]
+    algorithms = (
+        ("sac", online(free)),
+        ("td3", online(free, **td3)),
+        ("ddpg", online(free)),
+        ("nfqca", batch(points, fitted)),
+        ("fqi_amortized", batch(points, fitted, **amortized)),
+        ("fqi", batch(points, fitted)),
+        ("svg-4", {"num_envs": 64, "num_updates": svg, "eval_every": 25}),
+        ("svg-4-small", {"num_envs": 8, "num_updates": 2 * svg, "eval_every": 50}),
+        ("bpo-16", {"num_envs": 64, "num_updates": svg, "eval_every": 50, "actor_lr": 1e-3}),
+        ("mbpo-svg-3", model_based("svg", 3, mbpo_svg)),
+        ("mbpo-svg_er-1", model_based("svg_er", 1, mbpo)),
+        ("mbpo-sac", model_based("sac", 1, mbpo, policy_steps=20)),
+    )
+    return Task(env="pendulum", threshold=-200.0, episode_length=200, algorithms=algorithms)
+
+
 PRESETS = {
     # Pendulum's sac, td3, ddpg, svg-4, mbpo-svg-3 and mbpo-sac at 5 seeds took 16 minutes on a
-    # 2-core
-    # CPU (most of it the model-based loop). Brax compiles take 30-70 s per program here, so the
-    # Brax task runs the three online model-free methods and SVG only.
+    # 2-core CPU (most of it the model-based loop). Brax compiles take 30-70 s per program here, so
+    # the Brax task runs the three online model-free methods and SVG only.
     "cpu": Preset(
         seeds=2,
         tasks=(
-            Task(
-                env="pendulum",
-                threshold=-200.0,
-                episode_length=200,
-                algorithms=(
-                    ("sac", {**ONLINE, "num_updates": 3000, "eval_every": 100}),
-                    ("td3", {**ONLINE, "num_updates": 3000, "eval_every": 100, "gamma": 0.98}),
-                    ("ddpg", {**ONLINE, "num_updates": 3000, "eval_every": 100}),
-                    (
-                        "nfqca",
-                        {**BATCH, "num_basepoints": 8000, "num_updates": 60, "eval_every": 10},
-                    ),
-                    (
-                        "fqi_amortized",
-                        {
-                            **BATCH,
-                            "num_basepoints": 8000,
-                            "num_updates": 60,
-                            "eval_every": 10,
-                            "num_optimized": 128,
-                        },
-                    ),
-                    ("fqi", {**BATCH, "num_basepoints": 8000, "num_updates": 60, "eval_every": 10}),
-                    ("svg-4", {"num_envs": 64, "num_updates": 1500, "eval_every": 25}),
-                    ("svg-4-small", {"num_envs": 8, "num_updates": 3000, "eval_every": 50}),
-                    (
-                        "bpo-16",
-                        {"num_envs": 64, "num_updates": 1500, "eval_every": 50, "actor_lr": 1e-3},
-                    ),
-                    (
-                        "mbpo-svg-3",
-                        {**MODEL_BASED, "policy_update": "svg", "horizon": 3, "num_updates": 700},
-                    ),
-                    (
-                        "mbpo-svg_er-1",
-                        {
-                            **MODEL_BASED,
-                            "policy_update": "svg_er",
-                            "horizon": 1,
-                            "num_updates": 1500,
-                        },
-                    ),
-                    (
-                        "mbpo-sac",
-                        {
-                            **MODEL_BASED,
-                            "policy_update": "sac",
-                            "horizon": 1,
-                            "num_updates": 1500,
-                            "policy_steps": 20,
-                        },
-                    ),
-                ),
-            ),
+            pendulum(1, td3={"gamma": 0.98}, amortized={"num_optimized": 128}),
             Task(
                 env="inverted_pendulum",
                 threshold=180.0,
                 episode_length=200,
                 algorithms=(
-                    ("sac", {**ONLINE, "num_updates": 1000, "eval_every": 100}),
-                    ("td3", {**ONLINE, "num_updates": 1000, "eval_every": 100}),
+                    ("sac", online(1000)),
+                    ("td3", online(1000)),
                     (
                         "svg-4",
                         {"num_envs": 16, "num_updates": 300, "eval_every": 25, "hidden": (64, 64)},
@@ -166,69 +158,16 @@ PRESETS = {
     "gpu": Preset(
         seeds=5,
         tasks=(
-            Task(
-                env="pendulum",
-                threshold=-200.0,
-                episode_length=200,
-                algorithms=(
-                    ("sac", {**ONLINE, "num_updates": 4000, "eval_every": 100}),
-                    ("td3", {**ONLINE, "num_updates": 4000, "eval_every": 100}),
-                    ("ddpg", {**ONLINE, "num_updates": 4000, "eval_every": 100}),
-                    (
-                        "nfqca",
-                        {**BATCH, "num_basepoints": 16000, "num_updates": 100, "eval_every": 10},
-                    ),
-                    (
-                        "fqi_amortized",
-                        {**BATCH, "num_basepoints": 16000, "num_updates": 100, "eval_every": 10},
-                    ),
-                    (
-                        "fqi",
-                        {**BATCH, "num_basepoints": 16000, "num_updates": 100, "eval_every": 10},
-                    ),
-                    ("svg-4", {"num_envs": 64, "num_updates": 2000, "eval_every": 25}),
-                    ("svg-4-small", {"num_envs": 8, "num_updates": 4000, "eval_every": 50}),
-                    (
-                        "bpo-16",
-                        {"num_envs": 64, "num_updates": 2000, "eval_every": 50, "actor_lr": 1e-3},
-                    ),
-                    (
-                        "mbpo-svg-3",
-                        {**MODEL_BASED, "policy_update": "svg", "horizon": 3, "num_updates": 2000},
-                    ),
-                    (
-                        "mbpo-svg_er-1",
-                        {
-                            **MODEL_BASED,
-                            "policy_update": "svg_er",
-                            "horizon": 1,
-                            "num_updates": 3000,
-                        },
-                    ),
-                    (
-                        "mbpo-sac",
-                        {
-                            **MODEL_BASED,
-                            "policy_update": "sac",
-                            "horizon": 1,
-                            "num_updates": 3000,
-                            "policy_steps": 20,
-                        },
-                    ),
-                ),
-            ),
+            pendulum(2, td3={}, amortized={}),
             Task(
                 env="inverted_pendulum",
                 threshold=180.0,
                 episode_length=200,
                 algorithms=(
-                    ("sac", {**ONLINE, "num_updates": 2000, "eval_every": 100}),
-                    ("td3", {**ONLINE, "num_updates": 2000, "eval_every": 100}),
-                    ("ddpg", {**ONLINE, "num_updates": 2000, "eval_every": 100}),
-                    (
-                        "nfqca",
-                        {**BATCH, "num_basepoints": 16000, "num_updates": 60, "eval_every": 10},
-                    ),
+                    ("sac", online(2000)),
+                    ("td3", online(2000)),
+                    ("ddpg", online(2000)),
+                    ("nfqca", batch(16000, 60)),
                     (
                         "svg-4",
                         {"num_envs": 64, "num_updates": 600, "eval_every": 25, "hidden": (64, 64)},

@@ -1,15 +1,8 @@
 """Brax's own SAC (``brax.training.agents.sac.train``) on one seed, timed; prints one JSON line.
 
-The reference side of :mod:`experiments.bench_vs_brax_sac`. It runs under a second virtual
-environment with jax 0.9: brax 0.14.2's training agents call ``jax.device_put_replicated``, which
-jax 0.10 removed. For the same reason it imports nothing from mbpo; from this repository only
-:mod:`experiments._baselines` (standard library only). Create that environment once (about 1.5
-minutes):
-
-    python3.11 -m venv /work/venv-apg
-    /work/venv-apg/bin/pip install "jax[cpu]<0.10" brax==0.14.2
-
-(on a CUDA machine ``"jax[cuda12]<0.10"``). Run from the repository root as
+The reference side of :mod:`experiments.bench_vs_brax_sac`. It runs in the jax-0.9 environment
+of :mod:`experiments.apg_worker`, for the same reason and with the same imports (see there for
+how to create it). Run from the repository root as
 
     /work/venv-apg/bin/python -m experiments.sac_worker --env inverted_pendulum \\
         --backend positional --num-envs 16 --env-steps 14336 --warmup-steps 2048 --num-evals 7
@@ -50,26 +43,19 @@ included).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 
-from experiments import harness
-from experiments._baselines import (
-    BraxProgress,
-    WorkerSettings,
-    import_jax,
-    worker_header,
-    worker_main,
-)
-from mbpo import cli
+from experiments import _baselines, harness
 from mbpo.cli import option
 
 START = time.perf_counter()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SacSettings(WorkerSettings):
+class SacSettings(_baselines.WorkerSettings):
     """One brax SAC run; the help of each field says which ``sac.train`` argument it sets."""
+
+    worker = "sac_worker.py"
 
     env_steps: int = option(
         14336,
@@ -123,67 +109,42 @@ class SacSettings(WorkerSettings):
         return (self.env_steps - self.warmup_steps) // ((self.num_evals - 1) * self.num_envs)
 
 
-def parse(argv: list[str] | None = None) -> SacSettings:
-    """``--field-name`` options for the fields of :class:`SacSettings`; bad values exit with 2."""
-    return cli.parse(SacSettings, argv, prog="sac_worker.py", description=__doc__.splitlines()[0])
+parse = SacSettings.parse
 
 
 def run(settings: SacSettings) -> dict:
     """Trains brax SAC with ``settings`` and returns the report (see the module docstring)."""
-    import_jax(settings.compilation_cache)
-    from brax import envs
-    from brax.training.agents.sac import networks as sac_networks
-    from brax.training.agents.sac import train as sac
-    from flax import linen
-
-    progress = BraxProgress(
+    progress = _baselines.BraxProgress(
         label=f"brax sac seed {settings.seed}", x_name="env_steps", x_of_step=int
     )
-    network_factory = functools.partial(
-        sac_networks.make_sac_networks,
-        hidden_layer_sizes=settings.hidden,
-        activation=getattr(linen, settings.activation),
-    )
-    start = time.perf_counter()
-    sac.train(
-        environment=envs.get_environment(settings.env, backend=settings.backend),
+    report = _baselines.run_agent(
+        settings,
+        "sac",
+        progress,
         num_timesteps=settings.env_steps,
-        episode_length=settings.episode_length,
         action_repeat=1,
-        num_envs=settings.num_envs,
-        num_eval_envs=settings.eval_envs,
-        learning_rate=settings.learning_rate,
         discounting=settings.discount,
-        seed=settings.seed,
         batch_size=settings.batch_size,
-        num_evals=settings.num_evals,
-        normalize_observations=settings.normalize_observations,
         reward_scaling=settings.reward_scaling,
         tau=settings.tau,
         min_replay_size=settings.warmup_steps,
         max_replay_size=settings.max_replay_size,
         grad_updates_per_step=settings.grad_updates_per_step,
-        deterministic_eval=settings.deterministic_eval,
-        network_factory=network_factory,
-        progress_fn=progress,
     )
-    train_s = time.perf_counter() - start
     steady = progress.steady_times()
     epoch_env_steps = settings.steps_per_epoch * settings.num_envs
     return {
-        **worker_header("brax.training.agents.sac", settings),
+        **report,
         "steps_per_epoch": settings.steps_per_epoch,
-        **progress.report(),
         "env_steps_per_s": len(steady) * epoch_env_steps / sum(steady) if steady else None,
         "fastest_env_steps_per_s": epoch_env_steps / min(steady) if steady else None,
         "steady_env_steps": len(steady) * epoch_env_steps,
-        "train_s": train_s,
         "total_s": time.perf_counter() - START,
     }
 
 
 def main(argv: list[str] | None = None) -> None:
-    worker_main(parse, run, argv)
+    _baselines.worker_main(parse, run, argv)
 
 
 if __name__ == "__main__":

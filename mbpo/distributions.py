@@ -148,10 +148,7 @@ def truncated_normal_log_prob(
 
     Args:
       x: points at which to evaluate the density.
-      loc: mean mu of the untruncated normal.
-      scale: standard deviation sigma > 0 of the untruncated normal.
-      low: finite lower bound.
-      high: finite upper bound, > low.
+      loc, scale, low, high: as in :func:`truncated_normal_sample`.
 
     Returns:
       log p(x), broadcast over the arguments.
@@ -175,10 +172,7 @@ def truncated_normal_mean(
     (Johnson, Kotz and Balakrishnan, Continuous Univariate Distributions, vol. 1, sec. 10.1).
 
     Args:
-      loc: mean mu of the untruncated normal.
-      scale: standard deviation sigma > 0 of the untruncated normal.
-      low: finite lower bound.
-      high: finite upper bound, > low.
+      loc, scale, low, high: as in :func:`truncated_normal_sample`.
 
     Returns:
       E[x], broadcast over the arguments.
@@ -205,10 +199,7 @@ def truncated_normal_variance(
     log10(sigma^2 / Var[x]) digits; float32 is then inaccurate (2.6% at [10 sigma, 11 sigma]).
 
     Args:
-      loc: mean mu of the untruncated normal.
-      scale: standard deviation sigma > 0 of the untruncated normal.
-      low: finite lower bound.
-      high: finite upper bound, > low.
+      loc, scale, low, high: as in :func:`truncated_normal_sample`.
 
     Returns:
       Var[x], broadcast over the arguments.
