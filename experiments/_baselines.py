@@ -262,6 +262,14 @@ class WorkerSettings:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
 
     @classmethod
+    def of(cls, preset, seed: int, cache: str | None, **own):
+        """The settings of ``seed``: every field the benchmark's ``preset`` has under the same
+        name (so that the two sides cannot disagree on it), then ``own``."""
+        names = [f.name for f in dataclasses.fields(cls) if hasattr(preset, f.name)]
+        shared = {name: getattr(preset, name) for name in names}
+        return cls(**{**shared, **own}, seed=seed, compilation_cache=cache)
+
+    @classmethod
     def parse(cls, argv: list[str] | None = None):
         """``--field-name`` options for the fields (:func:`mbpo.cli.parse`); bad values exit 2."""
         return cli.parse(cls, argv, prog=cls.worker, description=cls.__doc__.splitlines()[0])
@@ -514,6 +522,11 @@ def stat_row(label: str, width: int, summary: dict, side: str, stat: str, tail: 
     (``fmt``: :func:`experiments.harness.pm`'s scale and digits), then ``tail``."""
     ours, theirs = (harness.pm(summary[name][stat], **fmt) for name in ("ours", side))
     return f"{label:<{width}}{ours:>20}{theirs:>20}{tail}"
+
+
+def entry(module: str):
+    """The ``main(argv=None)`` of the benchmark ``module`` (:func:`main` of that script)."""
+    return lambda argv=None: main(sys.modules[module], argv)
 
 
 def main(script, argv) -> None:

@@ -102,9 +102,13 @@ class Preset:
 
 # About 2-3 minutes on a 2-core CPU, most of it compiling the Brax rollouts and gradients.
 _CPU = TaskConfig(
-    num_envs=(1, 64, 1024), rollout_steps=100, gradient_envs=64, gradient_steps=32, warmup=3,
+    num_envs=(1, 64, 1024),
+    rollout_steps=100,
+    gradient_envs=64,
+    gradient_steps=32,
+    warmup=3,
     repeats=30,
-)  # fmt: skip
+)
 _GPU = dataclasses.replace(_CPU, num_envs=(1, 64, 1024, 4096))  # a few minutes on one H100
 PRESETS: dict[str, Preset] = {
     "cpu": Preset(

@@ -58,7 +58,6 @@ load from other processes that drifts during the run falls on both alike.
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 from envs import brax_tasks
 from experiments import _baselines, harness
@@ -169,27 +168,18 @@ def trainer_config(preset: Preset) -> UnrollTrainerConfig:
 
 def worker_settings(preset: Preset, seed: int, cache: str | None) -> ApgSettings:
     """APG's settings for ``preset`` and ``seed``."""
-    return ApgSettings(
-        env=preset.env,
-        backend=preset.backend,
-        num_envs=preset.num_envs,
-        episode_length=preset.episode_length,
-        horizon=preset.horizon,
-        num_updates=preset.num_updates,
-        num_evals=preset.num_evals,
-        learning_rate=preset.learning_rate,
+    return ApgSettings.of(
+        preset,
+        seed,
+        cache,
         adam_b1=0.7,
         adam_b2=0.95,
         use_schedule=False,
         max_grad_norm=1.0,
-        hidden=preset.hidden,
         activation="tanh",
         layer_norm=False,
         normalize_observations=True,
         deterministic_eval=True,
-        eval_envs=preset.eval_envs,
-        seed=seed,
-        compilation_cache=cache,
     )
 
 
@@ -259,11 +249,7 @@ def format_table(report: dict) -> str:
 
 EXPERIMENT = harness.Experiment("experiments.bench_vs_brax_apg", __doc__, PRESETS)
 SIDE = _baselines.BraxSide("apg", "Brax's APG", "experiments.apg_worker", "--apg-python")
-
-
-def main(argv: list[str] | None = None) -> None:
-    _baselines.main(sys.modules[__name__], argv)
-
+main = _baselines.entry(__name__)
 
 if __name__ == "__main__":
     main()

@@ -80,7 +80,6 @@ processes that drifts during the run falls on both alike.
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import envs
 from envs import brax_tasks
@@ -243,28 +242,17 @@ def trainer_config(preset: Preset, action_size: int | None = None) -> OffPolicyC
 
 def worker_settings(preset: Preset, seed: int, cache: str | None) -> SacSettings:
     """Brax's settings for ``preset`` and ``seed``."""
-    return SacSettings(
-        env=preset.env,
-        backend=preset.backend,
-        num_envs=preset.num_envs,
-        episode_length=preset.episode_length,
-        env_steps=preset.env_steps,
-        warmup_steps=preset.warmup_steps,
+    return SacSettings.of(
+        preset,
+        seed,
+        cache,
         num_evals=1 + preset.train_chunks,
-        batch_size=preset.batch_size,
         grad_updates_per_step=preset.gradient_steps,
-        learning_rate=preset.learning_rate,
-        discount=preset.discount,
-        tau=preset.tau,
         max_replay_size=preset.buffer_capacity,
-        hidden=preset.hidden,
         activation="relu",
         reward_scaling=1.0,
         normalize_observations=False,
         deterministic_eval=True,
-        eval_envs=preset.eval_envs,
-        seed=seed,
-        compilation_cache=cache,
     )
 
 
@@ -367,11 +355,7 @@ def format_table(report: dict) -> str:
 
 EXPERIMENT = harness.Experiment("experiments.bench_vs_brax_sac", __doc__, PRESETS)
 SIDE = _baselines.BraxSide("brax", "Brax's SAC", "experiments.sac_worker", "--brax-python")
-
-
-def main(argv: list[str] | None = None) -> None:
-    _baselines.main(sys.modules[__name__], argv)
-
+main = _baselines.entry(__name__)
 
 if __name__ == "__main__":
     main()

@@ -45,18 +45,23 @@ class State(struct.PyTreeNode):
     nan_action: Flag
 
     @classmethod
-    def from_observation(cls, obs: Observation) -> State:
-        """A state that is its observation (x = obs): the start of an n = 0 surrogate on replayed
-        observations (model-free actors) and of models whose state is the observation."""
+    def start(cls, x: PyTree, obs: Observation) -> State:
+        """The state at t = 0 of ``x`` seen as ``obs``: no reward yet, not done, no NaN action."""
         zero = jnp.zeros((), obs.dtype)
         return cls(
-            x=obs,
+            x=x,
             obs=obs,
             reward=zero,
             done=zero,
             t=jnp.zeros((), jnp.int32),
             nan_action=jnp.zeros((), bool),
         )
+
+    @classmethod
+    def from_observation(cls, obs: Observation) -> State:
+        """A state that is its observation (x = obs): the start of an n = 0 surrogate on replayed
+        observations (model-free actors) and of models whose state is the observation."""
+        return cls.start(obs, obs)
 
 
 class NaNActionError(FloatingPointError):
@@ -140,16 +145,7 @@ class Dynamics(struct.PyTreeNode, abc.ABC):
     # --- the interface -----------------------------------------------------------------------
     def reset(self, key: PRNGKey) -> State:
         """Samples s_0 ~ rho_0 and returns its :class:`State`."""
-        x, obs = self._reset(key)
-        zero = jnp.zeros((), dtype=obs.dtype)
-        return State(
-            x=x,
-            obs=obs,
-            reward=zero,
-            done=zero,
-            t=jnp.zeros((), jnp.int32),
-            nan_action=jnp.zeros((), bool),
-        )
+        return State.start(*self._reset(key))
 
     def step(self, state: State, action: Action, xi: Noise) -> State:
         """One transition s' = f(s, a, xi), differentiable in ``state``, ``action`` and ``xi``."""
