@@ -312,6 +312,48 @@ def run_agent(settings: WorkerSettings, agent: str, progress: BraxProgress, **kw
     return {**worker_header(module, settings), **progress.report(), "train_s": train_s}
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BenchPreset:
+    """What both sides of every benchmark against brax get; each benchmark's preset adds its
+    agent's sizes.
+
+    Attributes:
+      env: a Brax task of ``envs.brax_tasks.TASKS``.
+      backend: Brax physics pipeline.
+      num_envs: parallel training environments.
+      episode_length: steps before an environment is reset, in training and evaluation.
+      learning_rate: Adam learning rate.
+      hidden: hidden layer sizes of the networks.
+      eval_envs: episodes per evaluation.
+      seeds: seeds 0, ..., seeds - 1 of each side.
+    """
+
+    env: str
+    backend: str
+    num_envs: int
+    episode_length: int
+    learning_rate: float
+    hidden: tuple[int, ...]
+    eval_envs: int
+    seeds: int
+
+    def __post_init__(self):
+        from envs import brax_tasks
+        from mbpo.dynamics.brax_env import BACKENDS
+
+        if self.env not in brax_tasks.TASKS:
+            raise ValueError(
+                f"env must be a Brax task ({', '.join(brax_tasks.TASKS)}), got {self.env!r}"
+            )
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        harness.check_positive(self, "num_envs", "episode_length", "eval_envs", "seeds")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"hidden must be a non-empty tuple of sizes >= 1, got {self.hidden}")
+
+
 class ChunkLog:
     """The :func:`mbpo.runner.fit` callback of our side: the evaluations (the untrained policy's
     first, at ``x`` = 0), the time of each chunk's updates (evaluation excluded) and whether

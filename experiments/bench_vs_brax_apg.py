@@ -59,53 +59,32 @@ from __future__ import annotations
 
 import dataclasses
 
-from envs import brax_tasks
 from experiments import _baselines, harness
 from experiments.apg_worker import ApgSettings
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Preset:
-    """One comparison; both sides get these settings.
+class Preset(_baselines.BenchPreset):
+    """One comparison; both sides get these settings (and those of
+    :class:`experiments._baselines.BenchPreset`; its ``env``'s reward must depend smoothly on the
+    actions: inverted_pendulum pays a constant 1 per step and ends by a threshold, so its analytic
+    gradient is exactly 0 for both methods and only the timing would mean anything).
 
     Attributes:
-      env: a Brax task of ``envs.brax_tasks.TASKS``. Its reward must depend smoothly on the
-        actions: inverted_pendulum pays a constant 1 per step and ends by a threshold, so its
-        analytic gradient is exactly 0 for both methods and only the timing would mean anything.
-      backend: Brax physics pipeline.
-      num_envs: parallel training environments.
-      episode_length: steps before an environment is reset, in training and evaluation.
       horizon: steps per differentiated window.
       num_updates: policy updates, a multiple of ``num_evals - 1``.
       num_evals: evaluations, the one before training included; >= 4 (APG's first two chunks
         compile, so at least one timed chunk needs a third).
-      learning_rate: Adam learning rate.
-      hidden: hidden layer sizes of the policy.
-      eval_envs: episodes per evaluation.
-      seeds: seeds 0, ..., seeds - 1 of each method.
     """
 
-    env: str
-    backend: str
-    num_envs: int
-    episode_length: int
     horizon: int
     num_updates: int
     num_evals: int
-    learning_rate: float
-    hidden: tuple[int, ...]
-    eval_envs: int
-    seeds: int
 
     def __post_init__(self):
-        if self.env not in brax_tasks.TASKS:
-            raise ValueError(
-                f"env must be a Brax task ({', '.join(brax_tasks.TASKS)}), got {self.env!r}"
-            )
-        harness.check_positive(
-            self, "num_envs", "episode_length", "horizon", "num_updates", "eval_envs", "seeds"
-        )
+        super().__post_init__()
+        harness.check_positive(self, "horizon", "num_updates")
         if self.num_evals < 4 or self.num_updates % (self.num_evals - 1):
             raise ValueError(
                 "need num_evals >= 4 and num_updates a multiple of num_evals - 1; "

@@ -82,65 +82,43 @@ from __future__ import annotations
 import dataclasses
 
 import envs
-from envs import brax_tasks
 from experiments import _baselines, harness
 from experiments.sac_worker import SacSettings
 from mbpo.agents.off_policy import OffPolicyConfig
-from mbpo.dynamics.brax_env import BACKENDS
 
 NO_CLIPPING = 1e9  # our optimizer always clips the global norm; brax's never does
 BRAX_ALPHA = {"init_alpha": 1.0, "alpha_lr": 3e-4, "target_entropy_per_action": -0.5}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Preset:
-    """One comparison; both sides get these settings.
+class Preset(_baselines.BenchPreset):
+    """One comparison; both sides get these settings (and those of
+    :class:`experiments._baselines.BenchPreset`: ``num_envs`` are each stepped once per training
+    step, ``hidden`` sizes the policy and each critic).
 
     Attributes:
-      env: a Brax task of ``envs.brax_tasks.TASKS``.
-      backend: Brax physics pipeline.
-      num_envs: parallel training environments, each stepped once per training step.
-      episode_length: steps before an environment is reset, in training and evaluation.
       chunk_updates: training steps per compiled chunk (brax: per epoch); the warmup is one
         chunk of env steps.
       train_chunks: training chunks, each followed by an evaluation; >= 2 (brax's first
         compiles, so at least one timed chunk needs a second).
       batch_size: transitions per gradient step.
       gradient_steps: gradient steps per training step.
-      learning_rate: Adam learning rate of policy and critics.
       discount: gamma.
       tau: Polyak rate of the target critics.
       buffer_capacity: replay buffer size.
-      hidden: hidden layer sizes of the policy and of each critic.
-      eval_envs: episodes per evaluation.
-      seeds: seeds 0, ..., seeds - 1 of each side.
     """
 
-    env: str
-    backend: str
-    num_envs: int
-    episode_length: int
     chunk_updates: int
     train_chunks: int
     batch_size: int
     gradient_steps: int
-    learning_rate: float
     discount: float
     tau: float
     buffer_capacity: int
-    hidden: tuple[int, ...]
-    eval_envs: int
-    seeds: int
 
     def __post_init__(self):
-        if self.env not in brax_tasks.TASKS:
-            raise ValueError(
-                f"env must be a Brax task ({', '.join(brax_tasks.TASKS)}), got {self.env!r}"
-            )
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        harness.check_positive(self, "num_envs", "episode_length", "chunk_updates", "batch_size")
-        harness.check_positive(self, "gradient_steps", "eval_envs", "seeds")
+        super().__post_init__()
+        harness.check_positive(self, "chunk_updates", "batch_size", "gradient_steps")
         if self.train_chunks < 2:
             raise ValueError(
                 f"train_chunks must be >= 2 (brax's first epoch compiles), got {self.train_chunks}"
@@ -150,13 +128,10 @@ class Preset:
                 f"buffer_capacity={self.buffer_capacity} must hold one step of all "
                 f"num_envs={self.num_envs} envs"
             )
-        if self.learning_rate <= 0 or not 0 < self.discount <= 1 or not 0 < self.tau <= 1:
+        if not 0 < self.discount <= 1 or not 0 < self.tau <= 1:
             raise ValueError(
-                "need learning_rate > 0, 0 < discount <= 1 and 0 < tau <= 1; got "
-                f"{self.learning_rate}, {self.discount}, {self.tau}"
+                f"need 0 < discount <= 1 and 0 < tau <= 1; got {self.discount}, {self.tau}"
             )
-        if not self.hidden or min(self.hidden) < 1:
-            raise ValueError(f"hidden must be a non-empty tuple of sizes >= 1, got {self.hidden}")
 
     @property
     def chunk_env_steps(self) -> int:
