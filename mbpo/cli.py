@@ -32,11 +32,13 @@ def check_positive(config: Any, *names: str, minimum: int = 1) -> None:
             raise ValueError(f"{name} must be >= {minimum}, got {getattr(config, name)}")
 
 
-def _parser_for(annotation: Any) -> tuple[Any, dict]:
+def converter(annotation: Any) -> tuple[Any, dict]:
+    """The argparse ``type`` of a field annotated ``annotation`` and the other keywords it needs
+    (``nargs`` for a tuple)."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        base, extra = _parser_for(args[0])
+        base, extra = converter(args[0])
         convert = extra.get("type", base)
 
         def optional(text: str):
@@ -118,7 +120,7 @@ def add_arguments(
     for field in dataclasses.fields(cls):
         if field.name in exclude:
             continue
-        convert, extra = _parser_for(hints[field.name])
+        convert, extra = converter(hints[field.name])
         choices = field.metadata.get("choices")
         shown = field.default if defaults is None else defaults.get(field.name, field.default)
         parser.add_argument(

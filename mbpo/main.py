@@ -24,7 +24,7 @@ import pathlib
 import sys
 import time
 
-from mbpo.cli import add_arguments, build
+from mbpo.cli import add_arguments, build, converter
 
 DIVERGED = 3  # exit code of a run stopped by non-finite training
 # Fields that mean the same in every trainer's config: --config of one trainer gives them to
@@ -55,31 +55,6 @@ def _envs(args: argparse.Namespace) -> None:
             f"{name:26s} {kind:6s} {task.observation_size:4d} {task.action_size:4d} "
             f"{task.noise_shape!s:>8s}  {task.has_log_prob}"
         )
-
-
-class Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` that keeps the actions added to it in ``options`` (argparse's own
-    list is private); its subparsers are of this class too."""
-
-    def __init__(self, *args, **kwargs):
-        self.options: list[argparse.Action] = []
-        super().__init__(*args, **kwargs)
-
-    def add_argument(self, *args, **kwargs) -> argparse.Action:
-        action = super().add_argument(*args, **kwargs)
-        self.options.append(action)
-        return action
-
-
-def _given(parser: Parser, argv: list[str]) -> set[str]:
-    """The destinations of the options written out in ``argv`` (abbreviations are off)."""
-    given = set()
-    for action in parser.options:
-        if any(
-            token == o or token.startswith(o + "=") for token in argv for o in action.option_strings
-        ):
-            given.add(action.dest)
-    return given
 
 
 def _resume_config(parser, args, given: set[str], config_class: type):
@@ -116,35 +91,41 @@ def _resume_config(parser, args, given: set[str], config_class: type):
     return config, seeds
 
 
-def _train(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, config_class: type, given: set[str]
-) -> None:
-    """``mbpo train``: the config from the command line (or the saved one of ``--resume``), then
-    :func:`mbpo.runner.fit` into the run directory."""
+def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``mbpo train``: the trainer (:func:`_config_class`) and its config from the command line
+    (or the saved one of ``--resume``), then :func:`mbpo.runner.fit` into the run directory."""
     from mbpo import curves, runner
     from mbpo.agents import loop
 
-    if args.seeds < 1:
-        parser.error(f"--seeds must be >= 1, got {args.seeds}")
-    if args.from_checkpoint is not None and args.resume is None:
+    given = set(vars(args)) - {"command"}
+    config_class = _config_class(parser, args)
+    _check_options(parser, config_class, given)
+    resume, seeds = getattr(args, "resume", None), getattr(args, "seeds", 1)
+    if seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {seeds}")
+    from_checkpoint = getattr(args, "from_checkpoint", None)
+    if from_checkpoint is not None and resume is None:
         parser.error("--from-checkpoint needs --resume RUN_DIR")
-    if args.resume is not None:
+    if resume is not None:
         config, seeds = _resume_config(parser, args, given, config_class)
-        run_dir = args.resume
+        run_dir = resume
     else:
-        config, seeds = build(parser, config_class, args), args.seeds
-        run_dir = (
-            args.run_dir
-            or pathlib.Path("runs")
-            / f"{config.env}-{config.label}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path = getattr(args, "config", None)
+        defaults = _config_defaults(parser, path, config_class, given) if path else {}
+        # --algo NAME of an estimator picks the unroll trainer and is its --estimator.
+        by_algo = "algo" in given and "estimator" in _fields(config_class)
+        fixed = {"estimator": args.algo} if by_algo else {}
+        config = build(parser, config_class, args, defaults, **fixed)
+        run_dir = getattr(args, "run_dir", None) or (
+            pathlib.Path("runs") / f"{config.env}-{config.label}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
     try:
         _, history = runner.fit(
             config,
             run_dir=run_dir,
             seeds=seeds,
-            resume=args.resume is not None,
-            from_checkpoint=args.from_checkpoint,
+            resume=resume is not None,
+            from_checkpoint=from_checkpoint,
         )
     except runner.UnverifiedCheckpoint:
         raise  # a failure of the disk, not of the input: not a usage error
@@ -237,39 +218,112 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         print(f"wrote {render(trainer.dynamics, states, args.run_dir / 'episode')}")
 
 
-def _train_config_class(argv: list[str]) -> type:
-    """The config class ``mbpo train`` parses: from ``--algo``, else from
-    ``--config``/``--resume``'s
-    saved config, else the unroll trainer's."""
+def _fields(config_class: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(config_class)}
+
+
+def _config_class(parser: argparse.ArgumentParser, args: argparse.Namespace) -> type:
+    """The config class of ``mbpo train``: ``--resume``'s saved one, else ``--algo``'s, else
+    ``--config``'s saved one, else the unroll trainer's."""
     from mbpo import runner
     from mbpo.agents import registry
 
-    pre = argparse.ArgumentParser(prog="mbpo train", add_help=False, allow_abbrev=False)
-    pre.add_argument("--algo")
-    pre.add_argument("--config", type=pathlib.Path)
-    pre.add_argument("--resume", type=pathlib.Path)
-    known, _ = pre.parse_known_args(argv[1:])
     try:
-        if known.resume is not None:
-            return type(runner.load_config(known.resume))
-        if known.algo is not None:
-            return registry.config_class(known.algo)
-        if known.config is not None:
-            return type(runner.load_config(known.config))
+        if getattr(args, "resume", None) is not None:
+            return type(runner.load_config(args.resume))
+        if getattr(args, "algo", None) is not None:
+            return registry.config_class(args.algo)
+        if getattr(args, "config", None) is not None:
+            return type(runner.load_config(args.config))
     except (runner.RunDirError, ValueError) as error:
-        pre.error(str(error))
+        parser.error(str(error))
     return registry.TRAINERS["unroll"][0]
 
 
-def make_parser(train_config: type | None = None) -> argparse.ArgumentParser:
-    """The ``mbpo`` parser; ``train`` takes the options of ``train_config`` (default: the unroll
-    trainer's). ``parser.commands`` maps each command to its subparser."""
-    from mbpo.agents import registry
-    from mbpo.agents.unroll_trainer import UnrollTrainerConfig
+def _train_config_class(argv: list[str]) -> type:
+    """The config class ``mbpo train`` with ``argv`` trains (:func:`_config_class`)."""
+    parser = make_parser()
+    return _config_class(parser.commands["train"], parser.parse_args(argv))
 
-    train_config = train_config or UnrollTrainerConfig
+
+def _check_options(parser: argparse.ArgumentParser, config_class: type, given: set[str]) -> None:
+    """Refuses an option that is a field of another trainer's config only."""
+    stray = sorted(given & set(_union()) - _fields(config_class) - {"algo"})
+    if stray:
+        names = " ".join("--" + s.replace("_", "-") for s in stray)
+        parser.error(
+            f"unrecognized arguments: {names} (options of another trainer, not of "
+            f"{config_class.__name__}: `mbpo train --algo NAME --help` lists an algorithm's)"
+        )
+
+
+def _union() -> dict[str, tuple]:
+    """Every config field of every trainer, once: (annotation, choices, help). Where trainers
+    differ, the optional annotation wins and choices are left to the config's own check."""
+    import typing
+
+    from mbpo.agents import registry
+
+    union: dict[str, tuple] = {}
+    for config_class, *_ in registry.TRAINERS.values():
+        hints = typing.get_type_hints(config_class)
+        for field in dataclasses.fields(config_class):
+            hint, choices = hints[field.name], field.metadata.get("choices")
+            if field.name in union:
+                old_hint, old_choices, old_help = union[field.name]
+                optional = old_hint if type(None) in typing.get_args(old_hint) else hint
+                same = old_choices == choices
+                union[field.name] = (optional, choices if same else None, old_help)
+            else:
+                union[field.name] = (hint, choices, field.metadata.get("help", ""))
+    return union
+
+
+class _TrainHelp(argparse.Action):
+    """``-h``: the options of the trainer chosen so far on the command line (``--algo NAME
+    --help``), with their defaults."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        help_parser = argparse.ArgumentParser(
+            prog=parser.prog, description=parser.description, allow_abbrev=False
+        )
+        config_class = _config_class(parser, namespace)
+        add_arguments(help_parser, config_class)
+        _add_algo(help_parser, config_class)
+        _add_run_options(help_parser)
+        help_parser.print_help()
+        parser.exit()
+
+
+def _add_algo(p_train: argparse.ArgumentParser, config_class: type | None) -> None:
+    from mbpo.agents import registry
+
+    if config_class is not None and "algo" in _fields(config_class):
+        return
     algos = " | ".join(registry.ALGOS)
-    parser = Parser(prog="mbpo", description="Policy optimization through differentiable dynamics.")
+    p_train.add_argument(
+        "--algo",
+        default=argparse.SUPPRESS,
+        help=f"the algorithm: {algos}. The estimators "
+        f"({', '.join(registry.estimator_names())}) are the unroll trainer's --estimator; the "
+        "others have their own options (mbpo train --algo NAME --help)",
+    )
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The ``mbpo`` parser, which reads the command line once. ``train`` takes every trainer's
+    config fields (none has a default in the namespace: what is there was given); the trainer is
+    chosen after parsing (:func:`_config_class`) and an option it lacks refused by name.
+    ``parser.commands`` maps each command to its subparser."""
+    from mbpo.agents import registry
+
+    algos = " | ".join(registry.ALGOS)
+    parser = argparse.ArgumentParser(
+        prog="mbpo", description="Policy optimization through differentiable dynamics."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_envs = sub.add_parser("envs", help="list the tasks and their sizes")
     p_envs.add_argument(
@@ -281,16 +335,19 @@ def make_parser(train_config: type | None = None) -> argparse.ArgumentParser:
         description=f"Train one algorithm (--algo {algos}); `mbpo train --algo NAME --help` lists "
         "that algorithm's options.",
         allow_abbrev=False,
+        add_help=False,
     )
-    add_arguments(p_train, train_config)
-    if "algo" not in {f.name for f in dataclasses.fields(train_config)}:
+    p_train.add_argument("-h", "--help", action=_TrainHelp, help="show the trainer's options")
+    for name, (hint, choices, text) in _union().items():
+        convert, extra = converter(hint)
         p_train.add_argument(
-            "--algo",
-            choices=tuple(registry.ALGOS),
-            help=f"the algorithm: {algos}. The estimators "
-            f"({', '.join(registry.estimator_names())}) are "
-            "this trainer's --estimator; the others have their own options (mbpo train --algo NAME "
-            "--help)",
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=convert,
+            default=argparse.SUPPRESS,
+            choices=choices,
+            help=text,
+            **extra,
         )
     _add_run_options(p_train)
     p_eval = sub.add_parser(
@@ -309,32 +366,37 @@ def make_parser(train_config: type | None = None) -> argparse.ArgumentParser:
 
 
 def _add_run_options(p_train: argparse.ArgumentParser) -> None:
-    """``mbpo train``'s options beside the config fields: where the run goes and how it resumes."""
+    """``mbpo train``'s options beside the config fields: where the run goes and how it resumes
+    (none has a default in the namespace)."""
     p_train.add_argument(
         "--run-dir",
         type=pathlib.Path,
+        default=argparse.SUPPRESS,
         help="where config, metrics, checkpoints and plots go (must hold no run)",
     )
     p_train.add_argument(
         "--resume",
         type=pathlib.Path,
+        default=argparse.SUPPRESS,
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR (only --num-updates may change)",
     )
     p_train.add_argument(
         "--from-checkpoint",
         type=int,
+        default=argparse.SUPPRESS,
         metavar="UPDATES",
         help="with --resume: the checkpoint after UPDATES updates (newer ones are set aside)",
     )
     p_train.add_argument(
         "--config",
         type=pathlib.Path,
+        default=argparse.SUPPRESS,
         metavar="FILE",
         help="a config.json whose values become the defaults",
     )
     p_train.add_argument(
-        "--seeds", type=int, default=1, help="train N seeds in one vmapped program"
+        "--seeds", type=int, default=argparse.SUPPRESS, help="train N seeds in one vmapped program"
     )
 
 
@@ -405,23 +467,13 @@ def main(argv: list[str] | None = None) -> None:
 
         compare.main(argv[1:])
         return
-    train_config = _train_config_class(argv) if argv[:1] == ["train"] else None
-    parser = make_parser(train_config)
+    parser = make_parser()
     args = parser.parse_args(argv)
     subparser = parser.commands[args.command]
     if args.command == "envs":
         _envs(args)
     elif args.command == "train":
-        given = _given(subparser, argv[1:])
-        if args.config is not None and args.resume is None:
-            defaults = _config_defaults(subparser, args.config, train_config, given)
-            if getattr(args, "algo", None) is not None and "estimator" in vars(args):
-                defaults["estimator"] = args.algo
-            subparser.set_defaults(**defaults)
-            args = parser.parse_args(argv)
-        if "estimator" in vars(args) and getattr(args, "algo", None) is not None:
-            args.estimator = args.algo
-        _train(subparser, args, train_config, given)
+        _train(subparser, args)
     else:
         _evaluate(subparser, args)
 

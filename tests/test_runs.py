@@ -283,7 +283,7 @@ def test_config_of_another_trainer_refuses_fields_whose_meaning_differs(tmp_path
     # Given explicitly, the value is the user's, and the shared fields carry over.
     from mbpo.agents.registry import config_class
 
-    parser = cli.make_parser(config_class("sac"))
+    parser = cli.make_parser()
     defaults = cli._config_defaults(
         parser.commands["train"], path, config_class("sac"), given={"tau", "max_grad_norm"}
     )
