@@ -117,6 +117,20 @@ def _draw_xi(dynamics: Dynamics, k_xi: PRNGKey, shape: tuple[int, ...]):
     return jax.vmap(dynamics.sample_noise)(keys).reshape(*shape, *dynamics.noise_shape)
 
 
+def step(dynamics: Dynamics, state: State, action: Action, xi: Noise) -> tuple[State, Transition]:
+    """One step s' = f(s, a, xi) and its :class:`Transition`: the one place a transition is formed
+    (by :func:`rollout`, and by data collection, whose actions come from a behaviour policy)."""
+    s_next = dynamics.step(state, action, xi)
+    return s_next, Transition(
+        obs=state.obs,
+        action=action,
+        reward=s_next.reward,
+        done=s_next.done,
+        next_obs=s_next.obs,
+        log_prob=jnp.zeros_like(s_next.reward),
+    )
+
+
 def rollout(
     dynamics: Dynamics,
     policy: PolicyFn,
@@ -161,22 +175,15 @@ def rollout(
 
     def body(s: State, noise_t: RolloutNoise) -> tuple[State, Transition]:
         a = policy(s.obs, noise_t.eps)
-        s_next = dynamics.step(s, a, noise_t.xi)
-        reward, log_prob = s_next.reward, jnp.zeros_like(s_next.reward)
+        s_next, t = step(dynamics, s, a, noise_t.xi)
         if dynamics_gradient != "pathwise":
             s_next = jax.lax.stop_gradient(s_next)
+            t = t.replace(done=s_next.done, next_obs=s_next.obs)
         if dynamics_gradient == "score":
-            reward = dynamics.reward(s, a, s_next)
-            log_prob = dynamics.log_prob(s, a, s_next)
-        step = Transition(
-            obs=s.obs,
-            action=a,
-            reward=reward,
-            done=s_next.done,
-            next_obs=s_next.obs,
-            log_prob=log_prob,
-        )
-        return s_next, (step, s_next) if with_states else step
+            t = t.replace(
+                reward=dynamics.reward(s, a, s_next), log_prob=dynamics.log_prob(s, a, s_next)
+            )
+        return s_next, (t, s_next) if with_states else t
 
     return jax.lax.scan(body, state, noise)
 

@@ -72,6 +72,7 @@ from mbpo.policies import DeterministicPolicy, GaussianPolicy, TanhGaussianPolic
 from mbpo.replay import RingBuffer, RingBufferState, ring_buffer, uniform_policy
 from mbpo.types import Action, Array, Float, Observation, Params, PRNGKey, PyTree, Scalar
 from mbpo.unroll import PolicyFn, RolloutNoise, Transition, draw_noise
+from mbpo.unroll import step as transition_step
 
 ALGOS = ("nfqca", "fqi", "fqi_amortized", "ddpg", "td3", "sac")
 OPTIMIZERS = ("adam", "sgd")
@@ -682,14 +683,8 @@ class _Online:
         action, explored = jax.vmap(behaviour)(states.obs, eps, ts.exploration)
         warm = ts.env_steps < c.warmup_steps
         action = jnp.where(warm, jax.vmap(self.random_policy)(states.obs, eps), action)
-        nxt = jax.vmap(dynamics.step)(states, action, noise.xi)
-        transition = Transition(
-            obs=states.obs,
-            action=action,
-            reward=nxt.reward,
-            done=nxt.done,
-            next_obs=nxt.obs,
-            log_prob=jnp.zeros_like(nxt.reward),
+        nxt, transition = jax.vmap(functools.partial(transition_step, dynamics))(
+            states, action, noise.xi
         )
         finished = (nxt.done > 0) | (nxt.t >= c.episode_length)
         return ts.replace(
