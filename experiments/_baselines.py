@@ -329,13 +329,13 @@ class BenchPreset:
     """
 
     env: str
-    backend: str
+    backend: str = "positional"
     num_envs: int
     episode_length: int
     learning_rate: float
-    hidden: tuple[int, ...]
-    eval_envs: int
-    seeds: int
+    hidden: tuple[int, ...] = (64, 64)
+    eval_envs: int = 128
+    seeds: int = 3
 
     def __post_init__(self):
         from envs import brax_tasks

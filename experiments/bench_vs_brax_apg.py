@@ -100,16 +100,12 @@ class Preset(_baselines.BenchPreset):
 # is compiling Brax gradients (1-2 min per program).
 _CPU = Preset(
     env="reacher",
-    backend="positional",
     num_envs=32,
     episode_length=128,
     horizon=16,
     num_updates=60,
     num_evals=5,
     learning_rate=2e-3,
-    hidden=(64, 64),
-    eval_envs=128,
-    seeds=3,
 )
 PRESETS: dict[str, Preset] = {
     "cpu": _CPU,

@@ -151,7 +151,6 @@ class Preset(_baselines.BenchPreset):
 # most episode_length). Both sides go from ~40 to the 100s within 4k env steps.
 _CPU = Preset(
     env="inverted_pendulum",
-    backend="positional",
     num_envs=16,
     episode_length=200,
     chunk_updates=128,
@@ -162,9 +161,6 @@ _CPU = Preset(
     discount=0.99,
     tau=0.005,
     buffer_capacity=100_000,
-    hidden=(64, 64),
-    eval_envs=128,
-    seeds=3,
 )
 PRESETS: dict[str, Preset] = {
     "cpu": _CPU,

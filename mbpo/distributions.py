@@ -13,7 +13,7 @@ dtype of its inputs (float32 or float64).
 """
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +21,10 @@ from jax.scipy import special
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from mbpo.types import Scalar
+
+# Arguments that broadcast against each other (``*batch`` is any shape, scalars included).
+Batch: TypeAlias = Float[ArrayLike, "*batch"]
+BatchOut: TypeAlias = Float[Array, "*batch"]
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -35,11 +39,7 @@ def _as_floats(*args: Float[ArrayLike, "..."]) -> tuple[Float[Array, "..."], ...
     return tuple(jnp.asarray(arg, dtype) for arg in args)
 
 
-def normal_log_prob(
-    x: Float[ArrayLike, "*batch"],
-    loc: Float[ArrayLike, "*batch"],
-    scale: Float[ArrayLike, "*batch"],
-) -> Float[Array, "*batch"]:
+def normal_log_prob(x: Batch, loc: Batch, scale: Batch) -> BatchOut:
     """Elementwise log density of the univariate normal N(loc, scale^2).
 
     log p(x; mu, sigma) = -((x - mu) / sigma)^2 / 2 - log sigma - log(2 pi) / 2
@@ -67,20 +67,15 @@ class _StandardInterval(NamedTuple):
 
     reflected: Bool[Array, "*batch"]
     """Whether alpha, beta are the reflected bounds -(high - loc) / scale, -(low - loc) / scale."""
-    alpha: Float[Array, "*batch"]
+    alpha: BatchOut
     """Lower bound of the (possibly reflected) standardized interval."""
-    beta: Float[Array, "*batch"]
+    beta: BatchOut
     """Upper bound of the (possibly reflected) standardized interval."""
-    log_mass: Float[Array, "*batch"]
+    log_mass: BatchOut
     """log Z = log(Phi(beta) - Phi(alpha)), the log probability of the interval under N(0, 1)."""
 
 
-def _standard_interval(
-    loc: Float[ArrayLike, "*batch"],
-    scale: Float[ArrayLike, "*batch"],
-    low: Float[ArrayLike, "*batch"],
-    high: Float[ArrayLike, "*batch"],
-) -> _StandardInterval:
+def _standard_interval(loc: Batch, scale: Batch, low: Batch, high: Batch) -> _StandardInterval:
     lower = (low - loc) / scale
     upper = (high - loc) / scale
     reflected = lower + upper > 0
@@ -92,18 +87,18 @@ def _standard_interval(
     return _StandardInterval(reflected, alpha, beta, log_mass)
 
 
-def _mills_ratio(z: Float[Array, "*batch"], interval: _StandardInterval) -> Float[Array, "*batch"]:
+def _mills_ratio(z: BatchOut, interval: _StandardInterval) -> BatchOut:
     """phi(z) / Z, evaluated in log space so that tiny Z does not overflow."""
     return jnp.exp(normal_log_prob(z, 0.0, 1.0) - interval.log_mass)
 
 
 def truncated_normal_sample(
-    u: Float[ArrayLike, "*batch"],
-    loc: Float[ArrayLike, "*batch"],
-    scale: Float[ArrayLike, "*batch"],
-    low: Float[ArrayLike, "*batch"],
-    high: Float[ArrayLike, "*batch"],
-) -> Float[Array, "*batch"]:
+    u: Batch,
+    loc: Batch,
+    scale: Batch,
+    low: Batch,
+    high: Batch,
+) -> BatchOut:
     """Truncated normal sample on [low, high] by the inverse CDF of uniform noise.
 
     x = mu + sigma Phi^{-1}(Phi(alpha) + u (Phi(beta) - Phi(alpha))),  u ~ Uniform(0, 1),
@@ -135,12 +130,12 @@ def truncated_normal_sample(
 
 
 def truncated_normal_log_prob(
-    x: Float[ArrayLike, "*batch"],
-    loc: Float[ArrayLike, "*batch"],
-    scale: Float[ArrayLike, "*batch"],
-    low: Float[ArrayLike, "*batch"],
-    high: Float[ArrayLike, "*batch"],
-) -> Float[Array, "*batch"]:
+    x: Batch,
+    loc: Batch,
+    scale: Batch,
+    low: Batch,
+    high: Batch,
+) -> BatchOut:
     """Log density of the normal N(mu, sigma^2) truncated to [low, high].
 
     log p(x) = log N(x; mu, sigma^2) - log(Phi(beta) - Phi(alpha))  for low <= x <= high,
@@ -159,12 +154,7 @@ def truncated_normal_log_prob(
     return jnp.where((x >= low) & (x <= high), log_density, -jnp.inf)
 
 
-def truncated_normal_mean(
-    loc: Float[ArrayLike, "*batch"],
-    scale: Float[ArrayLike, "*batch"],
-    low: Float[ArrayLike, "*batch"],
-    high: Float[ArrayLike, "*batch"],
-) -> Float[Array, "*batch"]:
+def truncated_normal_mean(loc: Batch, scale: Batch, low: Batch, high: Batch) -> BatchOut:
     """Mean of the normal N(mu, sigma^2) truncated to [low, high].
 
     E[x] = mu + sigma (phi(alpha) - phi(beta)) / Z,  Z = Phi(beta) - Phi(alpha),
@@ -183,12 +173,7 @@ def truncated_normal_mean(
     return loc + scale * jnp.where(interval.reflected, -shift, shift)
 
 
-def truncated_normal_variance(
-    loc: Float[ArrayLike, "*batch"],
-    scale: Float[ArrayLike, "*batch"],
-    low: Float[ArrayLike, "*batch"],
-    high: Float[ArrayLike, "*batch"],
-) -> Float[Array, "*batch"]:
+def truncated_normal_variance(loc: Batch, scale: Batch, low: Batch, high: Batch) -> BatchOut:
     """Variance of the normal N(mu, sigma^2) truncated to [low, high].
 
     Var[x] = sigma^2 [1 + (alpha phi(alpha) - beta phi(beta)) / Z
@@ -216,11 +201,7 @@ def truncated_normal_variance(
     )
 
 
-def kumaraswamy_sample(
-    u: Float[ArrayLike, "*batch"],
-    a: Float[ArrayLike, "*batch"],
-    b: Float[ArrayLike, "*batch"],
-) -> Float[Array, "*batch"]:
+def kumaraswamy_sample(u: Batch, a: Batch, b: Batch) -> BatchOut:
     """Kumaraswamy(a, b) sample on [0, 1] by the inverse CDF of uniform noise.
 
     F(x) = 1 - (1 - x^a)^b,  so  x = F^{-1}(u) = (1 - (1 - u)^{1/b})^{1/a},  u ~ Uniform(0, 1)
@@ -241,11 +222,7 @@ def kumaraswamy_sample(
     return jnp.exp(jnp.log(-jnp.expm1(jnp.log1p(-u) / b)) / a)
 
 
-def kumaraswamy_log_prob(
-    x: Float[ArrayLike, "*batch"],
-    a: Float[ArrayLike, "*batch"],
-    b: Float[ArrayLike, "*batch"],
-) -> Float[Array, "*batch"]:
+def kumaraswamy_log_prob(x: Batch, a: Batch, b: Batch) -> BatchOut:
     """Log density of Kumaraswamy(a, b).
 
     log p(x; a, b) = log a + log b + (a - 1) log x + (b - 1) log(1 - x^a)  for 0 < x < 1,
@@ -270,11 +247,7 @@ def kumaraswamy_log_prob(
     return jnp.where(inside, log_density, -jnp.inf)
 
 
-def kumaraswamy_moment(
-    n: float,
-    a: Float[ArrayLike, "*batch"],
-    b: Float[ArrayLike, "*batch"],
-) -> Float[Array, "*batch"]:
+def kumaraswamy_moment(n: float, a: Batch, b: Batch) -> BatchOut:
     """Raw moment E[x^n] of Kumaraswamy(a, b).
 
     E[x^n] = b B(1 + n / a, b) = b Gamma(1 + n / a) Gamma(b) / Gamma(1 + b + n / a)
@@ -293,7 +266,7 @@ def kumaraswamy_moment(
     return jnp.exp(jnp.log(b) + special.betaln(1.0 + n / a, b))
 
 
-def gumbel_noise(u: Float[ArrayLike, "*batch"]) -> Float[Array, "*batch"]:
+def gumbel_noise(u: Batch) -> BatchOut:
     """Standard Gumbel noise from uniform noise by the inverse CDF.
 
     g = -log(-log u),  u ~ Uniform(0, 1)  gives  g ~ Gumbel(0, 1)

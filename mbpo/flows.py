@@ -72,7 +72,25 @@ def _check_shape(name: str, value: Array, shape: tuple[int, ...]) -> None:
 
 # --- layers ------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _Coupling:
+class _Conditioned:
+    """Sizes of a map of x (size ``dim``) conditioned on c (size ``context_dim``) through MLPs of
+    ``hidden`` sizes, ``activation`` and ``use_bias``, whose last layer starts at ``init_scale``."""
+
+    dim: int
+    context_dim: int
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    use_bias: bool = True
+    init_scale: float = 0.01
+
+    def __post_init__(self):
+        _check_int("dim", self.dim, 1)
+        _check_int("context_dim", self.context_dim, 1)
+        check_activation(self.activation)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Coupling(_Conditioned):
     """A layer that transforms the coordinates T given the coordinates I and the context c.
 
     Attributes:
@@ -84,18 +102,7 @@ class _Coupling:
       init_scale: scale of the conditioner's last layer at init; 0 starts at the identity map.
     """
 
-    dim: int
-    context_dim: int
     parity: int | None = 0
-    hidden: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
-    use_bias: bool = True
-    init_scale: float = 0.01
-
-    def __post_init__(self):
-        _check_int("dim", self.dim, 1)
-        _check_int("context_dim", self.context_dim, 1)
-        check_activation(self.activation)
 
     @property
     def transformed(self) -> np.ndarray:
@@ -313,7 +320,7 @@ class BoxSquash:
 
 # --- the flow ----------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ConditionalFlow:
+class ConditionalFlow(_Conditioned):
     """x = f(z; c, w) = (f_K o ... o f_1)(z), z ~ N(0, I_D), a stack of coupling layers.
 
     Layer k (k = 0..num_layers-1) is ``kinds[k % len(kinds)]`` and transforms the coordinates
@@ -337,23 +344,16 @@ class ConditionalFlow:
       init_scale: scale of the conditioners' last layer at init (>= 0; 0 gives x = sigma_0 z).
     """
 
-    dim: int
-    context_dim: int
     num_layers: int = 2
-    hidden: tuple[int, ...] = (64, 64)
     num_bins: int = 8
     tail_bound: float = 3.0
     kinds: tuple[str, ...] = ("spline",)
     loc_scale: bool = True
     init_std: float = 1.0
     max_log_scale: float = 3.0
-    activation: str = "tanh"
-    use_bias: bool = True
-    init_scale: float = 0.01
 
     def __post_init__(self):
-        _check_int("dim", self.dim, 1)
-        _check_int("context_dim", self.context_dim, 1)
+        super().__post_init__()
         _check_int("num_layers", self.num_layers, 0)
         _check_int("num_bins", self.num_bins, 2)
         for size in self.hidden:
@@ -370,7 +370,6 @@ class ConditionalFlow:
             raise ValueError(f"init_std must be > 0, got {self.init_std!r}")
         if not self.init_scale >= 0:
             raise ValueError(f"init_scale must be >= 0, got {self.init_scale!r}")
-        check_activation(self.activation)
 
     @property
     def layers(self) -> tuple[AffineCoupling | SplineCoupling, ...]:

@@ -365,39 +365,21 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# mbpo train's options beside the config fields: (flag, type, metavar, help).
+RUN_OPTIONS = (
+    ("--run-dir", pathlib.Path, None, "where the run's files go (must hold no run)"),
+    ("--resume", pathlib.Path, "RUN_DIR", "continue the run in RUN_DIR (--num-updates may grow)"),
+    ("--from-checkpoint", int, "UPDATES", "with --resume: the checkpoint after UPDATES updates"),
+    ("--config", pathlib.Path, "FILE", "a config.json whose values become the defaults"),
+    ("--seeds", int, None, "train N seeds in one vmapped program (default: 1)"),
+)
+
+
 def _add_run_options(p_train: argparse.ArgumentParser) -> None:
-    """``mbpo train``'s options beside the config fields: where the run goes and how it resumes
-    (none has a default in the namespace)."""
-    p_train.add_argument(
-        "--run-dir",
-        type=pathlib.Path,
-        default=argparse.SUPPRESS,
-        help="where config, metrics, checkpoints and plots go (must hold no run)",
-    )
-    p_train.add_argument(
-        "--resume",
-        type=pathlib.Path,
-        default=argparse.SUPPRESS,
-        metavar="RUN_DIR",
-        help="continue the run in RUN_DIR (only --num-updates may change)",
-    )
-    p_train.add_argument(
-        "--from-checkpoint",
-        type=int,
-        default=argparse.SUPPRESS,
-        metavar="UPDATES",
-        help="with --resume: the checkpoint after UPDATES updates (newer ones are set aside)",
-    )
-    p_train.add_argument(
-        "--config",
-        type=pathlib.Path,
-        default=argparse.SUPPRESS,
-        metavar="FILE",
-        help="a config.json whose values become the defaults",
-    )
-    p_train.add_argument(
-        "--seeds", type=int, default=argparse.SUPPRESS, help="train N seeds in one vmapped program"
-    )
+    """:data:`RUN_OPTIONS`: where the run goes and how it resumes (none has a default in the
+    namespace)."""
+    for flag, kind, metavar, text in RUN_OPTIONS:
+        p_train.add_argument(flag, type=kind, metavar=metavar, default=argparse.SUPPRESS, help=text)
 
 
 def _add_evaluate_options(p_eval: argparse.ArgumentParser) -> None:
