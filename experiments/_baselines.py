@@ -559,7 +559,7 @@ def ratio(summary: dict, stat: str, side: str) -> float | None:
     return ours / theirs if ours is not None and theirs is not None else None
 
 
-def stat_row(label: str, width: int, summary: dict, side: str, stat: str, tail: str = "", **fmt):
+def stat_row(label: str, stat: str, tail: str = "", *, summary, side, width, **fmt) -> str:
     """A table line: ``label``, then mean +- std over seeds of ``stat`` for ours and for ``side``
     (``fmt``: :func:`experiments.harness.pm`'s scale and digits), then ``tail``."""
     ours, theirs = (harness.pm(summary[name][stat], **fmt) for name in ("ours", side))

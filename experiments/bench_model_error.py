@@ -286,6 +286,28 @@ def benchmark(preset: Preset, seed: int = 0) -> list[dict]:
     ]
 
 
+def _pair(values, digits: int) -> str:
+    return "n/a" if values is None else f"{values[0]:.{digits}f}/{values[-1]:.{digits}f}"
+
+
+def _columns(h: int) -> tuple:
+    """The table's (header, width, cell) columns for an ``h``-step horizon."""
+    return (
+        ("task", 31, lambda r: r["task"]),
+        ("N", 6, lambda r: f"{r['transitions']}"),
+        ("epochs", 7, lambda r: f"{r['epochs']}"),
+        ("fit s", 7, lambda r: f"{r['fit_s']:.1f}"),
+        ("1-step raw", 11, lambda r: f"{r['model_rmse_raw'][0]:.4f}"),
+        ("norm", 8, lambda r: f"{r['model_rmse_normalized'][0]:.4f}"),
+        (f"{h}-step raw", 12, lambda r: f"{r['model_rmse_raw'][-1]:.4f}"),
+        ("norm", 8, lambda r: f"{r['model_rmse_normalized'][-1]:.4f}"),
+        (f"const 1/{h}", 13, lambda r: _pair(r["constant_rmse_normalized"], 3)),
+        ("alive", 7, lambda r: f"{r['alive_windows']}"),
+        (f"norm 1/{h}", 15, lambda r: _pair(r.get("alive_model_rmse_normalized"), 4)),
+        ("xi^2", 7, lambda r: f"{r['calibration_xi2']:.2f}"),
+    )
+
+
 def format_table(report: dict) -> str:
     """The report as fixed-width text: a header, then one row per task."""
     h = report["config"]["horizon"]
@@ -298,21 +320,8 @@ def format_table(report: dict) -> str:
         "episode terminates, and the model's normalized RMSE on them; xi^2 = mean squared inferred",
         "noise of the one-step test transitions (1 = calibrated sigma)",
         "",
-        f"{'task':<31}{'N':>6}{'epochs':>7}{'fit s':>7}{'1-step raw':>11}{'norm':>8}"
-        + f"{f'{h}-step raw':>12}{'norm':>8}{'const 1/' + str(h):>13}{'alive':>7}"
-        + f"{'norm 1/' + str(h):>15}{'xi^2':>7}",
+        *harness.table(_columns(h), report["rows"]),
     ]
-    for row in report["rows"]:
-        const = row["constant_rmse_normalized"]
-        alive = row.get("alive_model_rmse_normalized")
-        lines.append(
-            f"{row['task']:<31}{row['transitions']:>6}{row['epochs']:>7}{row['fit_s']:>7.1f}"
-            + f"{row['model_rmse_raw'][0]:>11.4f}{row['model_rmse_normalized'][0]:>8.4f}"
-            + f"{row['model_rmse_raw'][-1]:>12.4f}{row['model_rmse_normalized'][-1]:>8.4f}"
-            + f"{f'{const[0]:.3f}/{const[-1]:.3f}':>13}{row['alive_windows']:>7}"
-            + f"{'n/a' if alive is None else f'{alive[0]:.4f}/{alive[-1]:.4f}':>15}"
-            + f"{row['calibration_xi2']:>7.2f}"
-        )
     return "\n".join(lines)
 
 

@@ -299,6 +299,29 @@ def _mib(value: int | None) -> str:
     return "n/a" if value is None else f"{value / 2**20:.2f}"
 
 
+def _quartiles(row: dict) -> str:
+    low, high = row["ratio_quartiles"]
+    return f"[{low:.2f}, {high:.2f}]"
+
+
+COLUMNS = (  # (header, width, cell)
+    ("task", 10, lambda r: r["task"]),
+    ("B", 6, lambda r: f"{r['batch']}"),
+    ("n", 4, lambda r: f"{r['horizon']}"),
+    ("engine ms", 11, lambda r: f"{1e3 * r['engine_s']:.3f}"),
+    ("scan ms", 10, lambda r: f"{1e3 * r['scan_s']:.3f}"),
+    ("ratio", 7, lambda r: f"{r['ratio']:.3f}"),
+    ("quartiles", 14, _quartiles),
+    ("rel diff", 10, lambda r: f"{r['relative_difference']:.1e}"),
+    (
+        "temp MiB e/s",
+        16,
+        lambda r: f"{_mib(r['engine_temp_bytes'])} / {_mib(r['scan_temp_bytes'])}",
+    ),
+    ("compile s e/s", 16, lambda r: f"{r['engine_compile_s']:.2f} / {r['scan_compile_s']:.2f}"),
+)
+
+
 def format_table(report: dict) -> str:
     """The report as fixed-width text: a header, then one row per task and horizon."""
     lines = [
@@ -308,18 +331,8 @@ def format_table(report: dict) -> str:
         + "(goal <= 1.05);",
         "rel diff = max |engine - scan| / max |scan| of [J_n, dJ_n/dw]; temp = XLA scratch memory",
         "",
-        f"{'task':<10}{'B':>6}{'n':>4}{'engine ms':>11}{'scan ms':>10}{'ratio':>7}"
-        + f"{'quartiles':>14}{'rel diff':>10}{'temp MiB e/s':>16}{'compile s e/s':>16}",
+        *harness.table(COLUMNS, report["rows"]),
     ]
-    for row in report["rows"]:
-        low, high = row["ratio_quartiles"]
-        lines.append(
-            f"{row['task']:<10}{row['batch']:>6}{row['horizon']:>4}"
-            + f"{1e3 * row['engine_s']:>11.3f}{1e3 * row['scan_s']:>10.3f}{row['ratio']:>7.3f}"
-            + f"{f'[{low:.2f}, {high:.2f}]':>14}{row['relative_difference']:>10.1e}"
-            + f"{_mib(row['engine_temp_bytes']) + ' / ' + _mib(row['scan_temp_bytes']):>16}"
-            + f"{row['engine_compile_s']:>9.2f} /{row['scan_compile_s']:>5.2f}"
-        )
     return "\n".join(lines)
 
 

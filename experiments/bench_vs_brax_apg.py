@@ -58,6 +58,7 @@ load from other processes that drifts during the run falls on both alike.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from experiments import _baselines, harness
 from experiments.apg_worker import ApgSettings
@@ -188,6 +189,9 @@ def format_table(report: dict) -> str:
     difference = s["ours"]["eval_return"]["mean"] - s["apg"]["eval_return"]["mean"]
     ours_first = report["ours"][0]["chunk_times_s"][0]
     apg_first = report["apg"][0]["epoch_times_s"][0]
+    row = functools.partial(_baselines.stat_row, summary=s, side="apg", width=34)
+    per_update = f"{ratio:>10}  <= 1.0: {time_goal}"
+    final = f"{'':>10}  ours >= APG: {return_goal} (difference {difference:+.2f})"
     lines = [
         f"preset {report['preset']}: {p['env']}[{p['backend']}], {p['num_envs']} envs, "
         + f"episode {p['episode_length']}, horizon {p['horizon']}, hidden {tuple(p['hidden'])}, "
@@ -198,23 +202,8 @@ def format_table(report: dict) -> str:
         _baselines.wall_line(report, "apg", "APG"),
         "",
         f"{'':<34}{'ours':>20}{'brax APG':>20}{'ours/APG':>10}  goal",
-        _baselines.stat_row(
-            "time per update, ms (no compile)",
-            34,
-            s,
-            "apg",
-            "time_per_update_s",
-            f"{ratio:>10}  <= 1.0: {time_goal}",
-            scale=1e3,
-        ),
-        _baselines.stat_row(
-            f"eval return @ {p['num_updates']} updates",
-            34,
-            s,
-            "apg",
-            "eval_return",
-            f"{'':>10}  ours >= APG: {return_goal} (difference {difference:+.2f})",
-        ),
+        row("time per update, ms (no compile)", "time_per_update_s", per_update, scale=1e3),
+        row(f"eval return @ {p['num_updates']} updates", "eval_return", final),
         f"{'first chunk (compiles), s, seed 0':<34}{ours_first:>20.1f}{apg_first:>20.1f}",
         "",
         *_baselines.curve_lines(s, "apg", "updates", "brax APG", 34, 2),

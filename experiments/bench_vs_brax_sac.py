@@ -80,6 +80,7 @@ processes that drifts during the run falls on both alike.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import envs
 from experiments import _baselines, harness
@@ -274,6 +275,9 @@ def format_table(report: dict) -> str:
     ours_first = sum(report["ours"][0]["chunk_times_s"][:2])
     brax_first = report["brax"][0]["epoch_times_s"][0]
     final_steps = s["ours"]["curve"][-1]["env_steps"]
+    row = functools.partial(_baselines.stat_row, summary=s, side="brax", width=38)
+    speed, fastest = f"{ratio:>10}  >= 1.0: {speed_goal}", f"{fastest_ratio:>10}"
+    final = f"{'':>10}  ours >= brax: {return_goal} (difference {difference:+.1f})"
     lines = [
         f"preset {report['preset']}: {p['env']}[{p['backend']}], {p['num_envs']} envs, "
         + f"episode {p['episode_length']}, batch {p['batch_size']}, {p['gradient_steps']} "
@@ -288,33 +292,9 @@ def format_table(report: dict) -> str:
         _baselines.wall_line(report, "brax", "brax"),
         "",
         f"{'':<38}{'ours':>20}{'brax SAC':>20}{'ours/brax':>10}  goal",
-        _baselines.stat_row(
-            "env steps per s (no compile)",
-            38,
-            s,
-            "brax",
-            "env_steps_per_s",
-            f"{ratio:>10}  >= 1.0: {speed_goal}",
-            digits=0,
-        ),
-        _baselines.stat_row(
-            "  fastest chunk of each seed",
-            38,
-            s,
-            "brax",
-            "fastest_env_steps_per_s",
-            f"{fastest_ratio:>10}",
-            digits=0,
-        ),
-        _baselines.stat_row(
-            f"eval return @ {final_steps} env steps",
-            38,
-            s,
-            "brax",
-            "eval_return",
-            f"{'':>10}  ours >= brax: {return_goal} (difference {difference:+.1f})",
-            digits=1,
-        ),
+        row("env steps per s (no compile)", "env_steps_per_s", speed, digits=0),
+        row("  fastest chunk of each seed", "fastest_env_steps_per_s", fastest, digits=0),
+        row(f"eval return @ {final_steps} env steps", "eval_return", final, digits=1),
         f"{'lower + XLA compile s, seed 0':<38}{s['ours']['compile_s_seed0']:>20.1f}"
         + f"{s['brax']['compile_s_seed0']:>20.1f}",
         f"{'warmup + first chunk s, seed 0':<38}{ours_first:>20.1f}{brax_first:>20.1f}",

@@ -131,6 +131,18 @@ def pendulum(scale: int, td3: dict, amortized: dict) -> Task:
     return Task(env="pendulum", threshold=-200.0, episode_length=200, algorithms=algorithms)
 
 
+def inverted_pendulum(*algorithms: tuple[str, dict], svg: tuple[int, int]) -> Task:
+    """``algorithms`` and SVG(4) with ``svg`` = (num_envs, num_updates) on inverted_pendulum."""
+    num_envs, updates = svg
+    svg_4 = {"num_envs": num_envs, "num_updates": updates, "eval_every": 25, "hidden": (64, 64)}
+    return Task(
+        env="inverted_pendulum",
+        threshold=180.0,
+        episode_length=200,
+        algorithms=(*algorithms, ("svg-4", svg_4)),
+    )
+
+
 PRESETS = {
     # Pendulum's sac, td3, ddpg, svg-4, mbpo-svg-3 and mbpo-sac at 5 seeds took 16 minutes on a
     # 2-core CPU (most of it the model-based loop). Brax compiles take 30-70 s per program here, so
@@ -139,19 +151,7 @@ PRESETS = {
         seeds=2,
         tasks=(
             pendulum(1, td3={"gamma": 0.98}, amortized={"num_optimized": 128}),
-            Task(
-                env="inverted_pendulum",
-                threshold=180.0,
-                episode_length=200,
-                algorithms=(
-                    ("sac", online(1000)),
-                    ("td3", online(1000)),
-                    (
-                        "svg-4",
-                        {"num_envs": 16, "num_updates": 300, "eval_every": 25, "hidden": (64, 64)},
-                    ),
-                ),
-            ),
+            inverted_pendulum(("sac", online(1000)), ("td3", online(1000)), svg=(16, 300)),
         ),
     ),
     # One H100: larger budgets and seeds, every algorithm on both tasks.
@@ -159,20 +159,12 @@ PRESETS = {
         seeds=5,
         tasks=(
             pendulum(2, td3={}, amortized={}),
-            Task(
-                env="inverted_pendulum",
-                threshold=180.0,
-                episode_length=200,
-                algorithms=(
-                    ("sac", online(2000)),
-                    ("td3", online(2000)),
-                    ("ddpg", online(2000)),
-                    ("nfqca", batch(16000, 60)),
-                    (
-                        "svg-4",
-                        {"num_envs": 64, "num_updates": 600, "eval_every": 25, "hidden": (64, 64)},
-                    ),
-                ),
+            inverted_pendulum(
+                ("sac", online(2000)),
+                ("td3", online(2000)),
+                ("ddpg", online(2000)),
+                ("nfqca", batch(16000, 60)),
+                svg=(64, 600),
             ),
         ),
     ),
