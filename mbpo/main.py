@@ -95,7 +95,7 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """``mbpo train``: the trainer (:func:`_config_class`) and its config from the command line
     (or the saved one of ``--resume``), then :func:`mbpo.runner.fit` into the run directory."""
     from mbpo import curves, runner
-    from mbpo.agents import loop
+    from mbpo.agents import loop, registry
 
     given = set(vars(args)) - {"command"}
     config_class = _config_class(parser, args)
@@ -112,10 +112,11 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     else:
         path = getattr(args, "config", None)
         defaults = _config_defaults(parser, path, config_class, given) if path else {}
-        # --algo NAME of an estimator picks the unroll trainer and is its --estimator.
-        by_algo = "algo" in given and "estimator" in _fields(config_class)
-        fixed = {"estimator": args.algo} if by_algo else {}
-        config = build(parser, config_class, args, defaults, **fixed)
+        # --algo NAME sets what it names (an estimator, a named configuration, an algorithm);
+        # the options given override it.
+        if "algo" in given:
+            defaults = {**defaults, **registry.algo_defaults(args.algo)}
+        config = build(parser, config_class, args, defaults)
         run_dir = getattr(args, "run_dir", None) or (
             pathlib.Path("runs") / f"{config.env}-{config.label}-{time.strftime('%Y%m%d-%H%M%S')}"
         )

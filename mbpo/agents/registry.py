@@ -1,6 +1,7 @@
 """Which trainer runs which algorithm: ``mbpo train --algo NAME`` and saved run configs.
 
-* bpo, svg, dpmb_r, dpmb_sf, critic_only: UnrollTrainerConfig, mbpo.agents.unroll_trainer;
+* bpo, svg, dpmb_r, dpmb_sf, critic_only: UnrollTrainerConfig, mbpo.agents.unroll_trainer, and its
+  named configurations (``unroll_trainer.VARIANTS``: shac);
 * nfqca, fqi, fqi_amortized, ddpg, td3, sac: OffPolicyConfig, mbpo.agents.off_policy;
 * mbpo (SVG(n), SVG-ER or SAC on a model): ModelBasedConfig, mbpo.agents.model_based.
 
@@ -25,6 +26,7 @@ TRAINERS = {
 }
 ALGOS: dict[str, str] = {
     **{name: "unroll" for name in estimators.ESTIMATORS},
+    **{name: "unroll" for name in unroll_trainer.VARIANTS},
     **{name: "off_policy" for name in off_policy.ALGOS},
     "mbpo": "mbpo",
 }
@@ -51,6 +53,15 @@ def config_class(algo: str) -> type:
     if algo not in ALGOS:
         raise ValueError(f"unknown algo {algo!r}; known: {', '.join(ALGOS)}")
     return TRAINERS[ALGOS[algo]][0]
+
+
+def algo_defaults(algo: str) -> dict:
+    """The config values ``--algo NAME`` sets (the options given override them): a named
+    configuration's, an estimator for the unroll trainer, the algorithm of the others."""
+    if algo in unroll_trainer.VARIANTS:
+        return dict(unroll_trainer.VARIANTS[algo])
+    config_class(algo)
+    return {"estimator": algo} if ALGOS[algo] == "unroll" else {"algo": algo}
 
 
 def make_trainer(config, dynamics: Dynamics | None = None) -> Trainer:

@@ -8,6 +8,11 @@ One trainer, configured by the estimator (:mod:`mbpo.estimators`):
 * ``svg`` / ``dpmb_r`` / ``dpmb_sf``: the same windows, ended by the bootstrap gamma^n q(s_n, a_n)
   of a twin critic (min over the pair, target network) trained on the window's transitions with
   TD(lambda) targets, as SHAC (Xu et al. 2022) with a q critic.
+* ``critic="v"``: the bootstrap gamma^n v(s_n) of a state-value critic, SHAC's own. ``VARIANTS``
+  holds the named configurations (``shac``: SHAC's recipe, with its linear learning-rate decay,
+  its actor loss averaged over the window's steps and its guard, per env: an env whose objective
+  or gradient is not finite, or whose state leaves +-1e6, is left out of that update's gradient
+  and reset).
 
 ``update`` is one jitted pure function ``UnrollState -> (UnrollState, metrics)``; ``jax.vmap`` of
 ``init``/``update`` over keys trains several seeds in one program.
@@ -38,11 +43,14 @@ from mbpo.agents.loop import Trainer
 from mbpo.cli import check_positive, option
 from mbpo.critics import QCritic, q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
-from mbpo.optim import TrainState, guarded
+from mbpo.optim import Step, TrainState, guarded
 from mbpo.policies import POLICIES
 from mbpo.types import Params, PRNGKey
 from mbpo.unroll import RolloutNoise, rollout
 
+CRITICS = ("q", "v")
+SCHEDULES = ("constant", "linear")
+GUARD_LIMIT = 1e6  # SHAC's: a state or observation beyond it counts as diverged
 ESTIMATOR_POLICY = {
     "bpo": "deterministic",
     "dpmb_r": "deterministic",
@@ -83,6 +91,17 @@ class UnrollTrainerConfig(loop.TaskFields):
     hidden: tuple[int, ...] = option((64, 64), "hidden sizes of policy and critic")
     init_std: float = option(0.5, "initial policy standard deviation (stochastic policies)")
     normalize_observations: bool = option(True, "normalize observations with running statistics")
+    critic: str = option(
+        "q", "q: q(s, a), bootstrap gamma^n q(s_n, a_n); v: v(s) (SHAC)", choices=CRITICS
+    )
+    num_critics: int = option(2, "critic ensemble size; bootstrap and targets take the minimum")
+    lr_schedule: str = option(
+        "constant", "constant | linear: both learning rates decay to 1e-5 (SHAC)", choices=SCHEDULES
+    )
+    mean_over_steps: bool = option(False, "divide the objective by its n steps (SHAC's loss)")
+    per_env_guard: bool = option(
+        False, "leave out, and reset, each env whose gradient is not finite or state > 1e6"
+    )
 
     def __post_init__(self):
         loop.check_task(self.env, self.brax_backend)
@@ -100,6 +119,7 @@ class UnrollTrainerConfig(loop.TaskFields):
             "num_updates",
             "critic_epochs",
             "critic_minibatches",
+            "num_critics",
             "eval_every",
             "eval_envs",
         )
@@ -160,6 +180,40 @@ class UnrollTrainerConfig(loop.TaskFields):
         return self.episode_length if self.horizon is None else max(self.horizon, 1)
 
 
+# Named configurations of this trainer (``mbpo train --algo NAME``; options given override them).
+VARIANTS: dict[str, dict] = {
+    # SHAC (Xu et al. 2022), NVlabs/DiffRL's examples/cfg/shac/cheetah.yaml: 32-step windows on 64
+    # envs, a Gaussian actor with one learned log-std (init -1), a v(s) critic fitted 16 epochs x
+    # 4 minibatches to TD(0.95) targets of a target critic (target <- 0.2 target + 0.8 critic),
+    # Adam (0.7, 0.95) at 2e-3 decaying linearly to 1e-5, clipping at 1, normalized observations,
+    # the actor loss averaged over steps and envs, NaN or > 1e6 states guarded. DiffRL's actor is
+    # (128, 64, 32) ELU and its critic (64, 64) ELU; here both are `hidden`.
+    "shac": {
+        "estimator": "svg",
+        "horizon": 32,
+        "policy": "gaussian",
+        "init_std": 0.368,
+        "num_envs": 64,
+        "gamma": 0.99,
+        "td_lambda": 0.95,
+        "critic": "v",
+        "num_critics": 1,
+        "critic_epochs": 16,
+        "critic_minibatches": 4,
+        "tau": 0.8,
+        "actor_lr": 2e-3,
+        "critic_lr": 2e-3,
+        "adam_b1": 0.7,
+        "adam_b2": 0.95,
+        "max_grad_norm": 1.0,
+        "lr_schedule": "linear",
+        "mean_over_steps": True,
+        "per_env_guard": True,
+        "normalize_observations": True,
+    },
+}
+
+
 class UnrollState(struct.PyTreeNode):
     """Everything an update reads and writes; a pytree, so seeds vmap over it.
 
@@ -179,7 +233,13 @@ class UnrollState(struct.PyTreeNode):
     env_steps: jax.Array
 
 
-def _optimizer(config: UnrollTrainerConfig, lr: float) -> optax.GradientTransformation:
+def _optimizer(
+    config: UnrollTrainerConfig, lr: float, steps_per_update: int = 1
+) -> optax.GradientTransformation:
+    """Guarded Adam at ``lr``, or (``lr_schedule="linear"``) decaying linearly to 1e-5 over the
+    run's ``num_updates * steps_per_update`` optimizer steps, as SHAC."""
+    if config.lr_schedule == "linear":
+        lr = optax.linear_schedule(lr, 1e-5, config.num_updates * steps_per_update)
     return guarded(optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2), config.max_grad_norm)
 
 
@@ -234,24 +294,60 @@ class _Unroll:
             env_steps=jnp.zeros((), jnp.int32),
         )
 
+    def critic_action(self, action):
+        """What the critic sees of an action: all of it (q), none of it (v: a zero-size slice)."""
+        return action if self.config.critic == "q" else action[..., :0]
+
     def q_target(self, ts: UnrollState):
-        return lambda obs, a: self.critic.min_q(ts.critic.target, obs, a)
+        return lambda obs, a: self.critic.min_q(ts.critic.target, obs, self.critic_action(a))
 
     def actor_step(self, ts: UnrollState, noise: RolloutNoise):
-        def objective(w):
+        def objective(w, states, noise):
             q = self.q_target(ts) if self.estimator.bootstrap else None
-            states = jax.lax.stop_gradient(ts.env_states)
-            return estimators.surrogate(
+            value, result = estimators.surrogate(
                 self.estimator,
                 self.dynamics,
                 self.policy_fn(w, ts.normalizer),
-                states,
+                jax.lax.stop_gradient(states),
                 noise,
                 gamma=self.config.gamma,
                 q=q,
             )
+            return value / (max(self.n, 1) if self.config.mean_over_steps else 1), result
 
-        return ts.policy.step(objective, maximize=True, has_aux=True)
+        if not self.config.per_env_guard:
+            return ts.policy.step(objective, ts.env_states, noise, maximize=True, has_aux=True)
+        return self.guarded_actor_step(ts, objective, noise)
+
+    def guarded_actor_step(self, ts: UnrollState, objective, noise: RolloutNoise):
+        """The actor step with each env's gradient apart: an env whose objective or gradient is
+        not finite, or whose window leaves +-:data:`GUARD_LIMIT`, is left out of the mean (all of
+        them out: the step is skipped and counted). ``aux`` is (result, kept) per env."""
+
+        def one(w, state, noise_i):
+            batch = jax.tree.map(lambda x: x[None], (state, noise_i))
+            value, result = objective(w, *batch)
+            return value, jax.tree.map(lambda x: x[0], result)
+
+        grad_fn = jax.vmap(jax.value_and_grad(one, has_aux=True), in_axes=(None, 0, 0))
+        (values, result), grads = grad_fn(ts.policy.params, ts.env_states, noise)
+        kept = jnp.isfinite(values) & _within(result.final_state.obs)
+        if result.trajectory is not None:
+            kept &= _within(result.trajectory.next_obs)
+        for g in jax.tree.leaves(grads):
+            kept &= jnp.all(jnp.isfinite(g.reshape(g.shape[0], -1)), axis=1)
+        count = jnp.sum(kept)
+
+        def mean(g):
+            mask = kept.reshape((-1,) + (1,) * (g.ndim - 1))
+            total = jnp.sum(jnp.where(mask, g, 0.0), axis=0) / jnp.maximum(count, 1)
+            return jnp.where(count > 0, total, jnp.nan)
+
+        grad = jax.tree.map(mean, grads)
+        policy = ts.policy.apply_gradients(jax.tree.map(jnp.negative, grad))
+        value = jnp.sum(jnp.where(kept, values, 0.0)) / jnp.maximum(count, 1)
+        step = Step(policy.params, policy.opt_state, value, (result, kept), optax.tree.norm(grad))
+        return policy, step
 
     def data_window(self, ts: UnrollState, result, noise: RolloutNoise):
         """The window's transitions (batch, time) and the action after its last state."""
@@ -279,7 +375,7 @@ class _Unroll:
         c = self.config
         targets = window_targets(self.q_target(ts), traj, final_action, c.gamma, c.td_lambda)
         obs = traj.obs.reshape(-1, traj.obs.shape[-1])
-        act = traj.action.reshape(-1, traj.action.shape[-1])
+        act = self.critic_action(traj.action.reshape(-1, traj.action.shape[-1]))
         y = targets.reshape(-1)
         size = y.shape[0] // c.critic_minibatches
 
@@ -306,7 +402,10 @@ class _Unroll:
             self.estimator, self.dynamics, k_noise, self.policy.eps_shape, self.n, c.num_envs
         )
         policy, step = self.actor_step(ts, noise)
-        traj, final_state, final_action = self.data_window(ts, step.aux, noise)
+        result, kept = step.aux if c.per_env_guard else (step.aux, None)
+        traj, final_state, final_action = self.data_window(ts, result, noise)
+        if kept is not None:  # a guarded env starts afresh
+            final_state = final_state.replace(done=jnp.where(kept, final_state.done, 1.0))
         if self.estimator.bootstrap:
             critic, critic_loss = self.critic_step(ts, traj, final_action, k_critic)
         else:
@@ -327,11 +426,19 @@ class _Unroll:
             "critic_loss": critic_loss,
             "skipped_updates": policy.skipped,
         }
+        if kept is not None:
+            metrics["guarded_envs"] = 1.0 - jnp.mean(kept)
         return new, metrics
 
     def evaluate(self, ts: UnrollState, key: PRNGKey) -> jax.Array:
         eps_shape = self.policy.eps_shape
         return evaluate_config(self.dynamics, self.act(ts), key, self.config, eps_shape)
+
+
+def _within(x) -> jax.Array:
+    """Per env (leading axis): every entry of ``x`` finite and within +-GUARD_LIMIT."""
+    x = x.reshape(x.shape[0], -1)
+    return jnp.all(jnp.isfinite(x) & (jnp.abs(x) <= GUARD_LIMIT), axis=1)
 
 
 def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
@@ -349,9 +456,14 @@ def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
         estimator=estimator,
         policy=policy,
         critic=QCritic(
-            dynamics.observation_size, dynamics.action_size, num_q=2, hidden=config.hidden
+            dynamics.observation_size,
+            dynamics.action_size if config.critic == "q" else 0,
+            num_q=config.num_critics,
+            hidden=config.hidden,
         ),
         actor_opt=_optimizer(config, config.actor_lr),
-        critic_opt=_optimizer(config, config.critic_lr),
+        critic_opt=_optimizer(
+            config, config.critic_lr, config.critic_epochs * config.critic_minibatches
+        ),
     )
     return Trainer.of(u, policy=policy, critic=u.critic)

@@ -352,3 +352,40 @@ def test_model_free_score_function_agrees_with_closed_form_within_4_se():
         ]["Dense_0"]["kernel"]
     ).ravel()
     _assert_within_4_se(samples, want)
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_v_critic_surrogate_with_the_exact_value_equals_closed_form_gradient(n):
+    """SHAC's surrogate sum_{t<n} gamma^t r_t + gamma^n v(s_n), with v the exact value of the
+    gain K0, against the gradient of its closed-form expectation."""
+    task = envs.make("lqr")
+    policy = _policy(stochastic=True)
+    params = _params(K0 * 0.8, stochastic=True, sigma=0.3)
+    P = lqr_lib.value_matrix(task, jnp.asarray(K0), GAMMA)
+    c = lqr_lib.value_offset(task, jnp.asarray(K0), GAMMA, SIGMA)
+
+    def v(obs, action):  # the bootstrap ignores the action: a state-value critic
+        return lqr_lib.value(task, jnp.asarray(K0), GAMMA, obs, SIGMA)
+
+    def closed_form(w):
+        K = _gain(w, True)
+        sigma = jnp.exp(w["log_std"][0])
+        M, N = task.A - task.B @ K, task.W @ task.W.T + sigma**2 * task.B @ task.B.T
+        Sigma, total = task.S0 @ task.S0.T, 0.0
+        for t in range(n):
+            stage = jnp.trace((task.Q + K.T @ task.R @ K) @ Sigma) + sigma**2 * jnp.trace(task.R)
+            total -= GAMMA**t * stage
+            Sigma = M @ Sigma @ M.T + N
+        return total + GAMMA**n * (-jnp.trace(P @ Sigma) - c)
+
+    def grad_at(z):
+        state, noise = _unpack(z, task, n, 1)
+        sample = policy.sample
+        return jax.grad(
+            lambda w: unroll(task, lambda o, e: sample(w, o, e), state, noise, gamma=GAMMA, q=v)[0]
+        )(params)
+
+    got = _exact_expected_gradient(grad_at, 2 + 2 * n + (n + 1))
+    want = jax.grad(closed_form)(params)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-6)
