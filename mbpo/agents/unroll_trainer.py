@@ -50,6 +50,7 @@ from mbpo.unroll import RolloutNoise, rollout
 
 CRITICS = ("q", "v")
 SCHEDULES = ("constant", "linear")
+PRECISIONS = ("highest", "high", "default")
 GUARD_LIMIT = 1e6  # SHAC's: a state or observation beyond it counts as diverged
 ESTIMATOR_POLICY = {
     "bpo": "deterministic",
@@ -101,6 +102,12 @@ class UnrollTrainerConfig(loop.TaskFields):
     mean_over_steps: bool = option(False, "divide the objective by its n steps (SHAC's loss)")
     per_env_guard: bool = option(
         False, "leave out, and reset, each env whose gradient is not finite or state > 1e6"
+    )
+    matmul_precision: str = option(
+        "highest",
+        "float32 matmuls of the update: highest | high | default (TF32 on recent GPUs, reported "
+        "to make first-order gradients explode)",
+        choices=PRECISIONS,
     )
 
     def __post_init__(self):
@@ -396,6 +403,10 @@ class _Unroll:
         return critic.replace(params=params, opt_state=opt_state).track(c.tau), losses.mean()
 
     def update(self, ts: UnrollState) -> tuple[UnrollState, dict]:
+        with jax.default_matmul_precision(self.config.matmul_precision):
+            return self._update(ts)
+
+    def _update(self, ts: UnrollState) -> tuple[UnrollState, dict]:
         c = self.config
         key, k_noise, k_critic, k_reset = jax.random.split(ts.key, 4)
         noise = estimators.draw_noise(
