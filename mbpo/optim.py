@@ -122,3 +122,11 @@ class TrainState(struct.PyTreeNode):
     def skipped(self) -> jax.Array:
         """Steps a guarded optimizer (:func:`guarded`) skipped as non-finite."""
         return self.opt_state.total_notfinite
+
+
+def temperature_step(temperature: TrainState, log_pi: Scalar, target_entropy: float) -> TrainState:
+    """One step of the entropy temperature log alpha (SAC, SAPO): the gradient of
+    -log_alpha (log pi + target entropy) is -(log pi + target), so alpha grows while the entropy
+    -log pi is below the target. ``log_pi``'s gradient is stopped."""
+    grad = -(jax.lax.stop_gradient(log_pi) + target_entropy).astype(temperature.params.dtype)
+    return temperature.apply_gradients(grad)

@@ -67,7 +67,7 @@ from mbpo.exploration import (
     OUExploration,
     PolicySample,
 )
-from mbpo.optim import TrainState, guarded
+from mbpo.optim import TrainState, guarded, temperature_step
 from mbpo.policies import DeterministicPolicy, GaussianPolicy, TanhGaussianPolicy
 from mbpo.replay import RingBuffer, RingBufferState, ring_buffer, uniform_policy
 from mbpo.types import Action, Array, Float, Observation, Params, PRNGKey, PyTree, Scalar
@@ -492,12 +492,8 @@ class Agent:
         log_pi = step.aux
         learner = learner.replace(policy=policy)
         if learner.temperature is not None:
-            # d/d log_alpha of -log_alpha (log pi + target entropy): alpha grows when entropy is
-            # below target.
-            alpha_grad = -(jax.lax.stop_gradient(log_pi) + self.target_entropy).astype(
-                learner.temperature.params.dtype
-            )
-            learner = learner.replace(temperature=learner.temperature.apply_gradients(alpha_grad))
+            temperature = temperature_step(learner.temperature, log_pi, self.target_entropy)
+            learner = learner.replace(temperature=temperature)
         metrics = {"actor_objective": step.value, "grad_norm": step.grad_norm}
         if self.stochastic:  # the entropy and temperature columns belong to SAC alone
             metrics["entropy"] = -log_pi

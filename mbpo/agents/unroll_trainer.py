@@ -43,10 +43,10 @@ from mbpo.agents.loop import Trainer
 from mbpo.cli import check_positive, option
 from mbpo.critics import QCritic, q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
-from mbpo.optim import Step, TrainState, guarded
+from mbpo.optim import Step, TrainState, guarded, temperature_step
 from mbpo.policies import POLICIES
 from mbpo.types import Params, PRNGKey
-from mbpo.unroll import RolloutNoise, rollout
+from mbpo.unroll import RolloutNoise, alive_mask, rollout
 
 CRITICS = ("q", "v")
 SCHEDULES = ("constant", "linear")
@@ -103,6 +103,14 @@ class UnrollTrainerConfig(loop.TaskFields):
     per_env_guard: bool = option(
         False, "leave out, and reset, each env whose gradient is not finite or state > 1e6"
     )
+    entropy: bool = option(
+        False, "maximum entropy (SAPO): alpha H(pi(.|s_t)) in the return and the critic targets"
+    )
+    init_alpha: float = option(1.0, "entropy: initial temperature alpha")
+    alpha_lr: float = option(5e-3, "entropy: temperature learning rate (Adam)")
+    target_entropy: float | None = option(
+        None, "entropy: the entropy alpha is tuned to; none: -0.5 per action dimension (SAPO)"
+    )
     matmul_precision: str = option(
         "highest",
         "float32 matmuls of the update: highest | high | default (TF32 on recent GPUs, reported "
@@ -157,6 +165,15 @@ class UnrollTrainerConfig(loop.TaskFields):
             raise ValueError(
                 f"--policy {kind}: {error}; leave --policy out for the estimator's own kind"
             ) from None
+        if self.entropy and (kind == "deterministic" or self.horizon == 0):
+            raise ValueError(
+                "entropy needs a stochastic policy and a horizon >= 1 (its bonus is summed over "
+                f"the window's steps); got policy {kind}, horizon {self.horizon}"
+            )
+        if self.init_alpha <= 0 or self.alpha_lr <= 0:
+            raise ValueError(
+                f"init_alpha and alpha_lr must be > 0, got {self.init_alpha}, {self.alpha_lr}"
+            )
         if estimator.dynamics_gradient == "score" and not envs.has_log_prob(self.env):
             with_log_prob = [
                 n for n in envs.names() if not envs.is_brax(n) and envs.has_log_prob(n)
@@ -218,6 +235,37 @@ VARIANTS: dict[str, dict] = {
         "per_env_guard": True,
         "normalize_observations": True,
     },
+    # SAPO (Xing et al. 2025), etaoxing/mineral's cfgs/agent/DFlexAntSAPO.yaml over SHAC2: SHAC's
+    # windows with a tanh-squashed Gaussian actor, alpha H~(pi(.|s_t)) in the return and in the
+    # critic targets (H~ = (H + |H_target|) / 2|H_target|, H_target = -0.5 per action), alpha from
+    # 1 tuned at 5e-3, two v critics and no target critic (tau 1), critic lr 5e-4, clipping at
+    # 0.5. mineral's actor bootstraps with the mean of the two critics and uses LayerNorm/SiLU
+    # networks and AdamW; here the bootstrap is their minimum and the networks are `hidden` MLPs.
+    "sapo": {
+        "estimator": "svg",
+        "horizon": 32,
+        "policy": "tanh_gaussian",
+        "num_envs": 64,
+        "gamma": 0.99,
+        "td_lambda": 0.95,
+        "critic": "v",
+        "num_critics": 2,
+        "critic_epochs": 16,
+        "critic_minibatches": 4,
+        "tau": 1.0,
+        "actor_lr": 2e-3,
+        "critic_lr": 5e-4,
+        "adam_b1": 0.7,
+        "adam_b2": 0.95,
+        "max_grad_norm": 0.5,
+        "lr_schedule": "linear",
+        "mean_over_steps": True,
+        "per_env_guard": True,
+        "normalize_observations": True,
+        "entropy": True,
+        "init_alpha": 1.0,
+        "alpha_lr": 5e-3,
+    },
 }
 
 
@@ -229,6 +277,7 @@ class UnrollState(struct.PyTreeNode):
       critic: the twin q critic, its optimizer state and its Polyak target.
       normalizer: the running observation statistics.
       env_states, key, updates, env_steps.
+      temperature: log alpha and its optimizer state (``entropy``), else None.
     """
 
     policy: TrainState
@@ -238,6 +287,7 @@ class UnrollState(struct.PyTreeNode):
     key: PRNGKey
     updates: jax.Array
     env_steps: jax.Array
+    temperature: TrainState | None = None
 
 
 def _optimizer(
@@ -274,6 +324,7 @@ class _Unroll:
     critic: QCritic
     actor_opt: optax.GradientTransformation
     critic_opt: optax.GradientTransformation
+    alpha_opt: optax.GradientTransformation
 
     @property
     def n(self) -> int:
@@ -299,7 +350,47 @@ class _Unroll:
             key=key,
             updates=jnp.zeros((), jnp.int32),
             env_steps=jnp.zeros((), jnp.int32),
+            temperature=TrainState.create(
+                jnp.log(jnp.asarray(self.config.init_alpha, jnp.float32)), self.alpha_opt
+            )
+            if self.config.entropy
+            else None,
         )
+
+    @property
+    def target_entropy(self) -> float:
+        c = self.config
+        size = self.dynamics.action_size
+        return -0.5 * size if c.target_entropy is None else c.target_entropy
+
+    def scaled_entropy(self, entropy):
+        """SAPO's entropy term: (H + |H_target|) / (2 |H_target|), 1 at H = |H_target|."""
+        scale = abs(self.target_entropy)
+        return (entropy + scale) / (2 * scale)
+
+    def log_pi(self, params: Params, normalizer: NormalizerState, traj, eps):
+        """log pi(a_t|s_t; params) of a batch of windows, from their observations and eps."""
+        c = self.config
+
+        def one(obs, e):
+            normal = normalize(normalizer, obs, c.normalize_observations)
+            return self.policy.sample_and_log_prob(params, normal, e)[1]
+
+        return jax.vmap(jax.vmap(one))(traj.obs, eps[:, : traj.obs.shape[1]])
+
+    def alpha(self, ts: UnrollState):
+        return jax.lax.stop_gradient(jnp.exp(ts.temperature.params))
+
+    def entropy_bonus(self, ts: UnrollState, w: Params, result, noise) -> jax.Array:
+        """Mean over envs of sum_t gamma^t alive_t alpha H~_t, H_t = -log pi(a_t|s_t; w) of the
+        window's own actions (reparameterized: differentiable in w and through s_t)."""
+        traj = result.trajectory
+        log_pi = self.log_pi(w, ts.normalizer, traj, noise.eps)
+        n = log_pi.shape[1]
+        discount = self.config.gamma ** jnp.arange(n, dtype=log_pi.dtype)
+        alive = jax.vmap(alive_mask)(traj.done)
+        bonus = self.alpha(ts) * self.scaled_entropy(-log_pi)
+        return jnp.mean(jnp.sum(discount * alive * bonus, axis=1))
 
     def critic_action(self, action):
         """What the critic sees of an action: all of it (q), none of it (v: a zero-size slice)."""
@@ -320,6 +411,8 @@ class _Unroll:
                 gamma=self.config.gamma,
                 q=q,
             )
+            if self.config.entropy:
+                value = value + self.entropy_bonus(ts, w, result, noise)
             return value / (max(self.n, 1) if self.config.mean_over_steps else 1), result
 
         if not self.config.per_env_guard:
@@ -417,6 +510,15 @@ class _Unroll:
         traj, final_state, final_action = self.data_window(ts, result, noise)
         if kept is not None:  # a guarded env starts afresh
             final_state = final_state.replace(done=jnp.where(kept, final_state.done, 1.0))
+        temperature, extra = ts.temperature, {}
+        if c.entropy:  # the entropy of the window's actions, in the targets and for alpha
+            log_pi = jax.lax.stop_gradient(
+                self.log_pi(ts.policy.params, ts.normalizer, traj, noise.eps)
+            )
+            bonus = self.alpha(ts) * self.scaled_entropy(-log_pi)
+            traj = traj.replace(reward=traj.reward + bonus)
+            temperature = temperature_step(temperature, log_pi.mean(), self.target_entropy)
+            extra = {"entropy": -log_pi.mean(), "alpha": self.alpha(ts)}
         if self.estimator.bootstrap:
             critic, critic_loss = self.critic_step(ts, traj, final_action, k_critic)
         else:
@@ -429,11 +531,13 @@ class _Unroll:
             key=key,
             updates=ts.updates + 1,
             env_steps=ts.env_steps + c.num_envs * c.steps_per_update,
+            temperature=temperature,
         )
         metrics = {
+            **extra,
             "objective": step.value,
             "grad_norm": step.grad_norm,
-            "reward_per_step": traj.reward.mean(),
+            "reward_per_step": (traj.reward - bonus if c.entropy else traj.reward).mean(),
             "critic_loss": critic_loss,
             "skipped_updates": policy.skipped,
         }
@@ -476,5 +580,6 @@ def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
         critic_opt=_optimizer(
             config, config.critic_lr, config.critic_epochs * config.critic_minibatches
         ),
+        alpha_opt=optax.adam(config.alpha_lr, b1=config.adam_b1, b2=config.adam_b2),
     )
     return Trainer.of(u, policy=policy, critic=u.critic)
