@@ -31,8 +31,6 @@ import numpy as np
 from experiments import harness
 from mbpo import curves
 from mbpo.agents import registry
-from mbpo.agents.off_policy import OffPolicyConfig
-from mbpo.agents.unroll_trainer import UnrollTrainerConfig
 from mbpo.compare import compare
 from mbpo.files import csv_text
 
@@ -173,20 +171,9 @@ PRESETS = {
 
 def make_config(task: Task, name: str, overrides: dict):
     """The trainer config of algorithm ``name`` (``sac``, ``svg-4``, ``svg-4-small``, ``bpo-16``,
-    ...)."""
-    algo, *rest = name.split("-")
-    common = {
-        "env": task.env,
-        "episode_length": task.episode_length,
-        "brax_backend": task.brax_backend,
-    }
-    cls = registry.config_class(algo)
-    if cls is OffPolicyConfig:
-        return OffPolicyConfig(algo=algo, **common, **overrides)
-    if cls is UnrollTrainerConfig:
-        horizon = int(rest[0]) if rest else None
-        return UnrollTrainerConfig(estimator=algo, horizon=horizon, **common, **overrides)
-    return cls(**common, **overrides)
+    ...: :func:`mbpo.agents.registry.config_for`) on ``task``."""
+    common = {"env": task.env, "episode_length": task.episode_length}
+    return registry.config_for(name, brax_backend=task.brax_backend, **common, **overrides)
 
 
 def first_crossing(rows: list[dict], threshold: float) -> dict | None:

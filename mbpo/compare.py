@@ -48,15 +48,18 @@ def horizon(text: str) -> int | None:
     return value
 
 
-def compare(variants: dict[str, object], seeds: int, key: str, on_done=None) -> list[dict]:
+def compare(
+    variants: dict[str, object], seeds: int, key: str, on_done=None, extra: tuple = ()
+) -> list[dict]:
     """Trains every config of ``variants`` (label -> config) with ``seeds`` seeds; returns rows
-    ``{key: label, updates, env_steps, wall_time, seed, eval_return}`` and calls ``on_done(rows)``
-    with the rows so far after each variant. A diverged seed is kept (its returns are not
-    finite): a comparison reports it rather than stopping."""
+    ``{key: label, updates, env_steps, wall_time, seed, eval_return}`` (and the metrics ``extra``
+    names, where a trainer logs them) and calls ``on_done(rows)`` with the rows so far after each
+    variant. A diverged seed is kept (its returns are not finite): a comparison reports it rather
+    than stopping."""
     rows = []
     for label, config in variants.items():
         _, history = fit(config, seeds=seeds, stop_on_divergence=False)
-        rows += curves.labelled_rows(key, label, history)
+        rows += curves.labelled_rows(key, label, history, (*curves.CURVE_COLUMNS, *extra))
         final = [
             r["eval_return"] for r in rows if r[key] == label and r["updates"] == config.num_updates
         ]

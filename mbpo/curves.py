@@ -37,8 +37,9 @@ def seed_rows(history: list[dict]) -> list[dict]:
 def labelled_rows(
     key: str, label: str, history: list[dict], columns: Sequence[str] = CURVE_COLUMNS
 ) -> list[dict]:
-    """``{key: label, **columns}`` per evaluation and seed of ``history``."""
-    return [{key: label, **{c: row[c] for c in columns}} for row in seed_rows(history)]
+    """``{key: label, **columns}`` per evaluation and seed of ``history`` (a column the history
+    lacks is left out)."""
+    return [{key: label, **{c: row[c] for c in columns if c in row}} for row in seed_rows(history)]
 
 
 def plot(

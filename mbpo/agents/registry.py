@@ -64,6 +64,18 @@ def algo_defaults(algo: str) -> dict:
     return {"estimator": algo} if ALGOS[algo] == "unroll" else {"algo": algo}
 
 
+def config_for(name: str, **values):
+    """The config of an algorithm named as ``--algo`` names it (``sac``, ``shac``, ``mbpo``), or as
+    an estimator with its horizon after a dash (``svg-4``, ``bpo-16``; no dash: whole episodes);
+    anything after a further dash is a label (``svg-4-small``). ``values`` override what the name
+    sets."""
+    algo, *rest = name.split("-")
+    defaults = algo_defaults(algo)
+    if algo in estimators.ESTIMATORS:
+        defaults["horizon"] = int(rest[0]) if rest else None
+    return config_class(algo)(**{**defaults, **values})
+
+
 def make_trainer(config, dynamics: Dynamics | None = None) -> Trainer:
     """The trainer of any registered config."""
     return TRAINERS[trainer_name(config)][1](config, dynamics)

@@ -1,0 +1,270 @@
+"""Brax locomotion learned through its differentiable physics: SHAC, SAPO, SVG(32) and BPO beside
+SAC, on halfcheetah (and hopper and ant on a GPU), with the health of the gradients.
+
+    python -m experiments.locomotion --preset cpu --out experiments/results/locomotion_cpu
+
+Each algorithm is a name of :func:`mbpo.agents.registry.config_for` (``shac``, ``sapo``,
+``svg-32``, ``bpo-32``, ``sac``) with the task's sizes; its seeds train in one vmapped program
+(:func:`mbpo.compare.compare`). Every simulated step counts, the steps of the differentiated
+windows included, so the x axis is simulator steps for every method. Writes ``curves.csv`` (one row
+per algorithm, task, evaluation and seed), ``summary.json``, ``summary.md`` (the return at the
+largest step count every algorithm reached, the steps and seconds to a common return, the
+fraction of skipped updates and of guarded envs, gradient-norm percentiles) and, per task,
+``curves_<task>.png`` (return against simulator steps) and ``wallclock_<task>.png`` (against
+seconds, compilation included), rewritten after every algorithm so a cut run keeps what it did.
+
+The reference point (the issue's, brax 0.14.2's PPO with its halfcheetah settings, 64 envs, 2
+cores): eval return 321 at 205k simulator steps, 1237 at 410k, 2211 at 1.02M.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from experiments import harness
+from mbpo import curves
+from mbpo.agents import registry
+from mbpo.compare import compare
+from mbpo.files import csv_text
+
+METRIC_COLUMNS = ("grad_norm", "skipped_updates", "guarded_envs")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One Brax task of the comparison.
+
+    Attributes:
+      env: a Brax task (``envs.brax_tasks.TASKS``).
+      backend: its physics pipeline.
+      episode_length: steps per episode, in training and evaluation.
+      common_return: the return whose first crossing (mean over seeds) the table times.
+      algorithms: (name, config overrides) pairs.
+    """
+
+    env: str
+    backend: str
+    episode_length: int
+    common_return: float
+    algorithms: tuple[tuple[str, dict], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Tasks and seeds of one run."""
+
+    tasks: tuple[Task, ...]
+    seeds: int
+
+    def __post_init__(self):
+        harness.check_positive(self, "seeds")
+
+
+def first_order(updates: int, **extra) -> dict:
+    """SHAC's sizes (64 envs x 32-step windows: 2048 simulator steps per update)."""
+    return {"num_updates": updates, "eval_every": max(updates // 8, 1), "eval_envs": 16, **extra}
+
+
+def sac(updates: int) -> dict:
+    """SAC at brax's halfcheetah sizes, 64 envs (one simulator step each per update)."""
+    return {
+        "num_updates": updates,
+        "eval_every": max(updates // 8, 1),
+        "eval_envs": 16,
+        "num_envs": 64,
+        "gradient_steps": 8,
+        "batch_size": 256,
+        "hidden": (256, 256),
+        "warmup_steps": 8192,
+        "gamma": 0.99,
+        "buffer_capacity": 1_000_000,
+    }
+
+
+PRESETS = {
+    # 2 cores: about 300 simulator steps/s for SHAC forward + backward at 64 envs after a 7-8 min
+    # compile, so 400k steps (195 updates) take about 30 min per method and seed.
+    "cpu": Preset(
+        seeds=1,
+        tasks=(
+            Task(
+                env="halfcheetah",
+                backend="positional",
+                episode_length=1000,
+                common_return=300.0,
+                algorithms=(
+                    ("shac", first_order(195)),
+                    ("sapo", first_order(195)),
+                    ("sac", sac(1600)),
+                ),
+            ),
+        ),
+    ),
+    # One H200: SHAC's budgets (about 4M steps for ant), SVG(32) and BPO beside, 3 seeds.
+    "gpu": Preset(
+        seeds=3,
+        tasks=tuple(
+            Task(
+                env=env,
+                backend="positional",
+                episode_length=1000,
+                common_return=threshold,
+                algorithms=(
+                    ("shac", first_order(updates)),
+                    ("sapo", first_order(updates)),
+                    ("svg-32", first_order(updates, num_envs=64, gamma=0.99)),
+                    ("bpo-32", first_order(updates, num_envs=64, gamma=0.99)),
+                ),
+            )
+            for env, threshold, updates in (
+                ("halfcheetah", 1000.0, 1000),
+                ("hopper", 1000.0, 1000),
+                ("ant", 1000.0, 2000),
+            )
+        ),
+    ),
+}
+
+
+def make_config(task: Task, name: str, overrides: dict):
+    """The config of algorithm ``name`` on ``task``."""
+    common = {"env": task.env, "brax_backend": task.backend, "episode_length": task.episode_length}
+    return registry.config_for(name, **common, **overrides)
+
+
+def train(preset: Preset, only: list[str] | None = None, report=None) -> list[dict]:
+    """Trains every algorithm of every task (``only``: a subset of names), every config built and
+    validated first; after each, ``report(rows so far)``."""
+    variants = [
+        (task, {n: make_config(task, n, o) for n, o in task.algorithms if not only or n in only})
+        for task in preset.tasks
+    ]
+    rows: list[dict] = []
+    for task, configs in variants:
+        done = list(rows)
+
+        def on_done(mine, task=task, done=done):
+            rows[:] = done + [{"task": task.env, **r} for r in mine]
+            if report is not None:
+                report(rows)
+
+        compare(configs, preset.seeds, "algorithm", on_done=on_done, extra=METRIC_COLUMNS)
+    return rows
+
+
+def _mean_over_seeds(rows: list[dict], key: str) -> dict[int, float]:
+    steps = sorted({r["env_steps"] for r in rows})
+    return {s: float(np.mean([r[key] for r in rows if r["env_steps"] == s])) for s in steps}
+
+
+def summarize(rows: list[dict], preset: Preset) -> list[dict]:
+    """Per task and algorithm: the return at the largest step count all reached, the steps and
+    seconds to the task's common return (mean over seeds), the skipped-update and guarded-env
+    fractions and the gradient-norm percentiles (over evaluations and seeds)."""
+    table = []
+    for task in preset.tasks:
+        mine = [r for r in rows if r["task"] == task.env]
+        names = list(dict.fromkeys(r["algorithm"] for r in mine))
+        common = min(
+            (max(r["env_steps"] for r in mine if r["algorithm"] == n) for n in names), default=0
+        )
+        for name in names:
+            runs = [r for r in mine if r["algorithm"] == name]
+            curve = _mean_over_seeds(runs, "eval_return")
+            at = max((s for s in curve if s <= common), default=min(curve))
+            hit = next((s for s, v in curve.items() if v >= task.common_return), None)
+            seconds = _mean_over_seeds(runs, "wall_time")
+            last = max(r["updates"] for r in runs)
+            grads = np.asarray([r["grad_norm"] for r in runs], float)
+            guarded = [r.get("guarded_envs") for r in runs]
+            table.append(
+                {
+                    "task": task.env,
+                    "algorithm": name,
+                    "return_at_common_steps": round(curve[at], 1),
+                    "common_steps": at,
+                    "final_return": round(curve[max(curve)], 1),
+                    "final_steps": max(curve),
+                    "steps_to_common_return": hit,
+                    "seconds_to_common_return": hit and round(seconds[hit], 1),
+                    "skipped_fraction": float(
+                        np.mean([r["skipped_updates"] for r in runs if r["updates"] == last])
+                    )
+                    / last,
+                    "guarded_envs": None if None in guarded else float(np.mean(guarded)),
+                    "grad_norm_p50_p90_max": [
+                        float(np.percentile(grads, q)) for q in (50, 90, 100)
+                    ],
+                }
+            )
+    return table
+
+
+def format_table(table: list[dict], preset: Preset) -> str:
+    """``summarize``'s rows as Markdown."""
+    thresholds = {t.env: t.common_return for t in preset.tasks}
+    lines = [
+        "| task | algorithm | return at equal steps | final return (steps) | steps to the "
+        "common return | seconds to it | skipped updates | guarded envs | grad norm p50 / p90 / "
+        "max |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for t in table:
+        p50, p90, top = t["grad_norm_p50_p90_max"]
+        guarded = "-" if t["guarded_envs"] is None else f"{100 * t['guarded_envs']:.2f}%"
+        lines.append(
+            f"| {t['task']} | {t['algorithm']} | {t['return_at_common_steps']} "
+            f"(@{t['common_steps']}) | {t['final_return']} ({t['final_steps']}) | "
+            f"{t['steps_to_common_return'] or 'not reached'} (>= {thresholds[t['task']]:g}) | "
+            f"{t['seconds_to_common_return'] or '-'} | {100 * t['skipped_fraction']:.2f}% | "
+            f"{guarded} | {p50:.3g} / {p90:.3g} / {top:.3g} |"
+        )
+    return "\n".join(lines)
+
+
+def write_results(run: harness.Run, rows: list[dict]) -> str:
+    """The run's files (module docstring); returns the Markdown table."""
+    preset, header = run.preset, run.header()
+    table = summarize(rows, preset)
+    text = format_table(table, preset)
+    files = {
+        "curves.csv": csv_text(rows),
+        "summary.json": {**header, "seeds": preset.seeds, "summary": table},
+        "summary.md": f"# Brax locomotion ({run.args.preset} preset, {preset.seeds} seeds)\n\n"
+        f"`{header['command']}`, jax {header['jax_version']} on {header['device_kind']} (load "
+        f"{header['load_average_1min_at_start']:.1f} at start)\n\n{text}\n",
+    }
+    for task in preset.tasks:
+        mine = [r for r in rows if r["task"] == task.env]
+        if mine:
+            title = f"{task.env} [{task.backend}], {preset.seeds} seeds"
+            for name, x in (("curves", "env_steps"), ("wallclock", "wall_time")):
+                files[f"{name}_{task.env}.png"] = curves.plot(
+                    mine, title, "algorithm", x=x, threshold=task.common_return
+                )
+    run.write(files)
+    return text
+
+
+EXPERIMENT = harness.Experiment("experiments.locomotion", __doc__, PRESETS, out=harness.DIRECTORY)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = EXPERIMENT.parser()
+    parser.add_argument("--only", nargs="+", help="run only these algorithm names of the preset")
+    run = EXPERIMENT.parse(argv, parser)
+    names = {name for task in run.preset.tasks for name, _ in task.algorithms}
+    if run.args.only and set(run.args.only) - names:
+        parser.error(
+            f"--only: unknown names {sorted(set(run.args.only) - names)}; the preset "
+            f"has {sorted(names)}"
+        )
+    rows = train(run.preset, run.args.only, report=lambda rows: write_results(run, rows))
+    print(write_results(run, rows))
+    print(f"wrote {run.out}/{{curves.csv, summary.json, summary.md, curves_<task>.png, ...}}")
+
+
+if __name__ == "__main__":
+    main()
