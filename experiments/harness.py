@@ -210,6 +210,31 @@ class Run:
                 write_json(path, content)
 
 
+def train_tasks(tasks, seeds: int, make_config, *, only=None, report=None, extra=()) -> list[dict]:
+    """Trains every ``(name, overrides)`` of each task's ``algorithms`` (``only``: a subset of the
+    names) with :func:`mbpo.compare.compare`, ``make_config(task, name, overrides)`` building
+    each config, all of them (and so validated) before anything trains. Returns rows
+    ``{task: task.env, algorithm: name, ...}`` and calls ``report(rows so far)`` after every
+    algorithm, so a cut run keeps what it did; ``extra``: metric columns to keep."""
+    from mbpo.compare import compare
+
+    variants = [
+        (task, {n: make_config(task, n, o) for n, o in task.algorithms if not only or n in only})
+        for task in tasks
+    ]
+    rows: list[dict] = []
+    for task, configs in variants:
+        done = list(rows)
+
+        def on_done(mine, task=task, done=done):
+            rows[:] = done + [{"task": task.env, **r} for r in mine]
+            if report is not None:
+                report(rows)
+
+        compare(configs, seeds, "algorithm", on_done=on_done, extra=extra)
+    return rows
+
+
 def report_lines(report: dict) -> list[str]:
     """The first lines of every table: versions, device, preset, wall time, load, command."""
     end = report.get("load_average_1min_at_end")

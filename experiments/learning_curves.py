@@ -31,7 +31,6 @@ import numpy as np
 from experiments import harness
 from mbpo import curves
 from mbpo.agents import registry
-from mbpo.compare import compare
 from mbpo.files import csv_text
 
 
@@ -248,24 +247,9 @@ def format_table(table: list[dict]) -> str:
 
 
 def train(preset: Preset, only: list[str] | None = None, report=None) -> list[dict]:
-    """Trains every algorithm of every task (``only``: a subset of algorithm names) with
-    :func:`mbpo.compare.compare`; after each one, ``report(rows so far)`` (results are written as
-    they come, so a cut run keeps them). Every config is built, and so validated, first."""
-    variants = [
-        (task, {n: make_config(task, n, o) for n, o in task.algorithms if not only or n in only})
-        for task in preset.tasks
-    ]
-    rows: list[dict] = []
-    for task, configs in variants:
-        done = list(rows)
-
-        def on_done(mine, task=task, done=done):
-            rows[:] = done + [{"task": task.env, **r} for r in mine]
-            if report is not None:
-                report(rows)
-
-        compare(configs, preset.seeds, "algorithm", on_done=on_done)
-    return rows
+    """Trains every algorithm of every task (``only``: a subset of names) through
+    :func:`experiments.harness.train_tasks`; after each, ``report(rows so far)``."""
+    return harness.train_tasks(preset.tasks, preset.seeds, make_config, only=only, report=report)
 
 
 def write_results(run: harness.Run, rows: list[dict]) -> str:

@@ -26,7 +26,6 @@ import numpy as np
 from experiments import harness
 from mbpo import curves
 from mbpo.agents import registry
-from mbpo.compare import compare
 from mbpo.files import csv_text
 
 METRIC_COLUMNS = ("grad_norm", "skipped_updates", "guarded_envs")
@@ -135,23 +134,11 @@ def make_config(task: Task, name: str, overrides: dict):
 
 
 def train(preset: Preset, only: list[str] | None = None, report=None) -> list[dict]:
-    """Trains every algorithm of every task (``only``: a subset of names), every config built and
-    validated first; after each, ``report(rows so far)``."""
-    variants = [
-        (task, {n: make_config(task, n, o) for n, o in task.algorithms if not only or n in only})
-        for task in preset.tasks
-    ]
-    rows: list[dict] = []
-    for task, configs in variants:
-        done = list(rows)
-
-        def on_done(mine, task=task, done=done):
-            rows[:] = done + [{"task": task.env, **r} for r in mine]
-            if report is not None:
-                report(rows)
-
-        compare(configs, preset.seeds, "algorithm", on_done=on_done, extra=METRIC_COLUMNS)
-    return rows
+    """Trains every algorithm of every task (``only``: a subset of names) through
+    :func:`experiments.harness.train_tasks`; after each, ``report(rows so far)``."""
+    return harness.train_tasks(
+        preset.tasks, preset.seeds, make_config, only=only, report=report, extra=METRIC_COLUMNS
+    )
 
 
 def _mean_over_seeds(rows: list[dict], key: str) -> dict[int, float]:
