@@ -59,8 +59,9 @@ class Preset:
       return_horizons: the n trained for the return comparison.
       return_seeds: seeds per n (vmapped).
       num_envs: parallel environments while training.
-      brax_task: the Brax task ("" to skip Brax).
-      brax_backend: its physics pipeline.
+      brax_tasks: the Brax tasks (none to skip Brax).
+      brax_backends: the physics pipelines each is measured on (a gradient through contact is
+        only as usable as the pipeline's: Suh et al. 2022); a pipeline that fails is reported.
       brax_horizons: the n measured on Brax (gradient statistics).
       brax_episode: steps of a "full" Brax unroll.
       brax_budget: environment steps per Brax training run (0 skips Brax returns).
@@ -77,8 +78,8 @@ class Preset:
     return_horizons: tuple[int | None, ...]
     return_seeds: int
     num_envs: int
-    brax_task: str
-    brax_backend: str
+    brax_tasks: tuple[str, ...]
+    brax_backends: tuple[str, ...]
     brax_horizons: tuple[int | None, ...]
     brax_episode: int
     brax_budget: int
@@ -97,15 +98,16 @@ _CPU = Preset(
     return_horizons=(0, 4, 16, 32, 64, FULL),
     return_seeds=2,
     num_envs=32,
-    brax_task="inverted_pendulum",
-    brax_backend="positional",
+    brax_tasks=("inverted_pendulum",),
+    brax_backends=("positional",),
     brax_horizons=(1, 8, 32),
     brax_episode=64,
     brax_budget=0,
 )
 PRESETS = {
     "cpu": _CPU,
-    # One H100, < 10 minutes.
+    # One H100: < 10 minutes for pendulum, and about as long again for each Brax task and
+    # pipeline (select some with --set brax_backends='["positional"]').
     "gpu": dataclasses.replace(
         _CPU,
         gradient_seeds=64,
@@ -116,7 +118,8 @@ PRESETS = {
         return_horizons=ALL_HORIZONS,
         return_seeds=4,
         num_envs=256,
-        brax_task="ant",
+        brax_tasks=("halfcheetah", "ant"),
+        brax_backends=("positional", "spring", "generalized", "mjx"),
         brax_horizons=(1, 4, 16, 64, FULL),
         brax_episode=256,
         brax_budget=2_000_000,
@@ -215,7 +218,7 @@ def lqr_gradients(preset: Preset, key) -> list[dict]:
 
 
 def trained_gradients(
-    env: str, preset: Preset, horizons, episode: int, key, **env_kwargs
+    env: str, preset: Preset, horizons, episode: int, key, label_as=None, **env_kwargs
 ) -> list[dict]:
     """SVG(n) gradient statistics at the policy and critic of a short SVG(16) run on ``env``."""
     config = UnrollTrainerConfig(
@@ -247,13 +250,13 @@ def trained_gradients(
             config.gamma,
             jax.random.fold_in(key, 1_000 if n is None else n),
         )
-        rows.append({"env": env, "n": label(n), **gradient_statistics(samples)})
+        rows.append({"env": label_as or env, "n": label(n), **gradient_statistics(samples)})
         print(_format_row(rows[-1]), flush=True)
     return rows
 
 
 def returns_after_budget(
-    env: str, preset: Preset, horizons, episode: int, budget: int, **env_kwargs
+    env: str, preset: Preset, horizons, episode: int, budget: int, label_as=None, **env_kwargs
 ) -> list[dict]:
     """Evaluation return of SVG(n) trained from scratch for ``budget`` environment steps."""
     rows = []
@@ -279,7 +282,7 @@ def returns_after_budget(
         for row in last:
             rows.append(
                 {
-                    "env": env,
+                    "env": label_as or env,
                     "n": label(n),
                     "seed": row["seed"],
                     "return": float(row["eval_return"]),
@@ -348,6 +351,33 @@ def plot(gradient_rows: list[dict], return_rows: list[dict]):
     return figure
 
 
+def brax_horizons(preset: Preset, task: str, backend: str, key) -> tuple[list, list]:
+    """Gradient statistics of SVG(n) on the Brax ``task`` with the pipeline ``backend`` (and,
+    with ``brax_budget``, the return after it); rows labelled ``task[backend]``."""
+    name = f"{task}[{backend}]"
+    gradients = trained_gradients(
+        task,
+        dataclasses.replace(preset, pretrain_updates=min(preset.pretrain_updates, 20)),
+        preset.brax_horizons,
+        preset.brax_episode,
+        key,
+        label_as=name,
+        backend=backend,
+    )
+    returns = []
+    if preset.brax_budget:
+        returns = returns_after_budget(
+            task,
+            preset,
+            preset.brax_horizons,
+            preset.brax_episode,
+            preset.brax_budget,
+            label_as=name,
+            backend=backend,
+        )
+    return gradients, returns
+
+
 EXPERIMENT = harness.Experiment(
     "experiments.compare_horizons", __doc__, PRESETS, out=harness.DIRECTORY
 )
@@ -369,30 +399,24 @@ def main(argv=None) -> None:
     return_rows = returns_after_budget(
         preset.task, preset, preset.return_horizons, preset.ode_episode, preset.budget
     )
-    if preset.brax_task and not run.args.skip_brax:
-        brax = {"backend": preset.brax_backend}
-        gradient_rows += trained_gradients(
-            preset.brax_task,
-            dataclasses.replace(preset, pretrain_updates=min(preset.pretrain_updates, 20)),
-            preset.brax_horizons,
-            preset.brax_episode,
-            jax.random.fold_in(key, 2),
-            **brax,
-        )
-        if preset.brax_budget:
-            return_rows += returns_after_budget(
-                preset.brax_task,
-                preset,
-                preset.brax_horizons,
-                preset.brax_episode,
-                preset.brax_budget,
-                **brax,
-            )
+    failures = []
+    for task, backend in [(t, b) for t in preset.brax_tasks for b in preset.brax_backends]:
+        if run.args.skip_brax:
+            break
+        try:
+            rows = brax_horizons(preset, task, backend, jax.random.fold_in(key, 2))
+        except Exception as error:  # a pipeline that does not run here is a finding, not a crash
+            failures.append({"env": task, "backend": backend, "error": repr(error)[:500]})
+            print(f"{task}[{backend}] failed: {error!r}"[:300], flush=True)
+            continue
+        gradient_rows += rows[0]
+        return_rows += rows[1]
     summary = {
         **run.header(),
         "wall_time": time.perf_counter() - run.start,
         "gradients": gradient_rows,
         "returns": return_rows,
+        "failures": failures,
     }
     run.write(
         {

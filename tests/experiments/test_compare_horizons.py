@@ -20,7 +20,7 @@ TINY = dataclasses.replace(
     return_horizons=(4,),
     return_seeds=2,
     num_envs=16,
-    brax_task="",
+    brax_tasks=(),
 )
 
 
@@ -41,7 +41,14 @@ def test_main_writes_csv_json_and_png(tmp_path, monkeypatch):
         ch.PRESETS,
         "cpu",
         dataclasses.replace(
-            TINY, task="lqr", ode_episode=40, horizons=(2,), return_horizons=(2,), budget=2 * 16 * 2
+            TINY,
+            task="lqr",
+            ode_episode=40,
+            horizons=(2,),
+            return_horizons=(2,),
+            budget=2 * 16 * 2,
+            brax_tasks=("inverted_pendulum",),
+            brax_backends=("warp",),  # not a pipeline: reported as a failure, the rest written
         ),
     )
     out = tmp_path / "run"
@@ -52,6 +59,9 @@ def test_main_writes_csv_json_and_png(tmp_path, monkeypatch):
     assert all(np.isfinite(r["return"]) for r in summary["returns"])
     assert (out / "gradients.csv").read_text().startswith("env,n,")
     assert (out / "horizons.png").stat().st_size > 10_000
+    [failure] = summary["failures"]
+    assert failure["env"] == "inverted_pendulum" and failure["backend"] == "warp"
+    assert "warp" in failure["error"]
 
 
 def test_out_must_be_a_directory(tmp_path, capsys):
