@@ -1,7 +1,7 @@
 """Which trainer runs which algorithm: ``mbpo train --algo NAME`` and saved run configs.
 
 * bpo, svg, dpmb_r, dpmb_sf, critic_only: UnrollTrainerConfig, mbpo.agents.unroll_trainer, and its
-  named configurations (``unroll_trainer.VARIANTS``: shac);
+  named configurations (``unroll_trainer.VARIANTS``: shac, sapo);
 * nfqca, fqi, fqi_amortized, ddpg, td3, sac: OffPolicyConfig, mbpo.agents.off_policy;
 * mbpo (SVG(n), SVG-ER or SAC on a model): ModelBasedConfig, mbpo.agents.model_based.
 
