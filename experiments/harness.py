@@ -86,6 +86,12 @@ def _replace(obj: Any, path: list[str], value: Any, name: str) -> Any:
     return dataclasses.replace(obj, **{path[0]: new})
 
 
+def _csv(rows: list[dict]) -> str:
+    from mbpo.files import csv_text
+
+    return csv_text(rows)
+
+
 def _unwritable(path: pathlib.Path) -> str | None:
     """Why files cannot be written in the directory ``path`` (None: they can), creating nothing:
     the script's own checks still come before anything is written."""
@@ -194,6 +200,21 @@ class Run:
     def finish(self, report: dict, format_table: Callable[[dict], str]) -> None:
         """Adds the wall time and the load at the end, prints the table, writes ``--out``."""
         finish_report(report, self.start, self.out, format_table)
+
+    def curve_files(self, rows: list[dict], summary: Any, text: str, title: str) -> dict:
+        r"""The files of a learning-curve run: ``curves.csv`` (``rows``), ``summary.json`` (the
+        header, the seeds and ``summary``) and ``summary.md`` (``title``, the command, date,
+        versions, device and load, then ``text``); a script adds its plots and :meth:`write`\s
+        them."""
+        header, seeds = self.header(), getattr(self.preset, "seeds", None)
+        return {
+            "curves.csv": _csv(rows),
+            "summary.json": {**header, "seeds": seeds, "summary": summary},
+            "summary.md": f"# {title} ({self.args.preset} preset, {seeds} seeds)\n\n"
+            f"`{header['command']}`, {time.strftime('%Y-%m-%d')}, jax {header['jax_version']} on "
+            f"{header['device_kind']} (load {header['load_average_1min_at_start']:.1f} at start)"
+            f"\n\n{text}\n",
+        }
 
     def write(self, files: Mapping[str, Any]) -> None:
         """Writes each ``name: content`` into ``--out DIR``, each file whole: text as it is, a

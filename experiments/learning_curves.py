@@ -24,14 +24,12 @@ ratio of SAC's env steps to each algorithm's (the issue's goal: SVG(n) with a cr
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 
 from experiments import harness
 from mbpo import curves
 from mbpo.agents import registry
-from mbpo.files import csv_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,17 +252,10 @@ def train(preset: Preset, only: list[str] | None = None, report=None) -> list[di
 
 def write_results(run: harness.Run, rows: list[dict]) -> str:
     """curves.csv, summary.json, summary.md and curves_<task>.png of ``rows``; returns the table"""
-    preset, header = run.preset, run.header()
+    preset = run.preset
     table = summarize(rows, preset)
     text = format_table(table)
-    files = {
-        "curves.csv": csv_text(rows),
-        "summary.json": {**header, "seeds": preset.seeds, "summary": table},
-        "summary.md": f"# Learning curves ({run.args.preset} preset, {preset.seeds} seeds)\n\n"
-        f"`{header['command']}`, {time.strftime('%Y-%m-%d')}, jax {header['jax_version']} on "
-        f"{header['device_kind']} (load {header['load_average_1min_at_start']:.1f} at start)"
-        f"\n\n{text}\n",
-    }
+    files = run.curve_files(rows, table, text, "Learning curves")
     for task in preset.tasks:
         mine = [r for r in rows if r["task"] == task.env]
         if mine:

@@ -26,7 +26,6 @@ import numpy as np
 from experiments import harness
 from mbpo import curves
 from mbpo.agents import registry
-from mbpo.files import csv_text
 
 METRIC_COLUMNS = ("grad_norm", "skipped_updates", "guarded_envs")
 
@@ -213,16 +212,10 @@ def format_table(table: list[dict], preset: Preset) -> str:
 
 def write_results(run: harness.Run, rows: list[dict]) -> str:
     """The run's files (module docstring); returns the Markdown table."""
-    preset, header = run.preset, run.header()
+    preset = run.preset
     table = summarize(rows, preset)
     text = format_table(table, preset)
-    files = {
-        "curves.csv": csv_text(rows),
-        "summary.json": {**header, "seeds": preset.seeds, "summary": table},
-        "summary.md": f"# Brax locomotion ({run.args.preset} preset, {preset.seeds} seeds)\n\n"
-        f"`{header['command']}`, jax {header['jax_version']} on {header['device_kind']} (load "
-        f"{header['load_average_1min_at_start']:.1f} at start)\n\n{text}\n",
-    }
+    files = run.curve_files(rows, table, text, "Brax locomotion")
     for task in preset.tasks:
         mine = [r for r in rows if r["task"] == task.env]
         if mine:
