@@ -344,7 +344,7 @@ def test_algo_picks_the_trainer_and_its_options(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--algo", "ppo"], "unknown algo 'ppo'"),
+        (["--algo", "trpo"], "unknown algo 'trpo'"),
         (["--algo", "sac", "--tau", "2"], "0 < tau <= 1"),
         (["--algo", "sac", "--estimator", "svg"], "unrecognized arguments: --estimator"),
         (["--algo", "mbpo", "--elites", "9"], "elites must be <= members"),

@@ -3,7 +3,8 @@
 * bpo, svg, dpmb_r, dpmb_sf, critic_only: UnrollTrainerConfig, mbpo.agents.unroll_trainer, and its
   named configurations (``unroll_trainer.VARIANTS``: shac, sapo);
 * nfqca, fqi, fqi_amortized, ddpg, td3, sac: OffPolicyConfig, mbpo.agents.off_policy;
-* mbpo (SVG(n), SVG-ER or SAC on a model): ModelBasedConfig, mbpo.agents.model_based.
+* mbpo (SVG(n), SVG-ER or SAC on a model): ModelBasedConfig, mbpo.agents.model_based;
+* ppo (clipped surrogate, GAE, on-policy): PPOConfig, mbpo.agents.ppo.
 
 A run directory's ``config.json`` records the trainer's name under ``"trainer"``, so a run is
 resumed and evaluated by the trainer that wrote it.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from mbpo import estimators
-from mbpo.agents import model_based, off_policy, unroll_trainer
+from mbpo.agents import model_based, off_policy, ppo, unroll_trainer
 from mbpo.agents.loop import Trainer
 from mbpo.cli import check_field_types
 from mbpo.dynamics.base import Dynamics
@@ -23,12 +24,14 @@ TRAINERS = {
     "unroll": (unroll_trainer.UnrollTrainerConfig, unroll_trainer.make_trainer),
     "off_policy": (off_policy.OffPolicyConfig, off_policy.make_trainer),
     "mbpo": (model_based.ModelBasedConfig, model_based.make_trainer),
+    "ppo": (ppo.PPOConfig, ppo.make_trainer),
 }
 ALGOS: dict[str, str] = {
     **{name: "unroll" for name in estimators.ESTIMATORS},
     **{name: "unroll" for name in unroll_trainer.VARIANTS},
     **{name: "off_policy" for name in off_policy.ALGOS},
     "mbpo": "mbpo",
+    "ppo": "ppo",
 }
 
 

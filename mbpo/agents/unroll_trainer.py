@@ -106,9 +106,9 @@ class UnrollTrainerConfig(loop.TaskFields):
     entropy: bool = option(
         False, "maximum entropy (SAPO): alpha H(pi(.|s_t)) in the return and the critic targets"
     )
-    init_alpha: float = option(1.0, "entropy: initial temperature alpha")
-    alpha_lr: float = option(5e-3, "entropy: temperature learning rate (Adam)")
-    target_entropy: float | None = option(
+    temperature_init: float = option(1.0, "entropy: initial temperature alpha")
+    temperature_lr: float = option(5e-3, "entropy: temperature learning rate (Adam)")
+    entropy_target: float | None = option(
         None, "entropy: the entropy alpha is tuned to; none: -0.5 per action dimension (SAPO)"
     )
     matmul_precision: str = option(
@@ -170,9 +170,10 @@ class UnrollTrainerConfig(loop.TaskFields):
                 "entropy needs a stochastic policy and a horizon >= 1 (its bonus is summed over "
                 f"the window's steps); got policy {kind}, horizon {self.horizon}"
             )
-        if self.init_alpha <= 0 or self.alpha_lr <= 0:
+        if self.temperature_init <= 0 or self.temperature_lr <= 0:
             raise ValueError(
-                f"init_alpha and alpha_lr must be > 0, got {self.init_alpha}, {self.alpha_lr}"
+                "temperature_init and temperature_lr must be > 0, got "
+                f"{self.temperature_init}, {self.temperature_lr}"
             )
         if estimator.dynamics_gradient == "score" and not envs.has_log_prob(self.env):
             with_log_prob = [
@@ -263,8 +264,8 @@ VARIANTS: dict[str, dict] = {
         "per_env_guard": True,
         "normalize_observations": True,
         "entropy": True,
-        "init_alpha": 1.0,
-        "alpha_lr": 5e-3,
+        "temperature_init": 1.0,
+        "temperature_lr": 5e-3,
     },
 }
 
@@ -351,7 +352,7 @@ class _Unroll:
             updates=jnp.zeros((), jnp.int32),
             env_steps=jnp.zeros((), jnp.int32),
             temperature=TrainState.create(
-                jnp.log(jnp.asarray(self.config.init_alpha, jnp.float32)), self.alpha_opt
+                jnp.log(jnp.asarray(self.config.temperature_init, jnp.float32)), self.alpha_opt
             )
             if self.config.entropy
             else None,
@@ -361,7 +362,7 @@ class _Unroll:
     def target_entropy(self) -> float:
         c = self.config
         size = self.dynamics.action_size
-        return -0.5 * size if c.target_entropy is None else c.target_entropy
+        return -0.5 * size if c.entropy_target is None else c.entropy_target
 
     def scaled_entropy(self, entropy):
         """SAPO's entropy term: (H + |H_target|) / (2 |H_target|), 1 at H = |H_target|."""
@@ -580,6 +581,6 @@ def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
         critic_opt=_optimizer(
             config, config.critic_lr, config.critic_epochs * config.critic_minibatches
         ),
-        alpha_opt=optax.adam(config.alpha_lr, b1=config.adam_b1, b2=config.adam_b2),
+        alpha_opt=optax.adam(config.temperature_lr, b1=config.adam_b1, b2=config.adam_b2),
     )
     return Trainer.of(u, policy=policy, critic=u.critic)

@@ -138,8 +138,8 @@ ENTROPIC = dataclasses.replace(
     env="pendulum",  # finite action bounds, as the tanh-squashed policy needs
     policy="tanh_gaussian",
     entropy=True,
-    init_alpha=0.5,
-    alpha_lr=0.1,
+    temperature_init=0.5,
+    temperature_lr=0.1,
 )
 
 
@@ -147,7 +147,7 @@ ENTROPIC = dataclasses.replace(
 def test_temperature_falls_above_its_target_entropy_and_rises_below_it(target, direction):
     """SAC's temperature step, shared: alpha moves against the gap between the entropy of the
     window's actions and the target (a 1-d action's entropy at init is about 0.1 here)."""
-    trainer = make_trainer(dataclasses.replace(ENTROPIC, target_entropy=target))
+    trainer = make_trainer(dataclasses.replace(ENTROPIC, entropy_target=target))
     ts = jax.jit(trainer.init)(jax.random.key(0))
     new, metrics = jax.jit(trainer.update)(ts)
     before, after = float(jnp.exp(ts.temperature.params)), float(jnp.exp(new.temperature.params))

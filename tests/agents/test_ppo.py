@@ -1,0 +1,151 @@
+"""PPO: the clipped surrogate against the REINFORCE/GAE gradient and the LQR closed form, the
+registry and command line, learning on pendulum."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import envs
+from envs import lqr as lqr_lib
+from mbpo import estimators
+from mbpo.agents import ppo, registry
+from mbpo.critics import QCritic
+from mbpo.policies import GaussianPolicy
+from mbpo.unroll import rollout, sample_noise
+
+GAMMA, SIGMA, K0 = 0.9, 0.4, np.array([[1.0, 1.5]])
+
+
+def _linear_policy():
+    return GaussianPolicy(2, 1, (-np.inf,), (np.inf,), hidden=(), use_bias=False)
+
+
+def _params(K, sigma):
+    net = {"params": {"Dense_0": {"kernel": -jnp.asarray(K).T}}}
+    return {"net": net, "log_std": jnp.log(jnp.array([sigma]))}
+
+
+def _episodes(task, policy, params, key, n, steps):
+    states = jax.vmap(task.reset)(jax.random.split(key, n))
+    noise = jax.vmap(lambda k: sample_noise(task, k, steps, (1,)))(jax.random.split(key, n))
+    act = lambda o, e: policy.sample(params, o, e)
+    return jax.vmap(lambda s, z: rollout(task, act, s, z, dynamics_gradient="stop")[1])(
+        states, noise
+    )
+
+
+def test_clipped_surrogate_without_clipping_is_the_reinforce_gae_gradient():
+    """At the collecting parameters the ratio is 1; with clip = inf, no advantage normalization
+    and no value or entropy terms, PPO's loss gradient is minus the score-function gradient
+    mean_i grad log pi(a_i|s_i) A_i, exactly."""
+    task = envs.make("lqr")
+    config = ppo.PPOConfig(
+        env="lqr",
+        policy="gaussian",
+        hidden=(8,),
+        clip=float("inf"),
+        normalize_advantage=False,
+        entropy_cost=0.0,
+        value_coef=0.0,
+        num_envs=4,
+        unroll_length=8,
+        num_minibatches=1,
+    )
+    policy = GaussianPolicy.for_dynamics(task, hidden=(8,), init_std=0.5)
+    value = QCritic(task.observation_size, 0, num_q=1, hidden=(8,))
+    parts = ppo._PPO(config, task, policy, value, optax.adam(1e-3))
+    ts = parts.init(jax.random.key(0))
+    batch = parts.batch(ts, parts.collect(ts, jax.random.key(1))[1])
+    params = ts.learner.params
+    got = jax.grad(lambda p: parts.loss(p, batch)[0])(params)["policy"]
+
+    def reinforce(p):
+        log_pi = parts.log_prob(p, batch["obs"], batch["action"])
+        return estimators.score_surrogate(log_pi, batch["advantage"]) / log_pi.shape[0]
+
+    want = jax.grad(reinforce)(params["policy"])
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, -w, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.usefixtures("x64")
+def test_reinforce_gae_gradient_is_within_4_standard_errors_of_the_lqr_closed_form():
+    """sum_t gamma^t grad log pi(a_t|s_t) (G_t - V(s_t)) with the exact value of the policy as
+    baseline and bootstrap (GAE with lambda = 1) is an unbiased estimate of grad J: its mean over
+    4000 episodes of 80 steps lies within 4 standard errors of the closed form, for the gain and
+    the log-std."""
+    task, policy = envs.make("lqr"), _linear_policy()
+    params, steps, n = _params(K0, SIGMA), 80, 4000
+    traj = _episodes(task, policy, params, jax.random.key(3), n, steps)
+    v = lambda s: lqr_lib.value(task, jnp.asarray(K0), GAMMA, s, SIGMA)
+    v_t, v_tp1 = jax.vmap(jax.vmap(v))(traj.obs), jax.vmap(jax.vmap(v))(traj.next_obs)
+    adv = jax.vmap(lambda r, d, a, b: estimators.gae(r, d, a, b, 1.0))(
+        traj.reward, GAMMA * (1 - traj.done), v_t, v_tp1
+    )
+    weight = GAMMA ** jnp.arange(steps)
+
+    def one(obs, action, a):
+        def surrogate(p):
+            log_pi = jax.vmap(lambda o, u: policy.log_prob(p, o, u))(obs, action)
+            return estimators.score_surrogate(log_pi, weight * a)
+
+        return jax.grad(surrogate)(params)
+
+    grads = jax.vmap(one)(traj.obs, traj.action, adv)
+    closed = jax.grad(
+        lambda p: lqr_lib.expected_return(
+            task,
+            -p["net"]["params"]["Dense_0"]["kernel"].T,
+            GAMMA,
+            policy_std=jnp.exp(p["log_std"][0]),
+        )
+    )(params)
+    for g, c in zip(jax.tree.leaves(grads), jax.tree.leaves(closed)):
+        mean, se = g.mean(0), g.std(0) / np.sqrt(n)
+        assert np.all(np.abs(mean - c) <= 4 * se), (mean, se, c)
+
+
+def test_ppo_is_an_algorithm_of_the_registry_and_refuses_bad_sizes():
+    assert registry.config_class("ppo") is ppo.PPOConfig
+    config = registry.config_for("ppo", env="pendulum")
+    assert config.num_envs * config.unroll_length % config.num_minibatches == 0
+    with pytest.raises(ValueError, match="num_minibatches=7 must divide"):
+        dataclasses.replace(config, num_minibatches=7)
+    with pytest.raises(ValueError, match="clip > 0"):
+        dataclasses.replace(config, clip=0.0)
+
+
+def test_ppo_improves_its_initial_return_on_pendulum():
+    """3 vmapped seeds, 300 updates of 32 envs x 20 steps (192k env steps) at brax's learning rate:
+    the mean return rises by more than 50 over the untrained policy's (measured: +118, every seed
+    to about -760, the hanging-still optimum a swing-up must beat) and at least two seeds
+    improve."""
+    from mbpo.agents import loop
+    from mbpo.runner import fit
+
+    config = ppo.PPOConfig(
+        env="pendulum",
+        episode_length=200,
+        hidden=(32, 32),
+        eval_envs=16,
+        num_envs=32,
+        unroll_length=20,
+        num_updates=300,
+        eval_every=300,
+        gamma=0.95,
+        update_epochs=4,
+        num_minibatches=8,
+        entropy_cost=1e-3,
+        learning_rate=3e-4,
+    )
+    trainer = ppo.make_trainer(config)
+    keys = jax.random.split(jax.random.key(config.seed + 10_000), 3)
+    initial = np.asarray(jax.vmap(trainer.evaluate)(loop.initial_state(trainer, 3), keys))
+    _, history = fit(config, seeds=3)
+    final = np.asarray(history[-1]["eval_return"])
+    assert np.mean(final - initial) > 50 and np.sum(final > initial) >= 2, (initial, final)
+    assert history[-1]["skipped_updates"] == [0, 0, 0]
