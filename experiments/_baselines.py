@@ -277,7 +277,9 @@ class WorkerSettings:
 
 def run_agent(settings: WorkerSettings, agent: str, progress: BraxProgress, **kwargs) -> dict:
     """Trains ``brax.training.agents.<agent>`` with ``settings`` (``kwargs``: the agent's own
-    ``train`` arguments; ``network_kwargs``: its network factory's), reporting to ``progress``.
+    ``train`` arguments; ``network_kwargs``: its network factory's; ``network_sizes``: the
+    factory's size arguments, by default ``hidden_layer_sizes=settings.hidden``), reporting to
+    ``progress``.
     Returns :func:`worker_header`, ``progress.report()`` and ``train_s`` (the call)."""
     import importlib
 
@@ -287,10 +289,11 @@ def run_agent(settings: WorkerSettings, agent: str, progress: BraxProgress, **kw
 
     module = f"brax.training.agents.{agent}"
     networks = importlib.import_module(f"{module}.networks")
+    sizes = kwargs.pop("network_sizes", {"hidden_layer_sizes": settings.hidden})
     network_factory = functools.partial(
         getattr(networks, f"make_{agent}_networks"),
-        hidden_layer_sizes=settings.hidden,
         activation=getattr(linen, settings.activation),
+        **sizes,
         **kwargs.pop("network_kwargs", {}),
     )
     start = time.perf_counter()
