@@ -56,34 +56,47 @@ def _value(text: str) -> Any:
 
 
 def override(preset: Any, assignments: Sequence[str]) -> Any:
-    """``preset`` (a frozen dataclass, or a dict) with each ``FIELD=VALUE`` of ``assignments``
-    applied. Raises ValueError naming an unknown field (and the fields there are), TypeError a
-    value of the wrong type; the dataclass's own validation runs on the result."""
+    """``preset`` (a frozen dataclass, or a dict) with every ``FIELD=VALUE`` of ``assignments``
+    applied at once (so that fields that must agree can change together). Raises ValueError
+    naming an unknown field (and the fields there are), TypeError a value of the wrong type; the
+    dataclass's own validation runs on the result."""
+    changes: dict = {}
     for assignment in assignments:
         name, sep, text = assignment.partition("=")
         if not sep:
             raise ValueError(f"--set expects FIELD=VALUE, got {assignment!r}")
-        preset = _replace(preset, name.split("."), _value(text), name)
-    return preset
+        *parents, last = name.split(".")
+        level = changes
+        for part in parents:
+            level = level.setdefault(part, {})
+        level[last] = (name, _value(text))
+    return _apply(preset, changes)
 
 
-def _replace(obj: Any, path: list[str], value: Any, name: str) -> Any:
-    if isinstance(obj, dict):
-        fields = list(obj)
-    elif dataclasses.is_dataclass(obj):
-        fields = [f.name for f in dataclasses.fields(obj)]
-    else:
-        fields = []
-    if path[0] not in fields:
-        raise ValueError(f"--set {name}: no field {path[0]!r}; the fields are {', '.join(fields)}")
-    old = obj[path[0]] if isinstance(obj, dict) else getattr(obj, path[0])
-    new = _replace(old, path[1:], value, name) if len(path) > 1 else value
-    if isinstance(obj, dict):
-        return {**obj, path[0]: new}
-    if isinstance(new, str) and not isinstance(old, str) and old is not None:
-        raise TypeError(f"--set {name}: expected a value like {old!r}, got the text {new!r}")
-    check_field_types(type(obj), {path[0]: list(new) if isinstance(new, tuple) else new})
-    return dataclasses.replace(obj, **{path[0]: new})
+def _apply(obj: Any, changes: dict) -> Any:
+    fields = list(obj) if isinstance(obj, dict) else [f.name for f in dataclasses.fields(obj)]
+    new = {}
+    for field, change in changes.items():
+        if field not in fields:
+            name = change[0] if isinstance(change, tuple) else f"{field}..."
+            raise ValueError(
+                f"--set {name}: no field {field!r}; the fields are {', '.join(fields)}"
+            )
+        old = obj[field] if isinstance(obj, dict) else getattr(obj, field)
+        if isinstance(change, dict):
+            new[field] = _apply(old, change)
+            continue
+        name, value = change
+        if not isinstance(obj, dict):
+            if isinstance(value, str) and not isinstance(old, str) and old is not None:
+                raise TypeError(
+                    f"--set {name}: expected a value like {old!r}, got the text {value!r}"
+                )
+            check_field_types(
+                type(obj), {field: list(value) if isinstance(value, tuple) else value}
+            )
+        new[field] = value
+    return {**obj, **new} if isinstance(obj, dict) else dataclasses.replace(obj, **new)
 
 
 def _csv(rows: list[dict]) -> str:
