@@ -1,10 +1,10 @@
 """Brax locomotion learned through its differentiable physics: SHAC, SAPO, SVG(32) and BPO beside
-SAC, on halfcheetah (and hopper and ant on a GPU), with the health of the gradients.
+PPO and SAC, on halfcheetah (and hopper and ant on a GPU), with the health of the gradients.
 
     python -m experiments.locomotion --preset cpu --out experiments/results/locomotion_cpu
 
 Each algorithm is a name of :func:`mbpo.agents.registry.config_for` (``shac``, ``sapo``,
-``svg-32``, ``bpo-32``, ``sac``) with the task's sizes; its seeds train in one vmapped program
+``svg-32``, ``bpo-32``, ``ppo``, ``sac``) with the task's sizes; its seeds train in one vmapped program
 (:func:`mbpo.compare.compare`). Every simulated step counts, the steps of the differentiated
 windows included, so the x axis is simulator steps for every method. Writes ``curves.csv`` (one row
 per algorithm, task, evaluation and seed), ``summary.json``, ``summary.md`` (the return at the
@@ -65,6 +65,11 @@ def first_order(updates: int, **extra) -> dict:
     return {"num_updates": updates, "eval_every": max(updates // 8, 1), "eval_envs": 16, **extra}
 
 
+def ppo(updates: int, **extra) -> dict:
+    """Our PPO at brax's settings (64 envs x 20 steps: 1280 simulator steps per update)."""
+    return {"num_updates": updates, "eval_every": max(updates // 8, 1), "eval_envs": 16, **extra}
+
+
 def sac(updates: int) -> dict:
     """SAC at brax's halfcheetah sizes, 64 envs (one simulator step each per update)."""
     return {
@@ -95,6 +100,7 @@ PRESETS = {
                 algorithms=(
                     ("shac", first_order(195)),
                     ("sapo", first_order(195)),
+                    ("ppo", ppo(312)),  # 400k; brax PPO's 1237 there is the bar
                     ("sac", sac(1600)),
                 ),
             ),
@@ -114,6 +120,7 @@ PRESETS = {
                     ("sapo", first_order(updates)),
                     ("svg-32", first_order(updates, num_envs=64, gamma=0.99)),
                     ("bpo-32", first_order(updates, num_envs=64, gamma=0.99)),
+                    ("ppo", ppo(100, num_envs=2048, num_minibatches=32)),  # 4.1M steps
                 ),
             )
             for env, threshold, updates in (
