@@ -4,8 +4,8 @@ PPO and SAC, on halfcheetah (and hopper and ant on a GPU), with the health of th
     python -m experiments.locomotion --preset cpu --out experiments/results/locomotion_cpu
 
 Each algorithm is a name of :func:`mbpo.agents.registry.config_for` (``shac``, ``sapo``,
-``svg-32``, ``bpo-32``, ``ppo``, ``sac``) with the task's sizes; its seeds train in one vmapped program
-(:func:`mbpo.compare.compare`). Every simulated step counts, the steps of the differentiated
+``svg-32``, ``bpo-32``, ``ppo``, ``sac``) with the task's sizes; its seeds train in one vmapped
+program (:func:`mbpo.compare.compare`). Every simulated step counts, the steps of the differentiated
 windows included, so the x axis is simulator steps for every method. Writes ``curves.csv`` (one row
 per algorithm, task, evaluation and seed), ``summary.json``, ``summary.md`` (the return at the
 largest step count every algorithm reached, the steps and seconds to a common return, the
