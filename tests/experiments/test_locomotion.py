@@ -50,6 +50,6 @@ def test_tiny_run_writes_every_file_with_the_gradient_health(tmp_path, monkeypat
 
 def test_unknown_algorithm_exits_2_before_training(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
-        loco.main(["--only", "ppo", "--out", str(tmp_path / "out")])
-    assert info.value.code == 2 and "unknown names ['ppo']" in capsys.readouterr().err
+        loco.main(["--only", "trpo", "--out", str(tmp_path / "out")])
+    assert info.value.code == 2 and "unknown names ['trpo']" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
