@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mbpo.cli import check_field_types, check_positive
-from mbpo.files import finish_report, run_header, write_json, write_text
+from mbpo.files import csv_text, finish_report, run_header, write_json, write_text
 
 JSON, DIRECTORY = "json", "directory"
 __all__ = ["check_positive"]  # mbpo.cli's, for the presets' checks
@@ -97,12 +97,6 @@ def _apply(obj: Any, changes: dict) -> Any:
             )
         new[field] = value
     return {**obj, **new} if isinstance(obj, dict) else dataclasses.replace(obj, **new)
-
-
-def _csv(rows: list[dict]) -> str:
-    from mbpo.files import csv_text
-
-    return csv_text(rows)
 
 
 def _unwritable(path: pathlib.Path) -> str | None:
@@ -221,7 +215,7 @@ class Run:
         them."""
         header, seeds = self.header(), getattr(self.preset, "seeds", None)
         return {
-            "curves.csv": _csv(rows),
+            "curves.csv": csv_text(rows),
             "summary.json": {**header, "seeds": seeds, "summary": summary},
             "summary.md": f"# {title} ({self.args.preset} preset, {seeds} seeds)\n\n"
             f"`{header['command']}`, {time.strftime('%Y-%m-%d')}, jax {header['jax_version']} on "

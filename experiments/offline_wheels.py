@@ -46,6 +46,13 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _name(spec: str) -> str:
+    """The canonical distribution name of a requirement such as ``brax==0.14.2``."""
+    from packaging.requirements import Requirement
+
+    return canonical(Requirement(spec).name)
+
+
 def requirements(wheel: pathlib.Path, python: str) -> list:
     """The requirements of ``wheel`` (its METADATA's ``Requires-Dist``) that apply to ``python``
     (``"3.12"``) on Linux x86_64, extras left out (``packaging.requirements.Requirement``)."""
@@ -84,7 +91,7 @@ def download(spec: str, python: str, out: pathlib.Path) -> pathlib.Path:
         command += ["--platform", platform]
     subprocess.run([*command, spec], check=True)
     new = set(out.glob("*.whl")) - before
-    name = canonical(spec.split("=")[0].split("<")[0].split(">")[0].split("[")[0])
+    name = _name(spec)
     matches = [w for w in (new or out.glob("*.whl")) if canonical(w.name.split("-")[0]) == name]
     if not matches:
         raise RuntimeError(f"pip saved no wheel of {spec} for Python {python}")
@@ -96,7 +103,7 @@ def fetch(python: str, out: pathlib.Path, have: set[str]) -> list[pathlib.Path]:
     queue, seen, wheels = list(ROOTS), set(), []
     while queue:
         spec = queue.pop(0)
-        name = canonical(spec.split("=")[0].split("<")[0].split(">")[0].split("[")[0].strip())
+        name = _name(spec)
         if name in seen or name in have:
             continue
         seen.add(name)

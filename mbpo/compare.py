@@ -60,9 +60,7 @@ def compare(
     for label, config in variants.items():
         _, history = fit(config, seeds=seeds, stop_on_divergence=False)
         rows += curves.labelled_rows(key, label, history, (*curves.CURVE_COLUMNS, *extra))
-        final = [
-            r["eval_return"] for r in rows if r[key] == label and r["updates"] == config.num_updates
-        ]
+        final = [r["eval_return"] for r in curves.seed_rows(history[-1:])]
         mean = sum(final) / len(final)
         print(
             f"{label:>12s}: mean return {mean:9.2f} over {len(final)} seeds after "
