@@ -45,6 +45,8 @@ class Transition(struct.PyTreeNode):
     """A stacked trajectory; every field has a leading time axis of length n.
 
     ``log_prob`` is log p(s_{t+1} | s_t, a_t) under ``dynamics_gradient="score"``, else zeros.
+    ``contact`` is the dynamics' contact signal of the step (:meth:`Dynamics.contact`; zeros for a
+    dynamics without one), data: its gradient is stopped.
     """
 
     obs: Float[Array, "T obs"]
@@ -53,13 +55,22 @@ class Transition(struct.PyTreeNode):
     done: Float[Array, " T"]
     next_obs: Float[Array, "T obs"]
     log_prob: Float[Array, " T"]
+    contact: Float[Array, " T"] | None = None
 
     @classmethod
     def example(cls, obs: Observation, action_size: int) -> Transition:
         """One zero transition at ``obs`` (no time axis): the example that sizes a replay buffer."""
         zero = jnp.zeros((), obs.dtype)
         action = jnp.zeros(action_size, obs.dtype)
-        return cls(obs=obs, action=action, reward=zero, done=zero, next_obs=obs, log_prob=zero)
+        return cls(
+            obs=obs,
+            action=action,
+            reward=zero,
+            done=zero,
+            next_obs=obs,
+            log_prob=zero,
+            contact=zero,
+        )
 
 
 class RolloutNoise(struct.PyTreeNode):
@@ -121,13 +132,19 @@ def step(dynamics: Dynamics, state: State, action: Action, xi: Noise) -> tuple[S
     """One step s' = f(s, a, xi) and its :class:`Transition`: the one place a transition is formed
     (by :func:`rollout`, and by data collection, whose actions come from a behaviour policy)."""
     s_next = dynamics.step(state, action, xi)
+    zero = jnp.zeros_like(s_next.reward)
+    if dynamics.has_contact_signal:
+        contact = jax.lax.stop_gradient(dynamics.contact(state, action, s_next)).astype(zero.dtype)
+    else:
+        contact = zero
     return s_next, Transition(
         obs=state.obs,
         action=action,
         reward=s_next.reward,
         done=s_next.done,
         next_obs=s_next.obs,
-        log_prob=jnp.zeros_like(s_next.reward),
+        log_prob=zero,
+        contact=contact,
     )
 
 
@@ -198,6 +215,36 @@ def open_loop(
 def alive_mask(done_t: Float[Array, " T"]) -> Float[Array, " T"]:
     """alive_t = prod_{k<t} (1 - done_k): 1 up to and including the step that terminates."""
     return jnp.cumprod(jnp.concatenate([jnp.ones(1, done_t.dtype), 1 - done_t[:-1]]))
+
+
+def truncated(
+    traj: Transition,
+    final_action: Action,
+    length: jax.Array,
+    *,
+    gamma: float,
+    q: QFn | None = None,
+) -> Scalar:
+    """J_T of a window of n >= T steps cut at T = ``length`` (traced, in [1, n]):
+
+        J_T = sum_{t<T} gamma^t alive_t r_t + gamma^T alive_T q(s_T, a_T),
+
+    from the window's own transitions, a_T = d(s_T, eps_T) being the window's next action (its
+    ``final_action`` for T = n), so the gradient crosses only the steps before T. At T = n it is
+    :func:`unroll`'s J_n. AHAC cuts each env's window this way before its stiff contact.
+    """
+    n = traj.reward.shape[0]
+    dtype = traj.reward.dtype
+    t = jnp.arange(n)
+    alive = alive_mask(traj.done)
+    weight = gamma ** t.astype(dtype) * alive
+    value = jnp.sum(jnp.where(t < length, weight * traj.reward, 0.0))
+    if q is not None:
+        next_action = jnp.concatenate([traj.action[1:], final_action[None]])
+        boot = jax.vmap(q)(traj.next_obs, next_action)  # q(s_{t+1}, a_{t+1})
+        boot_weight = gamma ** (t + 1).astype(dtype) * alive * (1 - traj.done)
+        value = value + jnp.sum(jnp.where(t == length - 1, boot_weight * boot, 0.0))
+    return value
 
 
 class UnrollResult(NamedTuple):

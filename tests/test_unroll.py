@@ -139,3 +139,40 @@ def test_unknown_dynamics_gradient_raises():
             gamma=GAMMA,
             dynamics_gradient="reinforce",
         )
+
+
+@pytest.mark.parametrize("cut", [1, 3, 5])
+def test_truncated_window_is_the_shorter_unroll_in_value_and_gradient(cut):
+    """J_T of a 5-step window cut at T equals unroll's J_T on the same noise prefix (value and
+    gradient, float64): the gradient crosses no step at or after the cut. T = n is J_n itself."""
+    from mbpo.unroll import truncated
+
+    task = envs.make("lqr")
+    policy = GaussianPolicy.for_dynamics(task, hidden=(8,), init_std=0.3)
+    params = jax.tree.map(lambda x: x.astype(jnp.float64), policy.init(jax.random.key(0)))
+    state = task.reset(jax.random.key(1))
+    n = 5
+    k_eps, k_xi = jax.random.split(jax.random.key(2))
+    noise = RolloutNoise(
+        eps=jax.random.normal(k_eps, (n + 1, *policy.eps_shape)),
+        xi=jax.random.normal(k_xi, (n, *task.noise_shape)),
+    )
+
+    def q(obs, a):
+        return -jnp.sum(obs**2) + 0.5 * jnp.sum(a * obs[:1])
+
+    def full_then_cut(w):
+        _, result = unroll(
+            task, lambda o, e: policy.sample(w, o, e), state, noise, gamma=GAMMA, q=q
+        )
+        return truncated(result.trajectory, result.final_action, jnp.asarray(cut), gamma=GAMMA, q=q)
+
+    def shorter(w):
+        prefix = RolloutNoise(eps=noise.eps[: cut + 1], xi=noise.xi[:cut])
+        return unroll(task, lambda o, e: policy.sample(w, o, e), state, prefix, gamma=GAMMA, q=q)[0]
+
+    np.testing.assert_allclose(full_then_cut(params), shorter(params), rtol=1e-12)
+    for a, b in zip(
+        jax.tree.leaves(jax.grad(full_then_cut)(params)), jax.tree.leaves(jax.grad(shorter)(params))
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

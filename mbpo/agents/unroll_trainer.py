@@ -21,6 +21,7 @@ One trainer, configured by the estimator (:mod:`mbpo.estimators`):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -46,7 +47,7 @@ from mbpo.dynamics.base import Dynamics, State
 from mbpo.optim import Step, TrainState, guarded, temperature_step
 from mbpo.policies import POLICIES
 from mbpo.types import Params, PRNGKey
-from mbpo.unroll import RolloutNoise, alive_mask, rollout
+from mbpo.unroll import RolloutNoise, alive_mask, rollout, truncated
 
 CRITICS = ("q", "v")
 SCHEDULES = ("constant", "linear")
@@ -102,6 +103,24 @@ class UnrollTrainerConfig(loop.TaskFields):
     mean_over_steps: bool = option(False, "divide the objective by its n steps (SHAC's loss)")
     per_env_guard: bool = option(
         False, "leave out, and reset, each env whose gradient is not finite or state > 1e6"
+    )
+    adaptive_horizon: bool = option(
+        False,
+        "AHAC: each env's window is cut before the step where its accumulated contact signal "
+        "passes contact_threshold (not before horizon_min steps), under a cap that follows a "
+        "dual update; horizon is the longest window. A dynamics without a contact signal keeps "
+        "the fixed horizon",
+    )
+    horizon_min: int = option(8, "adaptive_horizon: the shortest window (AHAC: 8)")
+    contact_threshold: float = option(
+        1.0,
+        "adaptive_horizon: the contact budget C of a window, in the dynamics' contact-signal "
+        "units (Dynamics.contact)",
+    )
+    horizon_lr: float = option(
+        0.05,
+        "adaptive_horizon: dual step of the cap, cap += horizon_lr * horizon * (1 - S / C), S the "
+        "mean accumulated contact signal within the cap",
     )
     entropy: bool = option(
         False, "maximum entropy (SAPO): alpha H(pi(.|s_t)) in the return and the critic targets"
@@ -170,6 +189,23 @@ class UnrollTrainerConfig(loop.TaskFields):
                 "entropy needs a stochastic policy and a horizon >= 1 (its bonus is summed over "
                 f"the window's steps); got policy {kind}, horizon {self.horizon}"
             )
+        if self.adaptive_horizon:
+            if self.horizon is None or not estimator.bootstrap or self.entropy:
+                raise ValueError(
+                    "adaptive_horizon cuts windows that end in a critic's bootstrap: it needs "
+                    "svg (or dpmb_r/dpmb_sf) with an int horizon and no entropy; got estimator "
+                    f"{self.estimator}, horizon {self.horizon}, entropy {self.entropy}"
+                )
+            if not 1 <= self.horizon_min <= self.horizon:
+                raise ValueError(
+                    f"need 1 <= horizon_min <= horizon; got horizon_min={self.horizon_min}, "
+                    f"horizon={self.horizon}"
+                )
+            if self.contact_threshold <= 0 or self.horizon_lr <= 0:
+                raise ValueError(
+                    "contact_threshold and horizon_lr must be > 0, got "
+                    f"{self.contact_threshold}, {self.horizon_lr}"
+                )
         if self.temperature_init <= 0 or self.temperature_lr <= 0:
             raise ValueError(
                 "temperature_init and temperature_lr must be > 0, got "
@@ -267,6 +303,40 @@ VARIANTS: dict[str, dict] = {
         "temperature_init": 1.0,
         "temperature_lr": 5e-3,
     },
+    # AHAC (Georgiev et al. 2024), imgeorgiev/FoRL-WM's cfg/alg/ahac.yaml over SHAC: windows of at
+    # most 64 steps, each env's cut before its accumulated contact signal passes the budget (not
+    # before 8 steps), under a cap that follows the dual update of the budget; the min over 3 v
+    # critics (critic lr 5e-4). FoRL's actor is (400, 200, 100) and its critic (400, 200), Mish;
+    # here both are `hidden`. The budget is in the dynamics' contact units
+    # (mbpo.dynamics.brax_env: penetration in metres on positional/spring, |qf_c / qdd| on
+    # generalized); its default is sized to halfcheetah (positional).
+    "ahac": {
+        "estimator": "svg",
+        "horizon": 64,
+        "horizon_min": 8,
+        "adaptive_horizon": True,
+        "contact_threshold": 0.05,
+        "horizon_lr": 0.05,
+        "policy": "gaussian",
+        "init_std": 0.368,
+        "num_envs": 64,
+        "gamma": 0.99,
+        "td_lambda": 0.95,
+        "critic": "v",
+        "num_critics": 3,
+        "critic_epochs": 16,
+        "critic_minibatches": 4,
+        "tau": 0.8,
+        "actor_lr": 2e-3,
+        "critic_lr": 5e-4,
+        "adam_b1": 0.7,
+        "adam_b2": 0.95,
+        "max_grad_norm": 1.0,
+        "lr_schedule": "linear",
+        "mean_over_steps": True,
+        "per_env_guard": True,
+        "normalize_observations": True,
+    },
 }
 
 
@@ -279,6 +349,7 @@ class UnrollState(struct.PyTreeNode):
       normalizer: the running observation statistics.
       env_states, key, updates, env_steps.
       temperature: log alpha and its optimizer state (``entropy``), else None.
+      horizon_cap: the cap of the windows (``adaptive_horizon``, float), else None.
     """
 
     policy: TrainState
@@ -289,6 +360,7 @@ class UnrollState(struct.PyTreeNode):
     updates: jax.Array
     env_steps: jax.Array
     temperature: TrainState | None = None
+    horizon_cap: jax.Array | None = None
 
 
 def _optimizer(
@@ -356,6 +428,9 @@ class _Unroll:
             )
             if self.config.entropy
             else None,
+            horizon_cap=jnp.asarray(float(self.n), jnp.float32)
+            if self.config.adaptive_horizon
+            else None,
         )
 
     @property
@@ -412,13 +487,45 @@ class _Unroll:
                 gamma=self.config.gamma,
                 q=q,
             )
+            steps = max(self.n, 1)
+            if self.config.adaptive_horizon:
+                lengths = self.window_lengths(result.trajectory.contact, ts.horizon_cap)
+                cut = functools.partial(truncated, gamma=self.config.gamma, q=q)
+                value = jnp.mean(jax.vmap(cut)(result.trajectory, result.final_action, lengths))
+                steps = jax.lax.stop_gradient(jnp.mean(lengths.astype(value.dtype)))
             if self.config.entropy:
                 value = value + self.entropy_bonus(ts, w, result, noise)
-            return value / (max(self.n, 1) if self.config.mean_over_steps else 1), result
+            return value / (steps if self.config.mean_over_steps else 1), result
 
         if not self.config.per_env_guard:
             return ts.policy.step(objective, ts.env_states, noise, maximize=True, has_aux=True)
         return self.guarded_actor_step(ts, objective, noise)
+
+    def cap_steps(self, cap: jax.Array) -> jax.Array:
+        """The cap as a whole number of steps in [horizon_min, horizon]."""
+        return jnp.clip(jnp.round(cap), self.config.horizon_min, self.n).astype(jnp.int32)
+
+    def window_lengths(self, contact: jax.Array, cap: jax.Array) -> jax.Array:
+        """AHAC's per-env windows (B,): each cut before the first step t whose accumulated contact
+        signal sum_{k<=t} c_k passes ``contact_threshold``, within [horizon_min, cap]."""
+        cap = self.cap_steps(cap)
+        if not self.dynamics.has_contact_signal:
+            return jnp.full(contact.shape[:1], cap)
+        over = jnp.cumsum(contact, axis=1) > self.config.contact_threshold
+        first = jnp.where(jnp.any(over, axis=1), jnp.argmax(over, axis=1), self.n)
+        return jnp.clip(first, self.config.horizon_min, cap)
+
+    def cap_step(self, cap: jax.Array, contact: jax.Array) -> jax.Array:
+        """The dual update of the cap on the constraint S <= C, S the mean over envs of the contact
+        signal accumulated within the cap: it grows while S < C and shrinks while S > C (fixed
+        for a dynamics without a contact signal)."""
+        if not self.dynamics.has_contact_signal:
+            return cap
+        c = self.config
+        within = jnp.arange(self.n) < self.cap_steps(cap)
+        spent = jnp.mean(jnp.sum(jnp.where(within, contact, 0.0), axis=1))
+        step = c.horizon_lr * self.n * (1.0 - spent / c.contact_threshold)
+        return jnp.clip(cap + step, c.horizon_min, self.n).astype(cap.dtype)
 
     def guarded_actor_step(self, ts: UnrollState, objective, noise: RolloutNoise):
         """The actor step with each env's gradient apart: an env whose objective or gradient is
@@ -520,6 +627,14 @@ class _Unroll:
             traj = traj.replace(reward=traj.reward + bonus)
             temperature = temperature_step(temperature, log_pi.mean(), self.target_entropy)
             extra = {"entropy": -log_pi.mean(), "alpha": self.alpha(ts)}
+        horizon_cap = ts.horizon_cap
+        if c.adaptive_horizon:
+            lengths = self.window_lengths(traj.contact, ts.horizon_cap)
+            extra = {
+                "effective_horizon": jnp.mean(lengths.astype(jnp.float32)),
+                "horizon_cap": ts.horizon_cap,
+            }
+            horizon_cap = self.cap_step(ts.horizon_cap, traj.contact)
         if self.estimator.bootstrap:
             critic, critic_loss = self.critic_step(ts, traj, final_action, k_critic)
         else:
@@ -533,6 +648,7 @@ class _Unroll:
             updates=ts.updates + 1,
             env_steps=ts.env_steps + c.num_envs * c.steps_per_update,
             temperature=temperature,
+            horizon_cap=horizon_cap,
         )
         metrics = {
             **extra,

@@ -128,6 +128,18 @@ class Dynamics(struct.PyTreeNode, abc.ABC):
             "ODEs)"
         )
 
+    def _contact(self, x: PyTree, action: Action, x_next: PyTree) -> Scalar:
+        raise NotImplementedError(
+            f"{type(self).__name__} offers no contact signal; an adaptive horizon (AHAC) keeps "
+            "its fixed horizon on it"
+        )
+
+    @property
+    def has_contact_signal(self) -> bool:
+        """Whether ``contact(state, action, next_state)`` is available (Brax physics; any
+        dynamics that overrides ``_contact``)."""
+        return type(self)._contact is not Dynamics._contact
+
     @property
     def has_noise_inference(self) -> bool:
         """Whether ``infer_noise(state, action, next_state)`` recovers xi (always for deterministic
@@ -183,6 +195,16 @@ class Dynamics(struct.PyTreeNode, abc.ABC):
         if int(np.prod(self.noise_shape)) == 0:
             return jnp.zeros(self.noise_shape, next_state.obs.dtype)
         return self._infer_noise(state.x, action, next_state.x)
+
+    def contact(self, state: State, action: Action, next_state: State) -> Scalar:
+        """c >= 0, how stiff the contact of the transition s -> s' was (0: no contact), where
+        ``has_contact_signal``: AHAC truncates a window before a step whose signal exceeds its
+        threshold, since first-order gradients through stiff contact are biased (Suh et al.
+        2022; Georgiev et al. 2024 normalize contact forces by accelerations). An ODE or learned
+        model provides one by overriding ``_contact``. Data, not differentiated."""
+        action = jnp.asarray(action)
+        check_array("action", action, (self.action_size,), floating=True)
+        return jnp.asarray(self._contact(state.x, action, next_state.x))
 
     def reward(self, state: State, action: Action, next_state: State) -> Scalar:
         """r(s, a, s') as a function of its three arguments (where ``has_log_prob``): DPMB-SF

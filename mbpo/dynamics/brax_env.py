@@ -49,6 +49,28 @@ class BraxDynamics(Dynamics):
         s = self.env.step(x, action)
         return s, s.obs, s.reward, s.done
 
+    def _contact(self, x, action, x_next):
+        """The contact signal of a step, from the pipeline state after it.
+
+        * generalized: AHAC's, the norm of the constraint (contact) forces normalized by the joint
+          accelerations, |qf_constraint / qdd| over the dofs with qdd != 0;
+        * positional, spring, mjx (no contact forces in their state): the penetration depth
+          summed over the colliding geometry pairs, sum_k max(0, -dist_k), in metres.
+        """
+        import jax.numpy as jnp
+        from brax import contact as brax_contact
+
+        ps = x_next.pipeline_state
+        if hasattr(ps, "qf_constraint") and hasattr(ps, "qdd"):
+            safe = jnp.where(ps.qdd != 0, ps.qdd, 1.0)
+            return jnp.linalg.norm(jnp.where(ps.qdd != 0, ps.qf_constraint / safe, 0.0))
+        found = getattr(ps, "contact", None)
+        if found is None:
+            found = brax_contact.get(self.env.sys, ps.x)
+        if found is None:  # a system without collision pairs
+            return jnp.zeros((), x_next.obs.dtype)
+        return jnp.sum(jnp.maximum(-found.dist, 0.0))
+
 
 def import_brax_envs():
     """``brax.envs``, imported (deferred: it takes seconds) without the lines brax 0.14 prints on
