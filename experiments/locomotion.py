@@ -1,17 +1,19 @@
-"""Brax locomotion learned through its differentiable physics: SHAC, SAPO, SVG(32) and BPO beside
-PPO and SAC, on halfcheetah (and hopper and ant on a GPU), with the health of the gradients.
+"""Brax locomotion learned through its differentiable physics: SHAC, AHAC, SAPO, SVG(32) and BPO
+beside PPO and SAC, on halfcheetah (and hopper and ant on a GPU), with the health of the
+gradients.
 
     python -m experiments.locomotion --preset cpu --out experiments/results/locomotion_cpu
 
-Each algorithm is a name of :func:`mbpo.agents.registry.config_for` (``shac``, ``sapo``,
-``svg-32``, ``bpo-32``, ``ppo``, ``sac``) with the task's sizes; its seeds train in one vmapped
-program (:func:`mbpo.compare.compare`). Every simulated step counts, the steps of the differentiated
-windows included, so the x axis is simulator steps for every method. Writes ``curves.csv`` (one row
-per algorithm, task, evaluation and seed), ``summary.json``, ``summary.md`` (the return at the
-largest step count every algorithm reached, the steps and seconds to a common return, the
-fraction of skipped updates and of guarded envs, gradient-norm percentiles) and, per task,
-``curves_<task>.png`` (return against simulator steps) and ``wallclock_<task>.png`` (against
-seconds, compilation included), rewritten after every algorithm so a cut run keeps what it did.
+Each algorithm is a name of :func:`mbpo.agents.registry.config_for` (``shac``, ``ahac``,
+``sapo``, ``svg-32``, ``bpo-32``, ``ppo``, ``sac``) with the task's sizes; its seeds train in one
+vmapped program (:func:`mbpo.compare.compare`). Every simulated step counts, the steps of the
+differentiated windows included, so the x axis is simulator steps for every method. Writes
+``curves.csv`` (one row per algorithm, task, evaluation and seed), ``summary.json``,
+``summary.md`` (the return at the largest step count every algorithm reached, the steps and
+seconds to a common return, the fraction of skipped updates and of guarded envs, gradient-norm
+percentiles) and, per task, ``curves_<task>.png`` (return against simulator steps) and
+``wallclock_<task>.png`` (against seconds, compilation included), rewritten after every
+algorithm so a cut run keeps what it did.
 
 The reference point (the issue's, brax 0.14.2's PPO with its halfcheetah settings, 64 envs, 2
 cores): eval return 321 at 205k simulator steps, 1237 at 410k, 2211 at 1.02M.
@@ -99,6 +101,7 @@ PRESETS = {
                 common_return=300.0,
                 algorithms=(
                     ("shac", first_order(195)),
+                    ("ahac", first_order(98)),  # 64-step windows: 4096 steps per update
                     ("sapo", first_order(195)),
                     ("ppo", ppo(312)),  # 400k; brax PPO's 1237 there is the bar
                     ("sac", sac(1600)),
@@ -117,6 +120,7 @@ PRESETS = {
                 common_return=threshold,
                 algorithms=(
                     ("shac", first_order(updates)),
+                    ("ahac", first_order(updates // 2)),
                     ("sapo", first_order(updates)),
                     ("svg-32", first_order(updates, num_envs=64, gamma=0.99)),
                     ("bpo-32", first_order(updates, num_envs=64, gamma=0.99)),

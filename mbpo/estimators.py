@@ -196,9 +196,11 @@ def surrogate(
     q: QFn | None = None,
     baseline: QFn | None = None,
     weights: Float[Array, " B"] | None = None,
+    contact: bool = False,
 ) -> tuple[Scalar, UnrollResult]:
     """The batch mean of J_n over start states ``states`` (leading batch axis) and ``noise``,
     each weighted by ``weights`` (importance weights of off-policy data; their gradient is stopped).
+    ``contact``: record each step's contact signal (:func:`mbpo.unroll.rollout`).
 
     ``jax.grad`` of the first output w.r.t. the parameters ``policy`` closes over is the estimate.
     """
@@ -215,6 +217,7 @@ def surrogate(
             q=q if estimator.bootstrap else None,
             dynamics_gradient=estimator.dynamics_gradient,
             baseline=baseline,
+            contact=contact,
         )
 
     values, results = jax.vmap(one)(states, noise)

@@ -128,12 +128,16 @@ def _draw_xi(dynamics: Dynamics, k_xi: PRNGKey, shape: tuple[int, ...]):
     return jax.vmap(dynamics.sample_noise)(keys).reshape(*shape, *dynamics.noise_shape)
 
 
-def step(dynamics: Dynamics, state: State, action: Action, xi: Noise) -> tuple[State, Transition]:
+def step(
+    dynamics: Dynamics, state: State, action: Action, xi: Noise, *, contact: bool = False
+) -> tuple[State, Transition]:
     """One step s' = f(s, a, xi) and its :class:`Transition`: the one place a transition is formed
-    (by :func:`rollout`, and by data collection, whose actions come from a behaviour policy)."""
+    (by :func:`rollout`, and by data collection, whose actions come from a behaviour policy).
+    ``contact``: also record the dynamics' contact signal (where it has one; it may cost as much
+    as the step again, so only AHAC asks for it)."""
     s_next = dynamics.step(state, action, xi)
     zero = jnp.zeros_like(s_next.reward)
-    if dynamics.has_contact_signal:
+    if contact and dynamics.has_contact_signal:
         contact = jax.lax.stop_gradient(dynamics.contact(state, action, s_next)).astype(zero.dtype)
     else:
         contact = zero
@@ -156,6 +160,7 @@ def rollout(
     *,
     dynamics_gradient: str = "pathwise",
     with_states: bool = False,
+    contact: bool = False,
 ) -> tuple[State, Transition]:
     """Runs n = len(noise.xi) steps from ``state``: the only rollout loop in mbpo.
 
@@ -167,6 +172,7 @@ def rollout(
       dynamics_gradient: ``"pathwise"``, ``"stop"`` or ``"score"`` (module docstring).
       with_states: also stack the states s_1..s_n (the whole State, physics included: what a
         renderer draws).
+      contact: record the dynamics' contact signal in ``Transition.contact`` (:func:`step`).
 
     Returns:
       (s_n, the stacked transitions t = 0..n-1); with ``with_states``, (s_n, (transitions, the
@@ -192,7 +198,7 @@ def rollout(
 
     def body(s: State, noise_t: RolloutNoise) -> tuple[State, Transition]:
         a = policy(s.obs, noise_t.eps)
-        s_next, t = step(dynamics, s, a, noise_t.xi)
+        s_next, t = step(dynamics, s, a, noise_t.xi, contact=contact)
         if dynamics_gradient != "pathwise":
             s_next = jax.lax.stop_gradient(s_next)
             t = t.replace(done=s_next.done, next_obs=s_next.obs)
@@ -289,6 +295,7 @@ def unroll(
     q: QFn | None = None,
     dynamics_gradient: str = "pathwise",
     baseline: QFn | None = None,
+    contact: bool = False,
 ) -> tuple[Scalar, UnrollResult]:
     """The n-step surrogate J_n for one start state; ``jax.grad`` of it is the estimator.
 
@@ -304,6 +311,7 @@ def unroll(
       dynamics_gradient: ``"pathwise"``, ``"stop"`` or ``"score"`` (module docstring).
       baseline: b(s_t, a_t), the control variate of the score-function term (``"score"`` only;
         defaults to ``q``). It must not depend on s_{t+1}; its gradient is stopped.
+      contact: record the contact signal of each step (:func:`rollout`).
 
     Returns:
       (J_n, :class:`UnrollResult`).
@@ -317,6 +325,7 @@ def unroll(
             state,
             RolloutNoise(eps=noise.eps[:n], xi=noise.xi),
             dynamics_gradient=dynamics_gradient,
+            contact=contact,
         )
         discount_t = gamma ** jnp.arange(n, dtype=dtype)
         alive_t = alive_mask(traj.done)

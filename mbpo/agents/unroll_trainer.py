@@ -307,15 +307,17 @@ VARIANTS: dict[str, dict] = {
     # most 64 steps, each env's cut before its accumulated contact signal passes the budget (not
     # before 8 steps), under a cap that follows the dual update of the budget; the min over 3 v
     # critics (critic lr 5e-4). FoRL's actor is (400, 200, 100) and its critic (400, 200), Mish;
-    # here both are `hidden`. The budget is in the dynamics' contact units
-    # (mbpo.dynamics.brax_env: penetration in metres on positional/spring, |qf_c / qdd| on
-    # generalized); its default is sized to halfcheetah (positional).
+    # here both are `hidden`. The budget is in the dynamics' contact units (Brax:
+    # |d obs'/d a . u| per step, mbpo.dynamics.brax_env); 60 is sized to halfcheetah
+    # (positional), about 6 a step with a random policy: windows of about 10 steps, where its
+    # 8-step gradients still match finite differences and its 32-step ones do not
+    # (experiments/results/brax_gradient_check.md).
     "ahac": {
         "estimator": "svg",
         "horizon": 64,
         "horizon_min": 8,
         "adaptive_horizon": True,
-        "contact_threshold": 0.05,
+        "contact_threshold": 60.0,
         "horizon_lr": 0.05,
         "policy": "gaussian",
         "init_std": 0.368,
@@ -486,6 +488,7 @@ class _Unroll:
                 noise,
                 gamma=self.config.gamma,
                 q=q,
+                contact=self.config.adaptive_horizon,
             )
             steps = max(self.n, 1)
             if self.config.adaptive_horizon:
