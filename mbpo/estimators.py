@@ -197,10 +197,12 @@ def surrogate(
     baseline: QFn | None = None,
     weights: Float[Array, " B"] | None = None,
     contact: bool = False,
+    remat: int | None = None,
 ) -> tuple[Scalar, UnrollResult]:
     """The batch mean of J_n over start states ``states`` (leading batch axis) and ``noise``,
     each weighted by ``weights`` (importance weights of off-policy data; their gradient is stopped).
-    ``contact``: record each step's contact signal (:func:`mbpo.unroll.rollout`).
+    ``contact``: record each step's contact signal; ``remat``: rematerialize the rollout in chunks
+    of that many steps (:func:`mbpo.unroll.rollout`).
 
     ``jax.grad`` of the first output w.r.t. the parameters ``policy`` closes over is the estimate.
     """
@@ -218,6 +220,7 @@ def surrogate(
             dynamics_gradient=estimator.dynamics_gradient,
             baseline=baseline,
             contact=contact,
+            remat=remat,
         )
 
     values, results = jax.vmap(one)(states, noise)

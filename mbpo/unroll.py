@@ -161,6 +161,7 @@ def rollout(
     dynamics_gradient: str = "pathwise",
     with_states: bool = False,
     contact: bool = False,
+    remat: int | None = None,
 ) -> tuple[State, Transition]:
     """Runs n = len(noise.xi) steps from ``state``: the only rollout loop in mbpo.
 
@@ -173,6 +174,11 @@ def rollout(
       with_states: also stack the states s_1..s_n (the whole State, physics included: what a
         renderer draws).
       contact: record the dynamics' contact signal in ``Transition.contact`` (:func:`step`).
+      remat: rematerialize: keep the state only every ``remat`` steps and recompute each chunk of
+        steps in the backward pass (two nested scans, ``jax.checkpoint`` on the inner one), so
+        backpropagation holds n / remat states and one chunk's intermediates instead of all n
+        steps' (``remat_steps`` picks sqrt(n): O(sqrt n) memory for one more forward pass).
+        Values and gradients are those of the plain scan. None: the plain scan.
 
     Returns:
       (s_n, the stacked transitions t = 0..n-1); with ``with_states``, (s_n, (transitions, the
@@ -208,7 +214,50 @@ def rollout(
             )
         return s_next, (t, s_next) if with_states else t
 
-    return jax.lax.scan(body, state, noise)
+    return _scan(body, state, noise, remat)
+
+
+def _scan(body, state, noise: RolloutNoise, remat: int | None):
+    """``lax.scan(body, state, noise)``, in chunks of ``remat`` rematerialized steps."""
+    n = jnp.shape(noise.eps)[0]
+    if remat is None or remat >= n:
+        return jax.lax.scan(body, state, noise)
+    check_num_steps(remat)
+    chunk = jax.checkpoint(lambda s, xs: jax.lax.scan(body, s, xs), prevent_cse=False)
+    whole, rest = divmod(n, remat)
+    head = jax.tree.map(lambda x: x[: whole * remat].reshape(whole, remat, *x.shape[1:]), noise)
+    state, out = jax.lax.scan(chunk, state, head)
+    out = jax.tree.map(lambda y: y.reshape(whole * remat, *y.shape[2:]), out)
+    if rest:
+        state, tail = chunk(state, jax.tree.map(lambda x: x[whole * remat :], noise))
+        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, tail)
+    return state, out
+
+
+REMAT = ("auto", "off", "sqrt")
+AUTO_REMAT_STEPS = 128  # "auto" rematerializes windows of at least this many steps
+
+
+def check_remat(spec: str) -> str:
+    """Returns ``spec`` if it is a rematerialization setting (:data:`REMAT` or a positive int as
+    text), else raises ValueError naming it and what is allowed."""
+    if spec in REMAT or (spec.isdigit() and int(spec) >= 1):
+        return spec
+    raise ValueError(
+        f"remat={spec!r}: allowed are auto (sqrt for windows of >= {AUTO_REMAT_STEPS} steps, "
+        "else off), off, sqrt, or a chunk length K >= 1"
+    )
+
+
+def remat_steps(spec: str, n: int) -> int | None:
+    """The chunk length of :func:`rollout`'s ``remat`` for a window of ``n`` steps: None (off),
+    ceil(sqrt(n)) (sqrt; auto for n >= :data:`AUTO_REMAT_STEPS`) or the int given."""
+    check_remat(spec)
+    if spec == "off" or (spec == "auto" and n < AUTO_REMAT_STEPS) or n <= 1:
+        return None
+    if spec in ("sqrt", "auto"):
+        return int(np.ceil(np.sqrt(n)))
+    return int(spec)
 
 
 def open_loop(
@@ -296,6 +345,7 @@ def unroll(
     dynamics_gradient: str = "pathwise",
     baseline: QFn | None = None,
     contact: bool = False,
+    remat: int | None = None,
 ) -> tuple[Scalar, UnrollResult]:
     """The n-step surrogate J_n for one start state; ``jax.grad`` of it is the estimator.
 
@@ -312,6 +362,7 @@ def unroll(
       baseline: b(s_t, a_t), the control variate of the score-function term (``"score"`` only;
         defaults to ``q``). It must not depend on s_{t+1}; its gradient is stopped.
       contact: record the contact signal of each step (:func:`rollout`).
+      remat: the rematerialization chunk of the rollout (:func:`rollout`); None: off.
 
     Returns:
       (J_n, :class:`UnrollResult`).
@@ -326,6 +377,7 @@ def unroll(
             RolloutNoise(eps=noise.eps[:n], xi=noise.xi),
             dynamics_gradient=dynamics_gradient,
             contact=contact,
+            remat=remat,
         )
         discount_t = gamma ** jnp.arange(n, dtype=dtype)
         alive_t = alive_mask(traj.done)

@@ -53,6 +53,18 @@ class TaskFields:
     )
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UnrollFields(TaskFields):
+    """The fields of every trainer that backpropagates through an unroll."""
+
+    remat: str = option(
+        "auto",
+        "rematerialize the differentiated unroll: auto (sqrt for windows of >= 128 steps, such "
+        "as whole-episode BPO/SVG(inf); off for shorter) | off | sqrt (O(sqrt n) memory for one "
+        "more forward pass) | K (keep the state every K steps); gradients are unchanged",
+    )
+
+
 def check_task(env: str, brax_backend: str) -> None:
     """Raises ValueError naming an unknown task or Brax backend (every trainer config's check)."""
     envs.check(env)

@@ -60,7 +60,15 @@ from mbpo.optim import gradient_step
 from mbpo.policies import GaussianPolicy, TanhGaussianPolicy
 from mbpo.replay import RingBuffer, RingBufferState, Segment, ring_buffer, uniform_policy
 from mbpo.types import PRNGKey
-from mbpo.unroll import PolicyFn, Transition, alive_mask, draw_noise, rollout
+from mbpo.unroll import (
+    PolicyFn,
+    Transition,
+    alive_mask,
+    check_remat,
+    draw_noise,
+    remat_steps,
+    rollout,
+)
 
 POLICY_UPDATES = ("svg", "svg_er", "sac")
 SVG_POLICIES = {"gaussian": GaussianPolicy, "tanh_gaussian": TanhGaussianPolicy, "flow": FlowPolicy}
@@ -69,7 +77,7 @@ MEMBERS = ("random_elite", "elites_mean")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ModelBasedConfig(loop.TaskFields):
+class ModelBasedConfig(loop.UnrollFields):
     """Settings of the model-based loop; validated when built."""
 
     algo: str = option("mbpo", "the trainer's name (mbpo train --algo mbpo)", choices=("mbpo",))
@@ -150,6 +158,7 @@ class ModelBasedConfig(loop.TaskFields):
                     f"unknown {name} {getattr(self, name)!r}; allowed: {', '.join(allowed)}"
                 )
         loop.check_task(self.env, self.brax_backend)
+        check_remat(self.remat)
         check_positive(
             self,
             "horizon",
@@ -299,6 +308,7 @@ class SVGOnModel:
             noise,
             gamma=c.gamma,
             q=q,
+            remat=remat_steps(c.remat, n),
         )
         return value, (jnp.ones(()), result)
 

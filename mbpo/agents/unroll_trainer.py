@@ -47,7 +47,7 @@ from mbpo.dynamics.base import Dynamics, State
 from mbpo.optim import Step, TrainState, guarded, temperature_step
 from mbpo.policies import POLICIES
 from mbpo.types import Params, PRNGKey
-from mbpo.unroll import RolloutNoise, alive_mask, rollout, truncated
+from mbpo.unroll import RolloutNoise, alive_mask, check_remat, remat_steps, rollout, truncated
 
 CRITICS = ("q", "v")
 SCHEDULES = ("constant", "linear")
@@ -63,7 +63,7 @@ ESTIMATOR_POLICY = {
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class UnrollTrainerConfig(loop.TaskFields):
+class UnrollTrainerConfig(loop.UnrollFields):
     """Settings of :func:`make_trainer`; validated when built."""
 
     estimator: str = option(
@@ -139,6 +139,7 @@ class UnrollTrainerConfig(loop.TaskFields):
 
     def __post_init__(self):
         loop.check_task(self.env, self.brax_backend)
+        check_remat(self.remat)
         if self.estimator not in estimators.ESTIMATORS:
             raise ValueError(
                 f"unknown estimator {self.estimator!r}; known: {', '.join(estimators.ESTIMATORS)}"
@@ -489,6 +490,7 @@ class _Unroll:
                 gamma=self.config.gamma,
                 q=q,
                 contact=self.config.adaptive_horizon,
+                remat=remat_steps(self.config.remat, self.n),
             )
             steps = max(self.n, 1)
             if self.config.adaptive_horizon:
