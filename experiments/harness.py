@@ -149,6 +149,13 @@ class Experiment:
             dest="overrides",
             help="replace one field of the preset (VALUE as JSON: 8, 1e-3, [64, 64], true)",
         )
+        parser.add_argument(
+            "--compile-cache",
+            default="off",
+            metavar="DIR|off",
+            help="jax's persistent compilation cache for this run (mbpo.compile_cache; default "
+            "off, so that compile times measured are first compiles)",
+        )
         if self.out == JSON:
             parser.add_argument(
                 "--out", type=json_path, metavar="PATH.json", help="JSON file for the report"
@@ -175,6 +182,12 @@ class Experiment:
             problem = _unwritable(args.out)
             if problem:
                 parser.error(f"--out {args.out}: {problem}")
+        from mbpo import compile_cache
+
+        try:
+            compile_cache.enable(args.compile_cache)
+        except ValueError as error:
+            parser.error(f"--compile-cache: {error}")
         return Run(self, parser, args, preset, argv)
 
 

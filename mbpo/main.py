@@ -100,6 +100,7 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     given = set(vars(args)) - {"command"}
     config_class = _config_class(parser, args)
     _check_options(parser, config_class, given)
+    _enable_cache(parser, getattr(args, "compile_cache", None))
     resume, seeds = getattr(args, "resume", None), getattr(args, "seeds", 1)
     if seeds < 1:
         parser.error(f"--seeds must be >= 1, got {seeds}")
@@ -188,6 +189,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
 
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
+    _enable_cache(parser, args.compile_cache)
     try:
         config, seeds = runner.load_run(args.run_dir)
         if seeds > 1:
@@ -373,7 +375,23 @@ RUN_OPTIONS = (
     ("--from-checkpoint", int, "UPDATES", "with --resume: the checkpoint after UPDATES updates"),
     ("--config", pathlib.Path, "FILE", "a config.json whose values become the defaults"),
     ("--seeds", int, None, "train N seeds in one vmapped program (default: 1)"),
+    (
+        "--compile-cache",
+        str,
+        "DIR|off",
+        "jax's persistent compilation cache (default: $MBPO_COMPILE_CACHE, else "
+        "~/.cache/mbpo/jax): a second run of the same configuration skips its compiles",
+    ),
 )
+
+
+def _enable_cache(parser: argparse.ArgumentParser, setting: str | None) -> None:
+    from mbpo import compile_cache
+
+    try:
+        compile_cache.enable(setting)
+    except ValueError as error:
+        parser.error(f"--compile-cache: {error}")
 
 
 def _add_run_options(p_train: argparse.ArgumentParser) -> None:
@@ -401,6 +419,12 @@ def _add_evaluate_options(p_eval: argparse.ArgumentParser) -> None:
         "--render",
         action="store_true",
         help="also draw one episode: RUN_DIR/episode.html (Brax) or .png",
+    )
+    p_eval.add_argument(
+        "--compile-cache",
+        metavar="DIR|off",
+        help="jax's persistent compilation cache (default: $MBPO_COMPILE_CACHE, else "
+        "~/.cache/mbpo/jax)",
     )
 
 

@@ -11,6 +11,9 @@ if not os.environ.get(
         os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
     ).strip()
 
+# No persistent compilation cache in tests (mbpo.compile_cache), unless a test is about it.
+os.environ["MBPO_COMPILE_CACHE"] = "off"
+
 import jax
 import numpy as np
 import pytest
