@@ -30,9 +30,8 @@ import dataclasses
 import statistics
 import time
 
-import numpy as np
-
 from experiments import harness
+from experiments._objective import bpo_objective
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,45 +92,10 @@ PRESETS = {
 }
 
 
-def _objective(task: Task, T: int, remat: int | None, batch: int):
-    """J(w) = mean over ``batch`` starts of the T-step return, its parameters, its start states."""
-    import jax
-    import jax.numpy as jnp
-
-    import envs
-    from mbpo.policies import GaussianPolicy
-    from mbpo.unroll import RolloutNoise, rollout
-
-    kwargs = {"backend": task.backend} if envs.is_brax(task.env) else {}
-    dynamics = envs.make(task.env, **kwargs)
-    policy = GaussianPolicy.for_dynamics(dynamics, hidden=(64, 64), init_std=0.3)
-    params = policy.init(jax.random.key(0))
-    states = jax.vmap(dynamics.reset)(jax.random.split(jax.random.key(1), batch))
-    k_eps, k_xi = jax.random.split(jax.random.key(2))
-    noise = RolloutNoise(
-        eps=jax.random.normal(k_eps, (batch, T, *policy.eps_shape)),
-        xi=jax.vmap(lambda k: jax.vmap(dynamics.sample_noise)(jax.random.split(k, T)))(
-            jax.random.split(k_xi, batch)
-        ),
-    )
-    discount = 0.99 ** jnp.arange(T)
-
-    def J(w, states, noise):
-        def one(s, e):
-            pol = lambda o, x: policy.sample(w, o, x)
-            _, traj = rollout(dynamics, pol, s, e, remat=remat)
-            return jnp.sum(discount * traj.reward)
-
-        return jnp.mean(jax.vmap(one)(states, noise))
-
-    state_bytes = sum(np.prod(x.shape[1:]) * x.dtype.itemsize for x in jax.tree.leaves(states))
-    return J, (params, states, noise), int(state_bytes)
-
-
 def _compile(task: Task, T: int, remat: int | None, batch: int):
     import jax
 
-    J, args, state_bytes = _objective(task, T, remat, batch)
+    J, args, state_bytes = bpo_objective(task.env, task.backend, T, batch, remat=remat)
     start = time.perf_counter()
     compiled = jax.jit(jax.value_and_grad(J)).lower(*args).compile()
     return compiled, args, state_bytes, time.perf_counter() - start
