@@ -1,0 +1,209 @@
+"""How long a run takes to start, the first time and again with jax's persistent compilation
+cache (:mod:`mbpo.compile_cache`), and what the compile of a Brax update is made of.
+
+1. **Cache**: for each case, ``mbpo train ... --compile-cache DIR`` runs twice in fresh processes
+   with the same configuration into a new, empty cache folder (two updates and one evaluation:
+   what a run pays before it trains). Reported: both wall times (process start to exit, Python
+   imports included), their ratio (goal: second <= 0.3x first) and the cache's size on disk.
+2. **Anatomy** of the halfcheetah SVG(n) update (``--preset cpu``: a few shapes): for each horizon
+   n and num_envs, the time to trace and lower ``jax.jit(update)``, the size of the lowered
+   program (StableHLO text lines) and the time XLA takes to compile it. It shows what the
+   minutes are spent on: the program's size does not grow with the number of envs (vmap) nor
+   with the horizon (one scan body), so the compile is the physics step's and its derivative's,
+   paid once per program, which is what the cache saves.
+
+    python -m experiments.bench_compile_cache --preset cpu \\
+        --out experiments/results/bench_compile_cache_cpu.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+from experiments import harness
+from mbpo.compile_cache import size_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One configuration started twice.
+
+    Attributes:
+      name: its label.
+      args: the ``mbpo train`` options (the run's sizes; the benchmark adds its own
+        ``--num-updates 2 --eval-every 2 --run-dir --compile-cache``).
+    """
+
+    name: str
+    args: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """What is measured.
+
+    Attributes:
+      cases: the configurations started twice.
+      anatomy_horizons: the n of the halfcheetah SVG(n) updates lowered and compiled.
+      anatomy_envs: their num_envs.
+      anatomy_backend: their pipeline.
+    """
+
+    cases: tuple[Case, ...]
+    anatomy_horizons: tuple[int, ...] = ()
+    anatomy_envs: tuple[int, ...] = ()
+    anatomy_backend: str = "positional"
+
+
+HALFCHEETAH = (
+    "--env halfcheetah --brax-backend positional --estimator svg --horizon 32 --num-envs 64 "
+    "--episode-length 1000 --gamma 0.99 --eval-envs 2"
+)
+PRESETS = {
+    "cpu": Preset(
+        cases=(
+            Case("pendulum svg-4", tuple("--env pendulum --eval-envs 4".split())),
+            Case(
+                "inverted_pendulum svg-4",
+                tuple(
+                    "--env inverted_pendulum --brax-backend positional --eval-envs 4 "
+                    "--episode-length 100".split()
+                ),
+            ),
+            Case("halfcheetah svg-32", tuple(HALFCHEETAH.split())),
+        ),
+        anatomy_horizons=(1, 8, 32),
+        anatomy_envs=(1, 64),
+    ),
+}
+PRESETS["gpu"] = PRESETS["cpu"]
+
+
+def start_twice(case: Case, root: pathlib.Path) -> dict:
+    """The case's two starts into one new cache folder under ``root``."""
+    cache = root / "cache"
+    times = []
+    for k in range(2):
+        command = [
+            sys.executable,
+            "-m",
+            "mbpo.main",
+            "train",
+            *case.args,
+            "--num-updates",
+            "2",
+            "--eval-every",
+            "2",
+            "--run-dir",
+            str(root / f"run{k}"),
+            "--compile-cache",
+            str(cache),
+        ]
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
+        times.append(time.perf_counter() - start)
+        if done.returncode:
+            raise RuntimeError(f"{case.name}: {' '.join(command)} failed:\n{done.stderr[-2000:]}")
+        if k == 0:
+            size = size_bytes(cache)
+    return {
+        "case": case.name,
+        "first_s": round(times[0], 1),
+        "second_s": round(times[1], 1),
+        "ratio": times[1] / times[0],
+        "cache_bytes": size,
+        "cache_bytes_after_second": size_bytes(cache),
+    }
+
+
+def anatomy(n: int, num_envs: int, backend: str) -> dict:
+    """Trace+lower time, program size and compile time of the halfcheetah SVG(n) update."""
+    import jax
+
+    from mbpo.agents import loop
+    from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer
+
+    config = UnrollTrainerConfig(
+        env="halfcheetah",
+        brax_backend=backend,
+        estimator="svg",
+        horizon=n,
+        num_envs=num_envs,
+        episode_length=1000,
+        gamma=0.99,
+        num_updates=2,
+        critic_minibatches=1 if num_envs * n % 4 else 4,
+    )
+    trainer = make_trainer(config)
+    state = loop.initial_state(trainer)
+    start = time.perf_counter()
+    lowered = jax.jit(trainer.update).lower(state)
+    lower_s = time.perf_counter() - start
+    lines = lowered.as_text().count("\n")
+    start = time.perf_counter()
+    lowered.compile()
+    return {
+        "horizon": n,
+        "num_envs": num_envs,
+        "backend": backend,
+        "trace_and_lower_s": round(lower_s, 1),
+        "program_lines": lines,
+        "compile_s": round(time.perf_counter() - start, 1),
+    }
+
+
+def format_table(report: dict) -> str:
+    lines = [
+        "| case | first start s | second start s | second / first | cache MiB |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in report["starts"]:
+        lines.append(
+            f"| {r['case']} | {r['first_s']} | {r['second_s']} | {r['ratio']:.2f} | "
+            f"{r['cache_bytes'] / 2**20:.1f} |"
+        )
+    if report["anatomy"]:
+        lines += [
+            "",
+            "| halfcheetah SVG(n) update: n | num_envs | trace + lower s | StableHLO lines | "
+            "XLA compile s |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for a in report["anatomy"]:
+            lines.append(
+                f"| {a['horizon']} | {a['num_envs']} | {a['trace_and_lower_s']} | "
+                f"{a['program_lines']} | {a['compile_s']} |"
+            )
+    return "\n".join(lines)
+
+
+EXPERIMENT = harness.Experiment("experiments.bench_compile_cache", __doc__, PRESETS)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = EXPERIMENT.parser()
+    parser.add_argument("--skip-anatomy", action="store_true", help="only the two starts")
+    run = EXPERIMENT.parse(argv, parser)
+    preset = run.preset
+    starts = []
+    for case in preset.cases:
+        with tempfile.TemporaryDirectory(prefix="mbpo-cache-bench-") as root:
+            starts.append(start_twice(case, pathlib.Path(root)))
+        print(format_table({"starts": starts[-1:], "anatomy": []}).splitlines()[-1], flush=True)
+    rows = []
+    if not run.args.skip_anatomy:
+        for n in preset.anatomy_horizons:
+            for num_envs in preset.anatomy_envs:
+                rows.append(anatomy(n, num_envs, preset.anatomy_backend))
+                print(rows[-1], flush=True)
+    run.finish({**run.header(), "starts": starts, "anatomy": rows}, format_table)
+
+
+if __name__ == "__main__":
+    main()
