@@ -168,41 +168,30 @@ def plot(rows: list[dict], exponents: list[dict], task: str):
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     mine = [r for r in rows if r["task"] == task]
+    panels = (
+        (left, "num_envs", "horizon", "steps_per_s", "T"),
+        (right, "horizon", "num_envs", "time_s", "B"),
+    )
     for mode, style in zip(MODES, ("--", "-")):
-        for T in sorted({r["horizon"] for r in mine}):
-            line = sorted(
-                (r for r in mine if r["mode"] == mode and r["horizon"] == T),
-                key=lambda r: r["num_envs"],
-            )
-            b = next(
-                f["exponent"]
-                for f in exponents
-                if (f["task"], f["mode"], f["in"], f.get("horizon")) == (task, mode, "num_envs", T)
-            )
-            left.plot(
-                [r["num_envs"] for r in line],
-                [r["steps_per_s"] for r in line],
-                style,
-                marker="o",
-                label=f"{mode}, T={T} (time ~ B^{b:.2f})",
-            )
-        for B in sorted({r["num_envs"] for r in mine}):
-            line = sorted(
-                (r for r in mine if r["mode"] == mode and r["num_envs"] == B),
-                key=lambda r: r["horizon"],
-            )
-            b = next(
-                f["exponent"]
-                for f in exponents
-                if (f["task"], f["mode"], f["in"], f.get("num_envs")) == (task, mode, "horizon", B)
-            )
-            right.plot(
-                [r["horizon"] for r in line],
-                [r["time_s"] for r in line],
-                style,
-                marker="o",
-                label=f"{mode}, B={B} (~ T^{b:.2f})",
-            )
+        for ax, axis, other, y, short in panels:
+            for value in sorted({r[other] for r in mine}):
+                line = sorted(
+                    (r for r in mine if r["mode"] == mode and r[other] == value),
+                    key=lambda r: r[axis],
+                )
+                b = next(
+                    f["exponent"]
+                    for f in exponents
+                    if (f["task"], f["mode"], f["in"], f.get(other)) == (task, mode, axis, value)
+                )
+                power = "B" if axis == "num_envs" else "T"
+                ax.plot(
+                    [r[axis] for r in line],
+                    [r[y] for r in line],
+                    style,
+                    marker="o",
+                    label=f"{mode}, {short}={value} (time ~ {power}^{b:.2f})",
+                )
     for ax, xlabel, ylabel in (
         (left, "num_envs B", "env steps / s"),
         (right, "horizon T", "time per call, s"),

@@ -242,37 +242,40 @@ class UnrollTrainerConfig(loop.UnrollFields):
         return self.episode_length if self.horizon is None else max(self.horizon, 1)
 
 
+# SHAC (Xu et al. 2022), NVlabs/DiffRL's examples/cfg/shac/cheetah.yaml: 32-step windows on 64
+# envs, a Gaussian actor with one learned log-std (init -1), a v(s) critic fitted 16 epochs x
+# 4 minibatches to TD(0.95) targets of a target critic (target <- 0.2 target + 0.8 critic),
+# Adam (0.7, 0.95) at 2e-3 decaying linearly to 1e-5, clipping at 1, normalized observations,
+# the actor loss averaged over steps and envs, NaN or > 1e6 states guarded. DiffRL's actor is
+# (128, 64, 32) ELU and its critic (64, 64) ELU; here both are `hidden`. SAPO and AHAC are
+# written as their changes to it.
+SHAC: dict = {
+    "estimator": "svg",
+    "horizon": 32,
+    "policy": "gaussian",
+    "init_std": 0.368,
+    "num_envs": 64,
+    "gamma": 0.99,
+    "td_lambda": 0.95,
+    "critic": "v",
+    "num_critics": 1,
+    "critic_epochs": 16,
+    "critic_minibatches": 4,
+    "tau": 0.8,
+    "actor_lr": 2e-3,
+    "critic_lr": 2e-3,
+    "adam_b1": 0.7,
+    "adam_b2": 0.95,
+    "max_grad_norm": 1.0,
+    "lr_schedule": "linear",
+    "mean_over_steps": True,
+    "per_env_guard": True,
+    "normalize_observations": True,
+}
+
 # Named configurations of this trainer (``mbpo train --algo NAME``; options given override them).
 VARIANTS: dict[str, dict] = {
-    # SHAC (Xu et al. 2022), NVlabs/DiffRL's examples/cfg/shac/cheetah.yaml: 32-step windows on 64
-    # envs, a Gaussian actor with one learned log-std (init -1), a v(s) critic fitted 16 epochs x
-    # 4 minibatches to TD(0.95) targets of a target critic (target <- 0.2 target + 0.8 critic),
-    # Adam (0.7, 0.95) at 2e-3 decaying linearly to 1e-5, clipping at 1, normalized observations,
-    # the actor loss averaged over steps and envs, NaN or > 1e6 states guarded. DiffRL's actor is
-    # (128, 64, 32) ELU and its critic (64, 64) ELU; here both are `hidden`.
-    "shac": {
-        "estimator": "svg",
-        "horizon": 32,
-        "policy": "gaussian",
-        "init_std": 0.368,
-        "num_envs": 64,
-        "gamma": 0.99,
-        "td_lambda": 0.95,
-        "critic": "v",
-        "num_critics": 1,
-        "critic_epochs": 16,
-        "critic_minibatches": 4,
-        "tau": 0.8,
-        "actor_lr": 2e-3,
-        "critic_lr": 2e-3,
-        "adam_b1": 0.7,
-        "adam_b2": 0.95,
-        "max_grad_norm": 1.0,
-        "lr_schedule": "linear",
-        "mean_over_steps": True,
-        "per_env_guard": True,
-        "normalize_observations": True,
-    },
+    "shac": SHAC,
     # SAPO (Xing et al. 2025), etaoxing/mineral's cfgs/agent/DFlexAntSAPO.yaml over SHAC2: SHAC's
     # windows with a tanh-squashed Gaussian actor, alpha H~(pi(.|s_t)) in the return and in the
     # critic targets (H~ = (H + |H_target|) / 2|H_target|, H_target = -0.5 per action), alpha from
@@ -280,26 +283,13 @@ VARIANTS: dict[str, dict] = {
     # 0.5. mineral's actor bootstraps with the mean of the two critics and uses LayerNorm/SiLU
     # networks and AdamW; here the bootstrap is their minimum and the networks are `hidden` MLPs.
     "sapo": {
-        "estimator": "svg",
-        "horizon": 32,
+        **SHAC,
         "policy": "tanh_gaussian",
-        "num_envs": 64,
-        "gamma": 0.99,
-        "td_lambda": 0.95,
-        "critic": "v",
+        "init_std": 0.5,
         "num_critics": 2,
-        "critic_epochs": 16,
-        "critic_minibatches": 4,
         "tau": 1.0,
-        "actor_lr": 2e-3,
         "critic_lr": 5e-4,
-        "adam_b1": 0.7,
-        "adam_b2": 0.95,
         "max_grad_norm": 0.5,
-        "lr_schedule": "linear",
-        "mean_over_steps": True,
-        "per_env_guard": True,
-        "normalize_observations": True,
         "entropy": True,
         "temperature_init": 1.0,
         "temperature_lr": 5e-3,
@@ -314,31 +304,14 @@ VARIANTS: dict[str, dict] = {
     # 8-step gradients still match finite differences and its 32-step ones do not
     # (experiments/results/brax_gradient_check.md).
     "ahac": {
-        "estimator": "svg",
+        **SHAC,
         "horizon": 64,
         "horizon_min": 8,
         "adaptive_horizon": True,
         "contact_threshold": 60.0,
         "horizon_lr": 0.05,
-        "policy": "gaussian",
-        "init_std": 0.368,
-        "num_envs": 64,
-        "gamma": 0.99,
-        "td_lambda": 0.95,
-        "critic": "v",
         "num_critics": 3,
-        "critic_epochs": 16,
-        "critic_minibatches": 4,
-        "tau": 0.8,
-        "actor_lr": 2e-3,
         "critic_lr": 5e-4,
-        "adam_b1": 0.7,
-        "adam_b2": 0.95,
-        "max_grad_norm": 1.0,
-        "lr_schedule": "linear",
-        "mean_over_steps": True,
-        "per_env_guard": True,
-        "normalize_observations": True,
     },
 }
 
