@@ -456,8 +456,18 @@ class BraxSide:
             dest="python",
             help=f"python of the jax-0.9 environment with brax 0.14.2 (default: {self.python})",
         )
+        parser.add_argument(
+            "--ours-python",
+            help="run our side in this python's environment too (experiments.ours_worker; the "
+            f"jax-0.9 one of {self.flag}: both sides on one jax); default: in this process",
+        )
         run = experiment.parse(argv, parser)
         harness.executable(parser, self.flag, run.args.python, self.agent)
+        if run.args.ours_python and not os.access(run.args.ours_python, os.X_OK):
+            parser.error(
+                f"--ours-python {run.args.ours_python} is not an executable file; put mbpo into "
+                f"the environment of {self.flag} as the README's 'one jax for both sides' says"
+            )
         return run
 
     def command(self, python: str, settings) -> list[str]:
@@ -481,6 +491,15 @@ def compare(
 
     report = {**run.header(), "ours_config": dataclasses.asdict(config)}
     compiles = CompileLog()
+    if run.args.ours_python:  # the same preset and overrides, parsed again by the worker
+        preset_args = ["--preset", run.args.preset]
+        preset_args += [a for o in run.args.overrides for a in ("--set", o)]
+
+        def ours(seed, compiles):
+            module = run.experiment.module
+            command = [run.args.ours_python, "-m", "experiments.ours_worker", module]
+            return run_worker([*command, "--seed", str(seed), *preset_args])
+
     with tempfile.TemporaryDirectory(prefix=f"{side.name}-jax-cache-") as cache:
         sides = {
             "ours": lambda seed: ours(seed, compiles),
@@ -492,6 +511,7 @@ def compare(
     seed0 = side.command(run.args.python, settings(0, "CACHE_DIR"))
     report[f"{side.name}_command_seed0"] = " ".join(seed0)
     report[f"{side.name}_jax_version"] = report[side.name][0]["jax_version"]
+    report["ours_jax_version"] = report["ours"][0].get("jax_version", report["jax_version"])
     report["brax_version"] = report[side.name][0]["brax_version"]
     report["summary"] = summarize(report["ours"], report[side.name])
     run.finish(report, format_table)
@@ -503,6 +523,11 @@ def curve(runs: list[dict], x: str) -> list[dict]:
         {x: e[x], **harness.mean_std([r["evals"][i]["eval_return"] for r in runs])}
         for i, e in enumerate(runs[0]["evals"])
     ]
+
+
+def ours_jax(report: dict) -> str:
+    """The jax our side ran on: the worker's (``--ours-python``), else this process's."""
+    return report.get("ours_jax_version", report["jax_version"])
 
 
 def met(goal: bool) -> str:

@@ -197,7 +197,7 @@ def format_table(report: dict) -> str:
         + f"episode {p['episode_length']}, horizon {p['horizon']}, hidden {tuple(p['hidden'])}, "
         + f"lr {p['learning_rate']}, {p['num_updates']} updates in {p['num_evals'] - 1} chunks "
         + f"of {chunk}, {p['seeds']} seeds, {p['eval_envs']} eval episodes",
-        f"ours: mbpo bpo, jax {report['jax_version']}; APG: brax {report['brax_version']}, "
+        f"ours: mbpo bpo, jax {_baselines.ours_jax(report)}; APG: brax {report['brax_version']}, "
         + f"jax {report['apg_jax_version']}; device {report['device_kind']}",
         _baselines.wall_line(report, "apg", "APG"),
         "",

@@ -164,8 +164,9 @@ def format_table(report: dict) -> str:
     settings = ", ".join(f"{k} {v}" for k, v in p.items())
     lines = [
         f"preset {report['preset']}: {settings}",
-        f"ours: mbpo ppo, jax {report['jax_version']}; brax PPO: brax {report['brax_version']}, "
-        f"jax {report['brax_jax_version']}; device {report['device_kind']}",
+        f"ours: mbpo ppo, jax {_baselines.ours_jax(report)}; brax PPO: brax "
+        f"{report['brax_version']}, jax {report['brax_jax_version']}; "
+        f"device {report['device_kind']}",
         _baselines.wall_line(report, "brax", "brax"),
         "",
         f"{'':<38}{'ours':>20}{'brax PPO':>20}{'ours/brax':>10}  goal",

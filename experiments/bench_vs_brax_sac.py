@@ -286,7 +286,7 @@ def format_table(report: dict) -> str:
         + f"{p['buffer_capacity']}, warmup {chunk_steps} env steps, {p['train_chunks']} chunks "
         + f"of {p['chunk_updates']} training steps ({chunk_steps} env steps), {p['seeds']} "
         + f"seeds, {p['eval_envs']} eval episodes",
-        f"ours: mbpo sac, jax {report['jax_version']}; brax SAC: brax "
+        f"ours: mbpo sac, jax {_baselines.ours_jax(report)}; brax SAC: brax "
         + f"{report['brax_version']}, jax {report['brax_jax_version']}; device "
         + f"{report['device_kind']}",
         _baselines.wall_line(report, "brax", "brax"),
