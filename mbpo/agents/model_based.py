@@ -267,6 +267,7 @@ def _transitions(segments: Segment) -> Transition:
         done=segments.state.done[:, 1:],
         next_obs=obs[:, 1:],
         log_prob=segments.log_prob,
+        contact=jnp.zeros_like(segments.log_prob),
     )
     return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), flat)
 
