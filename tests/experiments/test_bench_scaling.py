@@ -1,4 +1,4 @@
-"""experiments/bench_scaling on a tiny pendulum grid: rows, fitted exponents, table and plot."""
+"""experiments/bench_scaling on a tiny lqr grid: rows, fitted exponents, table and plot."""
 
 import dataclasses
 
@@ -14,7 +14,7 @@ def test_exponent_recovers_a_power_law():
 
 
 def test_a_small_grid_end_to_end():
-    task = bs.Task("pendulum", num_envs=(1, 4), horizons=(2, 8))
+    task = bs.Task("lqr", num_envs=(1, 4), horizons=(2, 8))
     rows = [
         bs.time_one(task, B, T, m, 1)
         for T in task.horizons
@@ -27,8 +27,8 @@ def test_a_small_grid_end_to_end():
         (m, a) for m in bs.MODES for a in ("num_envs", "horizon")
     }
     text = bs.format_table({"rows": rows, "fits": exponents})
-    assert "| pendulum | forward+backward | 4 | 8 |" in text
-    assert bs.plot(rows, exponents, "pendulum") is not None
+    assert "| lqr | forward+backward | 4 | 8 |" in text
+    assert bs.plot(rows, exponents, "lqr") is not None
 
 
 def test_presets_need_two_values_per_axis():
