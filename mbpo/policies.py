@@ -196,6 +196,18 @@ class GaussianPolicy(_PolicyBase):
         u, std = self._mean_std(params, obs)
         return (action - self._squash(u)) / std
 
+    def latent(self, params: Params, obs: Observation, eps: Noise) -> Array:
+        """z, the Gaussian variable of the action drawn with ``eps``: the action itself here
+        (pre-squash u for :class:`TanhGaussianPolicy`). Ratios pi_w(a|s) / pi_w'(a|s) are
+        ``latent_log_prob`` differences at a stored z, exact where tanh saturates."""
+        return self.sample(params, obs, eps)
+
+    def latent_log_prob(self, params: Params, obs: Observation, z: Array) -> Scalar:
+        """log N(z; mean(s; w), sigma(s; w)^2): log pi(a|s; w) up to the Jacobian of a(z), which
+        does not depend on w."""
+        u, std = self._mean_std(params, obs)
+        return _normal_log_prob((z - self._squash(u)) / std, std)
+
 
 @dataclasses.dataclass(frozen=True)
 class TanhGaussianPolicy(GaussianPolicy):
@@ -250,6 +262,16 @@ class TanhGaussianPolicy(GaussianPolicy):
         """eps = (atanh((a - c) / h) - mu(s; w)) / sigma(s; w)."""
         u_mean, std = self._mean_std(params, obs)
         return (self._pre_squash(action) - u_mean) / std
+
+    def latent(self, params: Params, obs: Observation, eps: Noise) -> Array:
+        """u = mu(s; w) + sigma(s; w) eps, the pre-squash Gaussian variable of the action."""
+        u_mean, std = self._mean_std(params, obs)
+        return u_mean + std * eps
+
+    def latent_log_prob(self, params: Params, obs: Observation, z: Array) -> Scalar:
+        """log N(u; mu(s; w), sigma(s; w)^2) at u = ``z``."""
+        u_mean, std = self._mean_std(params, obs)
+        return _normal_log_prob((z - u_mean) / std, std)
 
 
 Policy = DeterministicPolicy | GaussianPolicy | TanhGaussianPolicy

@@ -133,8 +133,11 @@ class _PPO:
         values = jax.vmap(lambda o: self.value.q(params, o, o[:0])[0])(flat)
         return values.reshape(obs.shape[:-1])
 
-    def log_prob(self, params: Params, obs, action):
-        return jax.vmap(lambda o, a: self.policy.log_prob(params, o, a))(obs, action)
+    def log_prob(self, params: Params, obs, z):
+        """log pi(a|s; w) of a batch, from the actions' Gaussian variables z (pre-squash for a
+        tanh policy: the atanh of a saturated action would lose it and blow up the ratio), up to
+        a Jacobian that does not depend on w and so cancels in the ratio."""
+        return jax.vmap(lambda o, x: self.policy.latent_log_prob(params, o, x))(obs, z)
 
     def init(self, key: PRNGKey) -> PPOState:
         k_pi, k_v, k_env, key = jax.random.split(key, 4)
@@ -159,9 +162,9 @@ class _PPO:
         final, traj = jax.vmap(
             lambda s, n: rollout(self.dynamics, pol, s, n, dynamics_gradient="stop")
         )(ts.env_states, noise)
-        return jax.lax.stop_gradient((final, traj))
+        return jax.lax.stop_gradient((final, traj, noise.eps))
 
-    def batch(self, ts: PPOState, traj) -> dict:
+    def batch(self, ts: PPOState, traj, eps) -> dict:
         """The flattened samples of a window: normalized observations, actions, old log-probs,
         GAE advantages and value targets. A time-out (t reaching the episode limit) bootstraps
         from v(s'); only a termination stops the return."""
@@ -175,10 +178,13 @@ class _PPO:
             rewards, discount, v_t, v_tp1
         )
         flat = lambda x: x.reshape(-1, *x.shape[2:])
-        log_old = self.log_prob(params["policy"], flat(obs), flat(traj.action))
+        latent = jax.vmap(lambda o, e: self.policy.latent(params["policy"], o, e))(
+            flat(obs), flat(eps)
+        )
+        log_old = self.log_prob(params["policy"], flat(obs), latent)
         return {
             "obs": flat(obs),
-            "action": flat(traj.action),
+            "latent": latent,
             "log_old": log_old,
             "advantage": flat(adv),
             "target": flat(adv + v_t),
@@ -186,7 +192,7 @@ class _PPO:
 
     def loss(self, params: Params, batch: dict):
         c = self.config
-        log_pi = self.log_prob(params["policy"], batch["obs"], batch["action"])
+        log_pi = self.log_prob(params["policy"], batch["obs"], batch["latent"])
         ratio = jnp.exp(log_pi - batch["log_old"])
         adv = batch["advantage"]
         if c.normalize_advantage:
@@ -221,8 +227,8 @@ class _PPO:
     def update(self, ts: PPOState) -> tuple[PPOState, dict]:
         c = self.config
         key, k_roll, k_fit, k_reset = jax.random.split(ts.key, 4)
-        final, traj = self.collect(ts, k_roll)
-        learner, metrics = self.fit(ts.learner, self.batch(ts, traj), k_fit)
+        final, traj, eps = self.collect(ts, k_roll)
+        learner, metrics = self.fit(ts.learner, self.batch(ts, traj, eps), k_fit)
         new = PPOState(
             learner=learner,
             normalizer=common.normalizer_update(ts.normalizer, traj.obs),

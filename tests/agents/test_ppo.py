@@ -59,12 +59,12 @@ def test_clipped_surrogate_without_clipping_is_the_reinforce_gae_gradient():
     value = QCritic(task.observation_size, 0, num_q=1, hidden=(8,))
     parts = ppo._PPO(config, task, policy, value, optax.adam(1e-3))
     ts = parts.init(jax.random.key(0))
-    batch = parts.batch(ts, parts.collect(ts, jax.random.key(1))[1])
+    batch = parts.batch(ts, *parts.collect(ts, jax.random.key(1))[1:])
     params = ts.learner.params
     got = jax.grad(lambda p: parts.loss(p, batch)[0])(params)["policy"]
 
-    def reinforce(p):
-        log_pi = parts.log_prob(p, batch["obs"], batch["action"])
+    def reinforce(p):  # the Gaussian policy's latent is its action: log pi itself
+        log_pi = jax.vmap(lambda o, a: policy.log_prob(p, o, a))(batch["obs"], batch["latent"])
         return estimators.score_surrogate(log_pi, batch["advantage"]) / log_pi.shape[0]
 
     want = jax.grad(reinforce)(params["policy"])
@@ -149,3 +149,40 @@ def test_ppo_improves_its_initial_return_on_pendulum():
     final = np.asarray(history[-1]["eval_return"])
     assert np.mean(final - initial) > 50 and np.sum(final > initial) >= 2, (initial, final)
     assert history[-1]["skipped_updates"] == [0, 0, 0]
+
+
+def test_tanh_policy_ratio_is_exact_where_the_action_saturates():
+    """PPO's log-probs come from the pre-squash u: where tanh(u) rounds to the bound (|u| >> 1)
+    the atanh of the stored action would lose u (and blow up the ratio), the latent keeps it;
+    where it does not saturate, its gradient in w is log pi's (the Jacobian does not depend on
+    w)."""
+    from mbpo.policies import TanhGaussianPolicy
+
+    policy = TanhGaussianPolicy(
+        observation_size=3,
+        action_size=2,
+        action_low=(-1.0, -1.0),
+        action_high=(1.0, 1.0),
+        hidden=(8,),
+    )
+    params = policy.init(jax.random.key(0))
+    obs, eps = jnp.ones(3), jnp.array([0.3, -0.2])
+    layers = params["net"]["params"]
+    last = sorted(layers)[-1]  # the output layer: its bias shifts every mean by 30 (saturated)
+    shifted = {**layers[last], "bias": layers[last]["bias"] + 30.0}
+    far = {**params, "net": {**params["net"], "params": {**layers, last: shifted}}}
+    z = policy.latent(far, obs, eps)
+    assert np.all(np.abs(np.asarray(policy.sample(far, obs, eps))) == 1.0)  # saturated
+    assert float(policy.latent_log_prob(far, obs, z)) == pytest.approx(
+        float(policy.sample_and_log_prob(far, obs, eps)[1] + jnp.sum(policy._log_det(z))), rel=1e-5
+    )
+    nudged = jax.tree.map(lambda x: x * 1.01, far)
+    ratio = jnp.exp(policy.latent_log_prob(nudged, obs, z) - policy.latent_log_prob(far, obs, z))
+    assert np.isfinite(float(ratio)) and 0.1 < float(ratio) < 10.0
+    a = policy.sample(params, obs, eps)  # not saturated: the same gradient as log pi's
+    g_latent = jax.grad(lambda p: policy.latent_log_prob(p, obs, policy.latent(params, obs, eps)))(
+        params
+    )
+    g_true = jax.grad(lambda p: policy.log_prob(p, obs, a))(params)
+    for x, y in zip(jax.tree.leaves(g_latent), jax.tree.leaves(g_true)):
+        np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-5)
