@@ -120,9 +120,9 @@ def test_ppo_is_an_algorithm_of_the_registry_and_refuses_bad_sizes():
 
 
 def test_ppo_improves_its_initial_return_on_pendulum():
-    """3 vmapped seeds, 300 updates of 32 envs x 20 steps (192k env steps) at brax's learning rate:
-    the mean return rises by more than 50 over the untrained policy's (measured: +118, every seed
-    to about -760, the hanging-still optimum a swing-up must beat) and at least two seeds
+    """3 vmapped seeds, 150 updates of 32 envs x 20 steps (96k env steps) at brax's learning rate:
+    the mean return rises by more than 50 over the untrained policy's (measured: +168, +121, +37,
+    towards the hanging-still optimum, about -760, a swing-up must beat) and at least two seeds
     improve."""
     from mbpo.agents import loop
     from mbpo.runner import fit
@@ -134,8 +134,8 @@ def test_ppo_improves_its_initial_return_on_pendulum():
         eval_envs=16,
         num_envs=32,
         unroll_length=20,
-        num_updates=300,
-        eval_every=300,
+        num_updates=150,
+        eval_every=150,
         gamma=0.95,
         update_epochs=4,
         num_minibatches=8,
