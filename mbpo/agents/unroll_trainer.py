@@ -185,6 +185,22 @@ class UnrollTrainerConfig(loop.UnrollFields):
             raise ValueError(
                 f"--policy {kind}: {error}; leave --policy out for the estimator's own kind"
             ) from None
+        self._check_first_order(estimator, kind)
+        if estimator.dynamics_gradient == "score" and not envs.has_log_prob(self.env):
+            with_log_prob = [
+                n for n in envs.names() if not envs.is_brax(n) and envs.has_log_prob(n)
+            ]
+            raise ValueError(
+                f"{self.estimator} needs the transition density log p(s'|s,a), which env "
+                f"{self.env!r} does not have; "
+                f"tasks with one: {', '.join(with_log_prob)}"
+            )
+        loop.check_counters(
+            self.num_updates * self.num_envs * self.steps_per_update, self.num_updates
+        )
+
+    def _check_first_order(self, estimator: estimators.Estimator, kind: str) -> None:
+        """The checks of SAPO's entropy and AHAC's adaptive horizon (``__post_init__``'s)."""
         if self.entropy and (kind == "deterministic" or self.horizon == 0):
             raise ValueError(
                 "entropy needs a stochastic policy and a horizon >= 1 (its bonus is summed over "
@@ -212,18 +228,6 @@ class UnrollTrainerConfig(loop.UnrollFields):
                 "temperature_init and temperature_lr must be > 0, got "
                 f"{self.temperature_init}, {self.temperature_lr}"
             )
-        if estimator.dynamics_gradient == "score" and not envs.has_log_prob(self.env):
-            with_log_prob = [
-                n for n in envs.names() if not envs.is_brax(n) and envs.has_log_prob(n)
-            ]
-            raise ValueError(
-                f"{self.estimator} needs the transition density log p(s'|s,a), which env "
-                f"{self.env!r} does not have; "
-                f"tasks with one: {', '.join(with_log_prob)}"
-            )
-        loop.check_counters(
-            self.num_updates * self.num_envs * self.steps_per_update, self.num_updates
-        )
 
     @property
     def policy_kind(self) -> str:
