@@ -118,7 +118,9 @@ PRESETS = {
             ),
         ),
     ),
-    # One H200: SHAC's budgets (about 4M steps for ant), SVG(32) and BPO beside, 3 seeds.
+    # One H200: SHAC's budgets (about 4M steps for ant), SVG(32) and BPO beside, 3 seeds; the
+    # recipes' 32-step windows and the short windows that positional physics differentiates
+    # (256 envs x 8 steps: the recipes' 2048 simulator steps per update).
     "gpu": Preset(
         seeds=3,
         tasks=tuple(
@@ -129,8 +131,20 @@ PRESETS = {
                 common_return=threshold,
                 algorithms=(
                     ("shac", first_order(updates)),
+                    ("shac-h8", first_order(updates, num_envs=256, horizon=8)),
                     ("ahac", first_order(updates // 2)),
+                    (
+                        "ahac-h16",
+                        first_order(
+                            updates // 2,
+                            num_envs=256,
+                            horizon=16,
+                            horizon_min=4,
+                            contact_threshold=48.0,
+                        ),
+                    ),
                     ("sapo", first_order(updates)),
+                    ("sapo-h8", first_order(updates, num_envs=256, horizon=8)),
                     ("svg-32", first_order(updates, num_envs=64, gamma=0.99)),
                     ("bpo-32", first_order(updates, num_envs=64, gamma=0.99)),
                     ("ppo", ppo(100, num_envs=2048, num_minibatches=32)),  # 4.1M steps
