@@ -112,6 +112,12 @@ PRESETS = {
                         ),
                     ),
                     ("sapo-h8", first_order(1600, num_envs=32, horizon=8)),
+                    # SHAC's linear decay stopped every short-window run seen here from learning;
+                    # a constant rate learned on each (experiments/results/shac_schedule.md).
+                    (
+                        "shac-h8-const",
+                        first_order(1600, num_envs=32, horizon=8, lr_schedule="constant"),
+                    ),
                     ("ppo", ppo(312)),  # 400k; brax PPO's 1237 there is the bar
                     ("sac", sac(1600)),
                 ),
