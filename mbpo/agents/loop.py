@@ -151,9 +151,12 @@ def build_trainer(
     """``build(config, dynamics)``; without ``dynamics`` the registered task ``config.env`` (with
     ``config.brax_backend`` for Brax tasks), and then the trainer is cached per (build, config
     without its :data:`RUN_FIELDS`), so its compiled programs are reused: a resumed, extended or
-    evaluated run, or another seed, in the same process compiles nothing again."""
+    evaluated run, or another seed, in the same process compiles nothing again. A run field the
+    programs do read (``config.program_run_fields``: the length of a learning-rate schedule)
+    stays in the key: building with a placeholder there would bake it into the programs."""
     if dynamics is None:
-        present = {k: v for k, v in RUN_FIELDS.items() if hasattr(config, k)}
+        read = getattr(config, "program_run_fields", ())  # run fields its programs read
+        present = {k: v for k, v in RUN_FIELDS.items() if hasattr(config, k) and k not in read}
         shared = _registered_task_trainer(build, dataclasses.replace(config, **present))
         return dataclasses.replace(shared, config=config)
     return build(config, dynamics)

@@ -230,6 +230,12 @@ class UnrollTrainerConfig(loop.UnrollFields):
             )
 
     @property
+    def program_run_fields(self) -> tuple[str, ...]:
+        """The run fields the compiled update reads: ``num_updates``, the length of the linear
+        learning-rate schedule (:func:`mbpo.agents.loop.build_trainer`)."""
+        return ("num_updates",) if self.lr_schedule == "linear" else ()
+
+    @property
     def policy_kind(self) -> str:
         """The policy: ``policy``, or the estimator's own kind."""
         return self.policy or ESTIMATOR_POLICY[self.estimator]

@@ -100,6 +100,22 @@ def test_linear_schedule_decays_the_learning_rate_over_the_run():
     np.testing.assert_allclose(steps, lr, rtol=1e-4)
 
 
+@pytest.mark.parametrize("num_updates", [10, 40])
+def test_linear_schedule_of_a_registered_trainer_spans_its_own_run(num_updates):
+    """The trainer of a registered task is cached without its run fields, but the linear schedule
+    reads num_updates: the actor's rate must decay over the config's own updates (it once
+    decayed over the cache key's placeholder, 1 update, and every SHAC run trained at 1e-5)."""
+    config = dataclasses.replace(GUARDED, num_updates=num_updates, actor_lr=1e-2)
+    tx = make_trainer(config).update.__self__.actor_opt
+    params = jnp.zeros(1)
+    state, steps = tx.init(params), []
+    for _ in range(3):
+        updates, state = tx.update(jnp.ones(1), state, params)
+        steps.append(-float(updates[0]))
+    lr = [1e-2 + (1e-5 - 1e-2) * k / num_updates for k in range(3)]
+    np.testing.assert_allclose(steps, lr, rtol=1e-4)
+
+
 @pytest.mark.parametrize(("variant", "margin"), [("shac", 50.0), ("sapo", 40.0), ("ahac", 30.0)])
 def test_improves_its_initial_return_on_pendulum(variant, margin):
     """The named configuration with a constant rate (the linear decay spans the run) on 3 vmapped
