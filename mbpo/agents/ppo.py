@@ -184,6 +184,7 @@ class _PPO:
         log_old = self.log_prob(params["policy"], flat(obs), latent)
         return {
             "obs": flat(obs),
+            "eps": flat(eps),
             "latent": latent,
             "log_old": log_old,
             "advantage": flat(adv),
@@ -200,7 +201,10 @@ class _PPO:
         clipped = jnp.clip(ratio, 1.0 - c.clip, 1.0 + c.clip)
         policy_loss = -jnp.mean(jnp.minimum(ratio * adv, clipped * adv))
         value_loss = 0.5 * jnp.mean((self.v(params["value"], batch["obs"]) - batch["target"]) ** 2)
-        entropy = -jnp.mean(log_pi)
+        # The entropy from the window's eps reparameterized at w: log pi(a|s; w) with the tanh's
+        # Jacobian, whose gradient keeps the pre-squash mean off saturation (brax's PPO).
+        draws = jax.vmap(lambda o, e: self.policy.sample_and_log_prob(params["policy"], o, e)[1])
+        entropy = -jnp.mean(draws(batch["obs"], batch["eps"]))
         total = policy_loss + c.value_coef * value_loss - c.entropy_cost * entropy
         return total, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy}
 
