@@ -98,9 +98,10 @@ def import_jax(compilation_cache: str | None):
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     import jax
 
+    from mbpo import compile_cache
+
     if compilation_cache:
-        jax.config.update("jax_compilation_cache_dir", compilation_cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        compile_cache.enable(compilation_cache, min_compile_secs=0.5)
     return jax
 
 

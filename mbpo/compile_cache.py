@@ -1,9 +1,9 @@
 """jax's persistent compilation cache, so that the second run of a configuration starts in a
 fraction of the first (a Brax update compiles for 30 s to minutes on a CPU).
 
-``mbpo train``, ``mbpo evaluate``, ``mbpo compare`` and the experiment scripts turn it on before
-anything compiles, in the folder of ``--compile-cache DIR`` (``off``: no cache), else of the
-environment variable ``MBPO_COMPILE_CACHE`` (a folder or ``off``), else
+``mbpo train``, ``mbpo evaluate`` and the experiment scripts turn it on before anything
+compiles, in the folder of ``--compile-cache DIR`` (``off``: no cache), else of the environment
+variable ``MBPO_COMPILE_CACHE`` (a folder or ``off``), else
 ``$XDG_CACHE_HOME/mbpo/jax`` (``~/.cache/mbpo/jax``). The cache is keyed by jax on the program, the
 jax and XLA versions and the device, so a stale entry is never used; delete the folder to reclaim
 its space (:func:`size_bytes` measures it). The test suite sets ``MBPO_COMPILE_CACHE=off``.
@@ -34,10 +34,13 @@ def resolve(setting: str | os.PathLike | None = None) -> pathlib.Path | None:
     return pathlib.Path(setting).expanduser()
 
 
-def enable(setting: str | os.PathLike | None = None) -> pathlib.Path | None:
+def enable(
+    setting: str | os.PathLike | None = None, *, min_compile_secs: float = 0.0
+) -> pathlib.Path | None:
     """Turns jax's persistent compilation cache on in :func:`resolve`'s folder (created if
-    missing) for every program, however quickly it compiles; returns the folder, or None when
-    off. Raises ValueError naming the folder when it cannot be created or written."""
+    missing) for every program that compiles for at least ``min_compile_secs`` (default: all);
+    returns the folder, or None when off. Raises ValueError naming the folder when it cannot be
+    created or written."""
     path = resolve(setting)
     if path is None:
         return None
@@ -53,7 +56,7 @@ def enable(setting: str | os.PathLike | None = None) -> pathlib.Path | None:
     import jax
 
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
 

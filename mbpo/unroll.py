@@ -137,10 +137,9 @@ def step(
     as the step again, so only AHAC asks for it)."""
     s_next = dynamics.step(state, action, xi)
     zero = jnp.zeros_like(s_next.reward)
+    signal = zero
     if contact and dynamics.has_contact_signal:
-        contact = jax.lax.stop_gradient(dynamics.contact(state, action, s_next)).astype(zero.dtype)
-    else:
-        contact = zero
+        signal = jax.lax.stop_gradient(dynamics.contact(state, action, s_next)).astype(zero.dtype)
     return s_next, Transition(
         obs=state.obs,
         action=action,
@@ -148,7 +147,7 @@ def step(
         done=s_next.done,
         next_obs=s_next.obs,
         log_prob=zero,
-        contact=contact,
+        contact=signal,
     )
 
 
@@ -294,11 +293,11 @@ def truncated(
     alive = alive_mask(traj.done)
     weight = gamma ** t.astype(dtype) * alive
     value = jnp.sum(jnp.where(t < length, weight * traj.reward, 0.0))
-    if q is not None:
+    if q is not None:  # q(s_T, a_T), s_T the next state of step T - 1
+        last = length - 1
         next_action = jnp.concatenate([traj.action[1:], final_action[None]])
-        boot = jax.vmap(q)(traj.next_obs, next_action)  # q(s_{t+1}, a_{t+1})
-        boot_weight = gamma ** (t + 1).astype(dtype) * alive * (1 - traj.done)
-        value = value + jnp.sum(jnp.where(t == length - 1, boot_weight * boot, 0.0))
+        discount = gamma ** length.astype(dtype) * alive[last] * (1 - traj.done[last])
+        value = value + discount * q(traj.next_obs[last], next_action[last])
     return value
 
 
