@@ -357,6 +357,12 @@ class BenchPreset:
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"hidden must be a non-empty tuple of sizes >= 1, got {self.hidden}")
 
+    def ours(self, config_class, **own):
+        """Our side's config: the fields every benchmark shares, under our names, then ``own``."""
+        shared = {"env": self.env, "brax_backend": self.backend, "num_envs": self.num_envs}
+        sizes = {"hidden": self.hidden, "eval_envs": self.eval_envs}
+        return config_class(**shared, episode_length=self.episode_length, **sizes, **own)
+
 
 class ChunkLog:
     """The :func:`mbpo.runner.fit` callback of our side: the evaluations (the untrained policy's
@@ -535,24 +541,78 @@ def met(goal: bool) -> str:
     return "met" if goal else "NOT met"
 
 
-def wall_line(report: dict, side: str, label: str) -> str:
-    """The table line of the wall times of the run and of each side, and the machine's load."""
-    return (
-        f"wall time {report['wall_s']:.0f} s (ours {report['ours_wall_s']:.0f} s, {label} "
-        f"{report[side + '_wall_s']:.0f} s); load average "
-        f"{report['load_average_1min_at_start']:.1f} at the start, "
-        f"{report['load_average_1min_at_end']:.1f} at the end"
-    )
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """How a benchmark's report reads: its side's names, the x of its curve, the column widths.
 
+    Attributes:
+      side: the report's key of the other side ("apg", "brax").
+      short: its short name, in the wall-time line and the ratio column ("APG", "brax").
+      label: its column header ("brax APG", "brax SAC").
+      algorithm: our algorithm's name ("bpo", "sac").
+      x: the curve's x ("updates", "env_steps").
+      width: the width of the label column.
+      digits: the digits of the curve's returns.
+    """
 
-def curve_lines(summary: dict, side: str, x: str, label: str, width: int, digits: int) -> list:
-    """The table's return curves: one line per evaluation, mean +- std over seeds of each side."""
-    lines = [f"{'eval return by ' + x.replace('_', ' '):<{width}}{'ours':>20}{label:>20}"]
-    for o, b in zip(summary["ours"]["curve"], summary[side]["curve"]):
-        lines.append(
-            f"{o[x]:<{width}}{harness.pm(o, digits=digits):>20}{harness.pm(b, digits=digits):>20}"
-        )
-    return [*lines, "(mean +- std over seeds)"]
+    side: str
+    short: str
+    label: str
+    algorithm: str
+    x: str
+    width: int
+    digits: int
+
+    def row(self, summary: dict, label: str, stat: str, tail: str = "", **fmt) -> str:
+        """A line: ``label``, mean +- std over seeds of ``stat`` for each side (``fmt``:
+        :func:`experiments.harness.pm`'s scale and digits), then ``tail``."""
+        ours, theirs = (harness.pm(summary[name][stat], **fmt) for name in ("ours", self.side))
+        return f"{label:<{self.width}}{ours:>20}{theirs:>20}{tail}"
+
+    def seconds_row(self, label: str, ours: float, theirs: float) -> str:
+        """A line of one value per side (seconds of seed 0)."""
+        return f"{label:<{self.width}}{ours:>20.1f}{theirs:>20.1f}"
+
+    def speed_row(self, summary: dict, label: str, stat: str, ratio: str, goal: str = "") -> str:
+        """A line of env steps per second, with ours over theirs (``ratio``: a summary key)."""
+        value = summary[ratio]
+        tail = f"{'n/a' if value is None else f'{value:.2f}':>10}{goal}"
+        return self.row(summary, label, stat, tail, digits=0)
+
+    def return_row(self, summary: dict, goal: str, difference: bool = False) -> str:
+        """The line of the final return, with the return ``goal``, whether it is met and (with
+        ``difference``) ours minus theirs."""
+        final = f"{summary['ours']['curve'][-1][self.x]} {self.x.replace('_', ' ')}"
+        tail = f"{'':>10}  {goal}: {met(summary['return_goal_met'])}"
+        if difference:
+            mean = (summary[name]["eval_return"]["mean"] for name in ("ours", self.side))
+            tail += f" (difference {next(mean) - next(mean):+.{self.digits}f})"
+        return self.row(summary, f"eval return @ {final}", "eval_return", tail, digits=self.digits)
+
+    def format(self, report: dict, settings: str, rows: list[str]) -> str:
+        """The report as fixed-width text: the preset's ``settings``, the versions, the wall
+        times and load, the goal ``rows``, then the return curves of both sides."""
+        side, summary = self.side, report["summary"]
+        lines = [
+            f"preset {report['preset']}: {settings}",
+            f"ours: mbpo {self.algorithm}, jax {ours_jax(report)}; {self.label}: brax "
+            f"{report['brax_version']}, jax {report[side + '_jax_version']}; "
+            f"device {report['device_kind']}",
+            f"wall time {report['wall_s']:.0f} s (ours {report['ours_wall_s']:.0f} s, "
+            f"{self.short} {report[side + '_wall_s']:.0f} s); load average "
+            f"{report['load_average_1min_at_start']:.1f} at the start, "
+            f"{report['load_average_1min_at_end']:.1f} at the end",
+            "",
+            f"{'':<{self.width}}{'ours':>20}{self.label:>20}{'ours/' + self.short:>10}  goal",
+            *rows,
+            "",
+            f"{'eval return by ' + self.x.replace('_', ' '):<{self.width}}{'ours':>20}"
+            f"{self.label:>20}",
+        ]
+        for o, b in zip(summary["ours"]["curve"], summary[side]["curve"]):
+            mine, theirs = (harness.pm(c, digits=self.digits) for c in (o, b))
+            lines.append(f"{o[self.x]:<{self.width}}{mine:>20}{theirs:>20}")
+        return "\n".join([*lines, "(mean +- std over seeds)"])
 
 
 def summarize(ours: list[dict], theirs: list[dict], side: str, x: str, stats: tuple) -> dict:
@@ -588,16 +648,11 @@ def ratio(summary: dict, stat: str, side: str) -> float | None:
     return ours / theirs if ours is not None and theirs is not None else None
 
 
-def stat_row(label: str, stat: str, tail: str = "", *, summary, side, width, **fmt) -> str:
-    """A table line: ``label``, then mean +- std over seeds of ``stat`` for ours and for ``side``
-    (``fmt``: :func:`experiments.harness.pm`'s scale and digits), then ``tail``."""
-    ours, theirs = (harness.pm(summary[name][stat], **fmt) for name in ("ours", side))
-    return f"{label:<{width}}{ours:>20}{theirs:>20}{tail}"
-
-
-def entry(module: str):
-    """The ``main(argv=None)`` of the benchmark ``module`` (:func:`main` of that script)."""
-    return lambda argv=None: main(sys.modules[module], argv)
+def script(module: str, doc: str, presets: dict):
+    """The benchmark ``module``'s :class:`experiments.harness.Experiment` and its
+    ``main(argv=None)`` (:func:`main` of that script)."""
+    experiment = harness.Experiment(module, doc, presets)
+    return experiment, lambda argv=None: main(sys.modules[module], argv)
 
 
 def main(script, argv) -> None:

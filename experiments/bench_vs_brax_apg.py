@@ -58,7 +58,6 @@ load from other processes that drifts during the run falls on both alike.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 from experiments import _baselines, harness
 from experiments.apg_worker import ApgSettings
@@ -122,41 +121,33 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
+SIDE = _baselines.BraxSide("apg", "Brax's APG", "experiments.apg_worker", "--apg-python")
+EXPERIMENT, main = _baselines.script(__name__, __doc__, PRESETS)
+
 
 def trainer_config(preset: Preset) -> UnrollTrainerConfig:
     """Our settings for ``preset`` (each seed replaces ``seed``)."""
-    return UnrollTrainerConfig(
-        env=preset.env,
+    return preset.ours(
+        UnrollTrainerConfig,
         estimator="bpo",
         horizon=preset.horizon,
-        num_envs=preset.num_envs,
-        episode_length=preset.episode_length,
         num_updates=preset.num_updates,
         gamma=1.0,
         actor_lr=preset.learning_rate,
         max_grad_norm=1.0,
-        hidden=preset.hidden,
         normalize_observations=True,
         eval_every=preset.updates_per_chunk,
-        eval_envs=preset.eval_envs,
     )
+
+
+# APG's own halfcheetah settings, the schedule off.
+BRAX_APG = {"adam_b1": 0.7, "adam_b2": 0.95, "use_schedule": False, "max_grad_norm": 1.0}
+BRAX_NETWORK = {"activation": "tanh", "layer_norm": False, "normalize_observations": True}
 
 
 def worker_settings(preset: Preset, seed: int, cache: str | None) -> ApgSettings:
     """APG's settings for ``preset`` and ``seed``."""
-    return ApgSettings.of(
-        preset,
-        seed,
-        cache,
-        adam_b1=0.7,
-        adam_b2=0.95,
-        use_schedule=False,
-        max_grad_norm=1.0,
-        activation="tanh",
-        layer_norm=False,
-        normalize_observations=True,
-        deterministic_eval=True,
-    )
+    return ApgSettings.of(preset, seed, cache, **BRAX_APG, **BRAX_NETWORK)
 
 
 def train_ours(config: UnrollTrainerConfig, preset: Preset, seed: int, compiles) -> dict:
@@ -177,43 +168,36 @@ def summarize(ours: list[dict], apg: list[dict]) -> dict:
     return summary
 
 
+TABLE = _baselines.Table("apg", "APG", "brax APG", "bpo", "updates", width=34, digits=2)
+
+
 def format_table(report: dict) -> str:
     """The report as fixed-width text: settings, the two goals, the return at each evaluation."""
     p, s = report["config"], report["summary"]
     chunk = p["num_updates"] // (p["num_evals"] - 1)
     ratio = "n/a" if s["time_ratio"] is None else f"{s['time_ratio']:.2f}"
-    time_goal, return_goal = (
-        _baselines.met(s["time_goal_met"]),
-        _baselines.met(s["return_goal_met"]),
-    )
-    difference = s["ours"]["eval_return"]["mean"] - s["apg"]["eval_return"]["mean"]
+    time_goal = _baselines.met(s["time_goal_met"])
     ours_first = report["ours"][0]["chunk_times_s"][0]
     apg_first = report["apg"][0]["epoch_times_s"][0]
-    row = functools.partial(_baselines.stat_row, summary=s, side="apg", width=34)
-    per_update = f"{ratio:>10}  <= 1.0: {time_goal}"
-    final = f"{'':>10}  ours >= APG: {return_goal} (difference {difference:+.2f})"
-    lines = [
-        f"preset {report['preset']}: {p['env']}[{p['backend']}], {p['num_envs']} envs, "
-        + f"episode {p['episode_length']}, horizon {p['horizon']}, hidden {tuple(p['hidden'])}, "
-        + f"lr {p['learning_rate']}, {p['num_updates']} updates in {p['num_evals'] - 1} chunks "
-        + f"of {chunk}, {p['seeds']} seeds, {p['eval_envs']} eval episodes",
-        f"ours: mbpo bpo, jax {_baselines.ours_jax(report)}; APG: brax {report['brax_version']}, "
-        + f"jax {report['apg_jax_version']}; device {report['device_kind']}",
-        _baselines.wall_line(report, "apg", "APG"),
-        "",
-        f"{'':<34}{'ours':>20}{'brax APG':>20}{'ours/APG':>10}  goal",
-        row("time per update, ms (no compile)", "time_per_update_s", per_update, scale=1e3),
-        row(f"eval return @ {p['num_updates']} updates", "eval_return", final),
-        f"{'first chunk (compiles), s, seed 0':<34}{ours_first:>20.1f}{apg_first:>20.1f}",
-        "",
-        *_baselines.curve_lines(s, "apg", "updates", "brax APG", 34, 2),
+    settings = (
+        f"{p['env']}[{p['backend']}], {p['num_envs']} envs, episode {p['episode_length']}, "
+        f"horizon {p['horizon']}, hidden {tuple(p['hidden'])}, lr {p['learning_rate']}, "
+        f"{p['num_updates']} updates in {p['num_evals'] - 1} chunks of {chunk}, "
+        f"{p['seeds']} seeds, {p['eval_envs']} eval episodes"
+    )
+    rows = [
+        TABLE.row(
+            s,
+            "time per update, ms (no compile)",
+            "time_per_update_s",
+            f"{ratio:>10}  <= 1.0: {time_goal}",
+            scale=1e3,
+        ),
+        TABLE.return_row(s, "ours >= APG", difference=True),
+        TABLE.seconds_row("first chunk (compiles), s, seed 0", ours_first, apg_first),
     ]
-    return "\n".join(lines)
+    return TABLE.format(report, settings, rows)
 
-
-EXPERIMENT = harness.Experiment("experiments.bench_vs_brax_apg", __doc__, PRESETS)
-SIDE = _baselines.BraxSide("apg", "Brax's APG", "experiments.apg_worker", "--apg-python")
-main = _baselines.entry(__name__)
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,6 @@ across it), brax's at the step. Timing as :mod:`experiments.bench_vs_brax_sac`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 from experiments import _baselines, harness
 from experiments.ppo_worker import PpoSettings
@@ -89,14 +88,14 @@ PRESETS: dict[str, Preset] = {
     "gpu": dataclasses.replace(_CPU, num_envs=2048, num_minibatches=32, chunk_updates=50),
 }
 
+SIDE = _baselines.BraxSide("brax", "Brax's PPO", "experiments.ppo_worker", "--brax-python")
+EXPERIMENT, main = _baselines.script(__name__, __doc__, PRESETS)
+
 
 def trainer_config(preset: Preset) -> PPOConfig:
     """Our settings for ``preset`` (each seed replaces ``seed``)."""
-    return PPOConfig(
-        env=preset.env,
-        brax_backend=preset.backend,
-        num_envs=preset.num_envs,
-        episode_length=preset.episode_length,
+    return preset.ours(
+        PPOConfig,
         unroll_length=preset.unroll_length,
         num_updates=preset.chunk_updates * preset.train_chunks,
         update_epochs=preset.update_epochs,
@@ -106,23 +105,18 @@ def trainer_config(preset: Preset) -> PPOConfig:
         clip=preset.clip,
         entropy_cost=preset.entropy_cost,
         learning_rate=preset.learning_rate,
-        hidden=preset.hidden,
         eval_every=preset.chunk_updates,
-        eval_envs=preset.eval_envs,
     )
+
+
+BRAX_PPO = {"activation": "swish", "normalize_observations": True}
 
 
 def worker_settings(preset: Preset, seed: int, cache: str | None) -> PpoSettings:
     """Brax's settings for ``preset`` and ``seed``."""
+    steps = {"env_steps": preset.train_chunks * preset.chunk_env_steps}
     return PpoSettings.of(
-        preset,
-        seed,
-        cache,
-        env_steps=preset.train_chunks * preset.chunk_env_steps,
-        num_evals=1 + preset.train_chunks,
-        activation="swish",
-        normalize_observations=True,
-        deterministic_eval=True,
+        preset, seed, cache, **steps, num_evals=1 + preset.train_chunks, **BRAX_PPO
     )
 
 
@@ -152,35 +146,24 @@ def summarize(ours: list[dict], brax: list[dict]) -> dict:
     return summary
 
 
+TABLE = _baselines.Table("brax", "brax", "brax PPO", "ppo", "env_steps", width=38, digits=1)
+
+
 def format_table(report: dict) -> str:
     """The report as fixed-width text: settings, the two goals, the return curve."""
     p, s = report["config"], report["summary"]
-    ratio = "n/a" if s["speed_ratio"] is None else f"{s['speed_ratio']:.2f}"
-    speed_goal, return_goal = (_baselines.met(s[k]) for k in ("speed_goal_met", "return_goal_met"))
-    row = functools.partial(_baselines.stat_row, summary=s, side="brax", width=38)
-    final_steps = s["ours"]["curve"][-1]["env_steps"]
-    speed = f"{ratio:>10}  >= 1.0: {speed_goal}"
-    final = f"{'':>10}  ours >= 0.9 brax: {return_goal}"
-    settings = ", ".join(f"{k} {v}" for k, v in p.items())
-    lines = [
-        f"preset {report['preset']}: {settings}",
-        f"ours: mbpo ppo, jax {_baselines.ours_jax(report)}; brax PPO: brax "
-        f"{report['brax_version']}, jax {report['brax_jax_version']}; "
-        f"device {report['device_kind']}",
-        _baselines.wall_line(report, "brax", "brax"),
-        "",
-        f"{'':<38}{'ours':>20}{'brax PPO':>20}{'ours/brax':>10}  goal",
-        row("env steps per s (no compile)", "env_steps_per_s", speed, digits=0),
-        row(f"eval return @ {final_steps} env steps", "eval_return", final, digits=1),
-        "",
-        *_baselines.curve_lines(s, "brax", "env_steps", "brax PPO", 38, 1),
+    rows = [
+        TABLE.speed_row(
+            s,
+            "env steps per s (no compile)",
+            "env_steps_per_s",
+            "speed_ratio",
+            f"  >= 1.0: {_baselines.met(s['speed_goal_met'])}",
+        ),
+        TABLE.return_row(s, "ours >= 0.9 brax"),
     ]
-    return "\n".join(lines)
+    return TABLE.format(report, ", ".join(f"{k} {v}" for k, v in p.items()), rows)
 
-
-EXPERIMENT = harness.Experiment("experiments.bench_vs_brax_ppo", __doc__, PRESETS)
-SIDE = _baselines.BraxSide("brax", "Brax's PPO", "experiments.ppo_worker", "--brax-python")
-main = _baselines.entry(__name__)
 
 if __name__ == "__main__":
     main()

@@ -80,7 +80,6 @@ processes that drifts during the run falls on both alike.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import envs
 from experiments import _baselines, harness
@@ -181,17 +180,17 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
+SIDE = _baselines.BraxSide("brax", "Brax's SAC", "experiments.sac_worker", "--brax-python")
+EXPERIMENT, main = _baselines.script(__name__, __doc__, PRESETS)
+
 
 def trainer_config(preset: Preset, action_size: int | None = None) -> OffPolicyConfig:
     """Our settings for ``preset`` on a task with ``action_size`` actions (None: the task's)."""
     if action_size is None:
         action_size = envs.make(preset.env, backend=preset.backend).action_size
-    return OffPolicyConfig(
+    return preset.ours(
+        OffPolicyConfig,
         algo="sac",
-        env=preset.env,
-        brax_backend=preset.backend,
-        num_envs=preset.num_envs,
-        episode_length=preset.episode_length,
         num_updates=(1 + preset.train_chunks) * preset.chunk_updates,
         gradient_steps=preset.gradient_steps,
         batch_size=preset.batch_size,
@@ -202,29 +201,25 @@ def trainer_config(preset: Preset, action_size: int | None = None) -> OffPolicyC
         actor_lr=preset.learning_rate,
         critic_lr=preset.learning_rate,
         max_grad_norm=NO_CLIPPING,
-        hidden=preset.hidden,
         init_alpha=BRAX_ALPHA["init_alpha"],
         autotune_alpha=True,
         alpha_lr=BRAX_ALPHA["alpha_lr"],
         target_entropy=BRAX_ALPHA["target_entropy_per_action"] * action_size,
         eval_every=preset.chunk_updates,
-        eval_envs=preset.eval_envs,
     )
+
+
+BRAX_SAC = {"activation": "relu", "reward_scaling": 1.0, "normalize_observations": False}
 
 
 def worker_settings(preset: Preset, seed: int, cache: str | None) -> SacSettings:
     """Brax's settings for ``preset`` and ``seed``."""
+    sizes = {
+        "grad_updates_per_step": preset.gradient_steps,
+        "max_replay_size": preset.buffer_capacity,
+    }
     return SacSettings.of(
-        preset,
-        seed,
-        cache,
-        num_evals=1 + preset.train_chunks,
-        grad_updates_per_step=preset.gradient_steps,
-        max_replay_size=preset.buffer_capacity,
-        activation="relu",
-        reward_scaling=1.0,
-        normalize_observations=False,
-        deterministic_eval=True,
+        preset, seed, cache, num_evals=1 + preset.train_chunks, **sizes, **BRAX_SAC
     )
 
 
@@ -257,56 +252,40 @@ def summarize(ours: list[dict], brax: list[dict]) -> dict:
     return summary
 
 
+TABLE = _baselines.Table("brax", "brax", "brax SAC", "sac", "env_steps", width=38, digits=1)
+
+
 def format_table(report: dict) -> str:
     """The report as fixed-width text: settings, the two goals, compile time, the return curve."""
     p, s = report["config"], report["summary"]
     chunk_steps = p["chunk_updates"] * p["num_envs"]
-    ratio, fastest_ratio = (
-        "n/a" if s[name] is None else f"{s[name]:.2f}"
-        for name in ("speed_ratio", "fastest_speed_ratio")
-    )
-    speed_goal, return_goal = (
-        _baselines.met(s["speed_goal_met"]),
-        _baselines.met(s["return_goal_met"]),
-    )
-    difference = s["ours"]["eval_return"]["mean"] - s["brax"]["eval_return"]["mean"]
     # Both include the warmup: ours runs it as a chunk of its own, brax's timed first epoch
     # starts with it.
     ours_first = sum(report["ours"][0]["chunk_times_s"][:2])
     brax_first = report["brax"][0]["epoch_times_s"][0]
-    final_steps = s["ours"]["curve"][-1]["env_steps"]
-    row = functools.partial(_baselines.stat_row, summary=s, side="brax", width=38)
-    speed, fastest = f"{ratio:>10}  >= 1.0: {speed_goal}", f"{fastest_ratio:>10}"
-    final = f"{'':>10}  ours >= brax: {return_goal} (difference {difference:+.1f})"
-    lines = [
-        f"preset {report['preset']}: {p['env']}[{p['backend']}], {p['num_envs']} envs, "
-        + f"episode {p['episode_length']}, batch {p['batch_size']}, {p['gradient_steps']} "
-        + f"gradient steps per training step, hidden {tuple(p['hidden'])}, "
-        + f"lr {p['learning_rate']}, gamma {p['discount']}, tau {p['tau']}, buffer "
-        + f"{p['buffer_capacity']}, warmup {chunk_steps} env steps, {p['train_chunks']} chunks "
-        + f"of {p['chunk_updates']} training steps ({chunk_steps} env steps), {p['seeds']} "
-        + f"seeds, {p['eval_envs']} eval episodes",
-        f"ours: mbpo sac, jax {_baselines.ours_jax(report)}; brax SAC: brax "
-        + f"{report['brax_version']}, jax {report['brax_jax_version']}; device "
-        + f"{report['device_kind']}",
-        _baselines.wall_line(report, "brax", "brax"),
-        "",
-        f"{'':<38}{'ours':>20}{'brax SAC':>20}{'ours/brax':>10}  goal",
-        row("env steps per s (no compile)", "env_steps_per_s", speed, digits=0),
-        row("  fastest chunk of each seed", "fastest_env_steps_per_s", fastest, digits=0),
-        row(f"eval return @ {final_steps} env steps", "eval_return", final, digits=1),
-        f"{'lower + XLA compile s, seed 0':<38}{s['ours']['compile_s_seed0']:>20.1f}"
-        + f"{s['brax']['compile_s_seed0']:>20.1f}",
-        f"{'warmup + first chunk s, seed 0':<38}{ours_first:>20.1f}{brax_first:>20.1f}",
-        "",
-        *_baselines.curve_lines(s, "brax", "env_steps", "brax SAC", 38, 1),
+    settings = (
+        f"{p['env']}[{p['backend']}], {p['num_envs']} envs, episode {p['episode_length']}, "
+        f"batch {p['batch_size']}, {p['gradient_steps']} gradient steps per training step, "
+        f"hidden {tuple(p['hidden'])}, lr {p['learning_rate']}, gamma {p['discount']}, "
+        f"tau {p['tau']}, buffer {p['buffer_capacity']}, warmup {chunk_steps} env steps, "
+        f"{p['train_chunks']} chunks of {p['chunk_updates']} training steps ({chunk_steps} env "
+        f"steps), {p['seeds']} seeds, {p['eval_envs']} eval episodes"
+    )
+    compile_s = (s[n]["compile_s_seed0"] for n in ("ours", "brax"))
+    speed_goal = f"  >= 1.0: {_baselines.met(s['speed_goal_met'])}"
+    rows = [
+        TABLE.speed_row(
+            s, "env steps per s (no compile)", "env_steps_per_s", "speed_ratio", speed_goal
+        ),
+        TABLE.speed_row(
+            s, "  fastest chunk of each seed", "fastest_env_steps_per_s", "fastest_speed_ratio"
+        ),
+        TABLE.seconds_row("lower + XLA compile s, seed 0", *compile_s),
+        TABLE.seconds_row("warmup + first chunk s, seed 0", ours_first, brax_first),
+        TABLE.return_row(s, "ours >= brax", difference=True),
     ]
-    return "\n".join(lines)
+    return TABLE.format(report, settings, rows)
 
-
-EXPERIMENT = harness.Experiment("experiments.bench_vs_brax_sac", __doc__, PRESETS)
-SIDE = _baselines.BraxSide("brax", "Brax's SAC", "experiments.sac_worker", "--brax-python")
-main = _baselines.entry(__name__)
 
 if __name__ == "__main__":
     main()
