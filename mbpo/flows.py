@@ -32,7 +32,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Unpack
 
 import jax
 import jax.numpy as jnp
@@ -40,10 +40,10 @@ import numpy as np
 import optax
 
 from mbpo.distributions import normal_log_prob
-from mbpo.dynamics.function import FunctionDynamics, make_function_dynamics
+from mbpo.dynamics.function import FunctionDynamics, Options, make_function_dynamics, without_params
 from mbpo.networks import MLP, check_activation
 from mbpo.policies import _PolicyBase
-from mbpo.types import Action, Array, Done, Float, Noise, Observation, Params, PRNGKey, Scalar
+from mbpo.types import Action, Array, Float, Noise, Observation, Params, PRNGKey, Scalar
 
 LAYER_KINDS = ("coupling", "spline")
 # Lower bounds on the spline's bin widths, heights and knot derivatives (Durkan et al. 2019).
@@ -534,11 +534,7 @@ def flow_dynamics(
     flow_params: Params,
     action_size: int,
     mean_params: Params = None,
-    action_low: float | Array = -1.0,
-    action_high: float | Array = 1.0,
-    observation: Callable[[Array], Observation] | None = None,
-    done: Callable[[Array], Done] | None = None,
-    name: str = "flow_noise",
+    **options: Unpack[Options],
 ) -> FunctionDynamics:
     """Dynamics s' = mu(s, a; phi_mu) + f(xi; (s, a), phi_f), xi ~ N(0, I), f a conditional flow.
 
@@ -558,7 +554,8 @@ def flow_dynamics(
       flow_params: its parameters phi_f.
       action_size: size of a.
       mean_params: phi_mu.
-      action_low, action_high, observation, done, name: as in :func:`mbpo.dynamics.from_function`.
+      options: ``action_low``, ``action_high``, ``observation``, ``done``, ``name``
+        ("flow_noise"), as in :func:`mbpo.dynamics.from_function`.
 
     Returns:
       A :class:`mbpo.dynamics.FunctionDynamics` with ``log_prob``, ``reward`` and ``infer_noise``.
@@ -571,8 +568,7 @@ def flow_dynamics(
     if flow.context_dim != flow.dim + action_size:
         raise ValueError(
             f"the flow has context_dim {flow.context_dim}; a residual flow's context is (s, a) of "
-            "size "
-            f"{flow.dim} + {action_size}"
+            f"size {flow.dim} + {action_size}"
         )
 
     def residual(s, a, s_next, p):
@@ -589,18 +585,14 @@ def flow_dynamics(
 
     return make_function_dynamics(
         transition=transition,
-        reward=lambda s, a, s_next, _: reward(s, a, s_next),
+        reward=without_params(reward),
         reset=reset,
         action_size=action_size,
         params={"mean": mean_params, "flow": flow_params},
         noise_shape=(flow.dim,),
-        action_low=action_low,
-        action_high=action_high,
-        observation=observation,
-        done=done,
         log_prob=log_prob,
         infer_noise=infer_noise,
-        name=name,
+        **{"name": "flow_noise", **options},
     )
 
 

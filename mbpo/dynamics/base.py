@@ -68,6 +68,19 @@ class NaNActionError(FloatingPointError):
     """Raised by :func:`check_actions_finite` when a NaN action reached a dynamics step."""
 
 
+# What a dynamics without each optional capability says when an estimator asks for it.
+_MISSING = {
+    "_log_prob": "has no known transition density; DPMB-SF and other score-function "
+    "estimators through the dynamics need a dynamics with has_log_prob = True",
+    "_reward": "computes its reward inside step only; score-function estimators through the "
+    "dynamics need the reward as a separate function r(s, a, s')",
+    "_infer_noise": "cannot infer its noise xi from an observed transition; off-policy SVG "
+    "needs a dynamics with has_noise_inference = True (Gaussian models, additive-noise ODEs)",
+    "_contact": "offers no contact signal; an adaptive horizon (AHAC) keeps its fixed "
+    "horizon on it",
+}
+
+
 class Dynamics(struct.PyTreeNode, abc.ABC):
     """Abstract base: subclasses implement ``_reset``, ``_step`` and, where known, ``_log_prob``.
 
@@ -106,33 +119,20 @@ class Dynamics(struct.PyTreeNode, abc.ABC):
     ) -> tuple[PyTree, Observation, Scalar, Done]:
         """Returns (x', obs', reward, done) for one transition."""
 
+    def _missing(self, method: str):
+        raise NotImplementedError(f"{type(self).__name__} {_MISSING[method]}")
+
     def _log_prob(self, x: PyTree, action: Action, x_next: PyTree) -> Scalar:
-        raise NotImplementedError(
-            f"{type(self).__name__} has no known transition density; DPMB-SF and other "
-            "score-function "
-            "estimators through the dynamics need a dynamics with has_log_prob = True"
-        )
+        self._missing("_log_prob")
 
     def _reward(self, x: PyTree, action: Action, x_next: PyTree) -> Scalar:
-        raise NotImplementedError(
-            f"{type(self).__name__} computes its reward inside step only; score-function "
-            "estimators "
-            "through the dynamics need the reward as a separate function r(s, a, s')"
-        )
+        self._missing("_reward")
 
     def _infer_noise(self, x: PyTree, action: Action, x_next: PyTree) -> Noise:
-        raise NotImplementedError(
-            f"{type(self).__name__} cannot infer its noise xi from an observed transition; "
-            "off-policy "
-            "SVG needs a dynamics with has_noise_inference = True (Gaussian models, additive-noise "
-            "ODEs)"
-        )
+        self._missing("_infer_noise")
 
     def _contact(self, x: PyTree, action: Action, x_next: PyTree) -> Scalar:
-        raise NotImplementedError(
-            f"{type(self).__name__} offers no contact signal; an adaptive horizon (AHAC) keeps "
-            "its fixed horizon on it"
-        )
+        self._missing("_contact")
 
     @property
     def has_contact_signal(self) -> bool:

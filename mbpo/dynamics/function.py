@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypedDict, Unpack
 
 import jax
 import jax.numpy as jnp
@@ -203,6 +204,23 @@ def make_function_dynamics(
     )
 
 
+class Options(TypedDict, total=False):
+    """The options every dynamics builder (:func:`from_function`, :func:`mbpo.dynamics.from_ode`,
+    :func:`mbpo.flows.flow_dynamics`) passes on to :func:`make_function_dynamics`, with its
+    defaults: ``action_low``/``action_high`` -1/1, identity ``observation``, never ``done``."""
+
+    action_low: float | Array
+    action_high: float | Array
+    observation: Callable[[Array], Observation] | None
+    done: Callable[[Array], Done] | None
+    name: str
+
+
+def without_params(f: Callable | None) -> Callable | None:
+    """``f(*args)`` as a function of ``(*args, params)`` that ignores ``params`` (None stays)."""
+    return None if f is None else (lambda *args: f(*args[:-1]))
+
+
 def from_function(
     transition: Callable[[Array, Action, Noise], Array],
     reward: Callable[[Array, Action, Array], Scalar],
@@ -210,13 +228,9 @@ def from_function(
     *,
     action_size: int,
     noise_shape: tuple[int, ...] = (0,),
-    action_low: float | Array = -1.0,
-    action_high: float | Array = 1.0,
-    observation: Callable[[Array], Observation] | None = None,
-    done: Callable[[Array], Done] | None = None,
     log_prob: Callable[[Array, Action, Array], Scalar] | None = None,
     infer_noise: Callable[[Array, Action, Array], Noise] | None = None,
-    name: str = "custom",
+    **options: Unpack[Options],
 ) -> FunctionDynamics:
     """Wraps a plain JAX transition ``s' = transition(s, a, xi)`` as a :class:`Dynamics`.
 
@@ -230,24 +244,19 @@ def from_function(
       observation: ``s -> obs``; identity by default.
       done: ``s' -> {0., 1.}``; never done by default.
       log_prob: ``(s, a, s') -> log p(s'|s, a)``, if the transition density is known.
-      name: a label for logs.
+      infer_noise: ``(s, a, s') -> xi``, if the noise can be recovered from a transition.
+      name: a label for logs ("custom").
 
     Returns:
       A validated :class:`FunctionDynamics`.
     """
     return make_function_dynamics(
-        transition=lambda s, a, xi, _: transition(s, a, xi),
-        reward=lambda s, a, s_next, _: reward(s, a, s_next),
+        transition=without_params(transition),
+        reward=without_params(reward),
         reset=reset,
         action_size=action_size,
         noise_shape=noise_shape,
-        action_low=action_low,
-        action_high=action_high,
-        observation=observation,
-        done=done,
-        log_prob=None if log_prob is None else (lambda s, a, s_next, _: log_prob(s, a, s_next)),
-        infer_noise=None
-        if infer_noise is None
-        else (lambda s, a, s_next, _: infer_noise(s, a, s_next)),
-        name=name,
+        log_prob=without_params(log_prob),
+        infer_noise=without_params(infer_noise),
+        **{"name": "custom", **options},
     )

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Unpack
 
 import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mbpo.dynamics.function import FunctionDynamics, make_function_dynamics
-from mbpo.types import Action, Array, Done, Observation, Params, PRNGKey, Scalar
+from mbpo.dynamics.function import FunctionDynamics, Options, make_function_dynamics, without_params
+from mbpo.types import Action, Array, Params, PRNGKey, Scalar
 
 VectorField = Callable[[Array, Array, Action, Params], Array]
 
@@ -93,11 +94,7 @@ def from_ode(
     params: Params = None,
     solver: ODESolver = ODESolver(),
     noise_std: float | Array | None = None,
-    action_low: float | Array = -1.0,
-    action_high: float | Array = 1.0,
-    observation: Callable[[Array], Observation] | None = None,
-    done: Callable[[Array], Done] | None = None,
-    name: str = "ode",
+    **options: Unpack[Options],
 ) -> FunctionDynamics:
     """Dynamics from a vector field ``f(t, x, u, params)`` integrated by diffrax.
 
@@ -114,7 +111,7 @@ def from_ode(
       action_low, action_high: action bounds.
       observation: ``x -> obs``; identity by default.
       done: ``x -> {0., 1.}``; never done by default.
-      name: a label for logs.
+      name: a label for logs ("ode").
 
     Returns:
       A validated :class:`FunctionDynamics`; with ``noise_std`` it also has ``log_prob``.
@@ -126,16 +123,12 @@ def from_ode(
     x0 = _check_vector_field(vector_field, reset, action_size, params)
     integrate = solver.integrate
     common = dict(
-        reward=lambda x, u, x_next, p: reward(x, u, x_next),
+        reward=without_params(reward),
         reset=reset,
         action_size=action_size,
         params=params,
-        action_low=action_low,
-        action_high=action_high,
-        observation=observation,
-        done=done,
-        name=name,
         transition_name="vector_field",
+        **{"name": "ode", **options},
     )
     if noise_std is None:
         return make_function_dynamics(
