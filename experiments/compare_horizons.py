@@ -106,6 +106,18 @@ _CPU = Preset(
 )
 PRESETS = {
     "cpu": _CPU,
+    # Gradients through contact on 2 cores: halfcheetah and ant on each pipeline that
+    # differentiates, at a policy after 20 SVG(16) updates there (use with --skip-ode; about 5
+    # minutes a task and pipeline, most of it compiling). Returns after a budget: gpu preset.
+    "cpu_contact": dataclasses.replace(
+        _CPU,
+        gradient_seeds=8,
+        gradient_batch=16,
+        num_envs=16,
+        brax_tasks=("halfcheetah", "ant"),
+        brax_backends=("positional", "spring", "generalized"),
+        brax_horizons=(1, 8, 32),
+    ),
     # One H100: < 10 minutes for pendulum, and about as long again for each Brax task and
     # pipeline (select some with --set brax_backends='["positional"]').
     "gpu": dataclasses.replace(
@@ -132,12 +144,17 @@ def label(n: int | None) -> str:
 
 
 def gradient_statistics(samples: np.ndarray, true: np.ndarray | None = None) -> dict:
-    """Statistics of ``samples`` (seeds, P) of batch-mean gradient estimates."""
+    """Statistics of ``samples`` (seeds, P) of batch-mean gradient estimates: over the finite
+    ones (through contact a gradient can overflow), with the fraction that was finite."""
+    finite = np.isfinite(samples).all(axis=1)
+    samples = samples[finite] if finite.sum() >= 2 else np.full((2, samples.shape[1]), np.nan)
     mean = samples.mean(0)
     out = {
         "norm": float(np.linalg.norm(mean)),
         "variance": float(np.sum(samples.var(0, ddof=1))),
+        "finite_fraction": float(finite.mean()),
     }
+    out["relative_variance"] = out["variance"] / max(out["norm"], 1e-30) ** 2
     if true is not None:
         se = np.sqrt(out["variance"] / samples.shape[0])
         out["bias"] = float(np.linalg.norm(mean - true) / np.linalg.norm(true))
@@ -302,7 +319,9 @@ def returns_after_budget(
 def _format_row(row: dict) -> str:
     bias = f"  bias {row['bias']:.4f} +- {row['bias_se']:.4f}" if "bias" in row else ""
     head = f"{row['env']:>18s}  n = {row['n']:>4s}"
-    return f"{head}  |E g| {row['norm']:10.4g}  var {row['variance']:10.4g}{bias}"
+    spread = f"var {row['variance']:10.4g} (x |E g|^2: {row['relative_variance']:8.3g})"
+    finite = f"  finite {row['finite_fraction']:.0%}" if row["finite_fraction"] < 1 else ""
+    return f"{head}  |E g| {row['norm']:10.4g}  {spread}{bias}{finite}"
 
 
 def plot(gradient_rows: list[dict], return_rows: list[dict]):
@@ -386,19 +405,24 @@ EXPERIMENT = harness.Experiment(
 def main(argv=None) -> None:
     parser = EXPERIMENT.parser()
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-brax", action="store_true", help="leave out the Brax task")
+    parser.add_argument("--skip-brax", action="store_true", help="leave out the Brax tasks")
+    parser.add_argument(
+        "--skip-ode", action="store_true", help="leave out lqr and the ODE task: Brax only"
+    )
     run = EXPERIMENT.parse(argv, parser)
     preset = run.preset
     key = jax.random.key(run.args.seed)
-    jax.config.update("jax_enable_x64", True)
-    gradient_rows = lqr_gradients(preset, jax.random.fold_in(key, 0))
-    jax.config.update("jax_enable_x64", False)
-    gradient_rows += trained_gradients(
-        preset.task, preset, preset.horizons, preset.ode_episode, jax.random.fold_in(key, 1)
-    )
-    return_rows = returns_after_budget(
-        preset.task, preset, preset.return_horizons, preset.ode_episode, preset.budget
-    )
+    gradient_rows, return_rows = [], []
+    if not run.args.skip_ode:
+        jax.config.update("jax_enable_x64", True)
+        gradient_rows = lqr_gradients(preset, jax.random.fold_in(key, 0))
+        jax.config.update("jax_enable_x64", False)
+        gradient_rows += trained_gradients(
+            preset.task, preset, preset.horizons, preset.ode_episode, jax.random.fold_in(key, 1)
+        )
+        return_rows = returns_after_budget(
+            preset.task, preset, preset.return_horizons, preset.ode_episode, preset.budget
+        )
     failures = []
     for task, backend in [(t, b) for t in preset.brax_tasks for b in preset.brax_backends]:
         if run.args.skip_brax:

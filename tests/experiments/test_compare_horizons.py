@@ -71,3 +71,13 @@ def test_out_must_be_a_directory(tmp_path, capsys):
         ch.main(["--out", str(not_a_dir)])
     assert exit_info.value.code == 2 and "is not a directory" in capsys.readouterr().err
     assert not_a_dir.read_text() == "keep me"
+
+
+def test_gradient_statistics_leave_out_overflowed_samples_and_count_them():
+    samples = np.array([[1.0, 0.0], [3.0, 0.0], [np.inf, 0.0], [np.nan, 1.0]])
+    stats = ch.gradient_statistics(samples)
+    assert stats["finite_fraction"] == 0.5
+    assert stats["norm"] == pytest.approx(2.0) and stats["variance"] == pytest.approx(2.0)
+    assert stats["relative_variance"] == pytest.approx(0.5)
+    none = ch.gradient_statistics(np.full((3, 2), np.nan))
+    assert none["finite_fraction"] == 0.0 and np.isnan(none["norm"])
