@@ -78,14 +78,34 @@ def run_worker(command: list[str]) -> dict:
     }
 
 
+PROCESS_START = time.perf_counter()  # a worker's start: its report's total_s counts from here
+
+
 def worker_main(parse: Callable, run: Callable, argv: list[str] | None) -> None:
-    """A worker's entry point: ``run(parse(argv))``, its report printed as one JSON line on
-    stdout; everything else printed meanwhile (brax and jax print warnings and notices on
-    stdout too) goes to stderr."""
+    """A worker's entry point: ``run(parse(argv))``, its report (with ``total_s``, the process's
+    time so far) printed as one JSON line on stdout; everything else printed meanwhile (brax and
+    jax print warnings and notices on stdout too) goes to stderr."""
     settings = parse(argv)
     with contextlib.redirect_stdout(sys.stderr):
         report = run(settings)
-    print(json.dumps(report), flush=True)
+    print(json.dumps({**report, "total_s": time.perf_counter() - PROCESS_START}), flush=True)
+
+
+def worker_entry(settings_class) -> Callable:
+    """A worker's ``main(argv=None)``: :func:`worker_main` with ``settings_class.parse`` and the
+    worker module's ``run``."""
+    module = sys.modules[settings_class.__module__]
+    return lambda argv=None: worker_main(settings_class.parse, module.run, argv)
+
+
+def env_step_rates(progress, epoch_env_steps: float) -> dict:
+    """Env steps per second over the epochs that did not compile, and of the fastest (None
+    without such an epoch)."""
+    steady = progress.steady_times()
+    return {
+        "env_steps_per_s": len(steady) * epoch_env_steps / sum(steady) if steady else None,
+        "fastest_env_steps_per_s": epoch_env_steps / min(steady) if steady else None,
+    }
 
 
 def import_jax(compilation_cache: str | None):
@@ -221,6 +241,7 @@ class WorkerSettings:
     """What every brax worker takes; each worker's settings add its agent's own fields."""
 
     worker = ""  # the worker's script, for --help
+    min_evals = 3  # brax's first epoch compiles: a timed one needs a third evaluation
 
     env: str = option("inverted_pendulum", "Brax environment name (``brax.envs.get_environment``).")
     backend: str = option(
@@ -253,6 +274,11 @@ class WorkerSettings:
 
     def __post_init__(self):
         harness.check_positive(self, "num_envs", "episode_length", "eval_envs")
+        if self.num_evals < self.min_evals:
+            raise ValueError(
+                f"num_evals must be >= {self.min_evals} (the first {self.min_evals - 2} "
+                f"epoch(s) compile), got {self.num_evals}"
+            )
         if self.activation not in ACTIVATIONS:
             raise ValueError(
                 f"unknown activation {self.activation!r}; allowed: {', '.join(ACTIVATIONS)}"

@@ -45,12 +45,9 @@ every program), ``time_per_update_s``, ``steady_updates``, ``train_s`` (the ``tr
 from __future__ import annotations
 
 import dataclasses
-import time
 
 from experiments import _baselines, harness
 from mbpo.cli import option
-
-START = time.perf_counter()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,6 +55,7 @@ class ApgSettings(_baselines.WorkerSettings):
     """One brax APG run; the help of each field says which ``apg.train`` argument it sets."""
 
     worker = "apg_worker.py"
+    min_evals = 4  # its first two epochs compile
 
     horizon: int = option(16, "Steps of each differentiated window (``horizon_length``).")
     num_updates: int = option(
@@ -79,10 +77,6 @@ class ApgSettings(_baselines.WorkerSettings):
     def __post_init__(self):
         super().__post_init__()
         harness.check_positive(self, "horizon", "num_updates")
-        if self.num_evals < 4:
-            raise ValueError(
-                f"num_evals must be >= 4 (the first two epochs compile), got {self.num_evals}"
-            )
         if self.num_updates % (self.num_evals - 1):
             raise ValueError(
                 f"num_updates={self.num_updates} must be a multiple of num_evals - 1 = "
@@ -124,12 +118,10 @@ def run(settings: ApgSettings) -> dict:
         "updates_per_epoch": settings.updates_per_epoch,
         "time_per_update_s": per_update,
         "steady_updates": steady_updates,
-        "total_s": time.perf_counter() - START,
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    _baselines.worker_main(parse, run, argv)
+main = _baselines.worker_entry(ApgSettings)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,9 @@ it into ``num_minibatches``, as mbpo's PPO does. Timing and output as
 from __future__ import annotations
 
 import dataclasses
-import time
 
 from experiments import _baselines, harness
 from mbpo.cli import option
-
-START = time.perf_counter()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -55,10 +52,6 @@ class PpoSettings(_baselines.WorkerSettings):
             raise ValueError(
                 f"num_minibatches={self.num_minibatches} must divide num_envs={self.num_envs} "
                 "(brax's batch_size is their ratio)"
-            )
-        if self.num_evals < 3:
-            raise ValueError(
-                f"num_evals must be >= 3 (the first epoch compiles), got {self.num_evals}"
             )
 
     @property
@@ -95,19 +88,12 @@ def run(settings: PpoSettings) -> dict:
         normalize_advantage=settings.normalize_advantage,
         bootstrap_on_timeout=settings.bootstrap_on_timeout,
     )
-    steady = progress.steady_times()
     evals = report["evals"]
     epoch_steps = (evals[-1]["env_steps"] - evals[0]["env_steps"]) / max(len(evals) - 1, 1)
-    return {
-        **report,
-        "env_steps_per_s": len(steady) * epoch_steps / sum(steady) if steady else None,
-        "fastest_env_steps_per_s": epoch_steps / min(steady) if steady else None,
-        "total_s": time.perf_counter() - START,
-    }
+    return {**report, **_baselines.env_step_rates(progress, epoch_steps)}
 
 
-def main(argv: list[str] | None = None) -> None:
-    _baselines.worker_main(parse, run, argv)
+main = _baselines.worker_entry(PpoSettings)
 
 
 if __name__ == "__main__":

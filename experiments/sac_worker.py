@@ -43,12 +43,9 @@ included).
 from __future__ import annotations
 
 import dataclasses
-import time
 
 from experiments import _baselines, harness
 from mbpo.cli import option
-
-START = time.perf_counter()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -82,10 +79,6 @@ class SacSettings(_baselines.WorkerSettings):
             self, "env_steps", "warmup_steps", "batch_size", "grad_updates_per_step"
         )
         harness.check_positive(self, "max_replay_size")
-        if self.num_evals < 3:
-            raise ValueError(
-                f"num_evals must be >= 3 (the first epoch compiles), got {self.num_evals}"
-            )
         if self.warmup_steps % self.num_envs:
             raise ValueError(
                 f"warmup_steps={self.warmup_steps} must be a multiple of num_envs={self.num_envs} "
@@ -131,20 +124,16 @@ def run(settings: SacSettings) -> dict:
         max_replay_size=settings.max_replay_size,
         grad_updates_per_step=settings.grad_updates_per_step,
     )
-    steady = progress.steady_times()
     epoch_env_steps = settings.steps_per_epoch * settings.num_envs
     return {
         **report,
+        **_baselines.env_step_rates(progress, epoch_env_steps),
         "steps_per_epoch": settings.steps_per_epoch,
-        "env_steps_per_s": len(steady) * epoch_env_steps / sum(steady) if steady else None,
-        "fastest_env_steps_per_s": epoch_env_steps / min(steady) if steady else None,
-        "steady_env_steps": len(steady) * epoch_env_steps,
-        "total_s": time.perf_counter() - START,
+        "steady_env_steps": len(progress.steady_times()) * epoch_env_steps,
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    _baselines.worker_main(parse, run, argv)
+main = _baselines.worker_entry(SacSettings)
 
 
 if __name__ == "__main__":
