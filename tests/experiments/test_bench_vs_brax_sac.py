@@ -165,3 +165,26 @@ def test_shared_flag_writer_serves_the_apg_worker_too():
     assert command[:3] == ["python", "-m", "experiments.apg_worker"]
     assert apg_worker.parse(command[3:]) == apg_bench.worker_settings(preset, 3, "/tmp/cache")
     assert command[command.index("--use-schedule") + 1] == "false"
+
+
+@pytest.mark.parametrize("name", ["bench_vs_brax_apg", "bench_vs_brax_ppo", "bench_vs_brax_sac"])
+def test_both_sides_of_every_brax_benchmark_run_the_same_task_and_pipeline(name):
+    """Our side once ran reacher on the generalized pipeline (the config default) against APG on
+    the positional one, which made our update look 2.3x slower."""
+    import importlib
+
+    bench = importlib.import_module(f"experiments.{name}")
+    for preset in bench.PRESETS.values():
+        ours = (
+            bench.trainer_config(preset, 2)
+            if name.endswith("sac")
+            else bench.trainer_config(preset)
+        )
+        brax = bench.worker_settings(preset, 0, None)
+        assert (
+            (ours.env, ours.brax_backend)
+            == (brax.env, brax.backend)
+            == (preset.env, preset.backend)
+        )
+        assert (ours.num_envs, ours.episode_length) == (brax.num_envs, brax.episode_length)
+        assert (ours.hidden, ours.eval_envs) == (brax.hidden, brax.eval_envs)
