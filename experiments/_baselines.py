@@ -677,7 +677,9 @@ def ratio(summary: dict, stat: str, side: str) -> float | None:
 def script(module: str, doc: str, presets: dict):
     """The benchmark ``module``'s :class:`experiments.harness.Experiment` and its
     ``main(argv=None)`` (:func:`main` of that script)."""
-    experiment = harness.Experiment(module, doc, presets)
+    # Run as ``python -m``, the module is __main__; its workers and --help need its real name.
+    spec = sys.modules[module].__spec__
+    experiment = harness.Experiment(spec.name if spec else module, doc, presets)
     return experiment, lambda argv=None: main(sys.modules[module], argv)
 
 

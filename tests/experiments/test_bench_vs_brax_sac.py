@@ -188,3 +188,18 @@ def test_both_sides_of_every_brax_benchmark_run_the_same_task_and_pipeline(name)
         )
         assert (ours.num_envs, ours.episode_length) == (brax.num_envs, brax.episode_length)
         assert (ours.hidden, ours.eval_envs) == (brax.hidden, brax.eval_envs)
+
+
+def test_a_benchmark_run_as_a_script_names_its_module():
+    """``python -m`` runs a benchmark as __main__; its --help and its ours_worker command must
+    still name the module (they once said ``__main__``, and --ours-python failed)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.bench_vs_brax_apg", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "usage: python -m experiments.bench_vs_brax_apg" in done.stdout
