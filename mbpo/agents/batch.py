@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mbpo.agents.common import evaluate_config
+from mbpo.agents.env_batch import evaluate_config
 from mbpo.agents.loop import Trainer
 from mbpo.critics import q_step, td0_targets
 from mbpo.dynamics.base import Dynamics

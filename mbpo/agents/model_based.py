@@ -40,7 +40,7 @@ from flax import struct
 
 from mbpo import estimators
 from mbpo.agents import loop
-from mbpo.agents.common import evaluate_config, reset_finished
+from mbpo.agents.env_batch import evaluate_config, reset_finished
 from mbpo.agents.loop import Trainer
 from mbpo.agents.off_policy import Agent, Learner, OffPolicyConfig, make_agent
 from mbpo.cli import check_positive, option

@@ -42,7 +42,7 @@ from flax import struct
 
 from mbpo import estimators
 from mbpo.agents import batch, loop
-from mbpo.agents.common import evaluate_config, reset_finished
+from mbpo.agents.env_batch import evaluate_config, reset_finished
 from mbpo.agents.loop import Trainer
 from mbpo.cli import check_positive, option
 from mbpo.critics import (

@@ -24,7 +24,7 @@ import optax
 from flax import struct
 
 from mbpo import estimators
-from mbpo.agents import common, loop
+from mbpo.agents import env_batch, loop
 from mbpo.agents.loop import Trainer
 from mbpo.cli import check_positive, option
 from mbpo.critics import QCritic
@@ -101,7 +101,7 @@ class PPOState(struct.PyTreeNode):
     """
 
     learner: TrainState
-    normalizer: common.NormalizerState
+    normalizer: env_batch.NormalizerState
     env_states: State
     key: PRNGKey
     updates: jax.Array
@@ -118,10 +118,10 @@ class _PPO:
     value: QCritic
     tx: optax.GradientTransformation
 
-    def normal(self, normalizer: common.NormalizerState, obs):
-        return common.normalize(normalizer, obs, self.config.normalize_observations)
+    def normal(self, normalizer: env_batch.NormalizerState, obs):
+        return env_batch.normalize(normalizer, obs, self.config.normalize_observations)
 
-    def policy_fn(self, params: Params, normalizer: common.NormalizerState):
+    def policy_fn(self, params: Params, normalizer: env_batch.NormalizerState):
         return lambda obs, eps: self.policy.sample(params, self.normal(normalizer, obs), eps)
 
     def act(self, ts: PPOState):
@@ -145,7 +145,7 @@ class _PPO:
         resets = jax.random.split(k_env, self.config.num_envs)
         return PPOState(
             learner=TrainState.create(params, self.tx),
-            normalizer=common.normalizer_init(self.dynamics.observation_size),
+            normalizer=env_batch.normalizer_init(self.dynamics.observation_size),
             env_states=jax.vmap(self.dynamics.reset)(resets),
             key=key,
             updates=jnp.zeros((), jnp.int32),
@@ -235,8 +235,8 @@ class _PPO:
         learner, metrics = self.fit(ts.learner, self.batch(ts, traj, eps), k_fit)
         new = PPOState(
             learner=learner,
-            normalizer=common.normalizer_update(ts.normalizer, traj.obs),
-            env_states=common.reset_finished(self.dynamics, final, k_reset, c.episode_length),
+            normalizer=env_batch.normalizer_update(ts.normalizer, traj.obs),
+            env_states=env_batch.reset_finished(self.dynamics, final, k_reset, c.episode_length),
             key=key,
             updates=ts.updates + 1,
             env_steps=ts.env_steps + c.num_envs * c.unroll_length,
@@ -248,7 +248,7 @@ class _PPO:
         }
 
     def evaluate(self, ts: PPOState, key: PRNGKey) -> jax.Array:
-        return common.evaluate_config(
+        return env_batch.evaluate_config(
             self.dynamics, self.act(ts), key, self.config, self.policy.eps_shape
         )
 

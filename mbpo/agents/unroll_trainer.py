@@ -32,7 +32,7 @@ from flax import struct
 import envs
 from mbpo import estimators
 from mbpo.agents import loop
-from mbpo.agents.common import (
+from mbpo.agents.env_batch import (
     NormalizerState,
     evaluate_config,
     normalize,

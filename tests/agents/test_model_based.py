@@ -9,7 +9,7 @@ import pytest
 import envs
 from envs import lqr as lqr_task
 from mbpo.agents import loop
-from mbpo.agents.common import evaluate
+from mbpo.agents.env_batch import evaluate
 from mbpo.agents.model_based import ModelBasedConfig, make_trainer
 
 TINY = dict(

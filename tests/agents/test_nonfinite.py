@@ -11,7 +11,7 @@ import pytest
 
 from envs import lqr as lqr_lib
 from mbpo.agents import loop
-from mbpo.agents.common import evaluate, normalizer_init, normalizer_update
+from mbpo.agents.env_batch import evaluate, normalizer_init, normalizer_update
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer
 from mbpo.dynamics import from_function
 

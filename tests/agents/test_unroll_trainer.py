@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from envs import lqr as lqr_lib
-from mbpo.agents.common import evaluate
+from mbpo.agents.env_batch import evaluate
 from mbpo.agents.loop import run_updates
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer
 from mbpo.cli import parse

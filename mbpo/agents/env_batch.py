@@ -1,4 +1,5 @@
-"""Pieces every trainer shares: observation normalization, environment batches, evaluation."""
+"""A batch of environments in training, as every trainer keeps it: observation normalization,
+resets of the members that finished, evaluation episodes."""
 
 from __future__ import annotations
 
