@@ -42,6 +42,9 @@ class Task:
       episode_length: steps per episode, in training and evaluation.
       common_return: the return whose first crossing (mean over seeds) the table times.
       algorithms: (name, config overrides) pairs.
+      checkpoints: simulator steps at which the table also gives each algorithm's return (its
+        last evaluation at or before them, if it reached 90% of them): the reference points of
+        brax's PPO.
     """
 
     env: str
@@ -49,6 +52,7 @@ class Task:
     episode_length: int
     common_return: float
     algorithms: tuple[tuple[str, dict], ...]
+    checkpoints: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +111,7 @@ PRESETS = {
                 backend="positional",
                 episode_length=1000,
                 common_return=300.0,
+                checkpoints=(102_400, 204_800, 409_600),
                 algorithms=(
                     ("shac-h8", first_order(1600, num_envs=32, horizon=8)),  # 410k
                     (
@@ -201,8 +206,9 @@ def summarize(rows: list[dict], preset: Preset) -> list[dict]:
             hit = next((s for s, v in curve.items() if v >= task.common_return), None)
             seconds = _mean_over_seeds(runs, "wall_time")
             last = max(r["updates"] for r in runs)
-            grads = np.asarray([r["grad_norm"] for r in runs], float)
+            grads = np.asarray([r.get("grad_norm", np.nan) for r in runs], float)
             guarded = [r.get("guarded_envs") for r in runs]
+            near = {c: max((s for s in curve if s <= c), default=None) for c in task.checkpoints}
             table.append(
                 {
                     "task": task.env,
@@ -219,8 +225,13 @@ def summarize(rows: list[dict], preset: Preset) -> list[dict]:
                     / last,
                     "guarded_envs": None if None in guarded else float(np.mean(guarded)),
                     "grad_norm_p50_p90_max": [
-                        float(np.percentile(grads, q)) for q in (50, 90, 100)
+                        float(np.nanpercentile(grads, q)) if np.isfinite(grads).any() else None
+                        for q in (50, 90, 100)
                     ],
+                    "return_at_checkpoints": {
+                        c: round(curve[at], 1) if at is not None and at >= 0.9 * c else None
+                        for c, at in near.items()
+                    },
                 }
             )
     return table
@@ -229,21 +240,26 @@ def summarize(rows: list[dict], preset: Preset) -> list[dict]:
 def format_table(table: list[dict], preset: Preset) -> str:
     """``summarize``'s rows as Markdown."""
     thresholds = {t.env: t.common_return for t in preset.tasks}
+    checkpoints = sorted({c for t in preset.tasks for c in t.checkpoints})
     lines = [
-        "| task | algorithm | return at equal steps | final return (steps) | steps to the "
-        "common return | seconds to it | skipped updates | guarded envs | grad norm p50 / p90 / "
-        "max |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| task | algorithm | return at equal steps | "
+        + "".join(f"return @ {c / 1000:g}k | " for c in checkpoints)
+        + "final return (steps) | steps to the common return | seconds to it | skipped updates "
+        "| guarded envs | grad norm p50 / p90 / max |",
+        "| --- | --- | ---: | " + "---: | " * len(checkpoints) + "---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
     for t in table:
-        p50, p90, top = t["grad_norm_p50_p90_max"]
+        grads = " / ".join("-" if v is None else f"{v:.3g}" for v in t["grad_norm_p50_p90_max"])
         guarded = "-" if t["guarded_envs"] is None else f"{100 * t['guarded_envs']:.2f}%"
+        at = t.get("return_at_checkpoints", {})
+        cells = "".join(f"{'-' if at.get(c) is None else at[c]} | " for c in checkpoints)
         lines.append(
             f"| {t['task']} | {t['algorithm']} | {t['return_at_common_steps']} "
-            f"(@{t['common_steps']}) | {t['final_return']} ({t['final_steps']}) | "
+            f"(@{t['common_steps']}) | {cells}{t['final_return']} ({t['final_steps']}) | "
             f"{t['steps_to_common_return'] or 'not reached'} (>= {thresholds[t['task']]:g}) | "
             f"{t['seconds_to_common_return'] or '-'} | {100 * t['skipped_fraction']:.2f}% | "
-            f"{guarded} | {p50:.3g} / {p90:.3g} / {top:.3g} |"
+            f"{guarded} | {grads} |"
         )
     return "\n".join(lines)
 
@@ -266,13 +282,63 @@ def write_results(run: harness.Run, rows: list[dict]) -> str:
     return text
 
 
+NUMERIC = ("updates", "env_steps", "wall_time", "seed", "eval_return", *METRIC_COLUMNS)
+
+
+def read_curves(parser, sources: list[str], preset: Preset, only=None) -> list[dict]:
+    """The rows of the ``curves.csv`` in each of ``sources`` (``DIR`` or ``DIR:name,name``, those
+    algorithms of it) whose task is one of ``preset``'s (``only``: those algorithms, where a
+    source names none), numbers parsed; an algorithm found in two sources, or a source
+    without the file, exits with code 2 naming it."""
+    import csv
+    import pathlib
+
+    tasks = {t.env for t in preset.tasks}
+    rows, seen = [], {}
+    for index, source in enumerate(sources):
+        folder, _, names = source.partition(":")
+        path = pathlib.Path(folder) / "curves.csv"
+        if not path.is_file():
+            parser.error(f"--from: {path} does not exist")
+        wanted = set(names.split(",")) if names else set(only or ())
+        for row in csv.DictReader(path.open()):
+            if row["task"] not in tasks or (wanted and row["algorithm"] not in wanted):
+                continue
+            key = (row["task"], row["algorithm"])
+            if seen.setdefault(key, index) != index:
+                first = sources[seen[key]]
+                parser.error(f"--from: {key[1]} on {key[0]} is in both {first} and {source}")
+            for name in NUMERIC:
+                if row.get(name) not in (None, ""):
+                    row[name] = float(row[name])
+                    if name in ("updates", "env_steps", "seed"):
+                        row[name] = int(row[name])
+                else:
+                    row.pop(name, None)
+            rows.append(row)
+    return rows
+
+
 EXPERIMENT = harness.Experiment("experiments.locomotion", __doc__, PRESETS, out=harness.DIRECTORY)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = EXPERIMENT.parser()
     parser.add_argument("--only", nargs="+", help="run only these algorithm names of the preset")
+    parser.add_argument(
+        "--from",
+        nargs="+",
+        dest="sources",
+        metavar="DIR",
+        help="train nothing: tabulate and plot the curves.csv of earlier runs of this preset "
+        "together (DIR, or DIR:name,name for some of its algorithms; --only selects algorithms "
+        "where a DIR names none)",
+    )
     run = EXPERIMENT.parse(argv, parser)
+    if run.args.sources:
+        rows = read_curves(parser, run.args.sources, run.preset, run.args.only)
+        print(write_results(run, rows))
+        return
     names = {name for task in run.preset.tasks for name, _ in task.algorithms}
     if run.args.only and set(run.args.only) - names:
         parser.error(

@@ -47,6 +47,19 @@ def test_tiny_run_writes_every_file_with_the_gradient_health(tmp_path, monkeypat
     assert len(summary["shac"]["grad_norm_p50_p90_max"]) == 3
     assert "| pendulum | shac |" in (tmp_path / "summary.md").read_text()
 
+    # --from tabulates earlier runs without training: the same table from the written curves.
+    again = tmp_path / "again"
+    loco.main(
+        ["--preset", "tiny", "--from", f"{tmp_path}:shac", f"{tmp_path}:sac", "--out", str(again)]
+    )
+    merged = {
+        t["algorithm"]: t for t in json.loads((again / "summary.json").read_text())["summary"]
+    }
+    assert merged == summary
+    with pytest.raises(SystemExit) as info:
+        loco.main(["--preset", "tiny", "--from", str(tmp_path), str(tmp_path), "--out", str(again)])
+    assert info.value.code == 2
+
 
 def test_unknown_algorithm_exits_2_before_training(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
