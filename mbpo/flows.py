@@ -40,7 +40,13 @@ import numpy as np
 import optax
 
 from mbpo.distributions import normal_log_prob
-from mbpo.dynamics.function import FunctionDynamics, Options, make_function_dynamics, without_params
+from mbpo.dynamics.function import (
+    FunctionDynamics,
+    Options,
+    make_function_dynamics,
+    options_with,
+    without_params,
+)
 from mbpo.networks import MLP, check_activation
 from mbpo.policies import _PolicyBase
 from mbpo.types import Action, Array, Float, Noise, Observation, Params, PRNGKey, Scalar
@@ -592,7 +598,7 @@ def flow_dynamics(
         noise_shape=(flow.dim,),
         log_prob=log_prob,
         infer_noise=infer_noise,
-        **{"name": "flow_noise", **options},
+        **options_with(options, name="flow_noise", builder="flow_dynamics"),
     )
 
 

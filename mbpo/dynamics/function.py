@@ -216,6 +216,20 @@ class Options(TypedDict, total=False):
     name: str
 
 
+def options_with(options: dict, *, name: str, builder: str) -> dict:
+    """``options`` with the builder's default ``name``; a key that is not an :class:`Options`
+    field raises TypeError naming it (as an unknown keyword argument would), so that an option
+    the builder sets itself (``log_prob``, ``noise``, ...) cannot slip through to
+    :func:`make_function_dynamics`."""
+    unknown = sorted(set(options) - set(Options.__annotations__))
+    if unknown:
+        raise TypeError(
+            f"{builder}() got unexpected keyword arguments {unknown}; its options are "
+            f"{sorted(Options.__annotations__)}"
+        )
+    return {"name": name, **options}
+
+
 def without_params(f: Callable | None) -> Callable | None:
     """``f(*args)`` as a function of ``(*args, params)`` that ignores ``params`` (None stays)."""
     return None if f is None else (lambda *args: f(*args[:-1]))
@@ -258,5 +272,5 @@ def from_function(
         noise_shape=noise_shape,
         log_prob=without_params(log_prob),
         infer_noise=without_params(infer_noise),
-        **{"name": "custom", **options},
+        **options_with(options, name="custom", builder="from_function"),
     )

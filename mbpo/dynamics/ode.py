@@ -20,7 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mbpo.dynamics.function import FunctionDynamics, Options, make_function_dynamics, without_params
+from mbpo.dynamics.function import (
+    FunctionDynamics,
+    Options,
+    make_function_dynamics,
+    options_with,
+    without_params,
+)
 from mbpo.types import Action, Array, Params, PRNGKey, Scalar
 
 VectorField = Callable[[Array, Array, Action, Params], Array]
@@ -128,7 +134,7 @@ def from_ode(
         action_size=action_size,
         params=params,
         transition_name="vector_field",
-        **{"name": "ode", **options},
+        **options_with(options, name="ode", builder="from_ode"),
     )
     if noise_std is None:
         return make_function_dynamics(

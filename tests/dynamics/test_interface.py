@@ -190,3 +190,20 @@ def test_ode_takes_exactly_substeps_steps(dt, substeps):
     for _ in range(substeps):
         x = x + h * pendulum.vector_field(0.0, x, u, dynamics.params)
     np.testing.assert_allclose(dynamics.step(state, u, jnp.zeros(0)).x, x, rtol=1e-5, atol=1e-6)
+
+
+def test_builders_refuse_an_option_they_set_themselves():
+    """The builders share their interface options; one they set themselves (a deterministic
+    ODE's log_prob, a function's noise sampler) is refused by name, not passed through."""
+    field = lambda t, x, u, p: -x
+    reward = lambda x, u, xn: -x @ x
+    reset = lambda key: jnp.zeros(2)
+    with pytest.raises(
+        TypeError, match=r"from_ode\(\) got unexpected keyword arguments \['log_prob'\]"
+    ):
+        from_ode(field, reward, reset, action_size=1, log_prob=lambda x, u, xn: 0.0)
+    with pytest.raises(TypeError, match=r"\['noise'\]"):
+        from_function(lambda s, a, xi: s, reward, reset, action_size=1, noise=jnp.zeros)
+    named = from_ode(field, reward, reset, action_size=1, name="decay", action_low=-2.0)
+    assert named.name == "decay" and float(named.action_bounds[0][0]) == -2.0
+    assert from_ode(field, reward, reset, action_size=1).name == "ode"
