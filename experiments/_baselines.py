@@ -599,11 +599,14 @@ class Table:
         """A line of one value per side (seconds of seed 0)."""
         return f"{label:<{self.width}}{ours:>20.1f}{theirs:>20.1f}"
 
-    def speed_row(self, summary: dict, label: str, stat: str, ratio: str, goal: str = "") -> str:
-        """A line of env steps per second, with ours over theirs (``ratio``: a summary key)."""
+    def ratio_row(
+        self, summary: dict, label: str, stat: str, ratio: str, goal: str = "", **fmt
+    ) -> str:
+        """:meth:`row` with ours over theirs in the ratio column (``ratio``: a summary key) and
+        the ``goal`` after it."""
         value = summary[ratio]
         tail = f"{'n/a' if value is None else f'{value:.2f}':>10}{goal}"
-        return self.row(summary, label, stat, tail, digits=0)
+        return self.row(summary, label, stat, tail, **fmt)
 
     def return_row(self, summary: dict, goal: str, difference: bool = False) -> str:
         """The line of the final return, with the return ``goal``, whether it is met and (with

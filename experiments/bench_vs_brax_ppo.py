@@ -153,12 +153,13 @@ def format_table(report: dict) -> str:
     """The report as fixed-width text: settings, the two goals, the return curve."""
     p, s = report["config"], report["summary"]
     rows = [
-        TABLE.speed_row(
+        TABLE.ratio_row(
             s,
             "env steps per s (no compile)",
             "env_steps_per_s",
             "speed_ratio",
             f"  >= 1.0: {_baselines.met(s['speed_goal_met'])}",
+            digits=0,
         ),
         TABLE.return_row(s, "ours >= 0.9 brax"),
     ]

@@ -274,11 +274,20 @@ def format_table(report: dict) -> str:
     compile_s = (s[n]["compile_s_seed0"] for n in ("ours", "brax"))
     speed_goal = f"  >= 1.0: {_baselines.met(s['speed_goal_met'])}"
     rows = [
-        TABLE.speed_row(
-            s, "env steps per s (no compile)", "env_steps_per_s", "speed_ratio", speed_goal
+        TABLE.ratio_row(
+            s,
+            "env steps per s (no compile)",
+            "env_steps_per_s",
+            "speed_ratio",
+            speed_goal,
+            digits=0,
         ),
-        TABLE.speed_row(
-            s, "  fastest chunk of each seed", "fastest_env_steps_per_s", "fastest_speed_ratio"
+        TABLE.ratio_row(
+            s,
+            "  fastest chunk of each seed",
+            "fastest_env_steps_per_s",
+            "fastest_speed_ratio",
+            digits=0,
         ),
         TABLE.seconds_row("lower + XLA compile s, seed 0", *compile_s),
         TABLE.seconds_row("warmup + first chunk s, seed 0", ours_first, brax_first),
