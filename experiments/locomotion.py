@@ -288,8 +288,8 @@ NUMERIC = ("updates", "env_steps", "wall_time", "seed", "eval_return", *METRIC_C
 def read_curves(parser, sources: list[str], preset: Preset, only=None) -> list[dict]:
     """The rows of the ``curves.csv`` in each of ``sources`` (``DIR`` or ``DIR:name,name``, those
     algorithms of it) whose task is one of ``preset``'s (``only``: those algorithms, where a
-    source names none), numbers parsed; an algorithm found in two sources, or a source
-    without the file, exits with code 2 naming it."""
+    source names none), numbers parsed; an algorithm found in two sources, one a source names
+    but does not hold, or a source without the file exits with code 2 naming it."""
     import csv
     import pathlib
 
@@ -301,8 +301,13 @@ def read_curves(parser, sources: list[str], preset: Preset, only=None) -> list[d
         if not path.is_file():
             parser.error(f"--from: {path} does not exist")
         wanted = set(names.split(",")) if names else set(only or ())
-        for row in csv.DictReader(path.open()):
-            if row["task"] not in tasks or (wanted and row["algorithm"] not in wanted):
+        with path.open() as file:
+            found = [r for r in csv.DictReader(file) if r["task"] in tasks]
+        missing = sorted(set(names.split(",")) - {r["algorithm"] for r in found}) if names else []
+        if missing:
+            parser.error(f"--from: {folder} has no {missing} on {sorted(tasks)}")
+        for row in found:
+            if wanted and row["algorithm"] not in wanted:
                 continue
             key = (row["task"], row["algorithm"])
             if seen.setdefault(key, index) != index:

@@ -59,6 +59,9 @@ def test_tiny_run_writes_every_file_with_the_gradient_health(tmp_path, monkeypat
     with pytest.raises(SystemExit) as info:
         loco.main(["--preset", "tiny", "--from", str(tmp_path), str(tmp_path), "--out", str(again)])
     assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        loco.main(["--preset", "tiny", "--from", f"{tmp_path}:sapo", "--out", str(again)])
+    assert info.value.code == 2
 
 
 def test_unknown_algorithm_exits_2_before_training(tmp_path, capsys):
