@@ -8,8 +8,10 @@ Both sides get the task and pipeline, ``num_envs`` envs each rolled ``unroll_len
 update (brax: ``batch_size = num_envs / num_minibatches``, so one training step collects one such
 window), ``num_minibatches`` x ``update_epochs`` Adam steps per update on the clipped surrogate
 (epsilon ``clip``), GAE(``gae_lambda``), the discount, entropy cost, value weight 0.5, one
-learning rate, observation normalization, advantages normalized per minibatch, a bootstrap at a
-time-out (brax: ``bootstrap_on_timeout=True``), policy and value MLPs of ``hidden`` sizes (brax's
+learning rate, observation normalization, advantages normalized per minibatch, time-outs that
+do not count as terminations (ours bootstraps v at a time-out; brax masks the time-out step out of
+GAE with its ``truncation`` flag, as its ``bootstrap_on_timeout`` needs an ``info['time_out']``
+that brax's own wrappers never set), policy and value MLPs of ``hidden`` sizes (brax's
 ``make_ppo_networks`` with both sizes set; its activation swish, ours tanh for the policy and relu
 for the value), and ``train_chunks`` chunks of ``chunk_updates`` updates, evaluated before
 training and after each chunk. What differs: brax's value loss clips nothing either, but its

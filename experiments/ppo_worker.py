@@ -42,12 +42,23 @@ class PpoSettings(_baselines.WorkerSettings):
     clip: float = option(0.3, "Ratio clipping epsilon (``clipping_epsilon``).")
     reward_scaling: float = option(1.0, "Reward multiplier (``reward_scaling``).")
     normalize_advantage: bool = option(True, "Normalize advantages (``normalize_advantage``).")
-    bootstrap_on_timeout: bool = option(True, "Bootstrap v at a time-out (brax's default: false).")
+    bootstrap_on_timeout: bool = option(
+        False,
+        "Bootstrap v at a time-out (``bootstrap_on_timeout``); brax 0.14's wrappers never set the "
+        "``info['time_out']`` it reads, so only false runs (a time-out step is masked by the "
+        "``truncation`` flag instead).",
+    )
 
     def __post_init__(self):
         super().__post_init__()
         harness.check_positive(self, "env_steps", "unroll_length", "num_minibatches")
         harness.check_positive(self, "update_epochs")
+        if self.bootstrap_on_timeout:
+            raise ValueError(
+                "bootstrap_on_timeout=true needs an env that sets info['time_out'], which brax "
+                "0.14's EpisodeWrapper does not (its PPO fails with KeyError 'time_out' after "
+                "compiling); allowed: false (time-outs are masked by the truncation flag)"
+            )
         if self.num_envs % self.num_minibatches:
             raise ValueError(
                 f"num_minibatches={self.num_minibatches} must divide num_envs={self.num_envs} "
