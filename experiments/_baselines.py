@@ -302,13 +302,20 @@ class WorkerSettings:
         return cli.parse(cls, argv, prog=cls.worker, description=cls.__doc__.splitlines()[0])
 
 
-def run_agent(settings: WorkerSettings, agent: str, progress: BraxProgress, **kwargs) -> dict:
+def run_agent(
+    settings: WorkerSettings, agent: str, progress: BraxProgress | None = None, **kwargs
+) -> tuple[dict, BraxProgress]:
     """Trains ``brax.training.agents.<agent>`` with ``settings`` (``kwargs``: the agent's own
     ``train`` arguments; ``network_kwargs``: its network factory's; ``network_sizes``: the
     factory's size arguments, by default ``hidden_layer_sizes=settings.hidden``), reporting to
-    ``progress``.
-    Returns :func:`worker_header`, ``progress.report()`` and ``train_s`` (the call)."""
+    ``progress`` (None: one that counts env steps, labelled with the agent and seed).
+    Returns the report (:func:`worker_header`, ``progress.report()`` and ``train_s``, the call)
+    and ``progress``, for the worker's own rates."""
     import importlib
+
+    if progress is None:
+        label = f"brax {agent} seed {settings.seed}"
+        progress = BraxProgress(label=label, x_name="env_steps", x_of_step=int)
 
     import_jax(settings.compilation_cache)
     from brax import envs
@@ -339,7 +346,8 @@ def run_agent(settings: WorkerSettings, agent: str, progress: BraxProgress, **kw
         **kwargs,
     )
     train_s = time.perf_counter() - start
-    return {**worker_header(module, settings), **progress.report(), "train_s": train_s}
+    report = {**worker_header(module, settings), **progress.report(), "train_s": train_s}
+    return report, progress
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -100,7 +100,7 @@ def run(settings: ApgSettings) -> dict:
         x_name="updates",
         x_of_step=lambda step: step * settings.updates_per_epoch,
     )
-    report = _baselines.run_agent(
+    report, _ = _baselines.run_agent(
         settings,
         "apg",
         progress,

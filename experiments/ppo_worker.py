@@ -75,13 +75,9 @@ parse = PpoSettings.parse
 
 def run(settings: PpoSettings) -> dict:
     """Trains brax PPO with ``settings`` and returns the report (see the module docstring)."""
-    progress = _baselines.BraxProgress(
-        label=f"brax ppo seed {settings.seed}", x_name="env_steps", x_of_step=int
-    )
-    report = _baselines.run_agent(
+    report, progress = _baselines.run_agent(
         settings,
         "ppo",
-        progress,
         network_sizes={
             "policy_hidden_layer_sizes": settings.hidden,
             "value_hidden_layer_sizes": settings.hidden,

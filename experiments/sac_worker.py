@@ -107,13 +107,9 @@ parse = SacSettings.parse
 
 def run(settings: SacSettings) -> dict:
     """Trains brax SAC with ``settings`` and returns the report (see the module docstring)."""
-    progress = _baselines.BraxProgress(
-        label=f"brax sac seed {settings.seed}", x_name="env_steps", x_of_step=int
-    )
-    report = _baselines.run_agent(
+    report, progress = _baselines.run_agent(
         settings,
         "sac",
-        progress,
         num_timesteps=settings.env_steps,
         action_repeat=1,
         discounting=settings.discount,
