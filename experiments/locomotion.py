@@ -300,10 +300,11 @@ def read_curves(parser, sources: list[str], preset: Preset, only=None) -> list[d
         path = pathlib.Path(folder) / "curves.csv"
         if not path.is_file():
             parser.error(f"--from: {path} does not exist")
-        wanted = set(names.split(",")) if names else set(only or ())
+        named = set(names.split(",")) if names else set()
+        wanted = named or set(only or ())
         with path.open() as file:
             found = [r for r in csv.DictReader(file) if r["task"] in tasks]
-        missing = sorted(set(names.split(",")) - {r["algorithm"] for r in found}) if names else []
+        missing = sorted(named - {r["algorithm"] for r in found})
         if missing:
             parser.error(f"--from: {folder} has no {missing} on {sorted(tasks)}")
         for row in found:

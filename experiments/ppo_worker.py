@@ -11,7 +11,7 @@ How brax's PPO is driven: ``train(environment, num_timesteps=env_steps, episode_
 num_envs, unroll_length, batch_size=num_envs / num_minibatches, num_minibatches,
 num_updates_per_batch=update_epochs, learning_rate, entropy_cost, discounting, gae_lambda,
 clipping_epsilon, reward_scaling, normalize_observations, normalize_advantage,
-bootstrap_on_timeout, num_evals, num_eval_envs, deterministic_eval, seed, network_factory=
+bootstrap_on_timeout=False, num_evals, num_eval_envs, deterministic_eval, seed, network_factory=
 make_ppo_networks(policy and value hidden sizes, activation))``: with that batch size every
 training step collects one window of ``unroll_length`` steps of all ``num_envs`` envs and splits
 it into ``num_minibatches``, as mbpo's PPO does. Timing and output as
@@ -42,23 +42,11 @@ class PpoSettings(_baselines.WorkerSettings):
     clip: float = option(0.3, "Ratio clipping epsilon (``clipping_epsilon``).")
     reward_scaling: float = option(1.0, "Reward multiplier (``reward_scaling``).")
     normalize_advantage: bool = option(True, "Normalize advantages (``normalize_advantage``).")
-    bootstrap_on_timeout: bool = option(
-        False,
-        "Bootstrap v at a time-out (``bootstrap_on_timeout``); brax 0.14's wrappers never set the "
-        "``info['time_out']`` it reads, so only false runs (a time-out step is masked by the "
-        "``truncation`` flag instead).",
-    )
 
     def __post_init__(self):
         super().__post_init__()
         harness.check_positive(self, "env_steps", "unroll_length", "num_minibatches")
         harness.check_positive(self, "update_epochs")
-        if self.bootstrap_on_timeout:
-            raise ValueError(
-                "bootstrap_on_timeout=true needs an env that sets info['time_out'], which brax "
-                "0.14's EpisodeWrapper does not (its PPO fails with KeyError 'time_out' after "
-                "compiling); allowed: false (time-outs are masked by the truncation flag)"
-            )
         if self.num_envs % self.num_minibatches:
             raise ValueError(
                 f"num_minibatches={self.num_minibatches} must divide num_envs={self.num_envs} "
@@ -93,7 +81,9 @@ def run(settings: PpoSettings) -> dict:
         clipping_epsilon=settings.clip,
         reward_scaling=settings.reward_scaling,
         normalize_advantage=settings.normalize_advantage,
-        bootstrap_on_timeout=settings.bootstrap_on_timeout,
+        # Not a setting: true reads info['time_out'], which brax 0.14's EpisodeWrapper never sets
+        # (KeyError after compiling); false masks a time-out step out of GAE by its truncation.
+        bootstrap_on_timeout=False,
     )
     evals = report["evals"]
     epoch_steps = (evals[-1]["env_steps"] - evals[0]["env_steps"]) / max(len(evals) - 1, 1)
