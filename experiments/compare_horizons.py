@@ -325,23 +325,41 @@ def _format_row(row: dict) -> str:
 
 
 def plot(gradient_rows: list[dict], return_rows: list[dict]):
+    """One panel per statistic that has data (``--skip-ode`` leaves no lqr bias and, without
+    ``brax_budget``, no returns)."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(16, 4))
-    axes = figure.subplots(1, 4)
     order = [label(n) for n in ALL_HORIZONS]
+    titles = {
+        "bias": "lqr: relative bias ||E g - grad J|| / ||grad J||",
+        "variance": "relative variance var / |E g|^2",
+        "norm": "|E g|",
+        "return": "return after the budget",
+    }
+    shown = [
+        name
+        for name, present in [
+            ("bias", any("bias" in r for r in gradient_rows)),
+            ("variance", bool(gradient_rows)),
+            ("norm", bool(gradient_rows)),
+            ("return", bool(return_rows)),
+        ]
+        if present
+    ]
+    figure = Figure(figsize=(4 * max(len(shown), 1), 4))
+    axes = dict(zip(shown, np.atleast_1d(figure.subplots(1, max(len(shown), 1)))))
     for env in dict.fromkeys(r["env"] for r in gradient_rows):
         rows = sorted(
             (r for r in gradient_rows if r["env"] == env), key=lambda r: order.index(r["n"])
         )
         x = [order.index(r["n"]) for r in rows]
-        axes[1].semilogy(
+        axes["variance"].semilogy(
             x, [r["variance"] / max(r["norm"], 1e-12) ** 2 for r in rows], "o-", label=env
         )
-        axes[2].semilogy(x, [r["norm"] for r in rows], "o-", label=env)
+        axes["norm"].semilogy(x, [r["norm"] for r in rows], "o-", label=env)
         exact = [(xi, r) for xi, r in zip(x, rows) if "bias" in r]
         if exact:
-            axes[0].errorbar(
+            axes["bias"].errorbar(
                 [xi for xi, _ in exact],
                 [r["bias"] for _, r in exact],
                 yerr=[2 * r["bias_se"] for _, r in exact],
@@ -353,21 +371,27 @@ def plot(gradient_rows: list[dict], return_rows: list[dict]):
         ns = sorted(dict.fromkeys(r["n"] for r in rows), key=order.index)
         means = [np.mean([r["return"] for r in rows if r["n"] == n]) for n in ns]
         stds = [np.std([r["return"] for r in rows if r["n"] == n]) for n in ns]
-        axes[3].errorbar([order.index(n) for n in ns], means, yerr=stds, fmt="o-", label=env)
-    titles = [
-        "lqr: relative bias ||E g - grad J|| / ||grad J||",
-        "relative variance var / |E g|^2",
-        "|E g|",
-        "return after the budget",
-    ]
-    for ax, title in zip(axes, titles):
+        axes["return"].errorbar([order.index(n) for n in ns], means, yerr=stds, fmt="o-", label=env)
+    for name, ax in axes.items():
         ax.set_xticks(range(len(order)), order)
         ax.set_xlabel("unroll horizon n")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(titles[name], fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def replot(directory: str) -> None:
+    """Redraw ``horizons.png`` in ``directory`` from its ``summary.json`` (no rerun)."""
+    import json
+    import pathlib
+
+    from mbpo.curves import save_png
+
+    folder = pathlib.Path(directory)
+    summary = json.loads((folder / "summary.json").read_text())
+    save_png(folder / "horizons.png", plot(summary["gradients"], summary["returns"]))
 
 
 def brax_horizons(preset: Preset, task: str, backend: str, key) -> tuple[list, list]:
