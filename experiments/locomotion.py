@@ -57,13 +57,26 @@ class Task:
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """Tasks and seeds of one run."""
+    """Tasks and seeds of one run.
+
+    Fields:
+      tasks: the tasks and their algorithms.
+      seeds: seeds per algorithm, trained side by side in one vmapped program.
+      first_seed: the configs' ``seed`` (their keys are split from it) and the ``seed`` column
+        of the first of them: a run with ``first_seed=1`` adds independent seeds to an earlier
+        run with ``first_seed=0`` and ``seeds=1``, and ``--from`` tabulates the two together.
+    """
 
     tasks: tuple[Task, ...]
     seeds: int
+    first_seed: int = 0
 
     def __post_init__(self):
         harness.check_positive(self, "seeds")
+        if isinstance(self.first_seed, bool) or not isinstance(self.first_seed, int):
+            raise ValueError(f"first_seed must be an integer, got {self.first_seed!r}")
+        if self.first_seed < 0:
+            raise ValueError(f"first_seed must be >= 0, got {self.first_seed}")
 
 
 def first_order(updates: int, **extra) -> dict:
@@ -178,9 +191,21 @@ def make_config(task: Task, name: str, overrides: dict):
 def train(preset: Preset, only: list[str] | None = None, report=None) -> list[dict]:
     """Trains every algorithm of every task (``only``: a subset of names) through
     :func:`experiments.harness.train_tasks`; after each, ``report(rows so far)``."""
-    return harness.train_tasks(
-        preset.tasks, preset.seeds, make_config, only=only, report=report, extra=METRIC_COLUMNS
+
+    def numbered(rows: list[dict]) -> list[dict]:
+        return [{**r, "seed": r["seed"] + preset.first_seed} for r in rows]
+
+    rows = harness.train_tasks(
+        preset.tasks,
+        preset.seeds,
+        lambda task, name, overrides: make_config(
+            task, name, {"seed": preset.first_seed, **overrides}
+        ),
+        only=only,
+        report=None if report is None else lambda rows: report(numbered(rows)),
+        extra=METRIC_COLUMNS,
     )
+    return numbered(rows)
 
 
 def _mean_over_seeds(rows: list[dict], key: str) -> dict[int, float]:
@@ -273,7 +298,8 @@ def write_results(run: harness.Run, rows: list[dict]) -> str:
     for task in preset.tasks:
         mine = [r for r in rows if r["task"] == task.env]
         if mine:
-            title = f"{task.env} [{task.backend}], {preset.seeds} seeds"
+            seeds = len({r.get("seed", 0) for r in mine})
+            title = f"{task.env} [{task.backend}], {seeds} seed{'s' * (seeds > 1)}"
             for name, x in (("curves", "env_steps"), ("wallclock", "wall_time")):
                 files[f"{name}_{task.env}.png"] = curves.plot(
                     mine, title, "algorithm", x=x, threshold=task.common_return
@@ -288,8 +314,10 @@ NUMERIC = ("updates", "env_steps", "wall_time", "seed", "eval_return", *METRIC_C
 def read_curves(parser, sources: list[str], preset: Preset, only=None) -> list[dict]:
     """The rows of the ``curves.csv`` in each of ``sources`` (``DIR`` or ``DIR:name,name``, those
     algorithms of it) whose task is one of ``preset``'s (``only``: those algorithms, where a
-    source names none), numbers parsed; an algorithm found in two sources, one a source names
-    but does not hold, or a source without the file exits with code 2 naming it."""
+    source names none), numbers parsed. An algorithm may come from several sources that hold
+    different seeds of it (runs with different ``first_seed``); the same seed of an algorithm in
+    two sources, one a source names but does not hold, or a source without the file exits with
+    code 2 naming it."""
     import csv
     import pathlib
 
@@ -310,10 +338,12 @@ def read_curves(parser, sources: list[str], preset: Preset, only=None) -> list[d
         for row in found:
             if wanted and row["algorithm"] not in wanted:
                 continue
-            key = (row["task"], row["algorithm"])
+            key = (row["task"], row["algorithm"], row.get("seed", "0"))
             if seen.setdefault(key, index) != index:
                 first = sources[seen[key]]
-                parser.error(f"--from: {key[1]} on {key[0]} is in both {first} and {source}")
+                parser.error(
+                    f"--from: seed {key[2]} of {key[1]} on {key[0]} is in both {first} and {source}"
+                )
             for name in NUMERIC:
                 if row.get(name) not in (None, ""):
                     row[name] = float(row[name])

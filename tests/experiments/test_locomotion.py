@@ -69,3 +69,24 @@ def test_unknown_algorithm_exits_2_before_training(tmp_path, capsys):
         loco.main(["--only", "trpo", "--out", str(tmp_path / "out")])
     assert info.value.code == 2 and "unknown names ['trpo']" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_first_seed_adds_independent_seeds_that_from_tabulates_together(tmp_path, monkeypatch):
+    monkeypatch.setitem(loco.PRESETS, "tiny", TINY)
+    one = ["--preset", "tiny", "--only", "shac", "--set", "seeds=1"]
+    loco.main([*one, "--out", str(tmp_path / "a")])
+    loco.main([*one, "--set", "first_seed=1", "--out", str(tmp_path / "b")])
+    rows = {name: loco.read_curves(None, [str(tmp_path / name)], TINY) for name in ("a", "b")}
+    assert {r["seed"] for r in rows["a"]} == {0} and {r["seed"] for r in rows["b"]} == {1}
+    returns = {name: [r["eval_return"] for r in rows[name]] for name in rows}
+    assert returns["a"] != returns["b"]  # another random stream, not a copy
+    both = tmp_path / "both"
+    loco.main(
+        ["--preset", "tiny", "--from", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(both)]
+    )
+    (table,) = json.loads((both / "summary.json").read_text())["summary"]
+    first = [r for r in rows["a"] + rows["b"] if r["env_steps"] == table["final_steps"]]
+    assert len(first) == 2
+    assert table["final_return"] == round(sum(r["eval_return"] for r in first) / 2, 1)
+    with pytest.raises(ValueError, match="first_seed must be >= 0, got -1"):
+        loco.Preset(tasks=TINY.tasks, seeds=1, first_seed=-1)
