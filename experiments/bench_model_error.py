@@ -245,9 +245,8 @@ def measure(task_key: str, preset: Preset, key: PRNGKey) -> dict:
     collect_s = time.perf_counter() - start
     train = jax.tree.map(lambda x: x[: preset.episodes], data)
     test = jax.tree.map(lambda x: x[preset.episodes :], data)
-    ensemble = GaussianEnsemble(
-        observation_size=dynamics.observation_size,
-        action_size=dynamics.action_size,
+    ensemble = GaussianEnsemble.for_dynamics(
+        dynamics,
         num_members=preset.num_members,
         num_elites=preset.num_elites,
         hidden=preset.ensemble_hidden,

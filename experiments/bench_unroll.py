@@ -88,8 +88,7 @@ class Preset:
             raise ValueError(
                 f"horizons must be a non-empty tuple of ints >= 1, got {self.horizons!r}"
             )
-        if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
+        harness.check_interval(self, "(0, 1]", "gamma")
 
 
 PRESETS: dict[str, Preset] = {

@@ -128,10 +128,7 @@ class Preset(_baselines.BenchPreset):
                 f"buffer_capacity={self.buffer_capacity} must hold one step of all "
                 f"num_envs={self.num_envs} envs"
             )
-        if not 0 < self.discount <= 1 or not 0 < self.tau <= 1:
-            raise ValueError(
-                f"need 0 < discount <= 1 and 0 < tau <= 1; got {self.discount}, {self.tau}"
-            )
+        harness.check_interval(self, "(0, 1]", "discount", "tau")
 
     @property
     def chunk_env_steps(self) -> int:

@@ -45,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 
 from experiments import _baselines, harness
-from mbpo.cli import option
+from mbpo.cli import check_interval, option
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -91,10 +91,7 @@ class SacSettings(_baselines.WorkerSettings):
                 f"positive multiple of (num_evals - 1) num_envs = {per_epoch} (brax rounds the "
                 "steps per epoch up)"
             )
-        if not 0 < self.discount <= 1 or not 0 < self.tau <= 1:
-            raise ValueError(
-                f"need 0 < discount <= 1 and 0 < tau <= 1; got {self.discount}, {self.tau}"
-            )
+        check_interval(self, "(0, 1]", "discount", "tau")
 
     @property
     def steps_per_epoch(self) -> int:

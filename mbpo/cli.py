@@ -32,6 +32,22 @@ def check_positive(config: Any, *names: str, minimum: int = 1) -> None:
             raise ValueError(f"{name} must be >= {minimum}, got {getattr(config, name)}")
 
 
+def check_interval(config: Any, interval: str, *names: str) -> None:
+    """Raises ValueError naming the first field of ``names`` outside ``interval``, written as in
+    maths with ``inf`` for no bound: ``"(0, 1]"``, ``"[0, 1]"``, ``"(0, inf)"`` (NaN is outside
+    every interval)."""
+    bounds = interval[1:-1].split(",")
+    if len(bounds) != 2 or interval[0] not in "([" or interval[-1] not in ")]":
+        raise ValueError(f"interval must look like '(0, 1]', got {interval!r}")
+    low, high = (float(b) for b in bounds)
+    for name in names:
+        value = getattr(config, name)
+        above = low < value if interval[0] == "(" else low <= value
+        below = value < high if interval[-1] == ")" else value <= high
+        if not (above and below):
+            raise ValueError(f"{name} must be in {interval}, got {value!r}")
+
+
 def converter(annotation: Any) -> tuple[Any, dict]:
     """The argparse ``type`` of a field annotated ``annotation`` and the other keywords it needs
     (``nargs`` for a tuple)."""

@@ -345,7 +345,7 @@ def test_algo_picks_the_trainer_and_its_options(tmp_path, capsys):
     "argv,message",
     [
         (["--algo", "trpo"], "unknown algo 'trpo'"),
-        (["--algo", "sac", "--tau", "2"], "0 < tau <= 1"),
+        (["--algo", "sac", "--tau", "2"], "tau must be in (0, 1], got 2.0"),
         (["--algo", "sac", "--estimator", "svg"], "unrecognized arguments: --estimator"),
         (["--algo", "mbpo", "--elites", "9"], "elites must be <= members"),
     ],

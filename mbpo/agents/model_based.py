@@ -43,7 +43,7 @@ from mbpo.agents import loop
 from mbpo.agents.env_batch import evaluate_config, reset_finished
 from mbpo.agents.loop import Trainer
 from mbpo.agents.off_policy import Agent, Learner, OffPolicyConfig, make_agent
-from mbpo.cli import check_positive, option
+from mbpo.cli import check_interval, check_positive, option
 from mbpo.critics import q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.flows import FlowPolicy
@@ -195,18 +195,11 @@ class ModelBasedConfig(loop.UnrollFields):
             )
         if not 0 <= self.td_lambda <= 1:
             raise ValueError(f"td_lambda must be in [0, 1], got {self.td_lambda}")
-        if (
-            not 0 < self.gamma <= 1
-            or not 0 < self.tau <= 1
-            or self.max_weight <= 0
-            or self.warmup_steps < 0
-        ):
-            raise ValueError(
-                "need 0 < gamma <= 1, 0 < tau <= 1, max_weight > 0, warmup_steps >= 0; got "
-                f"{self.gamma}, {self.tau}, {self.max_weight}, {self.warmup_steps}"
-            )
-        if min(self.model_lr, self.actor_lr, self.critic_lr, self.init_std) <= 0:
-            raise ValueError("model_lr, actor_lr, critic_lr and init_std must be > 0")
+        check_interval(self, "(0, 1]", "gamma", "tau")
+        check_interval(self, "[0, inf)", "warmup_steps")
+        check_interval(
+            self, "(0, inf)", "max_weight", "model_lr", "actor_lr", "critic_lr", "init_std"
+        )
         loop.check_sizes(hidden=self.hidden, model_hidden=self.model_hidden)
         if not 0 <= self.real_ratio < 1:
             raise ValueError(f"real_ratio must be in [0, 1), got {self.real_ratio}")
@@ -713,9 +706,8 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
         dynamics=dynamics,
         policy_update=update,
         agent=make_agent(agent_config, dynamics, svg_policy),
-        ensemble=GaussianEnsemble(
-            observation_size=dynamics.observation_size,
-            action_size=dynamics.action_size,
+        ensemble=GaussianEnsemble.for_dynamics(
+            dynamics,
             num_members=c.members,
             num_elites=c.elites,
             hidden=c.model_hidden,

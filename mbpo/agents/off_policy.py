@@ -44,7 +44,7 @@ from mbpo import estimators
 from mbpo.agents import batch, loop
 from mbpo.agents.env_batch import evaluate_config, reset_finished
 from mbpo.agents.loop import Trainer
-from mbpo.cli import check_positive, option
+from mbpo.cli import check_interval, check_positive, option
 from mbpo.critics import (
     Bootstrap,
     CriticTarget,
@@ -184,10 +184,7 @@ class OffPolicyConfig(loop.TaskFields):
                 f"buffer_capacity={self.buffer_capacity} must hold one iteration's "
                 f"num_envs={self.num_envs}"
             )
-        if not 0 < self.gamma <= 1 or not 0 < self.tau <= 1:
-            raise ValueError(
-                f"need 0 < gamma <= 1 and 0 < tau <= 1; got gamma={self.gamma}, tau={self.tau}"
-            )
+        check_interval(self, "(0, 1]", "gamma", "tau")
         for name in (
             "actor_lr",
             "critic_lr",

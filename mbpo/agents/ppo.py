@@ -26,7 +26,7 @@ from flax import struct
 from mbpo import estimators
 from mbpo.agents import env_batch, loop
 from mbpo.agents.loop import Trainer
-from mbpo.cli import check_positive, option
+from mbpo.cli import check_interval, check_positive, option
 from mbpo.critics import QCritic
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.optim import TrainState, guarded
@@ -74,15 +74,13 @@ class PPOConfig(loop.TaskFields):
                 f"num_minibatches={self.num_minibatches} must divide num_envs * unroll_length = "
                 f"{self.num_envs * self.unroll_length}"
             )
-        if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1 or not self.clip > 0:
-            raise ValueError(
-                f"need 0 < gamma <= 1, 0 <= gae_lambda <= 1, clip > 0; got {self.gamma}, "
-                f"{self.gae_lambda}, {self.clip}"
-            )
-        if min(self.learning_rate, self.max_grad_norm, self.init_std, self.reward_scaling) <= 0:
-            raise ValueError("learning_rate, max_grad_norm, init_std, reward_scaling must be > 0")
-        if self.entropy_cost < 0 or self.value_coef < 0:
-            raise ValueError("entropy_cost and value_coef must be >= 0")
+        check_interval(self, "(0, 1]", "gamma")
+        check_interval(self, "[0, 1]", "gae_lambda")
+        check_interval(self, "(0, inf]", "clip")  # inf: no clipping
+        check_interval(
+            self, "(0, inf)", "learning_rate", "max_grad_norm", "init_std", "reward_scaling"
+        )
+        check_interval(self, "[0, inf)", "entropy_cost", "value_coef")
         loop.check_sizes(hidden=self.hidden)
         loop.check_counters(self.num_updates * self.num_envs * self.unroll_length, self.num_updates)
 

@@ -41,7 +41,7 @@ from mbpo.agents.env_batch import (
     reset_finished,
 )
 from mbpo.agents.loop import Trainer
-from mbpo.cli import check_positive, option
+from mbpo.cli import check_interval, check_positive, option
 from mbpo.critics import QCritic, q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.optim import Step, TrainState, guarded, temperature_step
@@ -163,13 +163,9 @@ class UnrollTrainerConfig(loop.UnrollFields):
                 f"critic_minibatches={self.critic_minibatches} must divide num_envs * window = "
                 f"{self.num_envs * self.steps_per_update}"
             )
-        if not 0 < self.gamma <= 1 or not 0 <= self.td_lambda <= 1 or not 0 < self.tau <= 1:
-            raise ValueError(
-                f"need 0 < gamma <= 1, 0 <= td_lambda <= 1, 0 < tau <= 1; got {self.gamma}, "
-                f"{self.td_lambda}, {self.tau}"
-            )
-        if min(self.actor_lr, self.critic_lr, self.max_grad_norm, self.init_std) <= 0:
-            raise ValueError("actor_lr, critic_lr, max_grad_norm and init_std must be > 0")
+        check_interval(self, "(0, 1]", "gamma", "tau")
+        check_interval(self, "[0, 1]", "td_lambda")
+        check_interval(self, "(0, inf)", "actor_lr", "critic_lr", "max_grad_norm", "init_std")
         loop.check_sizes(hidden=self.hidden)
         if self.horizon is not None and self.horizon > self.episode_length:
             raise ValueError(

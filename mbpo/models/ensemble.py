@@ -141,6 +141,14 @@ class GaussianEnsemble:
         if not self.logvar_limit_coef >= 0.0:
             raise ValueError(f"logvar_limit_coef must be >= 0, got {self.logvar_limit_coef!r}")
 
+    @classmethod
+    def for_dynamics(cls, dynamics, **sizes) -> GaussianEnsemble:
+        """An ensemble over ``dynamics``' observations and actions; ``sizes``: the other fields
+        (``num_members``, ``num_elites``, ``hidden``, ...)."""
+        return cls(
+            observation_size=dynamics.observation_size, action_size=dynamics.action_size, **sizes
+        )
+
     @property
     def output_size(self) -> int:
         """obs size, plus one for the reward when ``learn_reward``."""

@@ -1,0 +1,51 @@
+"""mbpo.cli's checks of config fields: each names the bad field, its value and what is allowed."""
+
+import dataclasses
+import math
+import re
+
+import pytest
+
+from mbpo.cli import check_interval, check_positive
+
+
+@dataclasses.dataclass
+class Fields:
+    gamma: float = 0.99
+    lam: float = 0.0
+    clip: float = math.inf
+    count: int = 3
+
+
+@pytest.mark.parametrize(
+    ("interval", "name", "value", "inside"),
+    [
+        ("(0, 1]", "gamma", 1.0, True),
+        ("(0, 1]", "gamma", 0.0, False),
+        ("(0, 1]", "gamma", 1.5, False),
+        ("(0, 1]", "gamma", math.nan, False),
+        ("[0, 1]", "lam", 0.0, True),
+        ("[0, 1)", "lam", 1.0, False),
+        ("(0, inf]", "clip", math.inf, True),
+        ("(0, inf)", "clip", math.inf, False),
+        ("[0, inf)", "count", -1, False),
+    ],
+)
+def test_check_interval_names_the_field_value_and_interval(interval, name, value, inside):
+    fields = dataclasses.replace(Fields(), **{name: value})
+    if inside:
+        check_interval(fields, interval, name)
+    else:
+        message = re.escape(f"{name} must be in {interval}, got {value!r}")
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            check_interval(fields, interval, name)
+
+
+def test_check_interval_refuses_a_malformed_interval():
+    with pytest.raises(ValueError, match="interval must look like"):
+        check_interval(Fields(), "0 < x <= 1", "gamma")
+
+
+def test_check_positive_names_the_first_small_field():
+    with pytest.raises(ValueError, match="count must be >= 4, got 3"):
+        check_positive(Fields(), "count", minimum=4)
