@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from experiments import harness
 from mbpo import cli
@@ -236,6 +237,21 @@ def alternate_seeds(seeds: int, sides: dict[str, Callable[[int], dict]]) -> dict
 ACTIVATIONS = ("relu", "tanh", "elu", "swish")
 
 
+def brax_option(default: Any, help: str, name: str, **kwargs) -> Any:
+    """A worker setting that brax's ``train`` takes as the argument ``name``
+    (:func:`brax_arguments`); its ``--help`` says which."""
+    return option(default, f"{help} (``{name}``).", brax=name, **kwargs)
+
+
+def brax_arguments(settings) -> dict:
+    """``{brax's argument: value}`` of every :func:`brax_option` field of ``settings``."""
+    return {
+        f.metadata["brax"]: getattr(settings, f.name)
+        for f in dataclasses.fields(settings)
+        if "brax" in f.metadata
+    }
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WorkerSettings:
     """What every brax worker takes; each worker's settings add its agent's own fields."""
@@ -247,27 +263,30 @@ class WorkerSettings:
     backend: str = option(
         "positional", "Brax physics pipeline: generalized | positional | spring | mjx."
     )
-    num_envs: int = option(16, "Parallel training environments (``num_envs``).")
-    episode_length: int = option(
-        200, "Steps before an environment is truncated and reset, in training and evaluation."
+    num_envs: int = brax_option(16, "Parallel training environments", "num_envs")
+    episode_length: int = brax_option(
+        200,
+        "Steps before an environment is truncated and reset, in training and evaluation",
+        "episode_length",
     )
-    num_evals: int = option(
+    num_evals: int = brax_option(
         5,
-        "Evaluations, the one before training included (``num_evals``); see the worker's minimum.",
+        "Evaluations, the one before training included; see the worker's minimum",
+        "num_evals",
     )
-    learning_rate: float = option(1e-3, "Adam learning rate (``learning_rate``).")
+    learning_rate: float = brax_option(1e-3, "Adam learning rate", "learning_rate")
     hidden: tuple[int, ...] = option(
         (64, 64), "Hidden layer sizes (``hidden_layer_sizes`` of the agent's networks)."
     )
     activation: str = option("relu", "Hidden activation: relu | tanh | elu | swish.")
-    normalize_observations: bool = option(
-        False, "Running mean/std normalization of observations (``normalize_observations``)."
+    normalize_observations: bool = brax_option(
+        False, "Running mean/std normalization of observations", "normalize_observations"
     )
-    deterministic_eval: bool = option(
-        True, "Evaluate the mode tanh(mu) rather than a sample (``deterministic_eval``)."
+    deterministic_eval: bool = brax_option(
+        True, "Evaluate the mode tanh(mu) rather than a sample", "deterministic_eval"
     )
-    eval_envs: int = option(128, "Episodes per evaluation (``num_eval_envs``).")
-    seed: int = option(0, "Random seed (``seed``).")
+    eval_envs: int = brax_option(128, "Episodes per evaluation", "num_eval_envs")
+    seed: int = brax_option(0, "Random seed", "seed")
     compilation_cache: str | None = option(
         None, "Folder of jax's persistent compilation cache; none: no cache."
     )
@@ -333,16 +352,9 @@ def run_agent(
     start = time.perf_counter()
     importlib.import_module(f"{module}.train").train(
         environment=envs.get_environment(settings.env, backend=settings.backend),
-        episode_length=settings.episode_length,
-        num_envs=settings.num_envs,
-        num_eval_envs=settings.eval_envs,
-        num_evals=settings.num_evals,
-        learning_rate=settings.learning_rate,
-        normalize_observations=settings.normalize_observations,
-        deterministic_eval=settings.deterministic_eval,
-        seed=settings.seed,
         network_factory=network_factory,
         progress_fn=progress,
+        **brax_arguments(settings),
         **kwargs,
     )
     train_s = time.perf_counter() - start

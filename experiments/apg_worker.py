@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 
 from experiments import _baselines, harness
+from experiments._baselines import brax_option
 from mbpo.cli import option
 
 
@@ -57,20 +58,22 @@ class ApgSettings(_baselines.WorkerSettings):
     worker = "apg_worker.py"
     min_evals = 4  # its first two epochs compile
 
-    horizon: int = option(16, "Steps of each differentiated window (``horizon_length``).")
-    num_updates: int = option(
-        60, "Policy updates (``policy_updates``); a multiple of ``num_evals - 1``."
+    horizon: int = brax_option(16, "Steps of each differentiated window", "horizon_length")
+    num_updates: int = brax_option(
+        60, "Policy updates; a multiple of ``num_evals - 1``", "policy_updates"
     )
     adam_b1: float = option(0.7, "Adam beta1 (``adam_b[0]``).")
     adam_b2: float = option(0.95, "Adam beta2 (``adam_b[1]``).")
-    use_schedule: bool = option(
+    use_schedule: bool = brax_option(
         False,
-        "Decay the learning rate by 0.997 per update (``use_schedule``; brax's default is True).",
+        "Decay the learning rate by 0.997 per update (brax's default is True)",
+        "use_schedule",
     )
-    max_grad_norm: float = option(
+    max_grad_norm: float = brax_option(
         1.0,
-        "Global-norm gradient clipping (``max_gradient_norm``; brax also always clips each "
-        "element to [-1, 1], a no-op once the global norm is <= 1).",
+        "Global-norm gradient clipping (brax also always clips each element to [-1, 1], a no-op "
+        "once the global norm is <= 1)",
+        "max_gradient_norm",
     )
     layer_norm: bool = option(False, "Layer norm after each hidden layer (brax's default is True).")
 
@@ -105,11 +108,7 @@ def run(settings: ApgSettings) -> dict:
         "apg",
         progress,
         network_kwargs={"layer_norm": settings.layer_norm},
-        policy_updates=settings.num_updates,
-        horizon_length=settings.horizon,
         adam_b=(settings.adam_b1, settings.adam_b2),
-        use_schedule=settings.use_schedule,
-        max_gradient_norm=settings.max_grad_norm,
     )
     steady_updates = len(progress.steady_times()) * settings.updates_per_epoch
     per_update = sum(progress.steady_times()) / steady_updates if steady_updates else None

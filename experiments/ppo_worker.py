@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 
 from experiments import _baselines, harness
-from mbpo.cli import option
+from experiments._baselines import brax_option
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -32,16 +32,16 @@ class PpoSettings(_baselines.WorkerSettings):
 
     worker = "ppo_worker.py"
 
-    env_steps: int = option(40960, "Env steps in all (``num_timesteps``).")
-    unroll_length: int = option(20, "Steps of each env per training step (``unroll_length``).")
-    num_minibatches: int = option(16, "Minibatches per pass (``num_minibatches``).")
-    update_epochs: int = option(8, "Passes over each batch (``num_updates_per_batch``).")
-    entropy_cost: float = option(1e-2, "Entropy bonus weight (``entropy_cost``).")
-    discount: float = option(0.97, "Discount gamma (``discounting``).")
-    gae_lambda: float = option(0.95, "GAE lambda (``gae_lambda``).")
-    clip: float = option(0.3, "Ratio clipping epsilon (``clipping_epsilon``).")
-    reward_scaling: float = option(1.0, "Reward multiplier (``reward_scaling``).")
-    normalize_advantage: bool = option(True, "Normalize advantages (``normalize_advantage``).")
+    env_steps: int = brax_option(40960, "Env steps in all", "num_timesteps")
+    unroll_length: int = brax_option(20, "Steps of each env per training step", "unroll_length")
+    num_minibatches: int = brax_option(16, "Minibatches per pass", "num_minibatches")
+    update_epochs: int = brax_option(8, "Passes over each batch", "num_updates_per_batch")
+    entropy_cost: float = brax_option(1e-2, "Entropy bonus weight", "entropy_cost")
+    discount: float = brax_option(0.97, "Discount gamma", "discounting")
+    gae_lambda: float = brax_option(0.95, "GAE lambda", "gae_lambda")
+    clip: float = brax_option(0.3, "Ratio clipping epsilon", "clipping_epsilon")
+    reward_scaling: float = brax_option(1.0, "Reward multiplier", "reward_scaling")
+    normalize_advantage: bool = brax_option(True, "Normalize advantages", "normalize_advantage")
 
     def __post_init__(self):
         super().__post_init__()
@@ -70,17 +70,7 @@ def run(settings: PpoSettings) -> dict:
             "policy_hidden_layer_sizes": settings.hidden,
             "value_hidden_layer_sizes": settings.hidden,
         },
-        num_timesteps=settings.env_steps,
-        unroll_length=settings.unroll_length,
         batch_size=settings.num_envs // settings.num_minibatches,
-        num_minibatches=settings.num_minibatches,
-        num_updates_per_batch=settings.update_epochs,
-        entropy_cost=settings.entropy_cost,
-        discounting=settings.discount,
-        gae_lambda=settings.gae_lambda,
-        clipping_epsilon=settings.clip,
-        reward_scaling=settings.reward_scaling,
-        normalize_advantage=settings.normalize_advantage,
         # Not a setting: true reads info['time_out'], which brax 0.14's EpisodeWrapper never sets
         # (KeyError after compiling); false masks a time-out step out of GAE by its truncation.
         bootstrap_on_timeout=False,

@@ -45,7 +45,8 @@ from __future__ import annotations
 import dataclasses
 
 from experiments import _baselines, harness
-from mbpo.cli import check_interval, option
+from experiments._baselines import brax_option
+from mbpo.cli import check_interval
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -54,24 +55,28 @@ class SacSettings(_baselines.WorkerSettings):
 
     worker = "sac_worker.py"
 
-    env_steps: int = option(
+    env_steps: int = brax_option(
         14336,
-        "Env steps in all, the warmup included (``num_timesteps``); env_steps - warmup_steps must "
-        "be a multiple of (num_evals - 1) num_envs.",
+        "Env steps in all, the warmup included; env_steps - warmup_steps must be a multiple of "
+        "(num_evals - 1) num_envs",
+        "num_timesteps",
     )
-    warmup_steps: int = option(
+    warmup_steps: int = brax_option(
         2048,
-        "Env steps of the initial policy that fill the replay buffer before any gradient step "
-        "(``min_replay_size``); a multiple of num_envs.",
+        "Env steps of the initial policy that fill the replay buffer before any gradient step; "
+        "a multiple of num_envs",
+        "min_replay_size",
     )
-    batch_size: int = option(256, "Transitions per gradient step (``batch_size``).")
-    grad_updates_per_step: int = option(
-        8, "Gradient steps per step of all envs (``grad_updates_per_step``)."
+    batch_size: int = brax_option(256, "Transitions per gradient step", "batch_size")
+    grad_updates_per_step: int = brax_option(
+        8, "Gradient steps per step of all envs", "grad_updates_per_step"
     )
-    discount: float = option(0.99, "Discount gamma (``discounting``).")
-    tau: float = option(0.005, "Polyak rate of the target critics (``tau``).")
-    max_replay_size: int = option(100_000, "Replay buffer size (``max_replay_size``).")
-    reward_scaling: float = option(1.0, "Reward multiplier in the critic target.")
+    discount: float = brax_option(0.99, "Discount gamma", "discounting")
+    tau: float = brax_option(0.005, "Polyak rate of the target critics", "tau")
+    max_replay_size: int = brax_option(100_000, "Replay buffer size", "max_replay_size")
+    reward_scaling: float = brax_option(
+        1.0, "Reward multiplier in the critic target", "reward_scaling"
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -107,15 +112,7 @@ def run(settings: SacSettings) -> dict:
     report, progress = _baselines.run_agent(
         settings,
         "sac",
-        num_timesteps=settings.env_steps,
         action_repeat=1,
-        discounting=settings.discount,
-        batch_size=settings.batch_size,
-        reward_scaling=settings.reward_scaling,
-        tau=settings.tau,
-        min_replay_size=settings.warmup_steps,
-        max_replay_size=settings.max_replay_size,
-        grad_updates_per_step=settings.grad_updates_per_step,
     )
     epoch_env_steps = settings.steps_per_epoch * settings.num_envs
     return {
