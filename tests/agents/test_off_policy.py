@@ -400,7 +400,7 @@ def test_recorded_pendulum_runs_beat_a_random_policy_on_every_seed():
 @pytest.mark.parametrize("algo", ["ddpg", "nfqca", "fqi"])
 def test_tiny_runs_train_and_evaluate(algo):
     """The trainers the other tests of this file do not run end to end (SAC, TD3 and amortized FQI
-    run in tests/test_main.py, tests/test_runs.py and above): finite metrics, a moving policy or
+    run in tests/test_main.py, tests/test_runner.py and above): finite metrics, a moving policy or
     critic, and an evaluation."""
     sizes = (
         dict(num_envs=4, warmup_steps=8, batch_size=16)
