@@ -1,4 +1,5 @@
-"""The objective the scaling and memory benchmarks differentiate (shared by both)."""
+"""What the benchmarks differentiate and compile: BPO's objective (the scaling and memory
+benchmarks) and the SVG(n) update of a Brax task (the compile benchmarks)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,22 @@ def bpo_objective(env: str, backend: str, T: int, batch: int, *, remat: int | No
 
     state_bytes = sum(np.prod(x.shape[1:]) * x.dtype.itemsize for x in jax.tree.leaves(states))
     return J, (params, states, noise), int(state_bytes)
+
+
+def svg_update_config(env: str, backend: str, horizon: int, num_envs: int, updates: int = 2):
+    """The SVG(n) trainer config whose update the compile benchmarks compile: ``env`` on the
+    ``backend`` pipeline, 1000-step episodes, gamma 0.99, 4 critic minibatches where they divide
+    the window's transitions (else 1)."""
+    from mbpo.agents.unroll_trainer import UnrollTrainerConfig
+
+    return UnrollTrainerConfig(
+        env=env,
+        brax_backend=backend,
+        estimator="svg",
+        horizon=horizon,
+        num_envs=num_envs,
+        episode_length=1000,
+        gamma=0.99,
+        num_updates=updates,
+        critic_minibatches=1 if num_envs * horizon % 4 else 4,
+    )

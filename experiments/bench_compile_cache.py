@@ -126,21 +126,11 @@ def anatomy(n: int, num_envs: int, backend: str) -> dict:
     """Trace+lower time, program size and compile time of the halfcheetah SVG(n) update."""
     import jax
 
+    from experiments._objective import svg_update_config
     from mbpo.agents import loop
-    from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer
+    from mbpo.agents.unroll_trainer import make_trainer
 
-    config = UnrollTrainerConfig(
-        env="halfcheetah",
-        brax_backend=backend,
-        estimator="svg",
-        horizon=n,
-        num_envs=num_envs,
-        episode_length=1000,
-        gamma=0.99,
-        num_updates=2,
-        critic_minibatches=1 if num_envs * n % 4 else 4,
-    )
-    trainer = make_trainer(config)
+    trainer = make_trainer(svg_update_config("halfcheetah", backend, n, num_envs))
     state = loop.initial_state(trainer)
     start = time.perf_counter()
     lowered = jax.jit(trainer.update).lower(state)

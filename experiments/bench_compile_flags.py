@@ -83,22 +83,12 @@ def probe(env: str, backend: str, horizon: int, num_envs: int, updates: int) -> 
     the state's digest."""
     import jax
 
+    from experiments._objective import svg_update_config
     from experiments.bit_identity import state_digest
     from mbpo.agents import loop
-    from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer
+    from mbpo.agents.unroll_trainer import make_trainer
 
-    config = UnrollTrainerConfig(
-        env=env,
-        brax_backend=backend,
-        estimator="svg",
-        horizon=horizon,
-        num_envs=num_envs,
-        episode_length=1000,
-        gamma=0.99,
-        num_updates=updates,
-        critic_minibatches=1 if num_envs * horizon % 4 else 4,
-    )
-    trainer = make_trainer(config)
+    trainer = make_trainer(svg_update_config(env, backend, horizon, num_envs, updates))
     state = jax.block_until_ready(loop.initial_state(trainer))
     start = time.perf_counter()
     update = jax.jit(trainer.update).lower(state).compile()
@@ -166,7 +156,8 @@ def format_table(report: dict) -> str:
     for r in report["rows"]:
         name = f"{r['label']} (`{r['xla_flags']}`)" if r["xla_flags"] else r["label"]
         if "error" in r:
-            lines.append(f"| {name} | failed: {r['error'].splitlines()[-1][:80]} | | | | |")
+            last = r["error"].strip().splitlines()[-1]
+            lines.append(f"| {name} | failed: {last.split('] ', 1)[-1][:100]} | | | | |")
             continue
         lines.append(
             f"| {name} | {r['compile_s']:.1f} | {r.get('compile_ratio', 1.0):.2f} | "

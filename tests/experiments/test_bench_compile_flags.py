@@ -41,7 +41,11 @@ def test_summary_gives_ratios_to_the_defaults_and_bit_identity():
             "state": "a",
         },
         {"label": "O0", "xla_flags": "--o0", "compile_s": 50.0, "update_s": 1.0, "state": "b"},
-        {"label": "bad", "xla_flags": "--bad", "error": "Unknown flag in XLA_FLAGS: --bad\n"},
+        {
+            "label": "bad",
+            "xla_flags": "--bad",
+            "error": "F1203 09:12:52 6833 flags.cc:234] Unknown flag in XLA_FLAGS: --bad\n",
+        },
     ]
     reference, fast, bad = bench.summarize(rows)
     assert (reference["compile_ratio"], reference["bit_identical"]) == (1.0, True)
