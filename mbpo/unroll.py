@@ -60,17 +60,8 @@ class Transition(struct.PyTreeNode):
     @classmethod
     def example(cls, obs: Observation, action_size: int) -> Transition:
         """One zero transition at ``obs`` (no time axis): the example that sizes a replay buffer."""
-        zero = jnp.zeros((), obs.dtype)
-        action = jnp.zeros(action_size, obs.dtype)
-        return cls(
-            obs=obs,
-            action=action,
-            reward=zero,
-            done=zero,
-            next_obs=obs,
-            log_prob=zero,
-            contact=zero,
-        )
+        scalars = dict.fromkeys(("reward", "done", "log_prob", "contact"), jnp.zeros((), obs.dtype))
+        return cls(obs=obs, action=jnp.zeros(action_size, obs.dtype), next_obs=obs, **scalars)
 
 
 class RolloutNoise(struct.PyTreeNode):
