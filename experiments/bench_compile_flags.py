@@ -5,8 +5,9 @@ grow with n or num_envs (``bench_compile_cache``'s anatomy): the time is XLA's a
 the physics step and its derivative. For each set of ``XLA_FLAGS`` of the preset, a fresh process
 (XLA reads its flags once, when jax creates its client) builds the same trainer and initial
 state, compiles ``jax.jit(update)``, runs ``updates`` updates and hashes the state after them
-(:func:`experiments.bit_identity.state_digest`). Reported per flag set: the compile seconds, the
-steady update time (the mean of all updates after the first), both as ratios to the first flag
+(:func:`experiments.bit_identity.state_digest`). Reported per flag set: the compile seconds (wall
+and the process's CPU time, which other jobs on a shared machine disturb less), the steady update
+time (the mean of all updates after the first), both as ratios to the first flag
 set's (XLA's defaults), and whether the state is bit-identical to the defaults' one: a flag that
 changes no bit of the training is safe to use for any run; one that changes bits changes the run
 as a different seed would (floating-point reassociation), and is for debugging runs only.
@@ -90,9 +91,10 @@ def probe(env: str, backend: str, horizon: int, num_envs: int, updates: int) -> 
 
     trainer = make_trainer(svg_update_config(env, backend, horizon, num_envs, updates))
     state = jax.block_until_ready(loop.initial_state(trainer))
-    start = time.perf_counter()
-    update = jax.jit(trainer.update).lower(state).compile()
-    compile_s = time.perf_counter() - start
+    lowered = jax.jit(trainer.update).lower(state)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    update = lowered.compile()
+    compile_s, compile_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     times = []
     for _ in range(updates):
         start = time.perf_counter()
@@ -100,6 +102,7 @@ def probe(env: str, backend: str, horizon: int, num_envs: int, updates: int) -> 
         times.append(time.perf_counter() - start)
     return {
         "compile_s": compile_s,
+        "compile_cpu_s": compile_cpu_s,
         "update_s": sum(times[1:]) / len(times[1:]),
         "state": state_digest(state),
     }
@@ -137,6 +140,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             {
                 **row,
                 "compile_ratio": row["compile_s"] / reference["compile_s"],
+                "compile_cpu_ratio": row["compile_cpu_s"] / reference["compile_cpu_s"],
                 "update_ratio": row["update_s"] / reference["update_s"],
                 "bit_identical": row["state"] == reference["state"],
             }
@@ -150,17 +154,19 @@ def format_table(report: dict) -> str:
         f"{p['env']} [{p['backend']}] SVG({p['horizon']}) update, {p['num_envs']} envs, "
         f"{p['updates']} updates per flag set",
         "",
-        "| XLA flags | compile s | x defaults | update ms | x defaults | state bit-identical |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        "| XLA flags | compile s | x defaults | compile CPU s | x defaults | update ms "
+        "| x defaults | state bit-identical |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in report["rows"]:
         name = f"{r['label']} (`{r['xla_flags']}`)" if r["xla_flags"] else r["label"]
         if "error" in r:
             last = r["error"].strip().splitlines()[-1]
-            lines.append(f"| {name} | failed: {last.split('] ', 1)[-1][:100]} | | | | |")
+            lines.append(f"| {name} | failed: {last.split('] ', 1)[-1][:100]} | | | | | | |")
             continue
         lines.append(
             f"| {name} | {r['compile_s']:.1f} | {r.get('compile_ratio', 1.0):.2f} | "
+            f"{r['compile_cpu_s']:.1f} | {r.get('compile_cpu_ratio', 1.0):.2f} | "
             f"{1e3 * r['update_s']:.0f} | {r.get('update_ratio', 1.0):.2f} | "
             f"{'yes' if r.get('bit_identical', True) else 'no'} |"
         )

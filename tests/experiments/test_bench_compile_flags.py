@@ -10,7 +10,7 @@ from experiments import bench_compile_flags as bench
 def test_probe_compiles_runs_and_hashes_deterministically():
     first = bench.probe("lqr", "positional", horizon=2, num_envs=4, updates=2)
     again = bench.probe("lqr", "positional", horizon=2, num_envs=4, updates=3)
-    assert first["compile_s"] > 0 and first["update_s"] > 0
+    assert first["compile_s"] > 0 and first["compile_cpu_s"] > 0 and first["update_s"] > 0
     assert len(first["state"]) == 64 and first["state"] != again["state"]  # one more update
     assert (
         bench.probe("lqr", "positional", horizon=2, num_envs=4, updates=2)["state"]
@@ -37,10 +37,18 @@ def test_summary_gives_ratios_to_the_defaults_and_bit_identity():
             "label": "xla defaults",
             "xla_flags": "",
             "compile_s": 100.0,
+            "compile_cpu_s": 90.0,
             "update_s": 0.2,
             "state": "a",
         },
-        {"label": "O0", "xla_flags": "--o0", "compile_s": 50.0, "update_s": 1.0, "state": "b"},
+        {
+            "label": "O0",
+            "xla_flags": "--o0",
+            "compile_s": 50.0,
+            "compile_cpu_s": 45.0,
+            "update_s": 1.0,
+            "state": "b",
+        },
         {
             "label": "bad",
             "xla_flags": "--bad",
@@ -53,7 +61,7 @@ def test_summary_gives_ratios_to_the_defaults_and_bit_identity():
     assert bad == rows[2]
     config = {"env": "lqr", "backend": "positional", "horizon": 2, "num_envs": 4, "updates": 2}
     table = bench.format_table({"config": config, "rows": [reference, fast, bad]})
-    assert "| O0 (`--o0`) | 50.0 | 0.50 | 1000 | 5.00 | no |" in table
+    assert "| O0 (`--o0`) | 50.0 | 0.50 | 45.0 | 0.50 | 1000 | 5.00 | no |" in table
     assert "| bad (`--bad`) | failed: Unknown flag in XLA_FLAGS: --bad |" in table
 
 
