@@ -18,16 +18,14 @@ def test_probe_compiles_runs_and_hashes_deterministically():
     )
 
 
-def test_an_unknown_flag_is_recorded_in_its_row():
-    preset = bench.Preset(
-        env="lqr",
-        backend="positional",
-        horizon=2,
-        num_envs=4,
-        updates=2,
-        flag_sets=(("xla defaults", ""),),
+def _preset(flag_sets=(("xla defaults", ""),)) -> bench.Preset:
+    return bench.Preset(
+        env="lqr", backend="positional", horizon=2, num_envs=4, updates=2, flag_sets=flag_sets
     )
-    row = bench.measure(preset, "unknown", "--no_such_xla_flag=1")
+
+
+def test_an_unknown_flag_is_recorded_in_its_row():
+    row = bench.measure(_preset(), "unknown", "--no_such_xla_flag=1")
     assert "Unknown flag" in row["error"] and "compile_s" not in row
 
 
@@ -67,11 +65,4 @@ def test_summary_gives_ratios_to_the_defaults_and_bit_identity():
 
 def test_preset_must_start_with_the_defaults():
     with pytest.raises(ValueError, match="must start with XLA's defaults"):
-        bench.Preset(
-            env="lqr",
-            backend="positional",
-            horizon=2,
-            num_envs=4,
-            updates=2,
-            flag_sets=(("O0", "--xla_backend_optimization_level=0"),),
-        )
+        _preset((("O0", "--xla_backend_optimization_level=0"),))
