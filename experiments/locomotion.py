@@ -214,9 +214,10 @@ def _mean_over_seeds(rows: list[dict], key: str) -> dict[int, float]:
 
 
 def summarize(rows: list[dict], preset: Preset) -> list[dict]:
-    """Per task and algorithm: the return at the largest step count all reached, the steps and
-    seconds to the task's common return (mean over seeds), the skipped-update and guarded-env
-    fractions and the gradient-norm percentiles (over evaluations and seeds)."""
+    """Per task and algorithm: its number of seeds, the return (mean over them) at the largest
+    step count all reached, the steps and seconds to the task's common return (mean over seeds),
+    the skipped-update and guarded-env fractions and the gradient-norm percentiles (over
+    evaluations and seeds)."""
     table = []
     for task in preset.tasks:
         mine = [r for r in rows if r["task"] == task.env]
@@ -238,6 +239,7 @@ def summarize(rows: list[dict], preset: Preset) -> list[dict]:
                 {
                     "task": task.env,
                     "algorithm": name,
+                    "seeds": len({r.get("seed", 0) for r in runs}),
                     "return_at_common_steps": round(curve[at], 1),
                     "common_steps": at,
                     "final_return": round(curve[max(curve)], 1),
@@ -267,11 +269,13 @@ def format_table(table: list[dict], preset: Preset) -> str:
     thresholds = {t.env: t.common_return for t in preset.tasks}
     checkpoints = sorted({c for t in preset.tasks for c in t.checkpoints})
     lines = [
-        "| task | algorithm | return at equal steps | "
+        "| task | algorithm | seeds | return at equal steps | "
         + "".join(f"return @ {c / 1000:g}k | " for c in checkpoints)
         + "final return (steps) | steps to the common return | seconds to it | skipped updates "
         "| guarded envs | grad norm p50 / p90 / max |",
-        "| --- | --- | ---: | " + "---: | " * len(checkpoints) + "---: | ---: | ---: | ---: | ---: "
+        "| --- | --- | ---: | ---: | "
+        + "---: | " * len(checkpoints)
+        + "---: | ---: | ---: | ---: | ---: "
         "| ---: |",
     ]
     for t in table:
@@ -280,7 +284,7 @@ def format_table(table: list[dict], preset: Preset) -> str:
         at = t.get("return_at_checkpoints", {})
         cells = "".join(f"{'-' if at.get(c) is None else at[c]} | " for c in checkpoints)
         lines.append(
-            f"| {t['task']} | {t['algorithm']} | {t['return_at_common_steps']} "
+            f"| {t['task']} | {t['algorithm']} | {t['seeds']} | {t['return_at_common_steps']} "
             f"(@{t['common_steps']}) | {cells}{t['final_return']} ({t['final_steps']}) | "
             f"{t['steps_to_common_return'] or 'not reached'} (>= {thresholds[t['task']]:g}) | "
             f"{t['seconds_to_common_return'] or '-'} | {100 * t['skipped_fraction']:.2f}% | "

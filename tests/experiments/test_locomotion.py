@@ -43,7 +43,7 @@ def test_tiny_run_writes_every_file_with_the_gradient_health(tmp_path, monkeypat
     }
     assert summary["shac"]["guarded_envs"] == 0.0 and summary["sac"]["guarded_envs"] is None
     assert summary["shac"]["steps_to_common_return"] == 2 * 4 * 4  # the first evaluation
-    assert summary["shac"]["skipped_fraction"] == 0.0
+    assert summary["shac"]["skipped_fraction"] == 0.0 and summary["shac"]["seeds"] == 2
     assert len(summary["shac"]["grad_norm_p50_p90_max"]) == 3
     assert "| pendulum | shac |" in (tmp_path / "summary.md").read_text()
 
@@ -100,6 +100,7 @@ def test_first_seed_adds_independent_seeds_that_from_tabulates_together(tmp_path
         ["--preset", "tiny", "--from", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(both)]
     )
     (table,) = json.loads((both / "summary.json").read_text())["summary"]
+    assert table["seeds"] == 2 and "| lqr | shac | 2 | " in (both / "summary.md").read_text()
     first = [r for r in rows["a"] + rows["b"] if r["env_steps"] == table["final_steps"]]
     assert len(first) == 2
     assert table["final_return"] == round(sum(r["eval_return"] for r in first) / 2, 1)
