@@ -1,6 +1,7 @@
 """experiments.locomotion end to end on a tiny non-Brax preset (the Brax presets compile for
 minutes): every file written, the gradient-health columns filled, bad selections refused."""
 
+import dataclasses
 import json
 
 import pytest
@@ -72,16 +73,11 @@ def test_unknown_algorithm_exits_2_before_training(tmp_path, capsys):
 
 
 # lqr compiles in a fraction of pendulum's time (the ODE), enough for the seed bookkeeping.
-TINY_LQR = loco.Preset(
+TINY_LQR = dataclasses.replace(
+    TINY,
     seeds=1,
     tasks=(
-        loco.Task(
-            env="lqr",
-            backend="positional",
-            episode_length=20,
-            common_return=-1e9,
-            algorithms=(("shac", TINY_FIRST_ORDER),),
-        ),
+        dataclasses.replace(TINY.tasks[0], env="lqr", algorithms=(("shac", TINY_FIRST_ORDER),)),
     ),
 )
 
