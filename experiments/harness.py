@@ -227,10 +227,13 @@ class Run:
         versions, device and load, then ``text``); a script adds its plots and :meth:`write`\s
         them."""
         header, seeds = self.header(), getattr(self.preset, "seeds", None)
+        # Rows read back with --from may hold other seed counts than the preset's.
+        found = len({r["seed"] for r in rows if "seed" in r}) or seeds
         return {
             "curves.csv": csv_text(rows),
             "summary.json": {**header, "seeds": seeds, "summary": summary},
-            "summary.md": f"# {title} ({self.args.preset} preset, {seeds} seeds)\n\n"
+            "summary.md": f"# {title} ({self.args.preset} preset, "
+            f"{'up to ' * (found != seeds)}{found} seed{'s' * (found != 1)})\n\n"
             f"`{header['command']}`, {time.strftime('%Y-%m-%d')}, jax {header['jax_version']} on "
             f"{header['device_kind']} (load {header['load_average_1min_at_start']:.1f} at start)"
             f"\n\n{text}\n",
