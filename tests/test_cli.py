@@ -49,3 +49,14 @@ def test_check_interval_refuses_a_malformed_interval():
 def test_check_positive_names_the_first_small_field():
     with pytest.raises(ValueError, match="count must be >= 4, got 3"):
         check_positive(Fields(), "count", minimum=4)
+
+
+@pytest.mark.parametrize("algo", ["svg-4", "sac", "ppo"])
+def test_an_infinite_clipping_norm_means_no_clipping_and_is_allowed(algo):
+    """The trainer configs' range checks keep what they allowed before check_interval: an
+    unbounded gradient norm (no clipping) is a valid setting; NaN is not."""
+    from mbpo.agents import registry
+
+    assert registry.config_for(algo, max_grad_norm=math.inf).max_grad_norm == math.inf
+    with pytest.raises(ValueError, match=r"max_grad_norm must be in \(0, inf\], got nan"):
+        registry.config_for(algo, max_grad_norm=math.nan)

@@ -193,16 +193,14 @@ class ModelBasedConfig(loop.UnrollFields):
                 "policy_update='sac' with model='true' is SAC with extra simulator steps: use "
                 "--algo sac"
             )
-        if not 0 <= self.td_lambda <= 1:
-            raise ValueError(f"td_lambda must be in [0, 1], got {self.td_lambda}")
         check_interval(self, "(0, 1]", "gamma", "tau")
-        check_interval(self, "[0, inf)", "warmup_steps")
+        check_interval(self, "[0, 1]", "td_lambda")
+        check_interval(self, "[0, inf]", "warmup_steps")
         check_interval(
-            self, "(0, inf)", "max_weight", "model_lr", "actor_lr", "critic_lr", "init_std"
+            self, "(0, inf]", "max_weight", "model_lr", "actor_lr", "critic_lr", "init_std"
         )
         loop.check_sizes(hidden=self.hidden, model_hidden=self.model_hidden)
-        if not 0 <= self.real_ratio < 1:
-            raise ValueError(f"real_ratio must be in [0, 1), got {self.real_ratio}")
+        check_interval(self, "[0, 1)", "real_ratio")
         if self.horizon > self.episode_length:
             raise ValueError(
                 f"horizon={self.horizon} is longer than episode_length={self.episode_length}: "

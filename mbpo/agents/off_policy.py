@@ -177,15 +177,16 @@ class OffPolicyConfig(loop.TaskFields):
             "eval_every",
             "eval_envs",
         )
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        check_interval(self, "[0, inf]", "warmup_steps")
         if self.num_envs > self.buffer_capacity:
             raise ValueError(
                 f"buffer_capacity={self.buffer_capacity} must hold one iteration's "
                 f"num_envs={self.num_envs}"
             )
         check_interval(self, "(0, 1]", "gamma", "tau")
-        for name in (
+        check_interval(
+            self,
+            "(0, inf]",
             "actor_lr",
             "critic_lr",
             "max_grad_norm",
@@ -193,17 +194,15 @@ class OffPolicyConfig(loop.TaskFields):
             "ou_dt",
             "alpha_lr",
             "maximize_lr",
-        ):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        )
         if not (self.init_alpha > 0 or (self.init_alpha == 0 and not self.autotune_alpha)):
             raise ValueError(
                 "init_alpha must be > 0 (or 0 with autotune_alpha=False: no entropy bonus), got "
                 f"{self.init_alpha}"
             )
-        for name in ("ou_sigma", "explore_std", "target_noise", "target_noise_clip"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_interval(
+            self, "[0, inf]", "ou_sigma", "explore_std", "target_noise", "target_noise_clip"
+        )
         loop.check_sizes(hidden=self.hidden)
         loop.check_counters(
             self.num_updates * self.num_envs if self.online else self.num_basepoints,

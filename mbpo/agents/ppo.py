@@ -78,9 +78,9 @@ class PPOConfig(loop.TaskFields):
         check_interval(self, "[0, 1]", "gae_lambda")
         check_interval(self, "(0, inf]", "clip")  # inf: no clipping
         check_interval(
-            self, "(0, inf)", "learning_rate", "max_grad_norm", "init_std", "reward_scaling"
+            self, "(0, inf]", "learning_rate", "max_grad_norm", "init_std", "reward_scaling"
         )
-        check_interval(self, "[0, inf)", "entropy_cost", "value_coef")
+        check_interval(self, "[0, inf]", "entropy_cost", "value_coef")
         loop.check_sizes(hidden=self.hidden)
         loop.check_counters(self.num_updates * self.num_envs * self.unroll_length, self.num_updates)
 

@@ -165,7 +165,7 @@ class UnrollTrainerConfig(loop.UnrollFields):
             )
         check_interval(self, "(0, 1]", "gamma", "tau")
         check_interval(self, "[0, 1]", "td_lambda")
-        check_interval(self, "(0, inf)", "actor_lr", "critic_lr", "max_grad_norm", "init_std")
+        check_interval(self, "(0, inf]", "actor_lr", "critic_lr", "max_grad_norm", "init_std")
         loop.check_sizes(hidden=self.hidden)
         if self.horizon is not None and self.horizon > self.episode_length:
             raise ValueError(
@@ -214,16 +214,8 @@ class UnrollTrainerConfig(loop.UnrollFields):
                     f"need 1 <= horizon_min <= horizon; got horizon_min={self.horizon_min}, "
                     f"horizon={self.horizon}"
                 )
-            if self.contact_threshold <= 0 or self.horizon_lr <= 0:
-                raise ValueError(
-                    "contact_threshold and horizon_lr must be > 0, got "
-                    f"{self.contact_threshold}, {self.horizon_lr}"
-                )
-        if self.temperature_init <= 0 or self.temperature_lr <= 0:
-            raise ValueError(
-                "temperature_init and temperature_lr must be > 0, got "
-                f"{self.temperature_init}, {self.temperature_lr}"
-            )
+            check_interval(self, "(0, inf]", "contact_threshold", "horizon_lr")
+        check_interval(self, "(0, inf]", "temperature_init", "temperature_lr")
 
     @property
     def program_run_fields(self) -> tuple[str, ...]:
