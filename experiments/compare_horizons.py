@@ -346,8 +346,9 @@ def plot(gradient_rows: list[dict], return_rows: list[dict]):
         ]
         if present
     ]
-    figure = Figure(figsize=(4 * max(len(shown), 1), 4))
-    axes = dict(zip(shown, np.atleast_1d(figure.subplots(1, max(len(shown), 1)))))
+    columns = max(len(shown), 1)
+    figure = Figure(figsize=(4 * columns, 4))
+    axes = dict(zip(shown, np.atleast_1d(figure.subplots(1, columns))))
     for env in dict.fromkeys(r["env"] for r in gradient_rows):
         rows = sorted(
             (r for r in gradient_rows if r["env"] == env), key=lambda r: order.index(r["n"])

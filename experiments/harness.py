@@ -228,7 +228,7 @@ class Run:
         them."""
         header, seeds = self.header(), getattr(self.preset, "seeds", None)
         # Rows read back with --from may hold other seed counts than the preset's.
-        found = len({r["seed"] for r in rows if "seed" in r}) or seeds
+        found = seed_count(rows) or seeds
         return {
             "curves.csv": csv_text(rows),
             "summary.json": {**header, "seeds": seeds, "summary": summary},
@@ -252,6 +252,11 @@ class Run:
                 save_png(path, content)
             else:
                 write_json(path, content)
+
+
+def seed_count(rows: list[dict]) -> int:
+    """How many seeds ``rows`` hold (distinct ``seed`` values; a row without one is seed 0)."""
+    return len({r.get("seed", 0) for r in rows})
 
 
 def train_tasks(tasks, seeds: int, make_config, *, only=None, report=None, extra=()) -> list[dict]:

@@ -75,8 +75,7 @@ class Preset:
         harness.check_positive(self, "seeds")
         if isinstance(self.first_seed, bool) or not isinstance(self.first_seed, int):
             raise ValueError(f"first_seed must be an integer, got {self.first_seed!r}")
-        if self.first_seed < 0:
-            raise ValueError(f"first_seed must be >= 0, got {self.first_seed}")
+        harness.check_positive(self, "first_seed", minimum=0)
 
 
 def first_order(updates: int, **extra) -> dict:
@@ -239,7 +238,7 @@ def summarize(rows: list[dict], preset: Preset) -> list[dict]:
                 {
                     "task": task.env,
                     "algorithm": name,
-                    "seeds": len({r.get("seed", 0) for r in runs}),
+                    "seeds": harness.seed_count(runs),
                     "return_at_common_steps": round(curve[at], 1),
                     "common_steps": at,
                     "final_return": round(curve[max(curve)], 1),
@@ -302,7 +301,7 @@ def write_results(run: harness.Run, rows: list[dict]) -> str:
     for task in preset.tasks:
         mine = [r for r in rows if r["task"] == task.env]
         if mine:
-            seeds = len({r.get("seed", 0) for r in mine})
+            seeds = harness.seed_count(mine)
             title = f"{task.env} [{task.backend}], {seeds} seed{'s' * (seeds > 1)}"
             for name, x in (("curves", "env_steps"), ("wallclock", "wall_time")):
                 files[f"{name}_{task.env}.png"] = curves.plot(
