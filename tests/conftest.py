@@ -38,3 +38,13 @@ def central_difference(f, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
         e[idx] = h
         jac[(..., *idx)] = (np.asarray(f(x + e)) - np.asarray(f(x - e))) / (2 * h)
     return jac
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_cache(tmp_path_factory):
+    if os.environ.get("MBPO_TEST_SHARED_CACHE"):
+        path = os.environ["MBPO_TEST_SHARED_CACHE"]
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    yield

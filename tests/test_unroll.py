@@ -180,7 +180,7 @@ def test_truncated_window_is_the_shorter_unroll_in_value_and_gradient(cut):
 
 @pytest.mark.parametrize(
     ("task_name", "remat"),  # every step, a remainder chunk, chunks that divide; the ODE once
-    [("lqr", 1), ("lqr", 7), ("lqr", 10), ("pendulum", 7)],
+    [("lqr", 1), ("lqr", 7), ("lqr", 10), ("pendulum", 4)],
 )
 def test_rematerialized_unroll_has_the_plain_gradient(task_name, remat):
     """The checkpointed nested scan computes the plain scan's J_n and gradient (float64, relative
@@ -189,7 +189,7 @@ def test_rematerialized_unroll_has_the_plain_gradient(task_name, remat):
     policy = GaussianPolicy.for_dynamics(task, hidden=(8,), init_std=0.3)
     params = jax.tree.map(lambda x: x.astype(jnp.float64), policy.init(jax.random.key(0)))
     states = jax.vmap(task.reset)(jax.random.split(jax.random.key(1), 3))
-    n = 40 if task_name == "lqr" else 17
+    n = 40 if task_name == "lqr" else 10  # pendulum: chunks of 4, 4 and a remainder of 2
     k_eps, k_xi = jax.random.split(jax.random.key(2))
     noise = RolloutNoise(
         eps=jax.random.normal(k_eps, (3, n + 1, *policy.eps_shape)),
@@ -206,8 +206,9 @@ def test_rematerialized_unroll_has_the_plain_gradient(task_name, remat):
 
         return jnp.mean(jax.vmap(one)(states, noise))
 
-    plain_value, plain_grad = jax.value_and_grad(objective)(params, None)
-    value, grad = jax.value_and_grad(objective)(params, remat)
+    value_and_grad = jax.jit(jax.value_and_grad(objective), static_argnums=1)
+    plain_value, plain_grad = value_and_grad(params, None)
+    value, grad = value_and_grad(params, remat)
     np.testing.assert_allclose(value, plain_value, rtol=1e-10)
     for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(plain_grad)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14 * np.max(np.abs(b)))
