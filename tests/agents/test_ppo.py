@@ -58,16 +58,16 @@ def test_clipped_surrogate_without_clipping_is_the_reinforce_gae_gradient():
     policy = GaussianPolicy.for_dynamics(task, hidden=(8,), init_std=0.5)
     value = QCritic(task.observation_size, 0, num_q=1, hidden=(8,))
     parts = ppo._PPO(config, task, policy, value, optax.adam(1e-3))
-    ts = parts.init(jax.random.key(0))
-    batch = parts.batch(ts, *parts.collect(ts, jax.random.key(1))[1:])
+    ts = jax.jit(parts.init)(jax.random.key(0))
+    batch = jax.jit(lambda ts, k: parts.batch(ts, *parts.collect(ts, k)[1:]))(ts, jax.random.key(1))
     params = ts.learner.params
-    got = jax.grad(lambda p: parts.loss(p, batch)[0])(params)["policy"]
+    got = jax.jit(jax.grad(lambda p: parts.loss(p, batch)[0]))(params)["policy"]
 
     def reinforce(p):  # the Gaussian policy's latent is its action: log pi itself
         log_pi = jax.vmap(lambda o, a: policy.log_prob(p, o, a))(batch["obs"], batch["latent"])
         return estimators.score_surrogate(log_pi, batch["advantage"]) / log_pi.shape[0]
 
-    want = jax.grad(reinforce)(params["policy"])
+    want = jax.jit(jax.grad(reinforce))(params["policy"])
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(g, -w, rtol=1e-5, atol=1e-7)
 
@@ -80,12 +80,17 @@ def test_reinforce_gae_gradient_is_within_4_standard_errors_of_the_lqr_closed_fo
     the log-std."""
     task, policy = envs.make("lqr"), _linear_policy()
     params, steps, n = _params(K0, SIGMA), 80, 4000
-    traj = _episodes(task, policy, params, jax.random.key(3), n, steps)
+    traj = jax.jit(lambda w, k: _episodes(task, policy, w, k, n, steps))(params, jax.random.key(3))
     v = lambda s: lqr_lib.value(task, jnp.asarray(K0), GAMMA, s, SIGMA)
-    v_t, v_tp1 = jax.vmap(jax.vmap(v))(traj.obs), jax.vmap(jax.vmap(v))(traj.next_obs)
-    adv = jax.vmap(lambda r, d, a, b: estimators.gae(r, d, a, b, 1.0))(
-        traj.reward, GAMMA * (1 - traj.done), v_t, v_tp1
-    )
+
+    @jax.jit
+    def advantages(traj):
+        v_t, v_tp1 = jax.vmap(jax.vmap(v))(traj.obs), jax.vmap(jax.vmap(v))(traj.next_obs)
+        return jax.vmap(lambda r, d, a, b: estimators.gae(r, d, a, b, 1.0))(
+            traj.reward, GAMMA * (1 - traj.done), v_t, v_tp1
+        )
+
+    adv = advantages(traj)
     weight = GAMMA ** jnp.arange(steps)
 
     def one(obs, action, a):
@@ -95,13 +100,15 @@ def test_reinforce_gae_gradient_is_within_4_standard_errors_of_the_lqr_closed_fo
 
         return jax.grad(surrogate)(params)
 
-    grads = jax.vmap(one)(traj.obs, traj.action, adv)
-    closed = jax.grad(
-        lambda p: lqr_lib.expected_return(
-            task,
-            -p["net"]["params"]["Dense_0"]["kernel"].T,
-            GAMMA,
-            policy_std=jnp.exp(p["log_std"][0]),
+    grads = jax.jit(jax.vmap(one))(traj.obs, traj.action, adv)
+    closed = jax.jit(
+        jax.grad(
+            lambda p: lqr_lib.expected_return(
+                task,
+                -p["net"]["params"]["Dense_0"]["kernel"].T,
+                GAMMA,
+                policy_std=jnp.exp(p["log_std"][0]),
+            )
         )
     )(params)
     for g, c in zip(jax.tree.leaves(grads), jax.tree.leaves(closed)):

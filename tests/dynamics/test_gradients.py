@@ -79,7 +79,7 @@ def test_ode_adjoints_agree():
         def total(a, dynamics=dynamics, state=state, xi=xi):
             return jnp.sum(open_loop(dynamics, state, a, xi)[1].reward)
 
-        grads.append(jax.grad(total)(actions))
+        grads.append(jax.jit(jax.grad(total))(actions))
     np.testing.assert_allclose(grads[1], grads[0], rtol=1e-10)
     np.testing.assert_allclose(grads[2], grads[0], rtol=1e-5)
 

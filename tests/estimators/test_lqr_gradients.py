@@ -23,6 +23,11 @@ K0 = np.array([[1.0, 1.5]])
 SIGMA = 0.4
 
 
+def _grad(f):
+    """jax.grad of f, jitted: one compiled program instead of op-by-op dispatch of its scan."""
+    return jax.jit(jax.grad(f))
+
+
 def _policy(stochastic):
     cls = GaussianPolicy if stochastic else DeterministicPolicy
     return cls(2, 1, (-np.inf,), (np.inf,), hidden=(), use_bias=False)
@@ -75,7 +80,7 @@ def _unpack(z, task, n, eps_dim):
 
 def _exact_expected_gradient(grad_fn, dim):
     points = np.sqrt(dim) * np.concatenate([np.eye(dim), -np.eye(dim)])
-    grads = jax.vmap(grad_fn)(jnp.asarray(points))
+    grads = jax.jit(jax.vmap(grad_fn))(jnp.asarray(points))
     return jax.tree.map(lambda g: g.mean(axis=0), grads)
 
 
@@ -89,14 +94,14 @@ def test_svg_n_with_exact_critic_equals_closed_form_gradient(n):
 
     def grad_at(z):
         state, noise = _unpack(z, task, n, 1)
-        return jax.grad(
+        return _grad(
             lambda w: unroll(
                 task, lambda o, e: policy.sample(w, o, e), state, noise, gamma=GAMMA, q=q
             )[0]
         )(params)
 
     svg = _exact_expected_gradient(grad_at, dim)
-    exact = jax.grad(lambda w: _closed_form_jn(task, w, n, stochastic=True))(params)
+    exact = _grad(lambda w: _closed_form_jn(task, w, n, stochastic=True))(params)
     for got, want in zip(jax.tree.leaves(svg), jax.tree.leaves(exact)):
         np.testing.assert_allclose(got, want, rtol=1e-6)
 
@@ -112,7 +117,7 @@ def test_bpo_gradient_equals_closed_form():
     state = task.reset(jax.random.key(0)).replace(x=s0, obs=s0)
     noise = RolloutNoise(eps=jnp.zeros((horizon, 0)), xi=jnp.zeros((horizon, 2)))
     est = estimators.bpo()
-    grad = jax.grad(
+    grad = _grad(
         lambda w: estimators.surrogate(
             est,
             noiseless,
@@ -134,7 +139,7 @@ def test_svg0_with_deterministic_policy_is_the_dpg_actor_gradient():
     q = _q_fn(task, 0.0)
     states = jax.vmap(task.reset)(jax.random.split(jax.random.key(0), 16))
     noise = RolloutNoise(eps=jnp.zeros((16, 1, 0)), xi=jnp.zeros((16, 0, 2)))
-    grad = jax.grad(
+    grad = _grad(
         lambda w: estimators.surrogate(
             estimators.dpmb_r(0),
             task,
@@ -173,7 +178,7 @@ def test_dpg_over_the_discounted_state_distribution_is_the_policy_gradient():
         L.T
     )  # sum s s^T = Sigma_K
     noise = RolloutNoise(eps=jnp.zeros((2, 1, 0)), xi=jnp.zeros((2, 0, 2)))
-    grad = jax.grad(
+    grad = _grad(
         lambda w: (
             2
             * estimators.surrogate(
@@ -203,7 +208,7 @@ def test_stopped_dynamics_gradient_is_the_critic_only_n_step_gradient(n):
         eps=jax.random.normal(jax.random.key(2), (n + 1, 1)),
         xi=jax.random.normal(jax.random.key(3), (n, 2)),
     )
-    grad = jax.grad(
+    grad = _grad(
         lambda w: unroll(
             task,
             lambda o, e: policy.sample(w, o, e),
@@ -229,10 +234,10 @@ def test_stopped_dynamics_gradient_is_the_critic_only_n_step_gradient(n):
             s_n, policy.sample(w, s_n, noise.eps[n])
         )
 
-    want = jax.grad(manual)(params)
+    want = _grad(manual)(params)
     for got, ref in zip(jax.tree.leaves(grad), jax.tree.leaves(want)):
         np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
-    pathwise = jax.grad(
+    pathwise = _grad(
         lambda w: unroll(task, lambda o, e: policy.sample(w, o, e), state, noise, gamma=GAMMA, q=q)[
             0
         ]
@@ -288,7 +293,7 @@ def test_dpmb_sf_agrees_with_closed_form_within_4_se():
 
     samples = _per_sample_gradients(loss, params, 40000, seed=0)
     want = np.asarray(
-        jax.grad(lambda w: _closed_form_jn(task, w, N_SF, stochastic=False))(params)["params"][
+        _grad(lambda w: _closed_form_jn(task, w, N_SF, stochastic=False))(params)["params"][
             "Dense_0"
         ]["kernel"]
     ).ravel()
@@ -310,9 +315,9 @@ def test_reparameterized_svg_agrees_with_closed_form_within_4_se():
 
     samples = _per_sample_gradients(loss, params, 20000, seed=1)
     want = np.asarray(
-        jax.grad(lambda w: _closed_form_jn(task, w, N_SF, stochastic=True))(params)["net"][
-            "params"
-        ]["Dense_0"]["kernel"]
+        _grad(lambda w: _closed_form_jn(task, w, N_SF, stochastic=True))(params)["net"]["params"][
+            "Dense_0"
+        ]["kernel"]
     ).ravel()
     _assert_within_4_se(samples, want)
 
@@ -347,9 +352,9 @@ def test_model_free_score_function_agrees_with_closed_form_within_4_se():
 
     samples = _per_sample_gradients(loss, params, 40000, seed=2)
     want = np.asarray(
-        jax.grad(lambda w: _closed_form_jn(task, w, N_SF, stochastic=True))(params)["net"][
-            "params"
-        ]["Dense_0"]["kernel"]
+        _grad(lambda w: _closed_form_jn(task, w, N_SF, stochastic=True))(params)["net"]["params"][
+            "Dense_0"
+        ]["kernel"]
     ).ravel()
     _assert_within_4_se(samples, want)
 
@@ -381,11 +386,11 @@ def test_v_critic_surrogate_with_the_exact_value_equals_closed_form_gradient(n):
     def grad_at(z):
         state, noise = _unpack(z, task, n, 1)
         sample = policy.sample
-        return jax.grad(
+        return _grad(
             lambda w: unroll(task, lambda o, e: sample(w, o, e), state, noise, gamma=GAMMA, q=v)[0]
         )(params)
 
     got = _exact_expected_gradient(grad_at, 2 + 2 * n + (n + 1))
-    want = jax.grad(closed_form)(params)
+    want = _grad(closed_form)(params)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(g, w, rtol=1e-6)
