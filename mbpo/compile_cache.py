@@ -6,7 +6,8 @@ compiles, in the folder of ``--compile-cache DIR`` (``off``: no cache), else of 
 variable ``MBPO_COMPILE_CACHE`` (a folder or ``off``), else
 ``$XDG_CACHE_HOME/mbpo/jax`` (``~/.cache/mbpo/jax``). The cache is keyed by jax on the program, the
 jax and XLA versions and the device, so a stale entry is never used; delete the folder to reclaim
-its space (:func:`size_bytes` measures it). The test suite sets ``MBPO_COMPILE_CACHE=off``.
+its space (:func:`size_bytes` measures it). The test suite sets ``MBPO_COMPILE_CACHE=off`` and
+shares one cache of its own, fresh each session, between its tests (tests/conftest.py).
 """
 
 from __future__ import annotations

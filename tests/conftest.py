@@ -41,10 +41,28 @@ def central_difference(f, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _shared_cache(tmp_path_factory):
-    if os.environ.get("MBPO_TEST_SHARED_CACHE"):
-        path = os.environ["MBPO_TEST_SHARED_CACHE"]
-        jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    yield
+def _session_compile_cache(tmp_path_factory):
+    """One persistent compilation cache for this test session, shared by its xdist workers, so a
+    program that several tests build (the same tiny trainer, the same evaluation) compiles once:
+    most of the suite's time is XLA compiling. It lives under pytest's temporary folder (fresh
+    each session, removed with it), never in the user's cache (MBPO_COMPILE_CACHE stays off for
+    the code under test). MBPO_TEST_COMPILE_CACHE=off compiles every program in every test."""
+    if os.environ.get("MBPO_TEST_COMPILE_CACHE") == "off":
+        yield None
+        return
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the workers' basetemps are siblings of one folder per session
+    path = base / "compile-cache"
+    path.mkdir(exist_ok=True)
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
+    previous = [getattr(jax.config, name) for name in names]
+    for name, value in zip(names, (str(path), 0.1, 0)):
+        jax.config.update(name, value)
+    yield path
+    for name, value in zip(names, previous):
+        jax.config.update(name, value)
