@@ -89,7 +89,9 @@ def test_learning_closes_most_of_the_gap_to_the_riccati_policy_on_lqr(estimator,
     trainer = make_trainer(config)
     keys = jax.random.split(jax.random.key(config.seed), 3)
     eval_keys = jax.random.split(jax.random.key(config.seed + 10_000), 3)
-    initial = np.asarray(jax.vmap(trainer.evaluate)(jax.vmap(trainer.init)(keys), eval_keys))
+    initial = np.asarray(
+        jax.jit(jax.vmap(trainer.evaluate))(jax.jit(jax.vmap(trainer.init))(keys), eval_keys)
+    )
     gain, _ = lqr_lib.riccati(trainer.dynamics, config.gamma)
     optimal = np.asarray(
         jax.vmap(

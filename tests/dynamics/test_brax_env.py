@@ -14,7 +14,7 @@ def test_gradient_through_brax_steps_is_finite_and_nonzero():
     # generalized compiles its gradient about 3x faster than positional on a CPU.
     task = envs.make("inverted_pendulum", backend="generalized")
     assert task.noise_shape == (0,) and task.action_size == 1 and task.observation_size == 4
-    state = task.reset(jax.random.key(0))
+    state = jax.jit(task.reset)(jax.random.key(0))  # op by op, a Brax reset takes seconds
 
     def total_reward(actions):
         _, traj = open_loop(task, state, actions, jnp.zeros((3, 0)))
