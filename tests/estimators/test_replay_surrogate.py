@@ -96,9 +96,7 @@ def test_replay_gradient_equals_on_policy_gradient_on_current_data(x64, policy_c
     np.testing.assert_allclose(info["xi"], xi, atol=1e-7)
     np.testing.assert_allclose(float(info["weight"]), 1.0, rtol=1e-9)
     np.testing.assert_allclose(value, on_value, rtol=1e-9)
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), grad, on_grad
-    )
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), grad, on_grad)
 
 
 def test_off_policy_segments_get_truncated_importance_weights(x64):
