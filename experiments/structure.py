@@ -18,7 +18,12 @@ BRANCH = re.compile(r"(algo|policy_update|estimator)\s*(==|!=|in)\s*[(\"']")
 
 def main(argv: list[str] | None = None) -> None:
     args = argv if argv is not None else sys.argv[1:]
+    if args and args[0] in ("-h", "--help"):
+        print(__doc__)
+        return
     root = pathlib.Path(args[0] if args else ".")
+    if len(args) > 1 or not (root / "mbpo").is_dir():
+        raise SystemExit(f"usage: python -m experiments.structure [CHECKOUT]; no mbpo/ in {root}")
     files = sorted((root / "mbpo").rglob("*.py"))
     functions = []
     for path in files:
