@@ -28,7 +28,7 @@ def test_a_planted_long_function_and_branch_are_found(tmp_path, capsys):
     agents = tmp_path / "mbpo" / "agents"
     agents.mkdir(parents=True)
     body = "\n".join(f"    x{i} = {i}" for i in range(85))
-    source = f"def long(algo):\n{body}\n    if algo == \"sac\":\n        pass\n"
+    source = f'def long(algo):\n{body}\n    if algo == "sac":\n        pass\n'
     (agents / "bad.py").write_text(source)
     report = _report(capsys, tmp_path)
     assert "'long'" in report["functions over 80 lines"]
