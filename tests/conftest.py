@@ -61,7 +61,7 @@ def _session_compile_cache(tmp_path_factory):
         "jax_persistent_cache_min_entry_size_bytes",
     )
     previous = [getattr(jax.config, name) for name in names]
-    for name, value in zip(names, (str(path), 0.1, 0)):
+    for name, value in zip(names, (str(path), 0.0, 0)):
         jax.config.update(name, value)
     yield path
     for name, value in zip(names, previous):
