@@ -44,9 +44,10 @@ def central_difference(f, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
 def _session_compile_cache(tmp_path_factory):
     """One persistent compilation cache for this test session, shared by its xdist workers, so a
     program that several tests build (the same tiny trainer, the same evaluation) compiles once:
-    most of the suite's time is XLA compiling. It lives under pytest's temporary folder (fresh
-    each session, removed with it), never in the user's cache (MBPO_COMPILE_CACHE stays off for
-    the code under test). MBPO_TEST_COMPILE_CACHE=off compiles every program in every test."""
+    most of the suite's time is XLA compiling. It lives in this session's temporary folder (new
+    each session; pytest keeps only the last three), never in the user's cache
+    (MBPO_COMPILE_CACHE stays off for the code under test). MBPO_TEST_COMPILE_CACHE=off compiles
+    every program in every test."""
     if os.environ.get("MBPO_TEST_COMPILE_CACHE") == "off":
         yield None
         return
