@@ -139,7 +139,8 @@ def test_training_recovers_from_one_nan_transition():
     keys = jax.random.split(jax.random.key(config.seed), 3)
     eval_keys = jax.random.split(jax.random.key(config.seed + 10_000), 3)
     ts = jax.jit(jax.vmap(trainer.init))(keys)
-    initial = np.asarray(jax.jit(jax.vmap(trainer.evaluate))(ts, eval_keys))
+    evaluate_seeds = jax.jit(jax.vmap(trainer.evaluate))
+    initial = np.asarray(evaluate_seeds(ts, eval_keys))
     # Chunks of 2 updates, the program test_unroll_trainer's learning test compiles (same config).
     for _ in range(25):
         ts, _ = loop._run_updates_seeds(trainer, ts, 2)
@@ -152,7 +153,7 @@ def test_training_recovers_from_one_nan_transition():
         ts, metrics = loop._run_updates_seeds(trainer, ts, 2)
     assert np.all(np.asarray(metrics["skipped_updates"])[:, -1] == 1)  # the one update, then none
     assert np.all(np.isfinite(np.asarray(ts.normalizer.mean)))
-    final = np.asarray(jax.jit(jax.vmap(trainer.evaluate))(ts, eval_keys))
+    final = np.asarray(evaluate_seeds(ts, eval_keys))
     gain, _ = lqr_lib.riccati(trainer.dynamics, config.gamma)
     optimal = np.asarray(
         jax.vmap(

@@ -80,7 +80,7 @@ def _unpack(z, task, n, eps_dim):
 
 def _exact_expected_gradient(grad_fn, dim):
     points = np.sqrt(dim) * np.concatenate([np.eye(dim), -np.eye(dim)])
-    grads = jax.jit(jax.vmap(grad_fn))(jnp.asarray(points))
+    grads = jax.jit(jax.vmap(grad_fn))(jnp.asarray(points))  # grad_fn: a plain jax.grad
     return jax.tree.map(lambda g: g.mean(axis=0), grads)
 
 
@@ -94,7 +94,7 @@ def test_svg_n_with_exact_critic_equals_closed_form_gradient(n):
 
     def grad_at(z):
         state, noise = _unpack(z, task, n, 1)
-        return _grad(
+        return jax.grad(
             lambda w: unroll(
                 task, lambda o, e: policy.sample(w, o, e), state, noise, gamma=GAMMA, q=q
             )[0]
@@ -386,7 +386,7 @@ def test_v_critic_surrogate_with_the_exact_value_equals_closed_form_gradient(n):
     def grad_at(z):
         state, noise = _unpack(z, task, n, 1)
         sample = policy.sample
-        return _grad(
+        return jax.grad(
             lambda w: unroll(task, lambda o, e: sample(w, o, e), state, noise, gamma=GAMMA, q=v)[0]
         )(params)
 
