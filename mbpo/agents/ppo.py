@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from mbpo import estimators
+from mbpo import critics, estimators
 from mbpo.agents import env_batch, loop
 from mbpo.agents.loop import Trainer
 from mbpo.cli import check_interval, check_positive, option
@@ -35,6 +35,7 @@ from mbpo.types import Params, PRNGKey
 from mbpo.unroll import rollout, sample_noise
 
 POLICY_KINDS = ("tanh_gaussian", "gaussian")
+ADVANTAGES = ("window", "minibatch")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -57,6 +58,14 @@ class PPOConfig(loop.TaskFields):
     learning_rate: float = option(3e-4, "Adam learning rate of policy and value")
     max_grad_norm: float = option(1e9, "global-norm gradient clipping (brax's PPO: none)")
     normalize_advantage: bool = option(True, "normalize the advantages of each minibatch")
+    advantages: str = option(
+        "window",
+        "window: GAE advantages and value targets once per window, from the value network of its "
+        "start, minibatches of transitions; minibatch: brax's PPO, minibatches of whole env "
+        "windows whose lambda-returns G and advantages r_t + gamma G_{t+1} - v(s_t) are "
+        "recomputed with the current value network at every step",
+        choices=ADVANTAGES,
+    )
     reward_scaling: float = option(1.0, "reward multiplier")
     policy: str = option("tanh_gaussian", "tanh_gaussian | gaussian", choices=POLICY_KINDS)
     init_std: float = option(0.5, "initial policy standard deviation")
@@ -69,10 +78,19 @@ class PPOConfig(loop.TaskFields):
         check_positive(self, "update_epochs", "num_minibatches", "eval_every", "eval_envs")
         if self.policy not in POLICY_KINDS:
             raise ValueError(f"policy must be one of {', '.join(POLICY_KINDS)}, got {self.policy}")
+        if self.advantages not in ADVANTAGES:
+            raise ValueError(
+                f"advantages must be one of {', '.join(ADVANTAGES)}, got {self.advantages!r}"
+            )
         if self.num_envs * self.unroll_length % self.num_minibatches:
             raise ValueError(
                 f"num_minibatches={self.num_minibatches} must divide num_envs * unroll_length = "
                 f"{self.num_envs * self.unroll_length}"
+            )
+        if self.advantages == "minibatch" and self.num_envs % self.num_minibatches:
+            raise ValueError(
+                f"num_minibatches={self.num_minibatches} must divide num_envs={self.num_envs} "
+                "(advantages='minibatch' splits the envs' windows)"
             )
         check_interval(self, "(0, 1]", "gamma")
         check_interval(self, "[0, 1]", "gae_lambda")
@@ -163,23 +181,36 @@ class _PPO:
         return jax.lax.stop_gradient((final, traj, noise.eps))
 
     def batch(self, ts: PPOState, traj, eps) -> dict:
-        """The flattened samples of a window: normalized observations, actions, old log-probs,
-        GAE advantages and value targets. A time-out (t reaching the episode limit) bootstraps
-        from v(s'); only a termination stops the return."""
+        """The samples of a window: normalized observations, actions, old log-probs, and either
+        (``advantages='window'``) flattened over envs and steps with the GAE advantages and
+        value targets, or (``'minibatch'``) per env, (envs, steps, ...), with what
+        :meth:`window_targets` needs. A time-out (t reaching the episode limit) bootstraps from
+        v(s'); only a termination stops the return."""
         c, params = self.config, ts.learner.params
         obs = self.normal(ts.normalizer, traj.obs)
         next_obs = self.normal(ts.normalizer, traj.next_obs)
-        v_t, v_tp1 = self.v(params["value"], obs), self.v(params["value"], next_obs)
         discount = c.gamma * (1.0 - traj.done)
         rewards = c.reward_scaling * traj.reward
-        adv = jax.vmap(lambda r, d, v, vn: estimators.gae(r, d, v, vn, c.gae_lambda))(
-            rewards, discount, v_t, v_tp1
-        )
         flat = lambda x: x.reshape(-1, *x.shape[2:])
         latent = jax.vmap(lambda o, e: self.policy.latent(params["policy"], o, e))(
             flat(obs), flat(eps)
         )
         log_old = self.log_prob(params["policy"], flat(obs), latent)
+        if c.advantages == "minibatch":
+            per_env = lambda x: x.reshape(*obs.shape[:2], *x.shape[1:])
+            return {
+                "obs": obs,
+                "eps": eps,
+                "latent": per_env(latent),
+                "log_old": per_env(log_old),
+                "next_obs": next_obs,
+                "reward": rewards,
+                "discount": discount,
+            }
+        v_t, v_tp1 = self.v(params["value"], obs), self.v(params["value"], next_obs)
+        adv = jax.vmap(lambda r, d, v, vn: estimators.gae(r, d, v, vn, c.gae_lambda))(
+            rewards, discount, v_t, v_tp1
+        )
         return {
             "obs": flat(obs),
             "eps": flat(eps),
@@ -189,8 +220,26 @@ class _PPO:
             "target": flat(adv + v_t),
         }
 
+    def window_targets(self, value_params: Params, batch: dict) -> dict:
+        """Brax's targets for a minibatch of env windows (envs, steps, ...), from the current
+        value network (gradients stopped): the lambda-returns G_t and the advantages
+        A_t = r_t + discount_t G_{t+1} - v(s_t), G_T = v(s_T); flattened as :meth:`batch`'s."""
+        v_t = jax.lax.stop_gradient(self.v(value_params, batch["obs"]))
+        v_tp1 = jax.lax.stop_gradient(self.v(value_params, batch["next_obs"]))
+        lam = self.config.gae_lambda
+        g = jax.vmap(lambda r, d, vn: critics.lambda_returns(r, d, vn, lam))(
+            batch["reward"], batch["discount"], v_tp1
+        )
+        g_next = jnp.concatenate([g[:, 1:], v_tp1[:, -1:]], axis=1)
+        adv = batch["reward"] + batch["discount"] * g_next - v_t
+        flat = lambda x: x.reshape(-1, *x.shape[2:])
+        samples = {k: flat(batch[k]) for k in ("obs", "eps", "latent", "log_old")}
+        return {**samples, "advantage": flat(adv), "target": flat(g)}
+
     def loss(self, params: Params, batch: dict):
         c = self.config
+        if c.advantages == "minibatch":
+            batch = self.window_targets(params["value"], batch)
         log_pi = self.log_prob(params["policy"], batch["obs"], batch["latent"])
         ratio = jnp.exp(log_pi - batch["log_old"])
         adv = batch["advantage"]
@@ -209,10 +258,11 @@ class _PPO:
     def fit(self, learner: TrainState, batch: dict, key: PRNGKey):
         """``update_epochs`` passes of ``num_minibatches`` steps of :meth:`loss`."""
         c = self.config
-        size = batch["target"].shape[0] // c.num_minibatches
+        count = batch["obs"].shape[0]  # transitions, or env windows ('minibatch')
+        size = count // c.num_minibatches
 
         def epoch(learner, k):
-            order = jax.random.permutation(k, batch["target"].shape[0])
+            order = jax.random.permutation(k, count)
             chunks = jax.tree.map(
                 lambda x: x[order].reshape(c.num_minibatches, size, *x.shape[1:]), batch
             )

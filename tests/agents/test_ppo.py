@@ -72,6 +72,65 @@ def test_clipped_surrogate_without_clipping_is_the_reinforce_gae_gradient():
         np.testing.assert_allclose(g, -w, rtol=1e-5, atol=1e-7)
 
 
+def _lqr_parts(**overrides):
+    """PPO's pure functions on lqr (tiny networks) and one collected window's batch."""
+    task = envs.make("lqr")
+    config = ppo.PPOConfig(
+        env="lqr", hidden=(8,), num_envs=4, unroll_length=8, num_minibatches=1, **overrides
+    )
+    policy = GaussianPolicy.for_dynamics(task, hidden=(8,), init_std=0.5)
+    value = QCritic(task.observation_size, 0, num_q=1, hidden=(8,))
+    parts = ppo._PPO(config, task, policy, value, optax.adam(1e-3))
+    ts = jax.jit(parts.init)(jax.random.key(0))
+    traj = jax.jit(lambda ts, k: parts.collect(ts, k)[1])(ts, jax.random.key(1))
+    # Perturb the rewards so the value network's start is far from the returns.
+    traj = traj.replace(
+        reward=traj.reward + jnp.linspace(-1.0, 2.0, traj.reward.size).reshape(4, 8)
+    )
+    batch = jax.jit(lambda ts, traj: parts.batch(ts, traj, jnp.zeros((4, 8, 1))))(ts, traj)
+    return parts, ts, traj, batch
+
+
+def test_minibatch_advantages_are_brax_gae_from_the_current_value_network():
+    """advantages='minibatch' keeps each env's window and computes, inside the loss, brax's
+    lambda-returns and advantages (``brax.training.agents.ppo.losses.compute_gae``, here with no
+    truncation) from the value network it is given."""
+    from brax.training.agents.ppo.losses import compute_gae
+
+    parts, ts, traj, batch = _lqr_parts(advantages="minibatch", gamma=0.9, gae_lambda=0.8)
+    assert batch["obs"].shape == (4, 8, 2) and batch["log_old"].shape == (4, 8)
+    value_params = jax.tree.map(lambda x: 1.5 * x + 0.1, ts.learner.params["value"])
+    got = jax.jit(parts.window_targets)(value_params, batch)
+    values = parts.v(value_params, batch["obs"])  # (envs, steps)
+    bootstrap = parts.v(value_params, batch["next_obs"][:, -1])
+    vs, adv = compute_gae(
+        truncation=jnp.zeros((8, 4)),
+        termination=traj.done.T,
+        rewards=batch["reward"].T,
+        values=values.T,
+        bootstrap_value=bootstrap,
+        lambda_=0.8,
+        discount=0.9,
+    )
+    np.testing.assert_allclose(got["target"], vs.T.reshape(-1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["advantage"], adv.T.reshape(-1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got["obs"], batch["obs"].reshape(-1, 2))
+
+
+def test_minibatch_advantages_at_lambda_one_are_the_window_gae():
+    """With lambda = 1 brax's advantage r_t + gamma G_{t+1} - v(s_t) is G_t - v(s_t), the GAE;
+    at the collecting parameters both modes give the same loss and gradient."""
+    losses = []
+    for mode in ppo.ADVANTAGES:
+        parts, ts, _, batch = _lqr_parts(advantages=mode, gae_lambda=1.0)
+        loss = jax.value_and_grad(lambda p, parts=parts, batch=batch: parts.loss(p, batch)[0])
+        losses.append(jax.jit(loss)(ts.learner.params))
+    (a, grad_a), (b, grad_b) = losses
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(grad_a), jax.tree.leaves(grad_b)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.usefixtures("x64")
 def test_reinforce_gae_gradient_is_within_4_standard_errors_of_the_lqr_closed_form():
     """sum_t gamma^t grad log pi(a_t|s_t) (G_t - V(s_t)) with the exact value of the policy as
@@ -124,6 +183,10 @@ def test_ppo_is_an_algorithm_of_the_registry_and_refuses_bad_sizes():
         dataclasses.replace(config, num_minibatches=7)
     with pytest.raises(ValueError, match=r"clip must be in \(0, inf\], got 0.0"):
         dataclasses.replace(config, clip=0.0)
+    with pytest.raises(ValueError, match="advantages must be one of window, minibatch"):
+        dataclasses.replace(config, advantages="brax")
+    with pytest.raises(ValueError, match=r"num_minibatches=16 must divide num_envs=8 \(adv"):
+        dataclasses.replace(config, num_envs=8, advantages="minibatch")
 
 
 def test_ppo_improves_its_initial_return_on_pendulum():
