@@ -243,13 +243,32 @@ def _chunks(config: LoopConfig, done: int):
         yield num, done
 
 
+# The trainer is a static argument of these jits, as of run_updates: a trainer that shares its
+# programs (build_trainer's cache) finds them traced and compiled by an earlier run, evaluation
+# or seed in the same process.
+@functools.partial(jax.jit, static_argnames=("trainer", "seeds"))
+def _init(trainer: Trainer, key: PRNGKey, seeds: int) -> PyTree:
+    if seeds > 1:
+        return jax.vmap(trainer.init)(jax.random.split(key, seeds))
+    return trainer.init(key)
+
+
+@functools.partial(jax.jit, static_argnames=("trainer",))
+def evaluate(trainer: Trainer, ts: PyTree, key: PRNGKey) -> jax.Array:
+    """``trainer.evaluate(ts, key)``, jitted once per trainer's programs."""
+    return trainer.evaluate(ts, key)
+
+
+@functools.partial(jax.jit, static_argnames=("trainer",))
+def evaluate_seeds(trainer: Trainer, ts: PyTree, keys: PRNGKey) -> jax.Array:
+    """``trainer.evaluate`` vmapped over stacked states and their keys (one return per seed)."""
+    return jax.vmap(trainer.evaluate)(ts, keys)
+
+
 def initial_state(trainer: Trainer, seeds: int = 1) -> PyTree:
     """``trainer.init`` at ``config.seed`` (one seed), or vmapped over ``seeds`` keys split from
     it: the state every run starts from, and the template its checkpoints are restored into."""
-    key = jax.random.key(trainer.config.seed)
-    if seeds > 1:
-        return jax.jit(jax.vmap(trainer.init))(jax.random.split(key, seeds))
-    return jax.jit(trainer.init)(key)
+    return _init(trainer, jax.random.key(trainer.config.seed), seeds)
 
 
 def train(
@@ -292,7 +311,6 @@ def train(
         ts, history = resume[0], list(resume[1])
     if devices > 1:
         ts = shard_train_state(ts, make_mesh())
-    evaluate_jit = jax.jit(trainer.evaluate)
     eval_key = jax.random.key(config.seed + 10_000)
     offset = history[-1]["wall_time"] if history else 0.0
     start = time.perf_counter()
@@ -304,7 +322,7 @@ def train(
         record = {
             "updates": done,
             "env_steps": int(ts.env_steps),
-            "eval_return": float(evaluate_jit(ts, eval_key)),
+            "eval_return": float(evaluate(trainer, ts, eval_key)),
             **{k: float(v[-1]) for k, v in metrics.items()},
             "update_time": update_time,
         }
@@ -359,7 +377,6 @@ def train_seeds(
     else:
         ts, history = resume[0], list(resume[1])
     eval_keys = jax.random.split(jax.random.key(config.seed + 10_000), num_seeds)
-    evaluate_seeds = jax.jit(jax.vmap(trainer.evaluate))
     offset = history[-1]["wall_time"] if history else 0.0
     start = time.perf_counter()
     for num, done in _chunks(config, int(ts.updates[0])):
@@ -374,7 +391,7 @@ def train_seeds(
             "updates": done,
             "env_steps": int(ts.env_steps[0]),
             "wall_time": offset + time.perf_counter() - start,
-            "eval_return": jax.device_get(evaluate_seeds(ts, eval_keys)).tolist(),
+            "eval_return": jax.device_get(evaluate_seeds(trainer, ts, eval_keys)).tolist(),
             **{k: np.asarray(v)[:, -1].tolist() for k, v in metrics.items()},
             "update_time": update_time,
         }

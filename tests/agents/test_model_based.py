@@ -121,9 +121,8 @@ def test_svg_on_a_learned_model_improves_lqr():
         eval_envs=256,
     )
     trainer = make_trainer(config)
-    ts0 = jax.jit(trainer.init)(jax.random.key(0))
     key = jax.random.key(1)
-    initial = float(jax.jit(trainer.evaluate)(ts0, key))
+    initial = float(loop.evaluate(trainer, loop.initial_state(trainer), key))
     _, history = loop.train(trainer)
     task = envs.make("lqr")
     k_star, _ = lqr_task.riccati(task, config.gamma)

@@ -136,11 +136,9 @@ def test_training_recovers_from_one_nan_transition():
         actor_lr=3e-3,
     )
     trainer = make_trainer(config)
-    keys = jax.random.split(jax.random.key(config.seed), 3)
     eval_keys = jax.random.split(jax.random.key(config.seed + 10_000), 3)
-    ts = jax.jit(jax.vmap(trainer.init))(keys)
-    evaluate_seeds = jax.jit(jax.vmap(trainer.evaluate))
-    initial = np.asarray(evaluate_seeds(ts, eval_keys))
+    ts = loop.initial_state(trainer, 3)
+    initial = np.asarray(loop.evaluate_seeds(trainer, ts, eval_keys))
     # Chunks of 2 updates, the program test_unroll_trainer's learning test compiles (same config).
     for _ in range(25):
         ts, _ = loop._run_updates_seeds(trainer, ts, 2)
@@ -153,7 +151,7 @@ def test_training_recovers_from_one_nan_transition():
         ts, metrics = loop._run_updates_seeds(trainer, ts, 2)
     assert np.all(np.asarray(metrics["skipped_updates"])[:, -1] == 1)  # the one update, then none
     assert np.all(np.isfinite(np.asarray(ts.normalizer.mean)))
-    final = np.asarray(evaluate_seeds(ts, eval_keys))
+    final = np.asarray(loop.evaluate_seeds(trainer, ts, eval_keys))
     gain, _ = lqr_lib.riccati(trainer.dynamics, config.gamma)
     optimal = np.asarray(
         jax.vmap(

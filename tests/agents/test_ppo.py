@@ -214,7 +214,7 @@ def test_ppo_improves_its_initial_return_on_pendulum():
     )
     trainer = ppo.make_trainer(config)
     keys = jax.random.split(jax.random.key(config.seed + 10_000), 3)
-    initial = np.asarray(jax.jit(jax.vmap(trainer.evaluate))(loop.initial_state(trainer, 3), keys))
+    initial = np.asarray(loop.evaluate_seeds(trainer, loop.initial_state(trainer, 3), keys))
     _, history = fit(config, seeds=3)
     final = np.asarray(history[-1]["eval_return"])
     assert np.mean(final - initial) > 50 and np.sum(final > initial) >= 2, (initial, final)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from envs import lqr as lqr_lib
+from mbpo.agents import loop
 from mbpo.agents.env_batch import evaluate
 from mbpo.agents.loop import run_updates
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer
@@ -87,11 +88,8 @@ def test_learning_closes_most_of_the_gap_to_the_riccati_policy_on_lqr(estimator,
         SMALL, estimator=estimator, horizon=horizon, num_updates=100, actor_lr=3e-3
     )
     trainer = make_trainer(config)
-    keys = jax.random.split(jax.random.key(config.seed), 3)
     eval_keys = jax.random.split(jax.random.key(config.seed + 10_000), 3)
-    initial = np.asarray(
-        jax.jit(jax.vmap(trainer.evaluate))(jax.jit(jax.vmap(trainer.init))(keys), eval_keys)
-    )
+    initial = np.asarray(loop.evaluate_seeds(trainer, loop.initial_state(trainer, 3), eval_keys))
     gain, _ = lqr_lib.riccati(trainer.dynamics, config.gamma)
     optimal = np.asarray(
         jax.vmap(
