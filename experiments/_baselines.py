@@ -434,8 +434,10 @@ class ChunkLog:
     def begin(self, trainer, state) -> None:
         import jax
 
+        from mbpo.agents import loop
+
         key = jax.random.key(trainer.config.seed + 10_000)
-        value = float(jax.jit(trainer.evaluate)(state, key))
+        value = float(loop.evaluate(trainer, state, key))  # the program fit evaluates with
         self.evals.append({self.x: 0, "eval_return": value})
         self.mark = len(self.compiles.compiles)
 

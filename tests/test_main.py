@@ -158,11 +158,11 @@ SAC_TINY = [
     "--buffer-capacity",
     "64",
 ]
-MBPO_TINY = [
+MBPO_TINY = [  # lqr: its programs trace and compile faster than pendulum's ODE
     "--algo",
     "mbpo",
     "--env",
-    "pendulum",
+    "lqr",
     "--horizon",
     "2",
     "--num-envs",

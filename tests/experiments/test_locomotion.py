@@ -72,6 +72,17 @@ def test_unknown_algorithm_exits_2_before_training(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_variants_are_trained_only_where_only_names_them():
+    task = dataclasses.replace(TINY.tasks[0], variants=(("shac-const", TINY_FIRST_ORDER),))
+    assert [name for name, _ in task.selected(None).algorithms] == ["shac", "sac"]
+    assert [name for name, _ in task.selected(["sac"]).algorithms] == ["shac", "sac"]
+    named = task.selected(["shac-const"])
+    assert [name for name, _ in named.algorithms] == ["shac", "sac", "shac-const"]
+    assert named.variants == ()
+    cpu = loco.PRESETS["cpu"].tasks[0]
+    assert "shac-h8-const" in dict(cpu.variants) and "shac-h8-const" not in dict(cpu.algorithms)
+
+
 # lqr compiles in a fraction of pendulum's time (the ODE), enough for the seed bookkeeping.
 TINY_LQR = dataclasses.replace(
     TINY,
