@@ -7,19 +7,20 @@ steps, seeds alternating.
 Both sides get the task and pipeline, ``num_envs`` envs each rolled ``unroll_length`` steps per
 update (brax: ``batch_size = num_envs / num_minibatches``, so one training step collects one such
 window), ``num_minibatches`` x ``update_epochs`` Adam steps per update on the clipped surrogate
-(epsilon ``clip``), GAE(``gae_lambda``) (ours by default as brax's: recomputed for each minibatch of
-env windows with the current value network, ``advantages``), the discount, entropy cost, value
-weight 0.5, one learning rate, observation normalization, advantages normalized per minibatch,
-time-outs that do not count as terminations (ours bootstraps v at a time-out; brax masks the
-time-out step out of GAE with its ``truncation`` flag, as its ``bootstrap_on_timeout`` needs an
-``info['time_out']`` that brax's own wrappers never set), policy and value MLPs of ``hidden`` sizes
-(brax's ``make_ppo_networks`` with both sizes set; its activation swish, ours tanh for the policy
-and relu for the value), and ``train_chunks`` chunks of ``chunk_updates`` updates, evaluated before
-training and after each chunk. What differs: brax's value loss clips nothing either, but its policy
-is a tanh-normal with std softplus(.) + 0.001 and ours a tanh-squashed Gaussian with a learned
-log-std; its entropy term is the distribution's (sampled), ours -log pi at the data's actions; ours
-resets an env at the end of a window once it reached the time limit (windows run across it), brax's
-at the step. Timing as :mod:`experiments.bench_vs_brax_sac`.
+(epsilon ``clip``), GAE(``gae_lambda``) (ours once per window, brax's recomputed for each minibatch
+of env windows with the current value network; ours does that with ``advantages=minibatch``), the
+discount, entropy cost, value weight 0.5, one learning rate, observation normalization, advantages
+normalized per minibatch, time-outs that do not count as terminations (ours bootstraps v at a
+time-out; brax masks the time-out step out of GAE with its ``truncation`` flag, as its
+``bootstrap_on_timeout`` needs an ``info['time_out']`` that brax's own wrappers never set), policy
+and value MLPs of ``hidden`` sizes (brax's ``make_ppo_networks`` with both sizes set; its activation
+swish, ours tanh for the policy and relu for the value), and ``train_chunks`` chunks of
+``chunk_updates`` updates, evaluated before training and after each chunk. What differs: brax's
+value loss clips nothing either, but its policy is a tanh-normal with std softplus(.) + 0.001 and
+ours a tanh-squashed Gaussian with a learned log-std; its entropy term is the distribution's
+(sampled), ours -log pi at the data's actions; ours resets an env at the end of a window once it
+reached the time limit (windows run across it), brax's at the step. Timing as
+:mod:`experiments.bench_vs_brax_sac`.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class Preset(_baselines.BenchPreset):
       chunk_updates: updates per compiled chunk (brax: per epoch).
       train_chunks: chunks, each followed by an evaluation; >= 2 (brax's first compiles).
       discount, gae_lambda, clip, entropy_cost: PPO's.
-      advantages: ours: :class:`mbpo.agents.ppo.PPOConfig`'s ``advantages``; "minibatch" is
-        brax's way (advantages and value targets recomputed per minibatch of env windows).
+      advantages: ours: :class:`mbpo.agents.ppo.PPOConfig`'s ``advantages``, its default
+        "window"; "minibatch" is brax's way (advantages and value targets recomputed per
+        minibatch of env windows): ``--set advantages=minibatch``.
     """
 
     unroll_length: int
@@ -56,7 +58,7 @@ class Preset(_baselines.BenchPreset):
     gae_lambda: float = 0.95
     clip: float = 0.3
     entropy_cost: float = 1e-2
-    advantages: str = "minibatch"
+    advantages: str = "window"
 
     def __post_init__(self):
         super().__post_init__()
