@@ -19,6 +19,12 @@ import numpy as np
 import pytest
 
 
+def pytest_collection_modifyitems(config, items):
+    """The tests marked slow first (in their collection order), so that the xdist workers end on
+    short tests instead of one worker finishing a long one alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def x64():
     """Runs a test in float64 (finite-difference and closed-form checks need it)."""

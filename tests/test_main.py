@@ -196,6 +196,7 @@ MBPO_TINY = [  # lqr: its programs trace and compile faster than pendulum's ODE
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", [TINY, SAC_TINY], ids=["svg", "sac"])
 def test_killed_run_resumes_bit_identical(tmp_path, monkeypatch, argv):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -280,6 +281,7 @@ def test_seeds_train_in_one_program_with_a_row_per_seed_and_evaluation(tmp_path,
     assert "3 seeds (one vmapped program)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_compare_estimators_writes_curves(tmp_path, capsys):
     out = tmp_path / "cmp"
     cli.main(
@@ -309,6 +311,7 @@ def test_compare_estimators_writes_curves(tmp_path, capsys):
     assert info.value.code == 2 and "horizons, estimators" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_algo_picks_the_trainer_and_its_options(tmp_path, capsys):
     sac, mbpo, svg = tmp_path / "sac", tmp_path / "mbpo", tmp_path / "svg"
     cli.main(["train", *SAC_TINY, "--run-dir", str(sac)])

@@ -45,6 +45,7 @@ def _largest_data_file(checkpoint: pathlib.Path) -> pathlib.Path:
 WIDE = [*TINY, "--hidden", "64", "64"]
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_of_the_same_size_is_refused_and_an_older_intact_one_resumes(
     tmp_path, capsys
 ):

@@ -178,6 +178,7 @@ def test_truncated_window_is_the_shorter_unroll_in_value_and_gradient(cut):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("task_name", "remat"),  # every step, a remainder chunk, chunks that divide; the ODE once
     [("lqr", 1), ("lqr", 7), ("lqr", 10), ("pendulum", 4)],

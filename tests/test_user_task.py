@@ -5,6 +5,8 @@ import pathlib
 import re
 import shlex
 
+import pytest
+
 from mbpo import main as cli
 from mbpo import runner
 
@@ -16,6 +18,7 @@ def _section() -> str:
     return text[text.index("## Train on your own dynamics") : text.index("## Training\n")]
 
 
+@pytest.mark.slow
 def test_readme_user_task_trains_evaluates_and_resumes(tmp_path, monkeypatch, capsys):
     section = _section()
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)

@@ -32,6 +32,7 @@ TINY = dict(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "policy_update, model, policy",
     # svg through a learned model with a Gaussian policy: test_svg_on_a_learned_model_improves_lqr
@@ -96,6 +97,7 @@ def test_bad_settings_are_named():
         ModelBasedConfig(policy_update="sac", model="true")
 
 
+@pytest.mark.slow
 def test_svg_on_a_learned_model_improves_lqr():
     """The double integrator: SVG(3) through an ensemble fitted to 600 real steps must close at
     least 75% of the gap between the initial policy (about -720) and the Riccati-optimal gain

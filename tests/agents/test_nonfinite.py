@@ -117,6 +117,7 @@ def test_a_run_whose_updates_are_all_skipped_stops_with_exit_code_3(tmp_path, mo
     assert "no checkpoint was written" in err and runner.checkpoint_steps(run) == []
 
 
+@pytest.mark.slow
 def test_training_recovers_from_one_nan_transition():
     """One environment's state turned NaN halfway through: that update is skipped, the
     environment is reset, the normalizer is untouched, and every seed still closes >= 75% of the

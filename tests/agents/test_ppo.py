@@ -189,6 +189,7 @@ def test_ppo_is_an_algorithm_of_the_registry_and_refuses_bad_sizes():
         dataclasses.replace(config, num_envs=8, advantages="minibatch")
 
 
+@pytest.mark.slow
 def test_ppo_improves_its_initial_return_on_pendulum():
     """3 vmapped seeds, 150 updates of 32 envs x 20 steps (96k env steps) at brax's learning rate:
     the mean return rises by more than 50 over the untrained policy's (measured: +168, +121, +37,

@@ -116,6 +116,7 @@ def test_linear_schedule_of_a_registered_trainer_spans_its_own_run(num_updates):
     np.testing.assert_allclose(steps, lr, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("variant", "margin"), [("shac", 50.0), ("sapo", 40.0), ("ahac", 30.0)])
 def test_improves_its_initial_return_on_pendulum(variant, margin):
     """The named configuration with a constant rate (the linear decay spans the run) on 3 vmapped
@@ -192,6 +193,7 @@ def test_temperature_falls_above_its_target_entropy_and_rises_below_it(target, d
     assert np.isfinite(float(metrics["entropy"]))
 
 
+@pytest.mark.slow
 def test_entropy_term_enters_the_objective_and_the_critic_targets():
     """With the bonus the objective is the plain one plus alpha times the discounted scaled
     entropy, and the critic is fitted to the rewards plus the bonus."""

@@ -53,6 +53,7 @@ def test_jitted_update_does_not_retrace_on_second_call(estimator, horizon):
     assert np.isfinite(float(metrics["objective"]))
 
 
+@pytest.mark.slow
 def test_vmapped_seeds_equal_separate_runs():
     config = dataclasses.replace(SMALL, num_updates=3)
     states, _history = fit(config, seeds=3)

@@ -10,6 +10,7 @@ from mbpo.dynamics import from_brax
 from mbpo.unroll import open_loop
 
 
+@pytest.mark.slow
 def test_gradient_through_brax_steps_is_finite_and_nonzero():
     # generalized compiles its gradient about 3x faster than positional on a CPU.
     task = envs.make("inverted_pendulum", backend="generalized")

@@ -58,6 +58,7 @@ def test_final_state_jacobian_wrt_initial_state_matches_finite_differences(name,
     np.testing.assert_allclose(jac, fd, rtol=1e-5, atol=1e-6 * max(1.0, np.abs(fd).max()))
 
 
+@pytest.mark.slow
 def test_ode_adjoints_agree():
     """RecursiveCheckpointAdjoint (default), DirectAdjoint and BacksolveAdjoint give the same
     gradient."""

@@ -35,6 +35,7 @@ def test_lqr_bias_of_a_stale_critic_shrinks_with_the_horizon(x64):
     assert rows["full"]["variance"] > rows["0"]["variance"]
 
 
+@pytest.mark.slow
 def test_main_writes_csv_json_and_png(tmp_path, monkeypatch):
     # lqr stands in for pendulum here: the same code path, compiled in a fraction of the time.
     monkeypatch.setitem(

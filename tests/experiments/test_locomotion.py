@@ -26,6 +26,7 @@ TINY = loco.Preset(
 )
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_every_file_with_the_gradient_health(tmp_path, monkeypatch):
     monkeypatch.setitem(loco.PRESETS, "tiny", TINY)
     loco.main(["--preset", "tiny", "--out", str(tmp_path)])
