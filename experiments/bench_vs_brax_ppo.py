@@ -14,13 +14,13 @@ normalized per minibatch, time-outs that do not count as terminations (ours boot
 time-out; brax masks the time-out step out of GAE with its ``truncation`` flag, as its
 ``bootstrap_on_timeout`` needs an ``info['time_out']`` that brax's own wrappers never set), policy
 and value MLPs of ``hidden`` sizes (brax's ``make_ppo_networks`` with both sizes set; its activation
-swish, ours tanh for the policy and relu for the value), and ``train_chunks`` chunks of
-``chunk_updates`` updates, evaluated before training and after each chunk. What differs: brax's
-value loss clips nothing either, but its policy is a tanh-normal with std softplus(.) + 0.001 and
-ours a tanh-squashed Gaussian with a learned log-std; its entropy term is the distribution's
-(sampled), ours -log pi at the data's actions; ours resets an env at the end of a window once it
-reached the time limit (windows run across it), brax's at the step. Timing as
-:mod:`experiments.bench_vs_brax_sac`.
+swish, ours by default tanh for the policy and relu for the value: ``policy_activation``,
+``value_activation``), and ``train_chunks`` chunks of ``chunk_updates`` updates, evaluated before
+training and after each chunk. What differs: brax's value loss clips nothing either, but its policy
+is a tanh-normal with std softplus(.) + 0.001 and ours a tanh-squashed Gaussian with std exp(learned
+offset + a network head), clipped; its entropy term is the distribution's (sampled), ours -log pi at
+the data's actions; ours resets an env at the end of a window once it reached the time limit
+(windows run across it), brax's at the step. Timing as :mod:`experiments.bench_vs_brax_sac`.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ class Preset(_baselines.BenchPreset):
       advantages: ours: :class:`mbpo.agents.ppo.PPOConfig`'s ``advantages``, its default
         "window"; "minibatch" is brax's way (advantages and value targets recomputed per
         minibatch of env windows): ``--set advantages=minibatch``.
+      policy_activation, value_activation: ours: the networks' hidden activations (defaults
+        our PPO's; brax's are swish).
     """
 
     unroll_length: int
@@ -59,6 +61,8 @@ class Preset(_baselines.BenchPreset):
     clip: float = 0.3
     entropy_cost: float = 1e-2
     advantages: str = "window"
+    policy_activation: str = "tanh"
+    value_activation: str = "relu"
 
     def __post_init__(self):
         super().__post_init__()
@@ -113,6 +117,8 @@ def trainer_config(preset: Preset) -> PPOConfig:
         clip=preset.clip,
         entropy_cost=preset.entropy_cost,
         advantages=preset.advantages,
+        policy_activation=preset.policy_activation,
+        value_activation=preset.value_activation,
         learning_rate=preset.learning_rate,
         eval_every=preset.chunk_updates,
     )

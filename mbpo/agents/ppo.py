@@ -29,6 +29,7 @@ from mbpo.agents.loop import Trainer
 from mbpo.cli import check_interval, check_positive, option
 from mbpo.critics import QCritic
 from mbpo.dynamics.base import Dynamics, State
+from mbpo.networks import ACTIVATIONS, check_activation
 from mbpo.optim import TrainState, guarded
 from mbpo.policies import POLICIES
 from mbpo.types import Params, PRNGKey
@@ -70,6 +71,12 @@ class PPOConfig(loop.TaskFields):
     policy: str = option("tanh_gaussian", "tanh_gaussian | gaussian", choices=POLICY_KINDS)
     init_std: float = option(0.5, "initial policy standard deviation")
     hidden: tuple[int, ...] = option((64, 64), "hidden sizes of policy and value networks")
+    policy_activation: str = option(
+        "tanh", "hidden activation of the policy (brax's PPO: swish)", choices=tuple(ACTIVATIONS)
+    )
+    value_activation: str = option(
+        "relu", "hidden activation of the value network (brax's: swish)", choices=tuple(ACTIVATIONS)
+    )
     normalize_observations: bool = option(True, "normalize observations with running statistics")
 
     def __post_init__(self):
@@ -100,6 +107,8 @@ class PPOConfig(loop.TaskFields):
         )
         check_interval(self, "[0, inf]", "entropy_cost", "value_coef")
         loop.check_sizes(hidden=self.hidden)
+        check_activation(self.policy_activation)
+        check_activation(self.value_activation)
         loop.check_counters(self.num_updates * self.num_envs * self.unroll_length, self.num_updates)
 
     @property
@@ -309,9 +318,18 @@ def make_trainer(config: PPOConfig, dynamics: Dynamics | None = None) -> Trainer
 
 def _make_trainer(config: PPOConfig, dynamics: Dynamics) -> Trainer:
     policy = POLICIES[config.policy].for_dynamics(
-        dynamics, hidden=config.hidden, init_std=config.init_std
+        dynamics,
+        hidden=config.hidden,
+        init_std=config.init_std,
+        activation=config.policy_activation,
     )
-    value = QCritic(dynamics.observation_size, 0, num_q=1, hidden=config.hidden)
+    value = QCritic(
+        dynamics.observation_size,
+        0,
+        num_q=1,
+        hidden=config.hidden,
+        activation=config.value_activation,
+    )
     clip = config.max_grad_norm if math.isfinite(config.max_grad_norm) else 1e30
     tx = guarded(optax.adam(config.learning_rate), clip)
     parts = _PPO(config=config, dynamics=dynamics, policy=policy, value=value, tx=tx)

@@ -187,6 +187,12 @@ def test_ppo_is_an_algorithm_of_the_registry_and_refuses_bad_sizes():
         dataclasses.replace(config, advantages="brax")
     with pytest.raises(ValueError, match=r"num_minibatches=16 must divide num_envs=8 \(adv"):
         dataclasses.replace(config, num_envs=8, advantages="minibatch")
+    with pytest.raises(ValueError, match="unknown activation 'sigmoid'; allowed: relu, tanh"):
+        dataclasses.replace(config, value_activation="sigmoid")
+    swish = ppo.make_trainer(
+        dataclasses.replace(config, policy_activation="swish", value_activation="elu")
+    )
+    assert swish.policy.activation == "swish" and swish.critic.activation == "elu"
 
 
 @pytest.mark.slow
