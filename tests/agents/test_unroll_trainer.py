@@ -30,6 +30,19 @@ SMALL = UnrollTrainerConfig(
 )
 
 
+def test_another_seed_in_the_same_process_traces_nothing_again():
+    """fit's programs (init, the chunk of updates, the evaluation) are jitted with the trainer
+    static: a second run of the same configuration at another seed finds them all."""
+    config = dataclasses.replace(SMALL, hidden=(15,))  # networks no other test builds
+    programs = (loop._init, loop.run_updates, loop.evaluate)
+    before = [f._cache_size() for f in programs]
+    fit(config)
+    traced = [f._cache_size() for f in programs]
+    _, history = fit(dataclasses.replace(config, seed=7))
+    assert [t - b for t, b in zip(traced, before)] == [1, 1, 1]
+    assert [f._cache_size() for f in programs] == traced and len(history) == 2
+
+
 @pytest.mark.parametrize(
     "estimator,horizon", [("svg", 4), ("dpmb_sf", 2), ("svg", 0), ("svg", None)]
 )
