@@ -13,14 +13,14 @@ discount, entropy cost, value weight 0.5, one learning rate, observation normali
 normalized per minibatch, time-outs that do not count as terminations (ours bootstraps v at a
 time-out; brax masks the time-out step out of GAE with its ``truncation`` flag, as its
 ``bootstrap_on_timeout`` needs an ``info['time_out']`` that brax's own wrappers never set), policy
-and value MLPs of ``hidden`` sizes (brax's ``make_ppo_networks`` with both sizes set; its activation
-swish, ours by default tanh for the policy and relu for the value: ``policy_activation``,
-``value_activation``), and ``train_chunks`` chunks of ``chunk_updates`` updates, evaluated before
-training and after each chunk. What differs: brax's value loss clips nothing either, but its policy
-is a tanh-normal with std softplus(.) + 0.001 and ours a tanh-squashed Gaussian with std exp(learned
-offset + a network head), clipped; its entropy term is the distribution's (sampled), ours -log pi at
-the data's actions; ours resets an env at the end of a window once it reached the time limit
-(windows run across it), brax's at the step. Timing as :mod:`experiments.bench_vs_brax_sac`.
+and value MLPs of ``hidden`` sizes (brax's ``make_ppo_networks`` with both sizes set; swish
+activations on both sides: ours ``policy_activation``, ``value_activation``), and ``train_chunks``
+chunks of ``chunk_updates`` updates, evaluated before training and after each chunk. What differs:
+brax's value loss clips nothing either, but its policy is a tanh-normal with std softplus(.) + 0.001
+and ours a tanh-squashed Gaussian with std exp(learned offset + a network head), clipped; its
+entropy term is the distribution's (sampled), ours -log pi at the data's actions; ours resets an env
+at the end of a window once it reached the time limit (windows run across it), brax's at the step.
+Timing as :mod:`experiments.bench_vs_brax_sac`.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ class Preset(_baselines.BenchPreset):
       advantages: ours: :class:`mbpo.agents.ppo.PPOConfig`'s ``advantages``, its default
         "window"; "minibatch" is brax's way (advantages and value targets recomputed per
         minibatch of env windows): ``--set advantages=minibatch``.
-      policy_activation, value_activation: ours: the networks' hidden activations (defaults
-        our PPO's; brax's are swish).
+      policy_activation, value_activation: ours: the networks' hidden activations (default:
+        our PPO's, swish as brax's; until 2026-12-04 tanh and relu).
     """
 
     unroll_length: int
@@ -61,8 +61,8 @@ class Preset(_baselines.BenchPreset):
     clip: float = 0.3
     entropy_cost: float = 1e-2
     advantages: str = "window"
-    policy_activation: str = "tanh"
-    value_activation: str = "relu"
+    policy_activation: str = PPOConfig.policy_activation
+    value_activation: str = PPOConfig.value_activation
 
     def __post_init__(self):
         super().__post_init__()

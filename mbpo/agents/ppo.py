@@ -72,10 +72,10 @@ class PPOConfig(loop.TaskFields):
     init_std: float = option(0.5, "initial policy standard deviation")
     hidden: tuple[int, ...] = option((64, 64), "hidden sizes of policy and value networks")
     policy_activation: str = option(
-        "tanh", "hidden activation of the policy (brax's PPO: swish)", choices=tuple(ACTIVATIONS)
+        "swish", "hidden activation of the policy (brax's PPO)", choices=tuple(ACTIVATIONS)
     )
     value_activation: str = option(
-        "relu", "hidden activation of the value network (brax's: swish)", choices=tuple(ACTIVATIONS)
+        "swish", "hidden activation of the value network (brax's PPO)", choices=tuple(ACTIVATIONS)
     )
     normalize_observations: bool = option(True, "normalize observations with running statistics")
 
