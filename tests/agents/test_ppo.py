@@ -38,57 +38,51 @@ def _episodes(task, policy, params, key, n, steps):
     )
 
 
-def test_clipped_surrogate_without_clipping_is_the_reinforce_gae_gradient():
-    """At the collecting parameters the ratio is 1; with clip = inf, no advantage normalization
-    and no value or entropy terms, PPO's loss gradient is minus the score-function gradient
-    mean_i grad log pi(a_i|s_i) A_i, exactly."""
+def _lqr_parts(**overrides):
+    """PPO's pure functions on lqr (a Gaussian policy, tiny networks) and the batch of one
+    collected window, its rewards shifted so that the value network's start is far from the
+    returns."""
     task = envs.make("lqr")
     config = ppo.PPOConfig(
         env="lqr",
         policy="gaussian",
         hidden=(8,),
-        clip=float("inf"),
-        normalize_advantage=False,
-        entropy_cost=0.0,
-        value_coef=0.0,
         num_envs=4,
         unroll_length=8,
         num_minibatches=1,
+        **overrides,
     )
     policy = GaussianPolicy.for_dynamics(task, hidden=(8,), init_std=0.5)
     value = QCritic(task.observation_size, 0, num_q=1, hidden=(8,))
     parts = ppo._PPO(config, task, policy, value, optax.adam(1e-3))
     ts = jax.jit(parts.init)(jax.random.key(0))
-    batch = jax.jit(lambda ts, k: parts.batch(ts, *parts.collect(ts, k)[1:]))(ts, jax.random.key(1))
+    _, traj, eps = jax.jit(parts.collect)(ts, jax.random.key(1))
+    traj = traj.replace(
+        reward=traj.reward + jnp.linspace(-1.0, 2.0, traj.reward.size).reshape(4, 8)
+    )
+    batch = jax.jit(parts.batch)(ts, traj, eps)
+    return parts, ts, traj, batch
+
+
+def test_clipped_surrogate_without_clipping_is_the_reinforce_gae_gradient():
+    """At the collecting parameters the ratio is 1; with clip = inf, no advantage normalization
+    and no value or entropy terms, PPO's loss gradient is minus the score-function gradient
+    mean_i grad log pi(a_i|s_i) A_i, exactly."""
+    parts, ts, _, batch = _lqr_parts(
+        clip=float("inf"), normalize_advantage=False, entropy_cost=0.0, value_coef=0.0
+    )
     params = ts.learner.params
     got = jax.jit(jax.grad(lambda p: parts.loss(p, batch)[0]))(params)["policy"]
 
     def reinforce(p):  # the Gaussian policy's latent is its action: log pi itself
-        log_pi = jax.vmap(lambda o, a: policy.log_prob(p, o, a))(batch["obs"], batch["latent"])
+        log_pi = jax.vmap(lambda o, a: parts.policy.log_prob(p, o, a))(
+            batch["obs"], batch["latent"]
+        )
         return estimators.score_surrogate(log_pi, batch["advantage"]) / log_pi.shape[0]
 
     want = jax.jit(jax.grad(reinforce))(params["policy"])
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(g, -w, rtol=1e-5, atol=1e-7)
-
-
-def _lqr_parts(**overrides):
-    """PPO's pure functions on lqr (tiny networks) and one collected window's batch."""
-    task = envs.make("lqr")
-    config = ppo.PPOConfig(
-        env="lqr", hidden=(8,), num_envs=4, unroll_length=8, num_minibatches=1, **overrides
-    )
-    policy = GaussianPolicy.for_dynamics(task, hidden=(8,), init_std=0.5)
-    value = QCritic(task.observation_size, 0, num_q=1, hidden=(8,))
-    parts = ppo._PPO(config, task, policy, value, optax.adam(1e-3))
-    ts = jax.jit(parts.init)(jax.random.key(0))
-    traj = jax.jit(lambda ts, k: parts.collect(ts, k)[1])(ts, jax.random.key(1))
-    # Perturb the rewards so the value network's start is far from the returns.
-    traj = traj.replace(
-        reward=traj.reward + jnp.linspace(-1.0, 2.0, traj.reward.size).reshape(4, 8)
-    )
-    batch = jax.jit(lambda ts, traj: parts.batch(ts, traj, jnp.zeros((4, 8, 1))))(ts, traj)
-    return parts, ts, traj, batch
 
 
 def test_minibatch_advantages_are_brax_gae_from_the_current_value_network():
