@@ -60,7 +60,7 @@ class Preset(_baselines.BenchPreset):
     gae_lambda: float = 0.95
     clip: float = 0.3
     entropy_cost: float = 1e-2
-    advantages: str = "window"
+    advantages: str = PPOConfig.advantages
     policy_activation: str = PPOConfig.policy_activation
     value_activation: str = PPOConfig.value_activation
 

@@ -145,7 +145,7 @@ PRESETS = {
                     ("sac", sac(1600)),  # 102k
                 ),
                 # SHAC-h8 at a constant rate (SHAC decays it linearly to 1e-5): 2761 at 410k on
-                # seed 0 (experiments/results/locomotion_cpu_const), another 42 minutes a seed.
+                # seed 0 (experiments/results/locomotion_cpu_const); about 40 minutes a seed.
                 variants=(
                     (
                         "shac-h8-const",

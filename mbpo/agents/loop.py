@@ -243,7 +243,7 @@ def _chunks(config: LoopConfig, done: int):
         yield num, done
 
 
-# The trainer is a static argument of these jits, as of run_updates: a trainer that shares its
+# The trainer is a static argument of these jits, as for run_updates: a trainer that shares its
 # programs (build_trainer's cache) finds them traced and compiled by an earlier run, evaluation
 # or seed in the same process.
 @functools.partial(jax.jit, static_argnames=("trainer", "seeds"))
