@@ -21,24 +21,24 @@ U = np.array([0.7])
 PARAMS = (np.float64(9.81), np.float64(2.0))
 
 
-@pytest.mark.parametrize("solver", [diffrax.Tsit5(), diffrax.Euler(), diffrax.Heun()])
-@pytest.mark.parametrize("substeps", [1, 3])
+@pytest.mark.parametrize(
+    ("solver", "substeps"), [(diffrax.Tsit5(), 1), (diffrax.Tsit5(), 3), (diffrax.Heun(), 3)]
+)
 def test_stepped_solve_equals_diffeqsolve_in_value_and_gradient(x64, solver, substeps):
+    """Tsit5 (the default, first-same-as-last: its state carries a stage across substeps) and
+    Heun, in value and in the Jacobians with respect to state, action and parameters."""
     ode = ODESolver(dt=0.1, substeps=substeps, solver=solver)
     term = diffrax.ODETerm(lambda t, y, args: forced_pendulum(t, y, args[0], args[1]))
 
-    def stepped(x, u, params):
-        return ode._stepped(term, x, (u, params))
+    def value_and_jacobians(integrate):
+        f = lambda x, u, params: integrate(term, x, (u, params))
+        return jax.jit(lambda *a: (f(*a), jax.jacrev(f, argnums=(0, 1, 2))(*a)))(X, U, PARAMS)
 
-    def solved(x, u, params):
-        return ode._solved(term, x, (u, params))
-
-    np.testing.assert_allclose(stepped(X, U, PARAMS), solved(X, U, PARAMS), rtol=1e-13)
-    for argnum in range(3):
-        want = jax.jacrev(solved, argnums=argnum)(X, U, PARAMS)
-        got = jax.jacrev(stepped, argnums=argnum)(X, U, PARAMS)
-        for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
-            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14)
+    want = value_and_jacobians(ode._solved)
+    got = value_and_jacobians(ode._stepped)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-13)
+    for w, g in zip(jax.tree.leaves(want[1]), jax.tree.leaves(got[1]), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14)
 
 
 def test_backpropagating_adjoints_step_directly_and_the_others_solve(monkeypatch):
