@@ -95,7 +95,10 @@ def test_replay_gradient_equals_on_policy_gradient_on_current_data(x64, policy_c
     np.testing.assert_allclose(info["eps"], eps, atol=1e-8)
     np.testing.assert_allclose(info["xi"], xi, atol=1e-7)
     np.testing.assert_allclose(float(info["weight"]), 1.0, rtol=1e-9)
-    np.testing.assert_allclose(value, on_value, rtol=1e-9)
+    # Equal in exact arithmetic; the two programs' float64 values differ by up to 4e-9 relative
+    # under the suite's compiler settings (LLVM O0, tests/conftest.py) and by nothing at XLA's
+    # defaults (measured for both n and both policies).
+    np.testing.assert_allclose(value, on_value, rtol=1e-8)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), grad, on_grad)
 
 
