@@ -5,15 +5,20 @@ cache (:mod:`mbpo.compile_cache`), and what the compile of a Brax update is made
    with the same configuration into a new, empty cache folder (two updates and one evaluation:
    what a run pays before it trains). Reported: both wall times (process start to exit, Python
    imports included), their ratio (goal: second <= 0.3x first) and the cache's size on disk.
-2. **Anatomy** of the halfcheetah SVG(n) update (``--preset cpu``: a few shapes): for each horizon
-   n and num_envs, the time to trace and lower ``jax.jit(update)``, the size of the lowered
-   program (StableHLO text lines) and the time XLA takes to compile it. It shows what the
-   minutes are spent on: the program's size does not grow with the number of envs (vmap) nor
-   with the horizon (one scan body), so the compile is the physics step's and its derivative's,
-   paid once per program, which is what the cache saves.
+2. **Anatomy** of the halfcheetah SVG(n) update (``--preset cpu``: a few shapes): for each Brax
+   pipeline, horizon n and num_envs, the time to trace and lower ``jax.jit(update)``, the size
+   of the lowered program (StableHLO text lines), the time XLA takes to compile it (wall and the
+   process's CPU seconds, which other jobs on a shared machine disturb less) and the size of the
+   program XLA made of it (optimized HLO lines and its ``while`` loops: a scan that XLA unrolled
+   would show as more lines and fewer loops at a larger n). It shows what the minutes are spent
+   on: the program's size does not grow with the number of envs (vmap) nor with the horizon (one
+   scan body), so the compile is the physics step's and its derivative's, paid once per program,
+   which is what the cache saves.
 
     python -m experiments.bench_compile_cache --preset cpu \\
         --out experiments/results/bench_compile_cache_cpu.json
+    python -m experiments.bench_compile_cache --preset cpu --skip-starts \\
+        --out experiments/results/bench_compile_cache_anatomy_cpu.json
 """
 
 from __future__ import annotations
@@ -50,15 +55,17 @@ class Preset:
 
     Attributes:
       cases: the configurations started twice.
-      anatomy_horizons: the n of the halfcheetah SVG(n) updates lowered and compiled.
+      anatomy_horizons: the n of the SVG(n) updates lowered and compiled.
       anatomy_envs: their num_envs.
-      anatomy_backend: their pipeline.
+      anatomy_backends: their Brax pipelines (every n and num_envs on each).
+      anatomy_env: their task.
     """
 
     cases: tuple[Case, ...]
     anatomy_horizons: tuple[int, ...] = ()
     anatomy_envs: tuple[int, ...] = ()
-    anatomy_backend: str = "positional"
+    anatomy_backends: tuple[str, ...] = ("positional",)
+    anatomy_env: str = "halfcheetah"
 
 
 HALFCHEETAH = (
@@ -78,8 +85,9 @@ PRESETS = {
             ),
             Case("halfcheetah svg-32", tuple(HALFCHEETAH.split())),
         ),
-        anatomy_horizons=(1, 8, 32),
-        anatomy_envs=(1, 64),
+        anatomy_horizons=(8, 32),
+        anatomy_envs=(4, 64),
+        anatomy_backends=("positional", "spring", "generalized"),
     ),
 }
 PRESETS["gpu"] = PRESETS["cpu"]
@@ -122,29 +130,35 @@ def start_twice(case: Case, root: pathlib.Path) -> dict:
     }
 
 
-def anatomy(n: int, num_envs: int, backend: str) -> dict:
-    """Trace+lower time, program size and compile time of the halfcheetah SVG(n) update."""
+def anatomy(n: int, num_envs: int, backend: str, env: str = "halfcheetah") -> dict:
+    """Trace+lower time, program size, compile time and compiled size of ``env``'s SVG(n) update."""
     import jax
 
     from experiments._objective import svg_update_config
     from mbpo.agents import loop
     from mbpo.agents.unroll_trainer import make_trainer
 
-    trainer = make_trainer(svg_update_config("halfcheetah", backend, n, num_envs))
+    trainer = make_trainer(svg_update_config(env, backend, n, num_envs))
     state = loop.initial_state(trainer)
     start = time.perf_counter()
     lowered = jax.jit(trainer.update).lower(state)
     lower_s = time.perf_counter() - start
-    lines = lowered.as_text().count("\n")
-    start = time.perf_counter()
-    lowered.compile()
+    program = lowered.as_text()
+    start, start_cpu = time.perf_counter(), time.process_time()
+    compiled = lowered.compile()
+    compile_s, compile_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
+    optimized = compiled.as_text()
     return {
         "horizon": n,
         "num_envs": num_envs,
         "backend": backend,
         "trace_and_lower_s": round(lower_s, 1),
-        "program_lines": lines,
-        "compile_s": round(time.perf_counter() - start, 1),
+        "program_lines": program.count("\n"),
+        "program_loops": program.count("stablehlo.while"),
+        "compile_s": round(compile_s, 1),
+        "compile_cpu_s": round(compile_cpu_s, 1),
+        "optimized_lines": optimized.count("\n"),
+        "optimized_loops": optimized.count(" while("),
     }
 
 
@@ -161,14 +175,16 @@ def format_table(report: dict) -> str:
     if report["anatomy"]:
         lines += [
             "",
-            "| halfcheetah SVG(n) update: n | num_envs | trace + lower s | StableHLO lines | "
-            "XLA compile s |",
-            "| ---: | ---: | ---: | ---: | ---: |",
+            "| SVG(n) update: pipeline | n | num_envs | trace + lower s | StableHLO lines (loops) "
+            "| XLA compile s | compile CPU s | optimized HLO lines (loops) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for a in report["anatomy"]:
             lines.append(
-                f"| {a['horizon']} | {a['num_envs']} | {a['trace_and_lower_s']} | "
-                f"{a['program_lines']} | {a['compile_s']} |"
+                f"| {a['backend']} | {a['horizon']} | {a['num_envs']} | {a['trace_and_lower_s']} | "
+                f"{a['program_lines']} ({a.get('program_loops', '-')}) | {a['compile_s']} | "
+                f"{a.get('compile_cpu_s', '-')} | {a.get('optimized_lines', '-')} "
+                f"({a.get('optimized_loops', '-')}) |"
             )
     return "\n".join(lines)
 
@@ -179,19 +195,21 @@ EXPERIMENT = harness.Experiment("experiments.bench_compile_cache", __doc__, PRES
 def main(argv: list[str] | None = None) -> None:
     parser = EXPERIMENT.parser()
     parser.add_argument("--skip-anatomy", action="store_true", help="only the two starts")
+    parser.add_argument("--skip-starts", action="store_true", help="only the anatomy")
     run = EXPERIMENT.parse(argv, parser)
     preset = run.preset
     starts = []
-    for case in preset.cases:
+    for case in () if run.args.skip_starts else preset.cases:
         with tempfile.TemporaryDirectory(prefix="mbpo-cache-bench-") as root:
             starts.append(start_twice(case, pathlib.Path(root)))
         print(format_table({"starts": starts[-1:], "anatomy": []}).splitlines()[-1], flush=True)
     rows = []
     if not run.args.skip_anatomy:
-        for n in preset.anatomy_horizons:
-            for num_envs in preset.anatomy_envs:
-                rows.append(anatomy(n, num_envs, preset.anatomy_backend))
-                print(rows[-1], flush=True)
+        for backend in preset.anatomy_backends:
+            for n in preset.anatomy_horizons:
+                for num_envs in preset.anatomy_envs:
+                    rows.append(anatomy(n, num_envs, backend, preset.anatomy_env))
+                    print(rows[-1], flush=True)
     run.finish({**run.header(), "starts": starts, "anatomy": rows}, format_table)
 
 
