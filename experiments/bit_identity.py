@@ -38,6 +38,7 @@ MODEL |= {"batch_size": 8, "warmup_steps": 4, **SMALL}
 CONFIGS = {
     "svg": UnrollTrainerConfig(estimator="svg", critic_epochs=2, critic_minibatches=2, **UNROLL),
     "bpo": UnrollTrainerConfig(estimator="bpo", **UNROLL),
+    "svg0": UnrollTrainerConfig(estimator="svg", **{**UNROLL, "horizon": 0}),
     "sac": OffPolicyConfig(algo="sac", **ONLINE),
     "td3": OffPolicyConfig(algo="td3", **{**ONLINE, "gradient_steps": 3}),
     "ddpg": OffPolicyConfig(algo="ddpg", **ONLINE),
