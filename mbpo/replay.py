@@ -22,7 +22,7 @@ from flax import struct
 
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.types import Array, Float, Int, PRNGKey, PyTree
-from mbpo.unroll import PolicyFn, RolloutNoise, Transition, rollout
+from mbpo.unroll import PolicyFn, Transition, draw_noise, rollout
 
 
 class Segment(struct.PyTreeNode):
@@ -141,11 +141,9 @@ def basepoints(
 
     def trajectory(k):
         k_reset, k_noise = jax.random.split(k)
-        eps = jax.random.normal(k_noise, (segment, dynamics.action_size))
-        xi = jax.vmap(dynamics.sample_noise)(
-            jax.random.split(jax.random.fold_in(k_noise, 1), segment)
+        noise = draw_noise(
+            dynamics, k_noise, jax.random.fold_in(k_noise, 1), (segment,), (dynamics.action_size,)
         )
-        noise = RolloutNoise(eps=eps, xi=xi.reshape(segment, *dynamics.noise_shape))
         _, traj = rollout(dynamics, policy, dynamics.reset(k_reset), noise)
         # Steps after a termination stay in the set, marked done so that they bootstrap nothing.
         return traj.replace(done=1 - jnp.cumprod(1 - traj.done))

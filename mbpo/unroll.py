@@ -94,7 +94,7 @@ def sample_noise(
     """
     num_steps = check_num_steps(num_steps, minimum=1 - extra_eps)
     k_eps, k_xi = jax.random.split(key)
-    xi = _draw_xi(dynamics, k_xi, (num_steps,))
+    xi = draw_xi(dynamics, k_xi, (num_steps,))
     return RolloutNoise(eps=jax.random.normal(k_eps, (num_steps + extra_eps, *eps_shape)), xi=xi)
 
 
@@ -111,10 +111,12 @@ def draw_noise(
     :func:`sample_noise`, and of data collection, whose shape leads with the environments."""
     kw = {} if dtype is None else {"dtype": dtype}
     eps = jax.random.normal(k_eps, (*shape, *eps_shape), **kw)
-    return RolloutNoise(eps=eps, xi=_draw_xi(dynamics, k_xi, shape))
+    return RolloutNoise(eps=eps, xi=draw_xi(dynamics, k_xi, shape))
 
 
-def _draw_xi(dynamics: Dynamics, k_xi: PRNGKey, shape: tuple[int, ...]):
+def draw_xi(dynamics: Dynamics, k_xi: PRNGKey, shape: tuple[int, ...]) -> Noise:
+    """xi ~ dynamics.sample_noise of shape ``shape + noise_shape``, one key of ``k_xi`` split to
+    ``shape`` per draw (the xi of :func:`sample_noise` and :func:`draw_noise`)."""
     keys = jax.random.split(k_xi, shape).reshape(-1)
     return jax.vmap(dynamics.sample_noise)(keys).reshape(*shape, *dynamics.noise_shape)
 

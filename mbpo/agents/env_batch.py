@@ -9,7 +9,7 @@ from flax import struct
 
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.types import Array, Float, PRNGKey, Scalar
-from mbpo.unroll import PolicyFn, RolloutNoise, alive_mask, rollout
+from mbpo.unroll import PolicyFn, RolloutNoise, alive_mask, draw_xi, rollout
 
 
 class NormalizerState(struct.PyTreeNode):
@@ -103,9 +103,7 @@ def evaluate(
     k_reset, k_xi = jax.random.split(key)
 
     def episode(k_r, k_x):
-        xi = jax.vmap(dynamics.sample_noise)(jax.random.split(k_x, episode_length)).reshape(
-            episode_length, *dynamics.noise_shape
-        )
+        xi = draw_xi(dynamics, k_x, (episode_length,))
         noise = RolloutNoise(eps=jnp.zeros((episode_length, *eps_shape)), xi=xi)
         _, traj = rollout(dynamics, policy, dynamics.reset(k_r), noise)
         return jnp.sum(alive_mask(traj.done) * traj.reward)

@@ -47,7 +47,15 @@ from mbpo.dynamics.base import Dynamics, State
 from mbpo.optim import Step, TrainState, guarded, temperature_step
 from mbpo.policies import POLICIES
 from mbpo.types import Params, PRNGKey
-from mbpo.unroll import RolloutNoise, alive_mask, check_remat, remat_steps, rollout, truncated
+from mbpo.unroll import (
+    RolloutNoise,
+    alive_mask,
+    check_remat,
+    draw_xi,
+    remat_steps,
+    rollout,
+    truncated,
+)
 
 CRITICS = ("q", "v")
 SCHEDULES = ("constant", "linear")
@@ -543,8 +551,7 @@ class _Unroll:
         dynamics = self.dynamics
         pol = self.act(ts)
         eps = noise.eps  # (B, 1, ...): a_0 for the critic data and a_1 for its bootstrap
-        keys = jax.random.split(jax.random.fold_in(ts.key, 7), self.config.num_envs)
-        xi = jax.vmap(lambda k: dynamics.sample_noise(k)[None])(keys)
+        xi = draw_xi(dynamics, jax.random.fold_in(ts.key, 7), (self.config.num_envs, 1))
         final, traj = jax.vmap(
             lambda s, e, x: rollout(dynamics, pol, s, RolloutNoise(e, x), dynamics_gradient="stop")
         )(ts.env_states, eps, xi)
