@@ -23,7 +23,9 @@ cache (:mod:`mbpo.compile_cache`), and what the compile of a Brax update is made
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import multiprocessing
 import os
 import pathlib
 import subprocess
@@ -162,6 +164,15 @@ def anatomy(n: int, num_envs: int, backend: str, env: str = "halfcheetah") -> di
     }
 
 
+def in_fresh_process(fn, *args):
+    """``fn(*args)`` in a new Python process: each compile starts from no earlier program, and the
+    compiled Brax programs do not pile up in one process (the ninth in one process failed here
+    with LLVM's "Unable to allocate section memory")."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def format_table(report: dict) -> str:
     lines = [
         "| case | first start s | second start s | second / first | cache MiB |",
@@ -208,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         for backend in preset.anatomy_backends:
             for n in preset.anatomy_horizons:
                 for num_envs in preset.anatomy_envs:
-                    rows.append(anatomy(n, num_envs, backend, preset.anatomy_env))
+                    rows.append(in_fresh_process(anatomy, n, num_envs, backend, preset.anatomy_env))
                     print(rows[-1], flush=True)
     run.finish({**run.header(), "starts": starts, "anatomy": rows}, format_table)
 
