@@ -3,9 +3,12 @@
 import dataclasses
 import json
 
+import pytest
+
 from experiments import bench_compile_cache as bcc
 
 
+@pytest.mark.slow  # two fresh processes
 def test_anatomy_counts_the_loops_of_the_lowered_and_compiled_update(tmp_path, monkeypatch, capsys):
     tiny = dataclasses.replace(
         bcc.PRESETS["cpu"],
