@@ -151,6 +151,19 @@ PRESETS = {
                         "shac-h8-const",
                         first_order(1600, num_envs=32, horizon=8, lr_schedule="constant"),
                     ),
+                    # The same with SHAC's ELU networks (DiffRL's actor and critic; above: a tanh
+                    # actor and a relu critic, the trainer's defaults).
+                    (
+                        "shac-h8-elu",
+                        first_order(
+                            1600,
+                            num_envs=32,
+                            horizon=8,
+                            lr_schedule="constant",
+                            policy_activation="elu",
+                            critic_activation="elu",
+                        ),
+                    ),
                 ),
             ),
         ),

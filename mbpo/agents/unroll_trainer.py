@@ -44,6 +44,7 @@ from mbpo.agents.loop import Trainer
 from mbpo.cli import check_interval, check_positive, option
 from mbpo.critics import QCritic, q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
+from mbpo.networks import ACTIVATIONS, check_activation
 from mbpo.optim import Step, TrainState, guarded, temperature_step
 from mbpo.policies import POLICIES
 from mbpo.types import Params, PRNGKey
@@ -99,6 +100,12 @@ class UnrollTrainerConfig(loop.UnrollFields):
     critic_minibatches: int = option(4, "minibatches per critic pass")
     tau: float = option(0.2, "Polyak rate of the target critic")
     hidden: tuple[int, ...] = option((64, 64), "hidden sizes of policy and critic")
+    policy_activation: str = option(
+        "tanh", "hidden activation of the policy (SHAC's: elu)", choices=tuple(ACTIVATIONS)
+    )
+    critic_activation: str = option(
+        "relu", "hidden activation of the critic (SHAC's: elu)", choices=tuple(ACTIVATIONS)
+    )
     init_std: float = option(0.5, "initial policy standard deviation (stochastic policies)")
     normalize_observations: bool = option(True, "normalize observations with running statistics")
     critic: str = option(
@@ -175,6 +182,8 @@ class UnrollTrainerConfig(loop.UnrollFields):
         check_interval(self, "[0, 1]", "td_lambda")
         check_interval(self, "(0, inf]", "actor_lr", "critic_lr", "max_grad_norm", "init_std")
         loop.check_sizes(hidden=self.hidden)
+        check_activation(self.policy_activation)
+        check_activation(self.critic_activation)
         if self.horizon is not None and self.horizon > self.episode_length:
             raise ValueError(
                 f"horizon={self.horizon} is longer than episode_length={self.episode_length}: "
@@ -662,6 +671,7 @@ def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
     policy = POLICIES[kind].for_dynamics(
         dynamics,
         hidden=config.hidden,
+        activation=config.policy_activation,
         **({} if kind == "deterministic" else {"init_std": config.init_std}),
     )
     estimator.check_policy(kind == "deterministic")
@@ -675,6 +685,7 @@ def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
             dynamics.action_size if config.critic == "q" else 0,
             num_q=config.num_critics,
             hidden=config.hidden,
+            activation=config.critic_activation,
         ),
         actor_opt=_optimizer(config, config.actor_lr),
         critic_opt=_optimizer(

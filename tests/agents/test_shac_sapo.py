@@ -87,6 +87,25 @@ def test_v_critic_sees_no_action():
     assert trainer.critic.num_q == 1
 
 
+def test_activations_reach_the_policy_and_the_critic():
+    tanh_relu = make_trainer(GUARDED)
+    elu = make_trainer(
+        dataclasses.replace(GUARDED, policy_activation="elu", critic_activation="elu")
+    )
+    assert (elu.policy.activation, elu.critic.activation) == ("elu", "elu")
+    assert (tanh_relu.policy.activation, tanh_relu.critic.activation) == ("tanh", "relu")
+    # The same parameters give other values: the activation is used, not only stored.
+    obs = jnp.full(elu.dynamics.observation_size, 2.0)
+    w = tanh_relu.policy.init(jax.random.key(1))
+    assert not np.allclose(tanh_relu.policy.mean(w, obs), elu.policy.mean(w, obs))
+    theta = tanh_relu.critic.init(jax.random.key(2))
+    assert not np.allclose(
+        tanh_relu.critic.q(theta, obs, jnp.zeros(0)), elu.critic.q(theta, obs, jnp.zeros(0))
+    )
+    with pytest.raises(ValueError, match="unknown activation 'softsign'"):
+        UnrollTrainerConfig(policy_activation="softsign")
+
+
 def test_linear_schedule_decays_the_learning_rate_over_the_run():
     """Adam's step along a constant unit gradient is the learning rate: SHAC's schedule takes it
     from lr to 1e-5 over num_updates optimizer steps."""
