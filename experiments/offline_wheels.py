@@ -27,7 +27,10 @@ import zipfile
 
 # brax with the mujoco it runs on here, and mbpo's other needs beyond the machine's (matplotlib
 # for the experiments' plots).
-ROOTS = ("brax==0.14.2", "mujoco==4.0.0", "tensorboardX>=2.6", "tqdm>=4.66", "matplotlib")
+ROOTS = (
+    *("brax==0.14.2", "mujoco==4.0.0", "tensorboardX>=2.6", "tqdm>=4.66", "matplotlib"),
+    "flatbuffers>=24",
+)
 HAVE = (
     *("jax", "jaxlib", "flax", "optax", "diffrax", "orbax-checkpoint", "numpy", "scipy"),
     *("ml-dtypes", "opt-einsum", "typing-extensions", "equinox", "jaxtyping", "chex", "msgpack"),

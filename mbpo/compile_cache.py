@@ -8,15 +8,53 @@ variable ``MBPO_COMPILE_CACHE`` (a folder or ``off``), else
 jax and XLA versions and the device, so a stale entry is never used; delete the folder to reclaim
 its space (:func:`size_bytes` measures it). The test suite sets ``MBPO_COMPILE_CACHE=off`` and
 shares one cache of its own, fresh each session, between its tests (tests/conftest.py).
+
+jax's cache keeps XLA's compiled programs but a second start still traces and lowers them: for a
+Brax update, 14 s of a 35 s start (experiments/results/bench_compile_cache_anatomy_cpu.md).
+So beside it, in ``programs/`` of the same folder, :func:`call_stored` keeps the training loop's
+programs as ``jax.export`` serializations (StableHLO) and a second start loads them instead of
+tracing. A stored program is found only under a digest of everything that shapes it: the
+trainer's build function and config (registered tasks only: a trainer of user dynamics is never
+stored), which program and its static arguments, the shapes, dtypes and structure of its
+arguments, the source of the ``mbpo`` and ``envs`` packages, the versions of jax, jaxlib, flax,
+optax, diffrax, brax, mujoco and numpy, the Python version, the backend and device, and the jax
+settings that change tracing (x64, matmul precision, PRNG). Any program that ``jax.export``
+cannot serialize runs as before, with a warning. The same program runs on the first start and
+every later one (the loaded program, not a fresh trace), so they give the same bits.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.metadata
 import os
 import pathlib
+import re
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any
 
 ENV = "MBPO_COMPILE_CACHE"
 OFF = "off"
+PROGRAMS = "programs"  # the stored programs' subfolder of the cache folder
+# Distributions whose code shapes a traced program (beside mbpo's and envs' own source).
+TRACED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "diffrax", "brax", "mujoco", "numpy")
+# jax settings that change what a function traces to.
+TRACE_SETTINGS = (
+    "jax_enable_x64",
+    "jax_default_matmul_precision",
+    "jax_default_prng_impl",
+    "jax_threefry_partitionable",
+    "jax_numpy_rank_promotion",
+    "jax_numpy_dtype_promotion",
+    "jax_enable_checks",
+)
+
+_store: pathlib.Path | None = None  # where call_stored keeps programs; None: off
+_loaded: dict[str, Callable] = {}  # digest -> the jitted call of its loaded program
+_unstorable: set[str] = set()  # digests whose program jax.export refused (warned once)
 
 
 def default_dir() -> pathlib.Path:
@@ -36,12 +74,17 @@ def resolve(setting: str | os.PathLike | None = None) -> pathlib.Path | None:
 
 
 def enable(
-    setting: str | os.PathLike | None = None, *, min_compile_secs: float = 0.0
+    setting: str | os.PathLike | None = None,
+    *,
+    min_compile_secs: float = 0.0,
+    store_programs: bool = True,
 ) -> pathlib.Path | None:
     """Turns jax's persistent compilation cache on in :func:`resolve`'s folder (created if
-    missing) for every program that compiles for at least ``min_compile_secs`` (default: all);
-    returns the folder, or None when off. Raises ValueError naming the folder when it cannot be
-    created or written."""
+    missing) for every program that compiles for at least ``min_compile_secs`` (default: all),
+    and with ``store_programs`` the store of traced programs (:func:`call_stored`) in its
+    ``programs/``; returns the folder, or None when off. Raises ValueError naming the folder when
+    it cannot be created or written."""
+    global _store
     path = resolve(setting)
     if path is None:
         return None
@@ -59,10 +102,146 @@ def enable(
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _store = path / PROGRAMS if store_programs else None
     return path
+
+
+def disable_store() -> None:
+    """Turns the program store off (jax's compilation cache stays as it is)."""
+    global _store
+    _store = None
 
 
 def size_bytes(path: str | os.PathLike) -> int:
     """Bytes on disk under ``path`` (0 if it does not exist)."""
     root = pathlib.Path(path)
     return sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.exists() else 0
+
+
+@functools.cache
+def _source_fingerprint() -> str:
+    """sha256 of the traced packages' versions, Python's, and every .py file of mbpo and envs."""
+    import envs
+    import mbpo
+
+    digest = hashlib.sha256(sys.version.encode())
+    for name in TRACED_PACKAGES:
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            version = "-"
+        digest.update(f"{name}={version};".encode())
+    for package in (mbpo, envs):
+        root = pathlib.Path(package.__file__).parent
+        for file in sorted(root.rglob("*.py")):
+            digest.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
+def _digest(key: str, treedef, leaves: list) -> str:
+    import jax
+
+    device = jax.devices()[0]
+    parts = [
+        key,
+        _source_fingerprint(),
+        f"{jax.default_backend()}:{device.device_kind}",
+        *(f"{name}={jax.config.values.get(name)!r}" for name in TRACE_SETTINGS),
+        # Static fields may hold functions (a TrainState's optimizer): drop their addresses,
+        # which change every process; what they compute is in the key and the source.
+        re.sub(r" at 0x[0-9a-f]+", "", str(treedef)),
+        *(str(jax.typeof(leaf)) for leaf in leaves),
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def call_stored(
+    key: str | None,
+    body: Callable,
+    fallback: Callable,
+    state: Any,
+    *args: Any,
+    keeps_state: bool = True,
+) -> Any:
+    """``body(state, *args)`` through the program store: the stored ``jax.export`` of it when
+    there is one for this call (loaded once per process), else exported, stored and then loaded;
+    ``fallback(state, *args)`` (the same computation, jitted as usual) when the store is off,
+    ``key`` is None or the program cannot be exported.
+
+    Args:
+      key: names the program completely with everything that is not an argument (the trainer's
+        build and config, which program, its static arguments); None: never stored.
+      body: the pure function; with ``keeps_state`` it returns ``(state', extra)`` where
+        ``state'`` has ``state``'s pytree structure and ``extra`` is made of arrays, lists,
+        tuples and dicts only (a serialized program keeps only such output structures);
+        without, its result is made of those only.
+      fallback: the same computation as ``body``, for when the store is not used.
+      state, args: its arguments (pytrees of arrays).
+    """
+    import jax
+
+    if _store is None or key is None or jax.device_count() > 1:
+        return fallback(state, *args)
+    state_def = jax.tree.structure(state)
+    leaves, treedef = jax.tree.flatten((state, args))
+    digest = _digest(key, treedef, leaves)
+    if digest in _unstorable:
+        return fallback(state, *args)
+    run = _loaded.get(digest) or _load(digest)
+    if run is None:
+        run = _export(digest, key, body, treedef, state_def, leaves, keeps_state)
+        if run is None:
+            return fallback(state, *args)
+    out = run(*leaves)
+    if keeps_state:
+        new_leaves, extra = out
+        return jax.tree.unflatten(state_def, new_leaves), extra
+    return out
+
+
+def _load(digest: str) -> Callable | None:
+    import jax
+
+    file = _store / f"{digest}.jaxexport"
+    if not file.exists():
+        return None
+    try:
+        exported = jax.export.deserialize(bytearray(file.read_bytes()))
+    except Exception as error:  # a damaged or foreign file: export again over it
+        warnings.warn(
+            f"stored program {file} could not be read ({error}); tracing again", stacklevel=3
+        )
+        return None
+    _loaded[digest] = jax.jit(exported.call)
+    return _loaded[digest]
+
+
+def _export(digest, key, body, treedef, state_def, leaves, keeps_state) -> Callable | None:
+    import jax
+
+    def flat(*leaves):
+        state, args = jax.tree.unflatten(treedef, leaves)
+        out = body(state, *args)
+        if not keeps_state:
+            return out
+        new, extra = out
+        if jax.tree.structure(new) != state_def:
+            raise ValueError("the program's new state is not structured as its state")
+        return jax.tree.leaves(new), extra
+
+    try:
+        blob = jax.export.export(jax.jit(flat))(*leaves).serialize()
+    except Exception as error:
+        _unstorable.add(digest)
+        warnings.warn(
+            f"program {key.split('|', 1)[0]!r} is not stored ({type(error).__name__}: "
+            f"{str(error)[:200]}); it is traced on every start",
+            stacklevel=3,
+        )
+        return None
+    _store.mkdir(parents=True, exist_ok=True)
+    file = _store / f"{digest}.jaxexport"
+    partial = file.with_name(f"{file.name}.{os.getpid()}.partial")
+    partial.write_bytes(blob)
+    os.replace(partial, file)  # whole or absent: a reader never sees half a program
+    return _load(digest)

@@ -1,12 +1,19 @@
 """mbpo.compile_cache: where the cache goes, off by setting, and a second process reusing what the
 first compiled (in subprocesses: the cache is process-wide jax configuration)."""
 
+import csv
 import os
 import pathlib
 import subprocess
 import sys
+import warnings
+from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from flax import struct
 
 from mbpo import compile_cache
 
@@ -60,3 +67,146 @@ def test_mbpo_train_names_a_bad_cache_folder(tmp_path, capsys):
         main(["train", "--env", "lqr", "--compile-cache", str(blocker / "c")])
     assert exit_info.value.code == 2
     assert "--compile-cache" in capsys.readouterr().err
+
+
+# The program store (compile_cache.call_stored): jax.export'ed programs that a second start loads
+# instead of tracing.
+
+
+class Toy(struct.PyTreeNode):
+    w: jax.Array
+    n: jax.Array
+    scale: Callable = struct.field(pytree_node=False)  # a function in the treedef's static data
+
+
+def _toy_body(state: Toy, x):
+    new = state.replace(w=state.scale(state.w) * x.sum(), n=state.n + 1)
+    return new, {"loss": jnp.sum(state.w**2), "steps": [state.n, new.n]}
+
+
+def _toy(size=3):
+    return Toy(w=jnp.linspace(0.5, 1.5, size), n=jnp.int32(0), scale=jnp.tanh), jnp.ones(size)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """An empty program store in tmp_path, as a fresh process sees it."""
+    monkeypatch.setattr(compile_cache, "_store", tmp_path / "programs")
+    monkeypatch.setattr(compile_cache, "_loaded", {})
+    monkeypatch.setattr(compile_cache, "_unstorable", set())
+    return tmp_path / "programs"
+
+
+def _new_process(monkeypatch):
+    monkeypatch.setattr(compile_cache, "_loaded", {})
+    monkeypatch.setattr(compile_cache, "_unstorable", set())
+
+
+def _same(a, b):
+    return jax.tree.structure(a) == jax.tree.structure(b) and all(
+        np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
+
+
+def test_a_stored_program_is_loaded_by_the_next_process_and_gives_the_same_bits(store, monkeypatch):
+    state, x = _toy()
+    expected = jax.jit(_toy_body)(state, x)
+    first = compile_cache.call_stored("toy", _toy_body, jax.jit(_toy_body), state, x)
+    assert _same(first, expected) and first[0].scale is jnp.tanh
+    files = sorted(store.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".jaxexport"
+    stamp = files[0].stat().st_mtime_ns
+
+    _new_process(monkeypatch)
+
+    def no_export(*args):
+        raise AssertionError("traced again although the program is stored")
+
+    monkeypatch.setattr(compile_cache, "_export", no_export)
+    again = compile_cache.call_stored("toy", _toy_body, jax.jit(_toy_body), state, x)
+    assert _same(again, expected) and files[0].stat().st_mtime_ns == stamp
+
+
+def test_the_digest_covers_the_key_shapes_and_dtypes(store):
+    state, x = _toy()
+    compile_cache.call_stored("toy", _toy_body, jax.jit(_toy_body), state, x)
+    compile_cache.call_stored("toy-other-config", _toy_body, jax.jit(_toy_body), state, x)
+    compile_cache.call_stored("toy", _toy_body, jax.jit(_toy_body), *_toy(size=4))
+    compile_cache.call_stored("toy", _toy_body, jax.jit(_toy_body), state, x.astype(jnp.int32))
+    assert len(list(store.iterdir())) == 4
+
+
+def test_without_a_key_or_a_store_the_fallback_runs(store, monkeypatch):
+    state, x = _toy()
+    calls = []
+
+    def fallback(*args):
+        calls.append(1)
+        return jax.jit(_toy_body)(*args)
+
+    out = compile_cache.call_stored(None, _toy_body, fallback, state, x)
+    assert _same(out, _toy_body(state, x))
+    monkeypatch.setattr(compile_cache, "_store", None)
+    compile_cache.call_stored("toy", _toy_body, fallback, state, x)
+    assert len(calls) == 2 and not store.exists()
+
+
+def test_a_program_export_refuses_runs_unstored_with_one_warning(store):
+    def body(state, x):  # a host callback: jax.export refuses it
+        y = jax.pure_callback(np.sin, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+        return state, y
+
+    state, x = _toy()
+    with pytest.warns(UserWarning, match="'callback' is not stored"):
+        out = compile_cache.call_stored("callback|rest", body, jax.jit(body), state, x)
+    np.testing.assert_allclose(out[1], np.sin(1.0), rtol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning: it is remembered as unstorable
+        compile_cache.call_stored("callback|rest", body, jax.jit(body), state, x)
+    assert not store.exists() or not list(store.iterdir())
+
+
+def test_a_damaged_stored_program_is_traced_and_written_again(store, monkeypatch):
+    state, x = _toy()
+    compile_cache.call_stored("toy", _toy_body, jax.jit(_toy_body), state, x)
+    (file,) = store.iterdir()
+    file.write_bytes(b"not a program")
+    _new_process(monkeypatch)
+    with pytest.warns(UserWarning, match="could not be read"):
+        out = compile_cache.call_stored("toy", _toy_body, jax.jit(_toy_body), state, x)
+    assert _same(out, jax.jit(_toy_body)(state, x))
+    _new_process(monkeypatch)
+    assert _same(compile_cache.call_stored("toy", _toy_body, None, state, x), out)
+
+
+def test_only_trainers_of_registered_tasks_have_a_program_key():
+    from mbpo.agents import loop, registry
+    from mbpo.agents.unroll_trainer import UnrollTrainerConfig
+
+    config = UnrollTrainerConfig(env="lqr", hidden=(8,))
+    registered = registry.make_trainer(config)
+    key = loop.program_key(registered, "updates", num=3)
+    assert "UnrollTrainerConfig(" in key and "[('num', 3)]" in key
+    assert loop.program_key(registry.make_trainer(config, registered.dynamics), "updates") is None
+
+
+@pytest.mark.slow
+def test_mbpo_train_starts_again_from_its_stored_programs_with_the_same_results(tmp_path):
+    cache = tmp_path / "cache"
+    tiny = "--env lqr --horizon 3 --num-envs 8 --episode-length 12 --num-updates 4 --eval-every 2"
+    tiny += " --eval-envs 4 --hidden 8 --critic-epochs 1 --critic-minibatches 1"
+
+    def train(name, setting):
+        command = [sys.executable, "-m", "mbpo.main", "train", *tiny.split()]
+        command += ["--run-dir", str(tmp_path / name), "--compile-cache", str(setting)]
+        subprocess.run(command, capture_output=True, text=True, check=True)
+        with open(tmp_path / name / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        return [{k: v for k, v in r.items() if not k.endswith("_time")} for r in rows]
+
+    first = train("first", cache)
+    stored = {p: p.stat().st_mtime_ns for p in (cache / compile_cache.PROGRAMS).iterdir()}
+    assert len(stored) == 2  # the chunk of updates and the evaluation
+    second = train("second", cache)
+    assert {p: p.stat().st_mtime_ns for p in (cache / "programs").iterdir()} == stored
+    assert first == second == train("uncached", "off")

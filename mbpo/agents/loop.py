@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 import envs
+from mbpo import compile_cache
 from mbpo.cli import option
 from mbpo.dynamics.base import Dynamics
 from mbpo.dynamics.brax_env import BACKENDS
@@ -235,6 +236,38 @@ def run_updates(trainer: Trainer, ts: PyTree, num: int) -> tuple[PyTree, dict]:
     return _scan_updates(trainer, ts, num)
 
 
+def program_key(trainer: Trainer, name: str, **static) -> str | None:
+    """The name under which :func:`mbpo.compile_cache.call_stored` keeps the trainer's program
+    ``name`` with these static arguments: its build function and config (without its
+    RUN_FIELDS); None for a trainer that shares no programs (one built on given dynamics, whose
+    functions no config describes)."""
+    if trainer.programs is None:
+        return None
+    build, config = trainer.programs
+    return f"{name}|{build.__module__}.{build.__qualname__}|{config!r}|{sorted(static.items())}"
+
+
+def _stored_updates(trainer: Trainer, ts: PyTree, num: int, seeds: bool) -> tuple[PyTree, dict]:
+    """:func:`run_updates` (or, with ``seeds``, its vmap over stacked states) through the
+    program store of :mod:`mbpo.compile_cache`."""
+    if seeds:
+        body = jax.vmap(functools.partial(_scan_updates, trainer, num=num))
+        jitted = functools.partial(_run_updates_seeds, trainer, num=num)
+    else:
+        body = functools.partial(_scan_updates, trainer, num=num)
+        jitted = functools.partial(run_updates, trainer, num=num)
+    key = program_key(trainer, "updates_seeds" if seeds else "updates", num=num)
+    return compile_cache.call_stored(key, body, jitted, ts)
+
+
+def _stored_evaluate(trainer: Trainer, ts: PyTree, key: PRNGKey, seeds: bool) -> jax.Array:
+    """:func:`evaluate` (:func:`evaluate_seeds`) through the program store."""
+    body = jax.vmap(trainer.evaluate) if seeds else trainer.evaluate
+    jitted = functools.partial(evaluate_seeds if seeds else evaluate, trainer)
+    name = program_key(trainer, "evaluate_seeds" if seeds else "evaluate")
+    return compile_cache.call_stored(name, body, jitted, ts, key, keeps_state=False)
+
+
 def _chunks(config: LoopConfig, done: int):
     """(updates in the chunk, updates done after it) for chunks of ``eval_every`` from ``done``."""
     while done < config.num_updates:
@@ -317,12 +350,12 @@ def train(
     for num, done in _chunks(config, int(ts.updates)):
         skipped_before = history[-1].get("skipped_updates", 0) if history else 0
         chunk_start = time.perf_counter()
-        ts, metrics = jax.block_until_ready(run_updates(trainer, ts, num))
+        ts, metrics = jax.block_until_ready(_stored_updates(trainer, ts, num, seeds=False))
         update_time = time.perf_counter() - chunk_start
         record = {
             "updates": done,
             "env_steps": int(ts.env_steps),
-            "eval_return": float(evaluate(trainer, ts, eval_key)),
+            "eval_return": float(_stored_evaluate(trainer, ts, eval_key, seeds=False)),
             **{k: float(v[-1]) for k, v in metrics.items()},
             "update_time": update_time,
         }
@@ -384,14 +417,16 @@ def train_seeds(
             history[-1].get("skipped_updates", [0] * num_seeds) if history else [0] * num_seeds
         )
         chunk_start = time.perf_counter()
-        ts, metrics = jax.block_until_ready(_run_updates_seeds(trainer, ts, num))
+        ts, metrics = jax.block_until_ready(_stored_updates(trainer, ts, num, seeds=True))
         update_time = time.perf_counter() - chunk_start
         metrics = jax.device_get(metrics)
         record = {
             "updates": done,
             "env_steps": int(ts.env_steps[0]),
             "wall_time": offset + time.perf_counter() - start,
-            "eval_return": jax.device_get(evaluate_seeds(trainer, ts, eval_keys)).tolist(),
+            "eval_return": jax.device_get(
+                _stored_evaluate(trainer, ts, eval_keys, seeds=True)
+            ).tolist(),
             **{k: np.asarray(v)[:, -1].tolist() for k, v in metrics.items()},
             "update_time": update_time,
         }
