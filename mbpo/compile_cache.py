@@ -25,6 +25,7 @@ every later one (the loaded program, not a fresh trace), so they give the same b
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -200,19 +201,23 @@ def call_stored(
 
 
 def _load(digest: str) -> Callable | None:
-    import jax
-
     file = _store / f"{digest}.jaxexport"
     if not file.exists():
         return None
     try:
-        exported = jax.export.deserialize(bytearray(file.read_bytes()))
+        return _loaded_call(digest, file.read_bytes())
     except Exception as error:  # a damaged or foreign file: export again over it
         warnings.warn(
             f"stored program {file} could not be read ({error}); tracing again", stacklevel=3
         )
         return None
-    _loaded[digest] = jax.jit(exported.call)
+
+
+def _loaded_call(digest: str, blob: bytes) -> Callable:
+    """The jitted call of the serialized program ``blob`` (what every start runs)."""
+    import jax
+
+    _loaded[digest] = jax.jit(jax.export.deserialize(bytearray(blob)).call)
     return _loaded[digest]
 
 
@@ -229,19 +234,25 @@ def _export(digest, key, body, treedef, state_def, leaves, keeps_state) -> Calla
             raise ValueError("the program's new state is not structured as its state")
         return jax.tree.leaves(new), extra
 
+    name = key.split("|", 1)[0]
     try:
         blob = jax.export.export(jax.jit(flat))(*leaves).serialize()
     except Exception as error:
         _unstorable.add(digest)
         warnings.warn(
-            f"program {key.split('|', 1)[0]!r} is not stored ({type(error).__name__}: "
-            f"{str(error)[:200]}); it is traced on every start",
+            f"program {name!r} is not stored ({type(error).__name__}: {str(error)[:200]}); it "
+            "is traced on every start",
             stacklevel=3,
         )
         return None
-    _store.mkdir(parents=True, exist_ok=True)
     file = _store / f"{digest}.jaxexport"
     partial = file.with_name(f"{file.name}.{os.getpid()}.partial")
-    partial.write_bytes(blob)
-    os.replace(partial, file)  # whole or absent: a reader never sees half a program
-    return _load(digest)
+    try:
+        _store.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(blob)
+        os.replace(partial, file)  # whole or absent: a reader never sees half a program
+    except OSError as error:  # a full disk, say: this run goes on, the next traces again
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        warnings.warn(f"program {name!r} could not be stored in {_store}: {error}", stacklevel=3)
+    return _loaded_call(digest, blob)

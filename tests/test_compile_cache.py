@@ -210,3 +210,14 @@ def test_mbpo_train_starts_again_from_its_stored_programs_with_the_same_results(
     second = train("second", cache)
     assert {p: p.stat().st_mtime_ns for p in (cache / "programs").iterdir()} == stored
     assert first == second == train("uncached", "off")
+
+
+def test_a_store_that_cannot_be_written_warns_and_the_run_goes_on(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(compile_cache, "_store", blocker / "programs")
+    monkeypatch.setattr(compile_cache, "_loaded", {})
+    state, x = _toy()
+    with pytest.warns(UserWarning, match="could not be stored"):
+        out = compile_cache.call_stored("toy", _toy_body, jax.jit(_toy_body), state, x)
+    assert _same(out, jax.jit(_toy_body)(state, x)) and blocker.read_text() == "not a folder"
