@@ -163,6 +163,7 @@ def call_stored(
     state: Any,
     *args: Any,
     keeps_state: bool = True,
+    out_def: Callable[[], Any] | None = None,
 ) -> Any:
     """``body(state, *args)`` through the program store: the stored ``jax.export`` of it when
     there is one for this call (loaded once per process), else exported, stored and then loaded;
@@ -175,29 +176,32 @@ def call_stored(
       body: the pure function; with ``keeps_state`` it returns ``(state', extra)`` where
         ``state'`` has ``state``'s pytree structure and ``extra`` is made of arrays, lists,
         tuples and dicts only (a serialized program keeps only such output structures);
-        without, its result is made of those only.
+        without, its result is made of those only, unless ``out_def`` is given.
       fallback: the same computation as ``body``, for when the store is not used.
       state, args: its arguments (pytrees of arrays).
+      out_def: without ``keeps_state``: gives the treedef of ``body``'s result (say, from
+        ``jax.eval_shape``, which traces but neither lowers nor compiles), for a result with other
+        pytree nodes (a train state); called only when the store is used.
     """
     import jax
 
     if _store is None or key is None or jax.device_count() > 1:
         return fallback(state, *args)
-    state_def = jax.tree.structure(state)
+    part_def = jax.tree.structure(state) if keeps_state else out_def and out_def()
     leaves, treedef = jax.tree.flatten((state, args))
     digest = _digest(key, treedef, leaves)
     if digest in _unstorable:
         return fallback(state, *args)
     run = _loaded.get(digest) or _load(digest)
     if run is None:
-        run = _export(digest, key, body, treedef, state_def, leaves, keeps_state)
+        run = _export(digest, key, body, treedef, part_def, leaves, keeps_state)
         if run is None:
             return fallback(state, *args)
     out = run(*leaves)
     if keeps_state:
         new_leaves, extra = out
-        return jax.tree.unflatten(state_def, new_leaves), extra
-    return out
+        return jax.tree.unflatten(part_def, new_leaves), extra
+    return out if part_def is None else jax.tree.unflatten(part_def, out)
 
 
 def _load(digest: str) -> Callable | None:
@@ -221,18 +225,20 @@ def _loaded_call(digest: str, blob: bytes) -> Callable:
     return _loaded[digest]
 
 
-def _export(digest, key, body, treedef, state_def, leaves, keeps_state) -> Callable | None:
+def _export(digest, key, body, treedef, part_def, leaves, keeps_state) -> Callable | None:
+    """Exports ``body`` as a function of the flat leaves whose result has builtin containers only
+    (``part_def``'s part flattened to its leaves), stores it, and returns its loaded call."""
     import jax
 
     def flat(*leaves):
         state, args = jax.tree.unflatten(treedef, leaves)
         out = body(state, *args)
-        if not keeps_state:
+        part, extra = out if keeps_state else (out, None)
+        if part_def is None:
             return out
-        new, extra = out
-        if jax.tree.structure(new) != state_def:
-            raise ValueError("the program's new state is not structured as its state")
-        return jax.tree.leaves(new), extra
+        if jax.tree.structure(part) != part_def:
+            raise ValueError(f"the program's result is not structured as {part_def}")
+        return (jax.tree.leaves(part), extra) if keeps_state else jax.tree.leaves(part)
 
     name = key.split("|", 1)[0]
     try:

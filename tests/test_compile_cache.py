@@ -206,7 +206,7 @@ def test_mbpo_train_starts_again_from_its_stored_programs_with_the_same_results(
 
     first = train("first", cache)
     stored = {p: p.stat().st_mtime_ns for p in (cache / compile_cache.PROGRAMS).iterdir()}
-    assert len(stored) == 2  # the chunk of updates and the evaluation
+    assert len(stored) == 3  # the initial state, the chunk of updates, the evaluation
     second = train("second", cache)
     assert {p: p.stat().st_mtime_ns for p in (cache / "programs").iterdir()} == stored
     assert first == second == train("uncached", "off")
@@ -221,3 +221,16 @@ def test_a_store_that_cannot_be_written_warns_and_the_run_goes_on(tmp_path, monk
     with pytest.warns(UserWarning, match="could not be stored"):
         out = compile_cache.call_stored("toy", _toy_body, jax.jit(_toy_body), state, x)
     assert _same(out, jax.jit(_toy_body)(state, x)) and blocker.read_text() == "not a folder"
+
+
+def test_a_result_with_other_nodes_is_rebuilt_from_its_out_def(store, monkeypatch):
+    def init(w):  # a state of a custom node from arrays (a trainer's init)
+        return Toy(w=jnp.sin(w), n=jnp.int32(0), scale=jnp.tanh)
+
+    w = jnp.arange(3.0)
+    out_def = lambda: jax.tree.structure(jax.eval_shape(init, w))
+    kwargs = {"keeps_state": False, "out_def": out_def}
+    first = compile_cache.call_stored("init", init, jax.jit(init), w, **kwargs)
+    _new_process(monkeypatch)
+    again = compile_cache.call_stored("init", init, None, w, **kwargs)
+    assert _same(first, again) and _same(first, jax.jit(init)(w)) and again.scale is jnp.tanh

@@ -300,8 +300,17 @@ def evaluate_seeds(trainer: Trainer, ts: PyTree, keys: PRNGKey) -> jax.Array:
 
 def initial_state(trainer: Trainer, seeds: int = 1) -> PyTree:
     """``trainer.init`` at ``config.seed`` (one seed), or vmapped over ``seeds`` keys split from
-    it: the state every run starts from, and the template its checkpoints are restored into."""
-    return _init(trainer, jax.random.key(trainer.config.seed), seeds)
+    it: the state every run starts from, and the template its checkpoints are restored into
+    (through the program store of :mod:`mbpo.compile_cache`)."""
+    body = functools.partial(_init.__wrapped__, trainer, seeds=seeds)
+    return compile_cache.call_stored(
+        program_key(trainer, "init", seeds=seeds),
+        body,
+        functools.partial(_init, trainer, seeds=seeds),
+        jax.random.key(trainer.config.seed),
+        keeps_state=False,
+        out_def=lambda: jax.tree.structure(jax.eval_shape(body, jax.random.key(0))),
+    )
 
 
 def train(
