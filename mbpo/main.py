@@ -202,7 +202,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         state, _history = runner.load_checkpoint(args.run_dir, loop.initial_state(trainer))
     except (runner.RunDirError, ValueError) as error:
         parser.error(str(error))
-    value = float(loop.evaluate(trainer, state, jax.random.key(args.seed)))
+    value = float(loop.evaluate_stored(trainer, state, jax.random.key(args.seed)))
     print(
         f"{args.run_dir}: mean return {value:.2f} over {args.episodes} episodes after "
         f"{int(state.updates)} updates"

@@ -260,8 +260,9 @@ def _stored_updates(trainer: Trainer, ts: PyTree, num: int, seeds: bool) -> tupl
     return compile_cache.call_stored(key, body, jitted, ts)
 
 
-def _stored_evaluate(trainer: Trainer, ts: PyTree, key: PRNGKey, seeds: bool) -> jax.Array:
-    """:func:`evaluate` (:func:`evaluate_seeds`) through the program store."""
+def evaluate_stored(trainer: Trainer, ts: PyTree, key: PRNGKey, seeds: bool = False) -> jax.Array:
+    """:func:`evaluate` (with ``seeds``: :func:`evaluate_seeds`, keys per seed) through the
+    program store of :mod:`mbpo.compile_cache`: a later process loads it instead of tracing."""
     body = jax.vmap(trainer.evaluate) if seeds else trainer.evaluate
     jitted = functools.partial(evaluate_seeds if seeds else evaluate, trainer)
     name = program_key(trainer, "evaluate_seeds" if seeds else "evaluate")
@@ -364,7 +365,7 @@ def train(
         record = {
             "updates": done,
             "env_steps": int(ts.env_steps),
-            "eval_return": float(_stored_evaluate(trainer, ts, eval_key, seeds=False)),
+            "eval_return": float(evaluate_stored(trainer, ts, eval_key, seeds=False)),
             **{k: float(v[-1]) for k, v in metrics.items()},
             "update_time": update_time,
         }
@@ -434,7 +435,7 @@ def train_seeds(
             "env_steps": int(ts.env_steps[0]),
             "wall_time": offset + time.perf_counter() - start,
             "eval_return": jax.device_get(
-                _stored_evaluate(trainer, ts, eval_keys, seeds=True)
+                evaluate_stored(trainer, ts, eval_keys, seeds=True)
             ).tolist(),
             **{k: np.asarray(v)[:, -1].tolist() for k, v in metrics.items()},
             "update_time": update_time,
