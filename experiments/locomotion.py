@@ -151,8 +151,15 @@ PRESETS = {
                         "shac-h8-const",
                         first_order(1600, num_envs=32, horizon=8, lr_schedule="constant"),
                     ),
+                    # SAPO-h8 at the constant rate to 410k (the sapo-h8 row above decays it to
+                    # 1e-5 over 205k, as SHAC's schedule does).
+                    (
+                        "sapo-h8-const",
+                        first_order(1600, num_envs=32, horizon=8, lr_schedule="constant"),
+                    ),
                     # The same with SHAC's ELU networks (DiffRL's actor and critic; above: a tanh
-                    # actor and a relu critic, the trainer's defaults).
+                    # actor and a relu critic, the trainer's defaults): 613 at 410k on two seeds,
+                    # unstable, gradient norms several times larger (locomotion_cpu_elu).
                     (
                         "shac-h8-elu",
                         first_order(
