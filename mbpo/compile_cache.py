@@ -119,12 +119,24 @@ def size_bytes(path: str | os.PathLike) -> int:
     return sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.exists() else 0
 
 
-@functools.cache
 def _source_fingerprint() -> str:
-    """sha256 of the traced packages' versions, Python's, and every .py file of mbpo and envs."""
+    """sha256 of the traced packages' versions, Python's, and every .py file of mbpo and envs;
+    recomputed when a file's size or modification time changes (a module edited and reloaded in
+    a live session gets a new fingerprint, not the programs of the old code)."""
     import envs
     import mbpo
 
+    files = [
+        file
+        for package in (mbpo, envs)
+        for file in sorted(pathlib.Path(package.__file__).parent.rglob("*.py"))
+    ]
+    stamps = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    return _fingerprint_of(stamps)
+
+
+@functools.lru_cache(maxsize=4)
+def _fingerprint_of(stamps: tuple) -> str:
     digest = hashlib.sha256(sys.version.encode())
     for name in TRACED_PACKAGES:
         try:
@@ -132,10 +144,9 @@ def _source_fingerprint() -> str:
         except importlib.metadata.PackageNotFoundError:
             version = "-"
         digest.update(f"{name}={version};".encode())
-    for package in (mbpo, envs):
-        root = pathlib.Path(package.__file__).parent
-        for file in sorted(root.rglob("*.py")):
-            digest.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes())
+    for path, _, _ in stamps:
+        file = pathlib.Path(path)
+        digest.update(f"{file.parent.name}/{file.name}".encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()
 
 

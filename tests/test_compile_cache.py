@@ -234,3 +234,20 @@ def test_a_result_with_other_nodes_is_rebuilt_from_its_out_def(store, monkeypatc
     _new_process(monkeypatch)
     again = compile_cache.call_stored("init", init, None, w, **kwargs)
     assert _same(first, again) and _same(first, jax.jit(init)(w)) and again.scale is jnp.tanh
+
+
+def test_the_source_fingerprint_follows_the_files_content(tmp_path):
+    module = tmp_path / "pkg" / "module.py"
+    module.parent.mkdir()
+    module.write_text("x = 1\n")
+
+    def fingerprint():
+        stat = module.stat()
+        return compile_cache._fingerprint_of(((str(module), stat.st_mtime_ns, stat.st_size),))
+
+    first = fingerprint()
+    assert fingerprint() == first
+    module.write_text("x = 2\n")
+    os.utime(module, ns=(1, 1))  # a new stamp, as an edit gives
+    assert fingerprint() != first
+    assert compile_cache._source_fingerprint() == compile_cache._source_fingerprint()
