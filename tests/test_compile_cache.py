@@ -2,6 +2,7 @@
 first compiled (in subprocesses: the cache is process-wide jax configuration)."""
 
 import csv
+import dataclasses
 import os
 import pathlib
 import subprocess
@@ -188,6 +189,8 @@ def test_only_trainers_of_registered_tasks_have_a_program_key():
     key = loop.program_key(registered, "updates", num=3)
     assert "UnrollTrainerConfig(" in key and "[('num', 3)]" in key
     assert loop.program_key(registry.make_trainer(config, registered.dynamics), "updates") is None
+    local = dataclasses.replace(registered, programs=(lambda c, d: None, config))
+    assert loop.program_key(local, "updates") is None
 
 
 @pytest.mark.slow

@@ -240,11 +240,14 @@ def program_key(trainer: Trainer, name: str, **static) -> str | None:
     """The name under which :func:`mbpo.compile_cache.call_stored` keeps the trainer's program
     ``name`` with these static arguments: its build function and config (without its
     RUN_FIELDS); None for a trainer that shares no programs (one built on given dynamics, whose
-    functions no config describes)."""
+    functions no config describes) or whose build function has no importable name."""
     if trainer.programs is None:
         return None
     build, config = trainer.programs
-    return f"{name}|{build.__module__}.{build.__qualname__}|{config!r}|{sorted(static.items())}"
+    where = f"{getattr(build, '__module__', '')}.{getattr(build, '__qualname__', '<?>')}"
+    if "<" in where:  # a lambda, a local function or a partial: its name does not say what it is
+        return None
+    return f"{name}|{where}|{config!r}|{sorted(static.items())}"
 
 
 def _stored_updates(trainer: Trainer, ts: PyTree, num: int, seeds: bool) -> tuple[PyTree, dict]:
