@@ -152,7 +152,9 @@ PRESETS = {
                         first_order(1600, num_envs=32, horizon=8, lr_schedule="constant"),
                     ),
                     # SAPO-h8 at the constant rate to 410k (the sapo-h8 row above decays it to
-                    # 1e-5 over 205k, as SHAC's schedule does).
+                    # 1e-5 over 205k, as SHAC's schedule does): 1506 / 2458 / 3064 at 102k /
+                    # 205k / 410k on two seeds, the best first-order row
+                    # (experiments/results/locomotion_cpu_sapo_const).
                     (
                         "sapo-h8-const",
                         first_order(1600, num_envs=32, horizon=8, lr_schedule="constant"),
