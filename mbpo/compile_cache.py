@@ -75,17 +75,15 @@ def resolve(setting: str | os.PathLike | None = None) -> pathlib.Path | None:
 
 
 def enable(
-    setting: str | os.PathLike | None = None,
-    *,
-    min_compile_secs: float = 0.0,
-    store_programs: bool = True,
+    setting: str | os.PathLike | None = None, *, min_compile_secs: float = 0.0
 ) -> pathlib.Path | None:
     """Turns jax's persistent compilation cache on in :func:`resolve`'s folder (created if
     missing) for every program that compiles for at least ``min_compile_secs`` (default: all),
-    and with ``store_programs`` the store of traced programs (:func:`call_stored`) in its
-    ``programs/``; returns the folder, or None when off. Raises ValueError naming the folder when
-    it cannot be created or written."""
+    and the store of traced programs (:func:`call_stored`) in its ``programs/``; returns the
+    folder, or None when off (the store off too). Raises ValueError naming the folder when it
+    cannot be created or written."""
     global _store
+    _store = None
     path = resolve(setting)
     if path is None:
         return None
@@ -103,14 +101,8 @@ def enable(
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    _store = path / PROGRAMS if store_programs else None
+    _store = path / PROGRAMS
     return path
-
-
-def disable_store() -> None:
-    """Turns the program store off (jax's compilation cache stays as it is)."""
-    global _store
-    _store = None
 
 
 def size_bytes(path: str | os.PathLike) -> int:
@@ -131,7 +123,7 @@ def _source_fingerprint() -> str:
         for package in (mbpo, envs)
         for file in sorted(pathlib.Path(package.__file__).parent.rglob("*.py"))
     ]
-    stamps = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    stamps = tuple((str(f), (st := f.stat()).st_mtime_ns, st.st_size) for f in files)
     return _fingerprint_of(stamps)
 
 
@@ -198,11 +190,11 @@ def call_stored(
 
     if _store is None or key is None or jax.device_count() > 1:
         return fallback(state, *args)
-    part_def = jax.tree.structure(state) if keeps_state else out_def and out_def()
     leaves, treedef = jax.tree.flatten((state, args))
     digest = _digest(key, treedef, leaves)
     if digest in _unstorable:
         return fallback(state, *args)
+    part_def = jax.tree.structure(state) if keeps_state else out_def and out_def()
     run = _loaded.get(digest) or _load(digest)
     if run is None:
         run = _export(digest, key, body, treedef, part_def, leaves, keeps_state)
