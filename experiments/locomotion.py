@@ -159,6 +159,12 @@ PRESETS = {
                         "sapo-h8-const",
                         first_order(1600, num_envs=32, horizon=8, lr_schedule="constant"),
                     ),
+                    # SAPO-h8 at the constant rate on 16 envs: twice the actor steps per simulator
+                    # step (128 simulator steps an update, 3200 updates to 410k).
+                    (
+                        "sapo-h8-e16",
+                        first_order(3200, num_envs=16, horizon=8, lr_schedule="constant"),
+                    ),
                     # The same with SHAC's ELU networks (DiffRL's actor and critic; above: a tanh
                     # actor and a relu critic, the trainer's defaults): 613 at 410k on two seeds,
                     # unstable, gradient norms several times larger (locomotion_cpu_elu).

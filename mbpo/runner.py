@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib
 import json
 import os
 import pathlib
 import shutil
 import sys
+import threading
 import time
 
 import jax
@@ -489,6 +491,30 @@ def _resume_point(run_dir: pathlib.Path, trainer, seeds: int, from_checkpoint: i
     return resume
 
 
+# What a run with a directory imports only after its first chunk of updates: orbax (the
+# checkpoint) and matplotlib (the learning curve), about 1 s on 2 cores.
+LATE_IMPORTS = ("orbax.checkpoint", "matplotlib.figure", "matplotlib.backends.backend_agg")
+
+
+def _import_quietly(names: tuple[str, ...]) -> None:
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # it fails again, with its error, where it is used
+            return
+
+
+def preload(names: tuple[str, ...] = LATE_IMPORTS) -> threading.Thread:
+    """Imports ``names`` on a daemon thread, so that they overlap the first compile (XLA releases
+    the GIL while it compiles or loads a program) instead of following it; on a start whose
+    programs come from the compile cache that is about a sixth of the whole start (pendulum,
+    experiments/results/bench_compile_cache_*). A module whose import fails here is not kept
+    (Python drops it from ``sys.modules``): its user imports it again and raises the error."""
+    thread = threading.Thread(target=_import_quietly, args=(names,), daemon=True, name="preload")
+    thread.start()
+    return thread
+
+
 def fit(
     config,
     *,
@@ -539,6 +565,7 @@ def fit(
     if run_dir is None:
         return _train(trainer, seeds, list(callbacks), None, stop_on_divergence)
     run_dir = pathlib.Path(run_dir)
+    preload()
     with claim(run_dir, resume=resume):
         start = _resume_point(run_dir, trainer, seeds, from_checkpoint) if resume else None
         save_config(run_dir, config, seeds)

@@ -466,3 +466,20 @@ def test_brax_tasks_print_nothing_on_stdout():
     code = "import envs; envs.make('inverted_pendulum', backend='positional')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout == "", result.stdout
+
+
+def test_preload_imports_on_a_thread_and_leaves_a_failing_import_to_its_user(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "mbpo_preload_ok.py").write_text("VALUE = 3\n")
+    (tmp_path / "mbpo_preload_bad.py").write_text("raise ImportError('broken on purpose')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    runner.preload(("mbpo_preload_bad", "mbpo_preload_ok")).join(timeout=60)
+    assert "mbpo_preload_bad" not in sys.modules
+    assert "mbpo_preload_ok" not in sys.modules  # stops at the first failure
+    runner.preload(("mbpo_preload_ok",)).join(timeout=60)
+    assert sys.modules["mbpo_preload_ok"].VALUE == 3
+    with pytest.raises(ImportError, match="broken on purpose"):
+        import mbpo_preload_bad  # noqa: F401
+    for name in ("mbpo_preload_ok", "mbpo_preload_bad"):
+        sys.modules.pop(name, None)
