@@ -48,6 +48,23 @@ def horizon(text: str) -> int | None:
     return value
 
 
+def _log_evaluation(label: str):
+    """A :func:`mbpo.runner.fit` callback printing each evaluation (the return of every seed), so
+    the log of a long comparison shows its progress before the variant ends."""
+
+    def log(record: dict, state) -> None:
+        returns = record["eval_return"]
+        returns = returns if isinstance(returns, list) else [returns]
+        print(
+            f"{label:>12s}: {record['env_steps']} env steps, return "
+            + " ".join(f"{r:.1f}" for r in returns)
+            + f" ({record['wall_time']:.0f} s)",
+            flush=True,
+        )
+
+    return log
+
+
 def compare(
     variants: dict[str, object], seeds: int, key: str, on_done=None, extra: tuple = ()
 ) -> list[dict]:
@@ -58,7 +75,9 @@ def compare(
     than stopping."""
     rows = []
     for label, config in variants.items():
-        _, history = fit(config, seeds=seeds, stop_on_divergence=False)
+        _, history = fit(
+            config, seeds=seeds, stop_on_divergence=False, callbacks=(_log_evaluation(label),)
+        )
         rows += curves.labelled_rows(key, label, history, (*curves.CURVE_COLUMNS, *extra))
         final = [r["eval_return"] for r in curves.seed_rows(history[-1:])]
         mean = sum(final) / len(final)

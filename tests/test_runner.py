@@ -410,6 +410,9 @@ def test_compare_validates_everything_before_training_and_writes_after_each_esti
         )
     rows = (out / "curves.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 and all(r.startswith("svg,") for r in rows[1:])
+    logged = [line for line in capsys.readouterr().out.splitlines() if "env steps, return" in line]
+    assert len(logged) == 1 and logged[0].split()[0] == "svg:"  # one evaluation, two seeds
+    assert len(logged[0].split("return ")[1].split("(")[0].split()) == 2
     code, _ = _exit_code(["compare", "estimators", "--estimator", "svg", "--out", str(out)], capsys)
     assert code == 2  # the dead --estimator flag is gone
     with pytest.raises(SystemExit):
