@@ -160,7 +160,9 @@ PRESETS = {
                         first_order(1600, num_envs=32, horizon=8, lr_schedule="constant"),
                     ),
                     # SAPO-h8 at the constant rate on 16 envs: twice the actor steps per simulator
-                    # step (128 simulator steps an update, 3200 updates to 410k).
+                    # step (128 simulator steps an update, 3200 updates to 410k): 383 / 1218 / 2872
+                    # at 102k / 205k / 410k on two seeds, noisier and no faster early
+                    # (experiments/results/locomotion_cpu_sapo_e16).
                     (
                         "sapo-h8-e16",
                         first_order(3200, num_envs=16, horizon=8, lr_schedule="constant"),
