@@ -167,6 +167,12 @@ PRESETS = {
                         "sapo-h8-e16",
                         first_order(3200, num_envs=16, horizon=8, lr_schedule="constant"),
                     ),
+                    # ... and on 64 envs: half the updates per simulator step, each on a smoother
+                    # gradient (512 simulator steps an update, 800 updates to 410k).
+                    (
+                        "sapo-h8-e64",
+                        first_order(800, num_envs=64, horizon=8, lr_schedule="constant"),
+                    ),
                     # The same with SHAC's ELU networks (DiffRL's actor and critic; above: a tanh
                     # actor and a relu critic, the trainer's defaults): 613 at 410k on two seeds,
                     # unstable, gradient norms several times larger (locomotion_cpu_elu).

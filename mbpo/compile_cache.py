@@ -21,6 +21,12 @@ optax, diffrax, brax, mujoco and numpy, the Python version, the backend and devi
 settings that change tracing (x64, matmul precision, PRNG). Any program that ``jax.export``
 cannot serialize runs as before, with a warning. The same program runs on the first start and
 every later one (the loaded program, not a fresh trace), so they give the same bits.
+
+Beside each program its compiled XLA executable is stored too (``<digest>-<machine>.xla``), so a
+later start neither lowers the program nor looks it up in jax's cache; it is found only on a
+machine with the same XLA flags and processor (:func:`_machine_tag`), one that cannot be loaded
+is deleted with a warning and compiled again, and a backend that cannot serialize its
+executables compiles through jax's cache as before.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from typing import Any
 ENV = "MBPO_COMPILE_CACHE"
 OFF = "off"
 PROGRAMS = "programs"  # the stored programs' subfolder of the cache folder
+EXECUTABLE = ".xla"  # the suffix of a stored program's compiled XLA executable
 # Distributions whose code shapes a traced program (beside mbpo's and envs' own source).
 TRACED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "diffrax", "brax", "mujoco", "numpy")
 # jax settings that change what a function traces to.
@@ -54,7 +61,7 @@ TRACE_SETTINGS = (
 )
 
 _store: pathlib.Path | None = None  # where call_stored keeps programs; None: off
-_loaded: dict[str, Callable] = {}  # digest -> the jitted call of its loaded program
+_loaded: dict[str, Callable] = {}  # digest -> its loaded, compiled program
 _unstorable: set[str] = set()  # digests whose program jax.export refused (warned once)
 
 
@@ -103,6 +110,13 @@ def enable(
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     _store = path / PROGRAMS
     return path
+
+
+@functools.cache
+def _listen_for_cache_hits() -> None:
+    import jax
+
+    jax.monitoring.register_event_listener(_count_cache_hit)
 
 
 def size_bytes(path: str | os.PathLike) -> int:
@@ -195,7 +209,7 @@ def call_stored(
     if digest in _unstorable:
         return fallback(state, *args)
     part_def = jax.tree.structure(state) if keeps_state else out_def and out_def()
-    run = _loaded.get(digest) or _load(digest)
+    run = _loaded.get(digest) or _load(digest, leaves)
     if run is None:
         run = _export(digest, key, body, treedef, part_def, leaves, keeps_state)
         if run is None:
@@ -207,25 +221,102 @@ def call_stored(
     return out if part_def is None else jax.tree.unflatten(part_def, out)
 
 
-def _load(digest: str) -> Callable | None:
+def _load(digest: str, leaves: list) -> Callable | None:
     file = _store / f"{digest}.jaxexport"
     if not file.exists():
         return None
+    import jax
+
     try:
-        return _loaded_call(digest, file.read_bytes())
+        exported = jax.export.deserialize(bytearray(file.read_bytes()))
     except Exception as error:  # a damaged or foreign file: export again over it
         warnings.warn(
             f"stored program {file} could not be read ({error}); tracing again", stacklevel=3
         )
         return None
+    return _loaded_call(digest, exported, leaves)
 
 
-def _loaded_call(digest: str, blob: bytes) -> Callable:
-    """The jitted call of the serialized program ``blob`` (what every start runs)."""
+def _loaded_call(digest: str, exported, leaves: list) -> Callable:
+    """The compiled program of the deserialized ``exported`` for arguments like ``leaves`` (what
+    every start runs): XLA's executable of it stored beside it when there is one, else the
+    program lowered and compiled (from jax's cache when it has it) and its executable stored."""
     import jax
 
-    _loaded[digest] = jax.jit(jax.export.deserialize(bytearray(blob)).call)
-    return _loaded[digest]
+    compiled = _load_executable(digest, exported, leaves)
+    if compiled is None:
+        _listen_for_cache_hits()
+        hits = _cache_hits[0]
+        compiled = jax.jit(exported.call).lower(*leaves).compile()
+        # An XLA:CPU executable that jax's cache deserialized serializes without its functions
+        # (jaxlib 0.10: "Function ... not found" when the copy runs): store only a fresh one.
+        if _cache_hits[0] == hits:
+            _store_executable(digest, compiled)
+    _loaded[digest] = compiled
+    return compiled
+
+
+def _count_cache_hit(event: str, **kwargs) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        _cache_hits[0] += 1
+
+
+_cache_hits = [0]  # jax's persistent-cache hits in this process, since the first stored program
+
+
+@functools.lru_cache(maxsize=1)
+def _machine_tag() -> str:
+    """What an XLA executable is valid for beyond the program's digest (whose versions, backend
+    and device kind it shares): XLA's flags and the host's processor (an executable compiled for
+    one CPU's instructions must not run on another sharing the cache folder)."""
+    import platform
+
+    parts = [os.environ.get(name, "") for name in ("XLA_FLAGS", "LIBTPU_INIT_ARGS")]
+    parts.append(platform.machine())
+    with contextlib.suppress(OSError):
+        lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+        parts += sorted({line for line in lines if line.startswith(("model name", "flags"))})
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _executable_file(digest: str) -> pathlib.Path:
+    return _store / f"{digest}-{_machine_tag()}{EXECUTABLE}"
+
+
+def _load_executable(digest: str, exported, leaves: list):
+    """The stored XLA executable of program ``digest`` (no lowering, no compile-cache lookup), or
+    None when there is none or it cannot be loaded (it is then compiled and stored again)."""
+    import jax
+    from jax.experimental import serialize_executable
+
+    file = _executable_file(digest)
+    if not file.exists():
+        return None
+    try:
+        in_tree = jax.tree.structure((tuple(leaves), {}))
+        return serialize_executable.deserialize_and_load(
+            file.read_bytes(), in_tree, exported.out_tree
+        )
+    except Exception as error:  # damaged, or from another jaxlib build: compile again
+        warnings.warn(
+            f"compiled program {file} could not be loaded ({error}); compiling it again",
+            stacklevel=4,
+        )
+        with contextlib.suppress(OSError):
+            file.unlink()  # a copy of what jax and the program beside it can make again
+        return None
+
+
+def _store_executable(digest: str, compiled) -> None:
+    """Stores ``compiled``'s XLA executable for the next start; a backend that cannot serialize
+    its executables (or a full disk) leaves the next start to compile it again, from jax's cache."""
+    from jax.experimental import serialize_executable
+
+    try:
+        blob, _, _ = serialize_executable.serialize(compiled)
+    except Exception:  # a backend that cannot: its programs compile through jax's cache again
+        return
+    _write_atomically(_executable_file(digest), blob, "compiled program")
 
 
 def _export(digest, key, body, treedef, part_def, leaves, keeps_state) -> Callable | None:
@@ -254,7 +345,12 @@ def _export(digest, key, body, treedef, part_def, leaves, keeps_state) -> Callab
             stacklevel=3,
         )
         return None
-    file = _store / f"{digest}.jaxexport"
+    _write_atomically(_store / f"{digest}.jaxexport", blob, f"program {name!r}")
+    # The first start runs the program as read back, as every later start does.
+    return _loaded_call(digest, jax.export.deserialize(bytearray(blob)), leaves)
+
+
+def _write_atomically(file: pathlib.Path, blob: bytes, what: str) -> None:
     partial = file.with_name(f"{file.name}.{os.getpid()}.partial")
     try:
         _store.mkdir(parents=True, exist_ok=True)
@@ -263,5 +359,4 @@ def _export(digest, key, body, treedef, part_def, leaves, keeps_state) -> Callab
     except OSError as error:  # a full disk, say: this run goes on, the next traces again
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
-        warnings.warn(f"program {name!r} could not be stored in {_store}: {error}", stacklevel=3)
-    return _loaded_call(digest, blob)
+        warnings.warn(f"{what} could not be stored in {_store}: {error}", stacklevel=4)

@@ -110,22 +110,69 @@ def _same(a, b):
 
 
 def test_a_stored_program_is_loaded_by_the_next_process_and_gives_the_same_bits(store, monkeypatch):
-    state, x = _toy()
+    state, x = _toy(size=6)  # a size of its own: not in the session's jax cache
     expected = jax.jit(_toy_body)(state, x)
     first = compile_cache.call_stored("toy", _toy_body, jax.jit(_toy_body), state, x)
     assert _same(first, expected) and first[0].scale is jnp.tanh
-    files = sorted(store.iterdir())
-    assert len(files) == 1 and files[0].suffix == ".jaxexport"
-    stamp = files[0].stat().st_mtime_ns
+    files = sorted(store.iterdir(), key=lambda f: f.suffix)
+    assert [f.suffix for f in files] == [".jaxexport", compile_cache.EXECUTABLE]
+    stamps = [f.stat().st_mtime_ns for f in files]
 
     _new_process(monkeypatch)
 
     def no_export(*args):
         raise AssertionError("traced again although the program is stored")
 
+    def no_jit(*args, **kwargs):
+        raise AssertionError("lowered and compiled again although its executable is stored")
+
     monkeypatch.setattr(compile_cache, "_export", no_export)
-    again = compile_cache.call_stored("toy", _toy_body, jax.jit(_toy_body), state, x)
-    assert _same(again, expected) and files[0].stat().st_mtime_ns == stamp
+    monkeypatch.setattr(jax, "jit", no_jit)
+    again = compile_cache.call_stored("toy", _toy_body, None, state, x)
+    assert _same(again, expected) and [f.stat().st_mtime_ns for f in files] == stamps
+
+
+def test_an_executable_that_cannot_be_loaded_or_is_for_another_machine_is_compiled_again(
+    store, monkeypatch
+):
+    state, x = _toy(size=7)  # a size of its own: not in the session's jax cache
+    expected = compile_cache.call_stored("toy", _toy_body, jax.jit(_toy_body), state, x)
+    (executable,) = store.glob(f"*{compile_cache.EXECUTABLE}")
+    executable.write_bytes(b"not an executable")
+    _new_process(monkeypatch)
+    with pytest.warns(UserWarning, match="could not be loaded"):
+        out = compile_cache.call_stored("toy", _toy_body, None, state, x)
+    # Replaced by a fresh one, or (found in jax's cache, whose copies are not stored) removed.
+    assert _same(out, expected)
+    assert not executable.exists() or executable.read_bytes() != b"not an executable"
+    _new_process(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once: the damaged file is gone
+        assert _same(compile_cache.call_stored("toy", _toy_body, None, state, x), expected)
+    _new_process(monkeypatch)
+    opened = []
+    monkeypatch.setattr(compile_cache, "_machine_tag", lambda: "other-xla-flags")
+    monkeypatch.setattr(pathlib.Path, "read_bytes", lambda self: opened.append(self.name) or b"")
+    with pytest.warns(UserWarning, match="could not be read"):  # the program itself reads b""
+        compile_cache.call_stored("toy", _toy_body, jax.jit(_toy_body), state, x)
+    assert not any(name.endswith(compile_cache.EXECUTABLE) for name in opened)
+
+
+def test_an_executable_from_jax_cache_is_not_stored(store, monkeypatch):
+    # What jax's cache deserialized does not serialize whole on XLA:CPU: a program that a stored
+    # program's process finds in jax's cache runs, and its executable is not stored.
+    state, x = _toy(size=8)
+    expected = compile_cache.call_stored("toy", _toy_body, None, state, x)
+    for file in store.iterdir():
+        file.unlink()
+    _new_process(monkeypatch)
+    hits = compile_cache._cache_hits[0]
+    out = compile_cache.call_stored("toy", _toy_body, None, state, x)
+    if compile_cache._cache_hits[0] > hits:  # the suite's shared jax cache is on
+        assert not list(store.glob(f"*{compile_cache.EXECUTABLE}"))
+    _new_process(monkeypatch)
+    assert _same(out, expected)
+    assert _same(compile_cache.call_stored("toy", _toy_body, None, state, x), expected)
 
 
 def test_the_digest_covers_the_key_shapes_and_dtypes(store):
@@ -134,7 +181,7 @@ def test_the_digest_covers_the_key_shapes_and_dtypes(store):
     compile_cache.call_stored("toy-other-config", _toy_body, jax.jit(_toy_body), state, x)
     compile_cache.call_stored("toy", _toy_body, jax.jit(_toy_body), *_toy(size=4))
     compile_cache.call_stored("toy", _toy_body, jax.jit(_toy_body), state, x.astype(jnp.int32))
-    assert len(list(store.iterdir())) == 4
+    assert len(list(store.glob("*.jaxexport"))) == 4
 
 
 def test_without_a_key_or_a_store_the_fallback_runs(store, monkeypatch):
@@ -170,7 +217,7 @@ def test_a_program_export_refuses_runs_unstored_with_one_warning(store):
 def test_a_damaged_stored_program_is_traced_and_written_again(store, monkeypatch):
     state, x = _toy()
     compile_cache.call_stored("toy", _toy_body, jax.jit(_toy_body), state, x)
-    (file,) = store.iterdir()
+    (file,) = store.glob("*.jaxexport")
     file.write_bytes(b"not a program")
     _new_process(monkeypatch)
     with pytest.warns(UserWarning, match="could not be read"):
@@ -209,7 +256,8 @@ def test_mbpo_train_starts_again_from_its_stored_programs_with_the_same_results(
 
     first = train("first", cache)
     stored = {p: p.stat().st_mtime_ns for p in (cache / compile_cache.PROGRAMS).iterdir()}
-    assert len(stored) == 3  # the initial state, the chunk of updates, the evaluation
+    # The initial state, the chunk of updates and the evaluation, each with its executable.
+    assert sorted(p.suffix for p in stored) == [".jaxexport"] * 3 + [compile_cache.EXECUTABLE] * 3
     second = train("second", cache)
     assert {p: p.stat().st_mtime_ns for p in (cache / "programs").iterdir()} == stored
     assert first == second == train("uncached", "off")
