@@ -63,6 +63,7 @@ TRACE_SETTINGS = (
 _store: pathlib.Path | None = None  # where call_stored keeps programs; None: off
 _loaded: dict[str, Callable] = {}  # digest -> its loaded, compiled program
 _unstorable: set[str] = set()  # digests whose program jax.export refused (warned once)
+_untried: set[str] = set()  # digests whose executable was read from disk and has not run yet
 
 
 def default_dir() -> pathlib.Path:
@@ -214,11 +215,32 @@ def call_stored(
         run = _export(digest, key, body, treedef, part_def, leaves, keeps_state)
         if run is None:
             return fallback(state, *args)
-    out = run(*leaves)
+    out = _first_run(digest, run, leaves) if digest in _untried else run(*leaves)
     if keeps_state:
         new_leaves, extra = out
         return jax.tree.unflatten(part_def, new_leaves), extra
     return out if part_def is None else jax.tree.unflatten(part_def, out)
+
+
+def _first_run(digest: str, run: Callable, leaves: list):
+    """The first run of an executable read from disk: one that loads but cannot run (XLA:CPU's
+    "Function ... not found" from a copy made of a deserialized one) is deleted with a warning,
+    and the program compiled again and run (the arguments are not donated: it sees the same)."""
+    import jax
+
+    _untried.discard(digest)
+    try:
+        return run(*leaves)
+    except jax.errors.JaxRuntimeError as error:
+        file = _executable_file(digest)
+        warnings.warn(
+            f"compiled program {file} does not run ({error}); compiling it again", stacklevel=3
+        )
+        with contextlib.suppress(OSError):
+            file.unlink()
+        exported = jax.export.deserialize(bytearray((_store / f"{digest}.jaxexport").read_bytes()))
+        _loaded[digest] = jax.jit(exported.call).lower(*leaves).compile()
+        return _loaded[digest](*leaves)
 
 
 def _load(digest: str, leaves: list) -> Callable | None:
@@ -294,9 +316,11 @@ def _load_executable(digest: str, exported, leaves: list):
         return None
     try:
         in_tree = jax.tree.structure((tuple(leaves), {}))
-        return serialize_executable.deserialize_and_load(
+        compiled = serialize_executable.deserialize_and_load(
             file.read_bytes(), in_tree, exported.out_tree
         )
+        _untried.add(digest)
+        return compiled
     except Exception as error:  # damaged, or from another jaxlib build: compile again
         warnings.warn(
             f"compiled program {file} could not be loaded ({error}); compiling it again",

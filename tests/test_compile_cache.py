@@ -95,12 +95,14 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setattr(compile_cache, "_store", tmp_path / "programs")
     monkeypatch.setattr(compile_cache, "_loaded", {})
     monkeypatch.setattr(compile_cache, "_unstorable", set())
+    monkeypatch.setattr(compile_cache, "_untried", set())
     return tmp_path / "programs"
 
 
 def _new_process(monkeypatch):
     monkeypatch.setattr(compile_cache, "_loaded", {})
     monkeypatch.setattr(compile_cache, "_unstorable", set())
+    monkeypatch.setattr(compile_cache, "_untried", set())
 
 
 def _same(a, b):
@@ -156,6 +158,26 @@ def test_an_executable_that_cannot_be_loaded_or_is_for_another_machine_is_compil
     with pytest.warns(UserWarning, match="could not be read"):  # the program itself reads b""
         compile_cache.call_stored("toy", _toy_body, jax.jit(_toy_body), state, x)
     assert not any(name.endswith(compile_cache.EXECUTABLE) for name in opened)
+
+
+def test_an_executable_that_loads_but_does_not_run_is_deleted_and_compiled_again(
+    store, monkeypatch
+):
+    from jax.experimental import serialize_executable
+
+    state, x = _toy(size=9)  # a size of its own: not in the session's jax cache
+    expected = compile_cache.call_stored("toy", _toy_body, None, state, x)
+    (executable,) = store.glob(f"*{compile_cache.EXECUTABLE}")
+    _new_process(monkeypatch)
+
+    def broken(*args):
+        raise jax.errors.JaxRuntimeError("NOT_FOUND: Function fusion not found (type id: 1)")
+
+    monkeypatch.setattr(serialize_executable, "deserialize_and_load", lambda *a: broken)
+    with pytest.warns(UserWarning, match="does not run"):
+        out = compile_cache.call_stored("toy", _toy_body, None, state, x)
+    assert _same(out, expected) and not executable.exists()
+    assert _same(compile_cache.call_stored("toy", _toy_body, None, state, x), expected)
 
 
 def test_an_executable_from_jax_cache_is_not_stored(store, monkeypatch):
