@@ -168,7 +168,8 @@ PRESETS = {
                         first_order(3200, num_envs=16, horizon=8, lr_schedule="constant"),
                     ),
                     # ... and on 64 envs: half the updates per simulator step, each on a smoother
-                    # gradient (512 simulator steps an update, 800 updates to 410k).
+                    # gradient (512 simulator steps an update, 800 updates to 410k): 841 at 102k
+                    # on two seeds, where it was stopped (locomotion_cpu_sapo_probes).
                     (
                         "sapo-h8-e64",
                         first_order(800, num_envs=64, horizon=8, lr_schedule="constant"),
