@@ -115,10 +115,16 @@ def enable(
 
 
 @functools.cache
-def _listen_for_cache_hits() -> None:
+def _listen_for_cache_hits() -> bool:
+    """Whether jax's cache hits are counted (a jax without its monitoring hooks: no executable is
+    stored, since a fresh one cannot be told from a cached one)."""
     import jax
 
-    jax.monitoring.register_event_listener(_count_cache_hit)
+    try:
+        jax.monitoring.register_event_listener(_count_cache_hit)
+    except Exception:  # an API that moved: programs compile through jax's cache as before
+        return False
+    return True
 
 
 def size_bytes(path: str | os.PathLike) -> int:
@@ -268,12 +274,12 @@ def _loaded_call(digest: str, exported, leaves: list) -> Callable:
 
     compiled = _load_executable(digest, exported, leaves)
     if compiled is None:
-        _listen_for_cache_hits()
+        listening = _listen_for_cache_hits()
         hits = _cache_hits[0]
         compiled = jax.jit(exported.call).lower(*leaves).compile()
         # An XLA:CPU executable that jax's cache deserialized serializes without its functions
         # (jaxlib 0.10: "Function ... not found" when the copy runs): store only a fresh one.
-        if _cache_hits[0] == hits:
+        if listening and _cache_hits[0] == hits:
             _store_executable(digest, compiled)
     _loaded[digest] = compiled
     return compiled
@@ -310,12 +316,13 @@ def _load_executable(digest: str, exported, leaves: list):
     """The stored XLA executable of program ``digest`` (no lowering, no compile-cache lookup), or
     None when there is none or it cannot be loaded (it is then compiled and stored again)."""
     import jax
-    from jax.experimental import serialize_executable
 
     file = _executable_file(digest)
     if not file.exists():
         return None
     try:
+        from jax.experimental import serialize_executable
+
         in_tree = jax.tree.structure((tuple(leaves), {}))
         compiled = serialize_executable.deserialize_and_load(
             zlib.decompress(file.read_bytes()), in_tree, exported.out_tree
@@ -335,9 +342,9 @@ def _load_executable(digest: str, exported, leaves: list):
 def _store_executable(digest: str, compiled) -> None:
     """Stores ``compiled``'s XLA executable for the next start; a backend that cannot serialize
     its executables (or a full disk) leaves the next start to compile it again, from jax's cache."""
-    from jax.experimental import serialize_executable
-
     try:
+        from jax.experimental import serialize_executable
+
         blob, _, _ = serialize_executable.serialize(compiled)
     except Exception:  # a backend that cannot: its programs compile through jax's cache again
         return
