@@ -64,7 +64,9 @@ TRACE_SETTINGS = (
 _store: pathlib.Path | None = None  # where call_stored keeps programs; None: off
 _loaded: dict[str, Callable] = {}  # digest -> its loaded, compiled program
 _unstorable: set[str] = set()  # digests whose program jax.export refused (warned once)
-_untried: set[str] = set()  # digests whose executable was read from disk and has not run yet
+# digest -> its program, while its executable was read from disk and has not run yet
+_untried: dict[str, Any] = {}
+_cache_hits = [0]  # jax's persistent-cache hits in this process, since the first stored program
 
 
 def default_dir() -> pathlib.Path:
@@ -235,7 +237,7 @@ def _first_run(digest: str, run: Callable, leaves: list):
     and the program compiled again and run (the arguments are not donated: it sees the same)."""
     import jax
 
-    _untried.discard(digest)
+    exported = _untried.pop(digest)
     try:
         return run(*leaves)
     except jax.errors.JaxRuntimeError as error:
@@ -245,7 +247,6 @@ def _first_run(digest: str, run: Callable, leaves: list):
         )
         with contextlib.suppress(OSError):
             file.unlink()
-        exported = jax.export.deserialize(bytearray((_store / f"{digest}.jaxexport").read_bytes()))
         _loaded[digest] = jax.jit(exported.call).lower(*leaves).compile()
         return _loaded[digest](*leaves)
 
@@ -290,9 +291,6 @@ def _count_cache_hit(event: str, **kwargs) -> None:
         _cache_hits[0] += 1
 
 
-_cache_hits = [0]  # jax's persistent-cache hits in this process, since the first stored program
-
-
 @functools.lru_cache(maxsize=1)
 def _machine_tag() -> str:
     """What an XLA executable is valid for beyond the program's digest (whose versions, backend
@@ -327,7 +325,7 @@ def _load_executable(digest: str, exported, leaves: list):
         compiled = serialize_executable.deserialize_and_load(
             zlib.decompress(file.read_bytes()), in_tree, exported.out_tree
         )
-        _untried.add(digest)
+        _untried[digest] = exported
         return compiled
     except Exception as error:  # damaged, or from another jaxlib build: compile again
         warnings.warn(

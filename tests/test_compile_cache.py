@@ -95,14 +95,14 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setattr(compile_cache, "_store", tmp_path / "programs")
     monkeypatch.setattr(compile_cache, "_loaded", {})
     monkeypatch.setattr(compile_cache, "_unstorable", set())
-    monkeypatch.setattr(compile_cache, "_untried", set())
+    monkeypatch.setattr(compile_cache, "_untried", {})
     return tmp_path / "programs"
 
 
 def _new_process(monkeypatch):
     monkeypatch.setattr(compile_cache, "_loaded", {})
     monkeypatch.setattr(compile_cache, "_unstorable", set())
-    monkeypatch.setattr(compile_cache, "_untried", set())
+    monkeypatch.setattr(compile_cache, "_untried", {})
 
 
 def _same(a, b):
