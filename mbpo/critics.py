@@ -32,6 +32,7 @@ class QCritic:
       num_q: ensemble size; ``min_q`` takes the minimum over it (TD3, SAC: clipped double Q).
       hidden: hidden layer sizes.
       activation: hidden activation.
+      layer_norm: LayerNorm before each hidden activation (``mbpo.networks.MLP``).
     """
 
     observation_size: int
@@ -39,6 +40,7 @@ class QCritic:
     num_q: int = 2
     hidden: tuple[int, ...] = (64, 64)
     activation: str = "relu"
+    layer_norm: bool = False
 
     def __post_init__(self):
         if self.num_q < 1:
@@ -46,7 +48,7 @@ class QCritic:
         check_activation(self.activation)
 
     def _net(self) -> MLP:
-        return MLP(self.hidden, 1, self.activation)
+        return MLP(self.hidden, 1, self.activation, layer_norm=self.layer_norm)
 
     def init(self, key: PRNGKey) -> Params:
         x = jnp.zeros(self.observation_size + self.action_size)

@@ -26,6 +26,8 @@ class MLP(nn.Module):
       activation: a key of ``ACTIVATIONS``.
       use_bias: whether layers have biases (False gives the pure linear maps of LQR tests).
       final_scale: scale of the last layer's initialization (small values start policies near 0).
+      layer_norm: a LayerNorm between each hidden layer and its activation (SAPO's networks,
+        etaoxing/mineral: Linear -> LayerNorm -> SiLU).
     """
 
     hidden: Sequence[int]
@@ -33,12 +35,14 @@ class MLP(nn.Module):
     activation: str = "tanh"
     use_bias: bool = True
     final_scale: float = 1.0
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]
         for size in self.hidden:
-            x = act(nn.Dense(size, use_bias=self.use_bias)(x))
+            x = nn.Dense(size, use_bias=self.use_bias)(x)
+            x = act(nn.LayerNorm()(x) if self.layer_norm else x)
         init = nn.initializers.variance_scaling(self.final_scale, "fan_avg", "uniform")
         return nn.Dense(self.out, use_bias=self.use_bias, kernel_init=init)(x)
 

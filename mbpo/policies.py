@@ -43,6 +43,7 @@ class _PolicyBase:
       hidden: hidden layer sizes of the network; ``()`` gives a linear policy.
       activation: hidden activation (see ``mbpo.networks.ACTIVATIONS``).
       use_bias: whether the network has biases (False with ``hidden=()`` gives a = W s, as in LQR).
+      layer_norm: LayerNorm before each hidden activation (``mbpo.networks.MLP``).
     """
 
     observation_size: int
@@ -52,6 +53,7 @@ class _PolicyBase:
     hidden: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
     use_bias: bool = True
+    layer_norm: bool = False
 
     def __post_init__(self):
         if self.observation_size < 1 or self.action_size < 1:
@@ -92,6 +94,7 @@ class _PolicyBase:
             self.activation,
             self.use_bias,
             final_scale=0.1 if self.hidden else 1.0,
+            layer_norm=self.layer_norm,
         )
 
     @classmethod

@@ -106,6 +106,9 @@ class UnrollTrainerConfig(loop.UnrollFields):
     critic_activation: str = option(
         "relu", "hidden activation of the critic (SHAC's: elu)", choices=tuple(ACTIVATIONS)
     )
+    layer_norm: bool = option(
+        False, "LayerNorm before each hidden activation of policy and critic (SAPO's networks)"
+    )
     init_std: float = option(0.5, "initial policy standard deviation (stochastic policies)")
     normalize_observations: bool = option(True, "normalize observations with running statistics")
     critic: str = option(
@@ -672,6 +675,7 @@ def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
         dynamics,
         hidden=config.hidden,
         activation=config.policy_activation,
+        layer_norm=config.layer_norm,
         **({} if kind == "deterministic" else {"init_std": config.init_std}),
     )
     estimator.check_policy(kind == "deterministic")
@@ -686,6 +690,7 @@ def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
             num_q=config.num_critics,
             hidden=config.hidden,
             activation=config.critic_activation,
+            layer_norm=config.layer_norm,
         ),
         actor_opt=_optimizer(config, config.actor_lr),
         critic_opt=_optimizer(

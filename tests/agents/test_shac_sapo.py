@@ -106,6 +106,40 @@ def test_activations_reach_the_policy_and_the_critic():
         UnrollTrainerConfig(policy_activation="softsign")
 
 
+def test_layer_norm_reaches_the_policy_and_the_critic():
+    plain = make_trainer(GUARDED)
+    normed = make_trainer(dataclasses.replace(GUARDED, layer_norm=True))
+    assert (normed.policy.layer_norm, normed.critic.layer_norm) == (True, True)
+    assert (plain.policy.layer_norm, plain.critic.layer_norm) == (False, False)
+    # A LayerNorm (scale, bias) per hidden layer of the policy and of each critic; none without.
+    def norms(params):
+        paths = jax.tree_util.tree_leaves_with_path(params)
+        return sorted({p for p in map(lambda x: jax.tree_util.keystr(x[0]), paths) if "Norm" in p})
+
+    w, theta = normed.policy.init(jax.random.key(1)), normed.critic.init(jax.random.key(2))
+    hidden_layers = len(GUARDED.hidden)
+    assert len(norms(w)) == len(norms(theta)) == 2 * hidden_layers  # scale and bias each
+    assert norms(plain.policy.init(jax.random.key(1))) == []
+    assert norms(plain.critic.init(jax.random.key(2))) == []
+
+
+def test_mlp_layer_norm_normalizes_each_hidden_layer_before_its_activation():
+    """h = act(LN(W x + b)) with LN's initial scale 1 and bias 0: the pre-activations of a hidden
+    layer have mean 0 and variance 1 (up to LN's epsilon), whatever the input's scale."""
+    from mbpo.networks import MLP
+
+    net = MLP((32,), 1, "tanh", layer_norm=True)
+    x = 100.0 * jax.random.normal(jax.random.key(0), (5,))
+    params = net.init(jax.random.key(1), x)
+    dense = params["params"]["Dense_0"]
+    pre = x @ dense["kernel"] + dense["bias"]
+    normed = (pre - pre.mean()) / jnp.sqrt(pre.var() + 1e-6)
+    head = params["params"]["Dense_1"]
+    want = jnp.tanh(normed) @ head["kernel"] + head["bias"]
+    np.testing.assert_allclose(net.apply(params, x), want, rtol=1e-5, atol=1e-5)
+    assert abs(float(normed.mean())) < 1e-5 and float(normed.var()) == pytest.approx(1.0, 1e-3)
+
+
 def test_linear_schedule_decays_the_learning_rate_over_the_run():
     """Adam's step along a constant unit gradient is the learning rate: SHAC's schedule takes it
     from lr to 1e-5 over num_updates optimizer steps."""
