@@ -111,6 +111,7 @@ def test_layer_norm_reaches_the_policy_and_the_critic():
     normed = make_trainer(dataclasses.replace(GUARDED, layer_norm=True))
     assert (normed.policy.layer_norm, normed.critic.layer_norm) == (True, True)
     assert (plain.policy.layer_norm, plain.critic.layer_norm) == (False, False)
+
     # A LayerNorm (scale, bias) per hidden layer of the policy and of each critic; none without.
     def norms(params):
         paths = jax.tree_util.tree_leaves_with_path(params)
