@@ -32,6 +32,19 @@ def check_positive(config: Any, *names: str, minimum: int = 1) -> None:
             raise ValueError(f"{name} must be >= {minimum}, got {getattr(config, name)}")
 
 
+def check_choices(config: Any) -> None:
+    """Raises ValueError naming the first field of the dataclass ``config`` whose value is not one
+    of the ``choices`` its ``option`` lists (argparse checks them on the command line; this check
+    covers configs built in Python or read from a file)."""
+    for field in dataclasses.fields(config):
+        allowed = field.metadata.get("choices")
+        value = getattr(config, field.name)
+        if allowed is not None and value not in allowed:
+            raise ValueError(
+                f"unknown {field.name} {value!r}; allowed: {', '.join(map(str, allowed))}"
+            )
+
+
 def check_interval(config: Any, interval: str, *names: str) -> None:
     """Raises ValueError naming the first field of ``names`` outside ``interval``, written as in
     maths with ``inf`` for no bound: ``"(0, 1]"``, ``"[0, 1]"``, ``"(0, inf)"`` (NaN is outside

@@ -60,3 +60,25 @@ def test_an_infinite_clipping_norm_means_no_clipping_and_is_allowed(algo):
     assert registry.config_for(algo, max_grad_norm=math.inf).max_grad_norm == math.inf
     with pytest.raises(ValueError, match=r"max_grad_norm must be in \(0, inf\], got nan"):
         registry.config_for(algo, max_grad_norm=math.nan)
+
+
+def _choice_fields():
+    from mbpo.agents.registry import TRAINERS
+
+    for trainer, (config_cls, _) in TRAINERS.items():
+        for field in dataclasses.fields(config_cls):
+            if "choices" in field.metadata:
+                yield pytest.param(config_cls, field.name, id=f"{trainer}-{field.name}")
+
+
+@pytest.mark.parametrize("config_cls, name", list(_choice_fields()))
+def test_every_choice_field_is_checked_when_a_config_is_built_in_python(config_cls, name):
+    """argparse checks ``choices`` on the command line; a config built in Python or read from a
+    file gets the same check from its ``__post_init__``, before anything is compiled."""
+    config = config_cls()
+    allowed = dataclasses.fields(config_cls)
+    allowed = next(f for f in allowed if f.name == name).metadata["choices"]
+    assert getattr(config, name) in allowed
+    message = f"unknown {name} 'nope'; allowed: {re.escape(', '.join(map(str, allowed)))}"
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(config, **{name: "nope"})

@@ -43,7 +43,7 @@ from mbpo.agents import loop
 from mbpo.agents.env_batch import evaluate_config, reset_finished
 from mbpo.agents.loop import Trainer
 from mbpo.agents.off_policy import Agent, Learner, OffPolicyConfig, make_agent
-from mbpo.cli import check_interval, check_positive, option
+from mbpo.cli import check_choices, check_interval, check_positive, option
 from mbpo.critics import q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.flows import FlowPolicy
@@ -119,6 +119,7 @@ class ModelBasedConfig(loop.UnrollFields):
         "gaussian",
         "svg/svg_er policy: gaussian | tanh_gaussian | flow (a spline normalizing flow; sac: "
         "tanh_gaussian)",
+        choices=tuple(SVG_POLICIES),
     )
     hidden: tuple[int, ...] = option((64, 64), "hidden sizes of policy and critic")
     init_std: float = option(0.5, "initial policy std (svg, svg_er)")
@@ -147,16 +148,7 @@ class ModelBasedConfig(loop.UnrollFields):
     )
 
     def __post_init__(self):
-        for name, allowed in (
-            ("policy_update", POLICY_UPDATES),
-            ("model", MODELS),
-            ("member", MEMBERS),
-            ("policy", tuple(SVG_POLICIES)),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"unknown {name} {getattr(self, name)!r}; allowed: {', '.join(allowed)}"
-                )
+        check_choices(self)
         loop.check_task(self.env, self.brax_backend)
         check_remat(self.remat)
         check_positive(

@@ -44,7 +44,7 @@ from mbpo import estimators
 from mbpo.agents import batch, loop
 from mbpo.agents.env_batch import evaluate_config, reset_finished
 from mbpo.agents.loop import Trainer
-from mbpo.cli import check_interval, check_positive, option
+from mbpo.cli import check_choices, check_interval, check_positive, option
 from mbpo.critics import (
     Bootstrap,
     CriticTarget,
@@ -152,13 +152,8 @@ class OffPolicyConfig(loop.TaskFields):
     )
 
     def __post_init__(self):
-        if self.algo not in ALGOS:
-            raise ValueError(f"unknown algo {self.algo!r}; allowed: {', '.join(ALGOS)}")
+        check_choices(self)
         loop.check_task(self.env, self.brax_backend)
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"unknown optimizer {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}"
-            )
         check_positive(
             self,
             "num_envs",

@@ -26,10 +26,10 @@ from flax import struct
 from mbpo import critics, estimators
 from mbpo.agents import env_batch, loop
 from mbpo.agents.loop import Trainer
-from mbpo.cli import check_interval, check_positive, option
+from mbpo.cli import check_choices, check_interval, check_positive, option
 from mbpo.critics import QCritic
 from mbpo.dynamics.base import Dynamics, State
-from mbpo.networks import ACTIVATIONS, check_activation
+from mbpo.networks import ACTIVATIONS
 from mbpo.optim import TrainState, guarded
 from mbpo.policies import POLICIES
 from mbpo.types import Params, PRNGKey
@@ -83,12 +83,7 @@ class PPOConfig(loop.TaskFields):
         loop.check_task(self.env, self.brax_backend)
         check_positive(self, "num_envs", "episode_length", "unroll_length", "num_updates")
         check_positive(self, "update_epochs", "num_minibatches", "eval_every", "eval_envs")
-        if self.policy not in POLICY_KINDS:
-            raise ValueError(f"policy must be one of {', '.join(POLICY_KINDS)}, got {self.policy}")
-        if self.advantages not in ADVANTAGES:
-            raise ValueError(
-                f"advantages must be one of {', '.join(ADVANTAGES)}, got {self.advantages!r}"
-            )
+        check_choices(self)
         if self.num_envs * self.unroll_length % self.num_minibatches:
             raise ValueError(
                 f"num_minibatches={self.num_minibatches} must divide num_envs * unroll_length = "
@@ -107,8 +102,6 @@ class PPOConfig(loop.TaskFields):
         )
         check_interval(self, "[0, inf]", "entropy_cost", "value_coef")
         loop.check_sizes(hidden=self.hidden)
-        check_activation(self.policy_activation)
-        check_activation(self.value_activation)
         loop.check_counters(self.num_updates * self.num_envs * self.unroll_length, self.num_updates)
 
     @property

@@ -41,10 +41,10 @@ from mbpo.agents.env_batch import (
     reset_finished,
 )
 from mbpo.agents.loop import Trainer
-from mbpo.cli import check_interval, check_positive, option
+from mbpo.cli import check_choices, check_interval, check_positive, option
 from mbpo.critics import QCritic, q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
-from mbpo.networks import ACTIVATIONS, check_activation
+from mbpo.networks import ACTIVATIONS
 from mbpo.optim import Step, TrainState, guarded, temperature_step
 from mbpo.policies import POLICIES
 from mbpo.types import Params, PRNGKey
@@ -59,6 +59,7 @@ from mbpo.unroll import (
 )
 
 CRITICS = ("q", "v")
+BOOTSTRAPS = ("min", "mean")
 SCHEDULES = ("constant", "linear")
 PRECISIONS = ("highest", "high", "default")
 GUARD_LIMIT = 1e6  # SHAC's: a state or observation beyond it counts as diverged
@@ -114,7 +115,13 @@ class UnrollTrainerConfig(loop.UnrollFields):
     critic: str = option(
         "q", "q: q(s, a), bootstrap gamma^n q(s_n, a_n); v: v(s) (SHAC)", choices=CRITICS
     )
-    num_critics: int = option(2, "critic ensemble size; bootstrap and targets take the minimum")
+    num_critics: int = option(2, "critic ensemble size; the critics' targets take the minimum")
+    actor_bootstrap: str = option(
+        "min",
+        "how the actor's bootstrap reduces the critic ensemble: min (pessimistic, as the "
+        "targets) | mean (mineral's SAPO: actor_loss_avgcritics)",
+        choices=BOOTSTRAPS,
+    )
     lr_schedule: str = option(
         "constant", "constant | linear: both learning rates decay to 1e-5 (SHAC)", choices=SCHEDULES
     )
@@ -158,10 +165,7 @@ class UnrollTrainerConfig(loop.UnrollFields):
     def __post_init__(self):
         loop.check_task(self.env, self.brax_backend)
         check_remat(self.remat)
-        if self.estimator not in estimators.ESTIMATORS:
-            raise ValueError(
-                f"unknown estimator {self.estimator!r}; known: {', '.join(estimators.ESTIMATORS)}"
-            )
+        check_choices(self)
         if self.policy is not None and self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; allowed: {', '.join(POLICIES)}")
         estimators.check_horizon(self.estimator, self.horizon)
@@ -185,8 +189,6 @@ class UnrollTrainerConfig(loop.UnrollFields):
         check_interval(self, "[0, 1]", "td_lambda")
         check_interval(self, "(0, inf]", "actor_lr", "critic_lr", "max_grad_norm", "init_std")
         loop.check_sizes(hidden=self.hidden)
-        check_activation(self.policy_activation)
-        check_activation(self.critic_activation)
         if self.horizon is not None and self.horizon > self.episode_length:
             raise ValueError(
                 f"horizon={self.horizon} is longer than episode_length={self.episode_length}: "
@@ -466,12 +468,15 @@ class _Unroll:
         """What the critic sees of an action: all of it (q), none of it (v: a zero-size slice)."""
         return action if self.config.critic == "q" else action[..., :0]
 
-    def q_target(self, ts: UnrollState):
-        return lambda obs, a: self.critic.min_q(ts.critic.target, obs, self.critic_action(a))
+    def q_target(self, ts: UnrollState, reduce: str = "min"):
+        """The target critic as a function of (obs, action), reduced over the ensemble."""
+        q = self.critic.min_q if reduce == "min" else self.critic.mean_q
+        return lambda obs, a: q(ts.critic.target, obs, self.critic_action(a))
 
     def actor_step(self, ts: UnrollState, noise: RolloutNoise):
         def objective(w, states, noise):
-            q = self.q_target(ts) if self.estimator.bootstrap else None
+            bootstrap = self.estimator.bootstrap
+            q = self.q_target(ts, self.config.actor_bootstrap) if bootstrap else None
             value, result = estimators.surrogate(
                 self.estimator,
                 self.dynamics,

@@ -177,11 +177,11 @@ def test_ppo_is_an_algorithm_of_the_registry_and_refuses_bad_sizes():
         dataclasses.replace(config, num_minibatches=7)
     with pytest.raises(ValueError, match=r"clip must be in \(0, inf\], got 0.0"):
         dataclasses.replace(config, clip=0.0)
-    with pytest.raises(ValueError, match="advantages must be one of window, minibatch"):
+    with pytest.raises(ValueError, match="unknown advantages 'brax'; allowed: window, minibatch"):
         dataclasses.replace(config, advantages="brax")
     with pytest.raises(ValueError, match=r"num_minibatches=16 must divide num_envs=8 \(adv"):
         dataclasses.replace(config, num_envs=8, advantages="minibatch")
-    with pytest.raises(ValueError, match="unknown activation 'sigmoid'; allowed: relu, tanh"):
+    with pytest.raises(ValueError, match="unknown value_activation 'sigmoid'; allowed: relu, tanh"):
         dataclasses.replace(config, value_activation="sigmoid")
     swish = ppo.make_trainer(
         dataclasses.replace(config, policy_activation="swish", value_activation="elu")

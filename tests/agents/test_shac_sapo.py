@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from envs import lqr as lqr_lib
+from mbpo import estimators
 from mbpo.agents import registry, unroll_trainer
 from mbpo.agents.unroll_trainer import VARIANTS, UnrollTrainerConfig, make_trainer
 from mbpo.dynamics import from_function
@@ -102,7 +103,7 @@ def test_activations_reach_the_policy_and_the_critic():
     assert not np.allclose(
         tanh_relu.critic.q(theta, obs, jnp.zeros(0)), elu.critic.q(theta, obs, jnp.zeros(0))
     )
-    with pytest.raises(ValueError, match="unknown activation 'softsign'"):
+    with pytest.raises(ValueError, match="unknown policy_activation 'softsign'; allowed: relu"):
         UnrollTrainerConfig(policy_activation="softsign")
 
 
@@ -274,3 +275,29 @@ def test_shac_and_sapo_are_named_configurations_of_the_unroll_trainer():
     assert sapo.policy_kind == "tanh_gaussian"
     with pytest.raises(ValueError, match="entropy needs a stochastic policy"):
         dataclasses.replace(sapo, estimator="dpmb_r", policy=None)
+
+
+def test_actor_bootstrap_reduces_the_critic_ensemble_by_min_or_mean():
+    """Two critics equal but for an offset c on their output bias: min bootstraps with q_0 and
+    mean with q_0 + c/2, so on the same window the objectives differ by exactly gamma^n c / 2."""
+    base = dataclasses.replace(
+        GUARDED, critic="q", num_critics=2, per_env_guard=False, mean_over_steps=False, horizon=3
+    )
+    offset = 0.8
+
+    def value(bootstrap: str) -> float:
+        trainer = make_trainer(dataclasses.replace(base, actor_bootstrap=bootstrap))
+        parts = trainer.update.__self__
+        ts = trainer.init(jax.random.key(0))
+        twins = jax.tree.map(lambda x: x.at[1].set(x[0]), ts.critic.target)
+        head = max(twins["params"], key=lambda name: int(name.split("_")[-1]))
+        twins["params"][head]["bias"] = twins["params"][head]["bias"].at[1].add(offset)
+        ts = ts.replace(critic=ts.critic.replace(target=twins))
+        noise = estimators.draw_noise(
+            parts.estimator, parts.dynamics, jax.random.key(1), parts.policy.eps_shape, 3, 8
+        )
+        return float(parts.actor_step(ts, noise)[1].value)
+
+    np.testing.assert_allclose(value("mean") - value("min"), base.gamma**3 * offset / 2, rtol=1e-4)
+    with pytest.raises(ValueError, match="unknown actor_bootstrap 'max'; allowed: min, mean"):
+        dataclasses.replace(base, actor_bootstrap="max")
