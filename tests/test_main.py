@@ -380,3 +380,47 @@ def test_task_fields_are_declared_once_and_carry_across_trainers():
         assert issubclass(config_class, loop.TaskFields)
         own = set(config_class.__annotations__)  # fields the class itself declares
         assert not own & task_fields, (config_class.__name__, own & task_fields)
+
+
+def _readme_train_commands() -> list[str]:
+    """The ``mbpo train`` lines of README.md's Training section that start a new run."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Training", 1)[1].split("\n## ", 1)[0]
+    lines = [line.split("#", 1)[0].strip() for line in section.splitlines()]
+    return [
+        line
+        for line in lines
+        if line.startswith("mbpo train") and not re.search(r"--(resume|config|help)\b", line)
+    ]
+
+
+@pytest.mark.parametrize("command", _readme_train_commands())
+def test_readme_train_commands_build_valid_configs(monkeypatch, command):
+    """Each documented command parses and builds its config (every option and value it names
+    exists and is allowed); nothing is trained or written."""
+    import shlex
+
+    class Built(Exception):
+        pass
+
+    def fit(config, **kwargs):
+        raise Built(config)
+
+    monkeypatch.setattr(runner, "fit", fit)
+    monkeypatch.setattr(cli, "_enable_cache", lambda parser, setting: None)
+    with pytest.raises(Built) as built:
+        cli.main(shlex.split(command)[1:])
+    config = built.value.args[0]
+    argv = shlex.split(command)
+    if "--algo" in argv:
+        algo = argv[argv.index("--algo") + 1]
+        assert algo in (getattr(config, "algo", None), getattr(config, "estimator", None)) or (
+            algo in ("shac", "sapo", "ahac") and config.estimator == "svg"
+        )
+
+
+def test_readme_lists_train_commands():
+    assert len(_readme_train_commands()) >= 10
