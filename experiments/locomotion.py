@@ -174,6 +174,26 @@ PRESETS = {
                         "sapo-h8-e64",
                         first_order(800, num_envs=64, horizon=8, lr_schedule="constant"),
                     ),
+                    # SAPO at the constant rate on 4-step windows of the same 32 envs (128
+                    # simulator steps an update, 3200 updates to 410k): 1606 at 51k and 1591 at
+                    # 102k on two seeds, in its first 800 updates (locomotion_cpu_sapo_probes).
+                    (
+                        "sapo-h4-const",
+                        first_order(3200, num_envs=32, horizon=4, lr_schedule="constant"),
+                    ),
+                    # ... with mineral's SAPO networks (LayerNorm before each SiLU).
+                    (
+                        "sapo-h4-ln",
+                        first_order(
+                            3200,
+                            num_envs=32,
+                            horizon=4,
+                            lr_schedule="constant",
+                            layer_norm=True,
+                            policy_activation="swish",
+                            critic_activation="swish",
+                        ),
+                    ),
                     # The same with SHAC's ELU networks (DiffRL's actor and critic; above: a tanh
                     # actor and a relu critic, the trainer's defaults): 613 at 410k on two seeds,
                     # unstable, gradient norms several times larger (locomotion_cpu_elu).
