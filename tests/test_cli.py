@@ -76,8 +76,7 @@ def test_every_choice_field_is_checked_when_a_config_is_built_in_python(config_c
     """argparse checks ``choices`` on the command line; a config built in Python or read from a
     file gets the same check from its ``__post_init__``, before anything is compiled."""
     config = config_cls()
-    allowed = dataclasses.fields(config_cls)
-    allowed = next(f for f in allowed if f.name == name).metadata["choices"]
+    allowed = next(f for f in dataclasses.fields(config_cls) if f.name == name).metadata["choices"]
     assert getattr(config, name) in allowed
     message = f"unknown {name} 'nope'; allowed: {re.escape(', '.join(map(str, allowed)))}"
     with pytest.raises(ValueError, match=message):
