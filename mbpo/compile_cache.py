@@ -234,7 +234,8 @@ def call_stored(
 def _first_run(digest: str, run: Callable, leaves: list):
     """The first run of an executable read from disk: one that loads but cannot run (XLA:CPU's
     "Function ... not found" from a copy made of a deserialized one) is deleted with a warning,
-    and the program compiled again and run (the arguments are not donated: it sees the same)."""
+    and the program compiled again as every start compiles it (a fresh executable is stored for
+    the next start) and run (the arguments are not donated: it sees the same)."""
     import jax
 
     exported = _untried.pop(digest)
@@ -247,8 +248,7 @@ def _first_run(digest: str, run: Callable, leaves: list):
         )
         with contextlib.suppress(OSError):
             file.unlink()
-        _loaded[digest] = jax.jit(exported.call).lower(*leaves).compile()
-        return _loaded[digest](*leaves)
+        return _loaded_call(digest, exported, leaves)(*leaves)
 
 
 def _load(digest: str, leaves: list) -> Callable | None:

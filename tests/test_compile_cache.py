@@ -173,11 +173,23 @@ def test_an_executable_that_loads_but_does_not_run_is_deleted_and_compiled_again
     def broken(*args):
         raise jax.errors.JaxRuntimeError("NOT_FOUND: Function fusion not found (type id: 1)")
 
+    load = serialize_executable.deserialize_and_load
     monkeypatch.setattr(serialize_executable, "deserialize_and_load", lambda *a: broken)
+    stamp = executable.stat().st_mtime_ns
+    hits = compile_cache._cache_hits[0]
     with pytest.warns(UserWarning, match="does not run"):
         out = compile_cache.call_stored("toy", _toy_body, None, state, x)
-    assert _same(out, expected) and not executable.exists()
+    assert _same(out, expected)
+    if compile_cache._cache_hits[0] > hits:  # compiled from jax's cache: not stored, removed
+        assert not executable.exists()
+    else:  # compiled afresh: stored again for the next start
+        assert executable.stat().st_mtime_ns != stamp
     assert _same(compile_cache.call_stored("toy", _toy_body, None, state, x), expected)
+    monkeypatch.setattr(serialize_executable, "deserialize_and_load", load)
+    _new_process(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the next start runs what was stored, or compiles
+        assert _same(compile_cache.call_stored("toy", _toy_body, None, state, x), expected)
 
 
 def test_an_executable_from_jax_cache_is_not_stored(store, monkeypatch):
