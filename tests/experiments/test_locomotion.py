@@ -114,3 +114,12 @@ def test_first_seed_adds_independent_seeds_that_from_tabulates_together(tmp_path
     assert table["final_return"] == round(sum(r["eval_return"] for r in first) / 2, 1)
     with pytest.raises(ValueError, match="first_seed must be >= 0, got -1"):
         loco.Preset(tasks=TINY_LQR.tasks, seeds=1, first_seed=-1)
+
+
+def test_every_algorithm_and_variant_of_every_preset_builds_a_valid_config():
+    # A misspelled or out-of-range override fails here, not minutes into a long run.
+    for preset in loco.PRESETS.values():
+        for task in preset.tasks:
+            for name, overrides in (*task.algorithms, *task.variants):
+                config = loco.make_config(task, name, overrides)
+                assert {k: getattr(config, k) for k in overrides} == overrides, name
