@@ -405,13 +405,20 @@ def write_results(run: harness.Run, rows: list[dict]) -> str:
 NUMERIC = ("updates", "env_steps", "wall_time", "seed", "eval_return", *METRIC_COLUMNS)
 
 
+# Fields in which an `mbpo train` run may differ from the preset's algorithm it is read as: its
+# length, its evaluation cadence and its first seed.
+RUN_FREE = ("num_updates", "eval_every", "seed")
+
+
 def read_curves(parser, sources: list[str], preset: Preset, only=None) -> list[dict]:
-    """The rows of the ``curves.csv`` in each of ``sources`` (``DIR`` or ``DIR:name,name``, those
-    algorithms of it) whose task is one of ``preset``'s (``only``: those algorithms, where a
-    source names none), numbers parsed. An algorithm may come from several sources that hold
-    different seeds of it (runs with different ``first_seed``); the same seed of an algorithm in
-    two sources, one a source names but does not hold, or a source without the file exits with
-    code 2 naming it."""
+    """The rows of each of ``sources`` whose task is one of ``preset``'s, numbers parsed: a
+    ``DIR`` or ``DIR:name,name`` (those algorithms of it) holding this experiment's
+    ``curves.csv``, or ``DIR:name``, an ``mbpo train`` run directory (config.json, metrics.csv:
+    a run that was resumed, say) read as the preset's algorithm ``name`` (:func:`read_run`).
+    ``only`` selects algorithms where a source names none. An algorithm may come from several
+    sources that hold different seeds of it (runs with different first seeds); the same seed of
+    an algorithm in two sources, one a source names but does not hold, or a source without its
+    files exits with code 2 naming it."""
     import csv
     import pathlib
 
@@ -420,19 +427,22 @@ def read_curves(parser, sources: list[str], preset: Preset, only=None) -> list[d
     for index, source in enumerate(sources):
         folder, _, names = source.partition(":")
         path = pathlib.Path(folder) / "curves.csv"
-        if not path.is_file():
-            parser.error(f"--from: {path} does not exist")
         named = set(names.split(",")) if names else set()
+        if not path.is_file() and (pathlib.Path(folder) / "metrics.csv").is_file():
+            found = read_run(parser, pathlib.Path(folder), named, preset)
+        elif not path.is_file():
+            parser.error(f"--from: {path} does not exist (nor an `mbpo train` run's metrics.csv)")
+        else:
+            with path.open() as file:
+                found = [r for r in csv.DictReader(file) if r["task"] in tasks]
         wanted = named or set(only or ())
-        with path.open() as file:
-            found = [r for r in csv.DictReader(file) if r["task"] in tasks]
         missing = sorted(named - {r["algorithm"] for r in found})
         if missing:
             parser.error(f"--from: {folder} has no {missing} on {sorted(tasks)}")
         for row in found:
             if wanted and row["algorithm"] not in wanted:
                 continue
-            key = (row["task"], row["algorithm"], row.get("seed", "0"))
+            key = (row["task"], row["algorithm"], str(row.get("seed", "0")))
             if seen.setdefault(key, index) != index:
                 first = sources[seen[key]]
                 parser.error(
@@ -449,6 +459,52 @@ def read_curves(parser, sources: list[str], preset: Preset, only=None) -> list[d
     return rows
 
 
+def read_run(parser, folder, named: set[str], preset: Preset) -> list[dict]:
+    """The evaluations of the ``mbpo train`` run in ``folder`` as curve rows of the preset's
+    algorithm in ``named`` (exactly one), whose config the run's must equal but for
+    :data:`RUN_FREE`: same task, pipeline, episode length and every training setting, so a run
+    cannot be tabulated under another algorithm's name. Its seed ``i`` is ``config.seed + i``, as
+    the harness numbers seeds."""
+    import csv
+
+    from mbpo import runner
+
+    if len(named) != 1:
+        parser.error(
+            f"--from: {folder} is an `mbpo train` run: name the preset's algorithm it trained, "
+            f"{folder}:NAME (got {sorted(named) or 'none'})"
+        )
+    (name,) = named
+    try:
+        config, _ = runner.load_run(folder)
+    except runner.RunDirError as error:
+        parser.error(f"--from: {error}")
+    task = next((t for t in preset.tasks if t.env == getattr(config, "env", None)), None)
+    entries = dict((*task.algorithms, *task.variants)) if task else {}
+    if name not in entries:
+        parser.error(
+            f"--from: {folder} trained {getattr(config, 'env', '?')}; the preset has no {name!r} "
+            f"there (its names: {sorted(entries) or 'none'})"
+        )
+    expected = dataclasses.asdict(make_config(task, name, entries[name]))
+    actual = dataclasses.asdict(config)
+    differ = sorted(k for k in expected if k not in RUN_FREE and expected[k] != actual.get(k))
+    if differ:
+        shown = ", ".join(f"{k}={actual.get(k)!r} (expected {expected[k]!r})" for k in differ)
+        parser.error(f"--from: {folder} is not the preset's {name!r}: {shown}")
+    with (folder / "metrics.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    return [
+        {
+            "task": task.env,
+            "algorithm": name,
+            **{k: row[k] for k in NUMERIC if k in row and k != "seed"},
+            "seed": config.seed + int(row.get("seed") or 0),
+        }
+        for row in rows
+    ]
+
+
 EXPERIMENT = harness.Experiment("experiments.locomotion", __doc__, PRESETS, out=harness.DIRECTORY)
 
 
@@ -462,7 +518,8 @@ def main(argv: list[str] | None = None) -> None:
         metavar="DIR",
         help="train nothing: tabulate and plot the curves.csv of earlier runs of this preset "
         "together (DIR, or DIR:name,name for some of its algorithms; --only selects algorithms "
-        "where a DIR names none)",
+        "where a DIR names none), or an `mbpo train` run directory as DIR:name, the preset's "
+        "algorithm whose config it has (a resumed run, say)",
     )
     run = EXPERIMENT.parse(argv, parser)
     if run.args.sources:

@@ -116,6 +116,40 @@ def test_first_seed_adds_independent_seeds_that_from_tabulates_together(tmp_path
         loco.Preset(tasks=TINY_LQR.tasks, seeds=1, first_seed=-1)
 
 
+def test_from_reads_an_mbpo_train_run_as_the_preset_algorithm_it_equals(tmp_path, monkeypatch):
+    # A run made with `mbpo train` (one that was resumed, say) joins the table under the preset's
+    # name: the same config but for its length and cadence gives the harness's numbers, seeds
+    # numbered from its own seed; a run of other settings, or unnamed, is refused.
+    from mbpo import runner
+
+    monkeypatch.setitem(loco.PRESETS, "tiny", TINY_LQR)
+    task = TINY_LQR.tasks[0]
+    loco.main(["--preset", "tiny", "--set", "first_seed=1", "--out", str(tmp_path / "h")])
+    harness_rows = loco.read_curves(None, [str(tmp_path / "h")], TINY_LQR)
+    config = loco.make_config(task, "shac", {**TINY_FIRST_ORDER, "seed": 1, "eval_every": 1})
+    runner.fit(config, run_dir=tmp_path / "run", progress=False)
+    rows = loco.read_curves(None, [f"{tmp_path / 'run'}:shac"], TINY_LQR)
+    assert {(r["task"], r["algorithm"], r["seed"]) for r in rows} == {("lqr", "shac", 1)}
+    assert [r["env_steps"] for r in rows] == [16, 32, 48, 64]
+    ours = {r["env_steps"]: r["eval_return"] for r in rows}
+    assert [(r["env_steps"], r["eval_return"]) for r in harness_rows] == [
+        (steps, ours[steps]) for steps in (32, 64)
+    ]
+
+    class Parser:
+        def error(self, message):
+            raise SystemExit(message)
+
+    with pytest.raises(SystemExit, match="name the preset's algorithm it trained"):
+        loco.read_curves(Parser(), [str(tmp_path / "run")], TINY_LQR)
+    with pytest.raises(SystemExit, match="the preset has no 'sapo' there"):
+        loco.read_curves(Parser(), [f"{tmp_path / 'run'}:sapo"], TINY_LQR)
+    other = dataclasses.replace(config, actor_lr=1e-4)
+    runner.save_config(tmp_path / "run", other)
+    with pytest.raises(SystemExit, match=r"not the preset's 'shac': actor_lr=0\.0001"):
+        loco.read_curves(Parser(), [f"{tmp_path / 'run'}:shac"], TINY_LQR)
+
+
 def test_every_algorithm_and_variant_of_every_preset_builds_a_valid_config():
     # A misspelled or out-of-range override fails here, not minutes into a long run.
     for preset in loco.PRESETS.values():
