@@ -52,8 +52,9 @@ def plot(
     log_x: bool = False,
 ):
     """Evaluation return against ``x`` (env steps, or updates for the batch methods), one line per
-    value of ``key`` (None: one run): the mean over seeds with a min-max band; a dashed line at
-    ``threshold``. Returns the matplotlib Figure."""
+    value of ``key`` (None: one run): the mean over the seeds evaluated at each ``x`` with a
+    min-max band (seeds of runs that evaluated on other grids, tabulated together, need not share
+    every point); a dashed line at ``threshold``. Returns the matplotlib Figure."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 4))
@@ -62,15 +63,15 @@ def plot(
     for i, name in enumerate(names):
         mine = [r for r in rows if key is None or r[key] == name]
         steps = sorted({r[x] for r in mine})
-        values = np.array([[r["eval_return"] for r in mine if r[x] == s] for s in steps])
-        seeds = values.shape[1]
+        values = [np.array([r["eval_return"] for r in mine if r[x] == s]) for s in steps]
+        seeds = max(len(v) for v in values)
         line = name if name is not None else (f"mean of {seeds} seeds" if seeds > 1 else None)
-        axes.plot(steps, values.mean(1), "o-", color=f"C{i}", label=line, markersize=3)
+        mean = [v.mean() for v in values]
+        axes.plot(steps, mean, "o-", color=f"C{i}", label=line, markersize=3)
         if seeds > 1:
             band = "min-max over seeds" if name is None else None
-            axes.fill_between(
-                steps, values.min(1), values.max(1), color=f"C{i}", alpha=0.2, label=band
-            )
+            low, high = [v.min() for v in values], [v.max() for v in values]
+            axes.fill_between(steps, low, high, color=f"C{i}", alpha=0.2, label=band)
     if threshold is not None:
         axes.axhline(
             threshold, color="k", linestyle="--", linewidth=1, label=f"threshold {threshold:g}"
