@@ -157,3 +157,31 @@ def test_every_algorithm_and_variant_of_every_preset_builds_a_valid_config():
             for name, overrides in (*task.algorithms, *task.variants):
                 config = loco.make_config(task, name, overrides)
                 assert {k: getattr(config, k) for k in overrides} == overrides, name
+
+
+def test_the_table_averages_only_where_every_seed_was_evaluated():
+    # Seeds 0, 1 evaluated every 10 steps, seeds 2, 3 (another run) every 20: the 10-step point
+    # holds half the seeds and does not count as the algorithm reaching the common return there.
+    task = dataclasses.replace(TINY.tasks[0], common_return=100.0, checkpoints=(20,))
+    rows = [
+        {
+            "task": "pendulum",
+            "algorithm": "shac",
+            "env_steps": s,
+            "updates": s,
+            "seed": seed,
+            "wall_time": float(s),
+            "eval_return": value,
+            "skipped_updates": 0,
+        }
+        for seed, grid, value in (
+            (0, (10, 20), 200.0),
+            (1, (10, 20), 200.0),
+            (2, (20,), 0.0),
+            (3, (20,), 0.0),
+        )
+        for s in grid
+    ]
+    (row,) = loco.summarize(rows, dataclasses.replace(TINY, tasks=(task,)))
+    assert row["steps_to_common_return"] == 20 and row["return_at_checkpoints"] == {20: 100.0}
+    assert row["seeds"] == 4
