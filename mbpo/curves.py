@@ -52,9 +52,10 @@ def plot(
     log_x: bool = False,
 ):
     """Evaluation return against ``x`` (env steps, or updates for the batch methods), one line per
-    value of ``key`` (None: one run): the mean over the seeds evaluated at each ``x`` with a
-    min-max band (seeds of runs that evaluated on other grids, tabulated together, need not share
-    every point); a dashed line at ``threshold``. Returns the matplotlib Figure."""
+    value of ``key`` (None: one run): the mean over seeds with a min-max band, at the points
+    where every seed was evaluated (seeds of runs on other evaluation grids, plotted together,
+    share only some; where they share none, wall-clock say, each point averages the seeds
+    evaluated there); a dashed line at ``threshold``. Returns the matplotlib Figure."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 4))
@@ -62,7 +63,11 @@ def plot(
     names = list(dict.fromkeys(r[key] for r in rows)) if key is not None else [None]
     for i, name in enumerate(names):
         mine = [r for r in rows if key is None or r[key] == name]
-        steps = sorted({r[x] for r in mine})
+        seeds_of = {}
+        for r in mine:
+            seeds_of.setdefault(r[x], set()).add(r.get("seed"))
+        every = set().union(*seeds_of.values())
+        steps = sorted(s for s, seeds in seeds_of.items() if seeds == every) or sorted(seeds_of)
         values = [np.array([r["eval_return"] for r in mine if r[x] == s]) for s in steps]
         seeds = max(len(v) for v in values)
         line = name if name is not None else (f"mean of {seeds} seeds" if seeds > 1 else None)
