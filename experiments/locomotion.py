@@ -206,7 +206,7 @@ PRESETS = {
                         first_order(3200, num_envs=32, horizon=4, lr_schedule="constant"),
                     ),
                     # ... with mineral's SAPO networks (LayerNorm before each SiLU): 1818 / 2451 /
-                    # 2921 at 102k / 205k / 410k on four seeds, the gradient norms halved
+                    # 2920 at 102k / 205k / 410k on four seeds, the gradient norms halved
                     # (experiments/results/locomotion_cpu_sapo_h4_ln and its _seed23).
                     ("sapo-h4-ln", first_order(3200, **SAPO_H4_LN)),
                     # The same with SHAC's ELU networks (DiffRL's actor and critic; above: a tanh
