@@ -155,8 +155,8 @@ PRESETS = {
                     # SAPO at the constant rate on 4-step windows, mineral's LayerNorm/SiLU
                     # networks, the temperature tuned to entropy -9 (-1.5 per action dimension;
                     # SAPO's -0.5 keeps the training actions noisier than the evaluated mean):
-                    # 2204 / 2670 / 2876 at 102k / 205k / 410k on four seeds, the best
-                    # first-order row (experiments/results/locomotion_cpu_sapo_h4_ln_e9).
+                    # 2204 / 2670 / 2876 at 102k / 205k / 410k on four seeds (1948 at 102k on
+                    # six), the best first-order row (results/locomotion_cpu_sapo_h4_ln_e9).
                     (
                         "sapo-h4-ln-e9",
                         first_order(1600, **SAPO_H4_LN, entropy_target=-9.0),
