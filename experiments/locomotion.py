@@ -296,15 +296,11 @@ def train(preset: Preset, only: list[str] | None = None, report=None) -> list[di
 
 
 def _mean_over_seeds(rows: list[dict], key: str) -> dict[int, float]:
-    """The mean of ``key`` over the seeds at each step count where every seed was evaluated (runs
-    of one algorithm tabulated together may have evaluated on other grids); where they share
-    none, at each step count over the seeds evaluated there."""
-    seeds = {r.get("seed", 0) for r in rows}
-    at = {}
-    for r in rows:
-        at.setdefault(r["env_steps"], []).append(r)
-    shared = {s for s, group in at.items() if {r.get("seed", 0) for r in group} == seeds}
-    return {s: float(np.mean([r[key] for r in at[s]])) for s in sorted(shared or at)}
+    """The mean of ``key`` over the seeds at the step counts of :func:`mbpo.curves.at_shared_points`
+    (where every seed was evaluated)."""
+    return {
+        s: float(np.mean([r[key] for r in g])) for s, g in curves.at_shared_points(rows).items()
+    }
 
 
 def summarize(rows: list[dict], preset: Preset) -> list[dict]:

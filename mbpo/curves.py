@@ -42,6 +42,18 @@ def labelled_rows(
     return [{key: label, **{c: row[c] for c in columns if c in row}} for row in seed_rows(history)]
 
 
+def at_shared_points(rows: list[dict], x: str = "env_steps") -> dict:
+    """``rows`` grouped by their ``x``, sorted, at the points where every seed of ``rows`` was
+    evaluated (runs tabulated together may have evaluated on other grids); where they share
+    none (wall-clock of two runs, say), at every point with the seeds evaluated there."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r[x], []).append(r)
+    every = {r.get("seed") for r in rows}
+    shared = [s for s, group in groups.items() if {r.get("seed") for r in group} == every]
+    return {s: groups[s] for s in sorted(shared or groups)}
+
+
 def plot(
     rows: list[dict],
     title: str,
@@ -52,10 +64,8 @@ def plot(
     log_x: bool = False,
 ):
     """Evaluation return against ``x`` (env steps, or updates for the batch methods), one line per
-    value of ``key`` (None: one run): the mean over seeds with a min-max band, at the points
-    where every seed was evaluated (seeds of runs on other evaluation grids, plotted together,
-    share only some; where they share none, wall-clock say, each point averages the seeds
-    evaluated there); a dashed line at ``threshold``. Returns the matplotlib Figure."""
+    value of ``key`` (None: one run): the mean over seeds with a min-max band at the points of
+    :func:`at_shared_points`; a dashed line at ``threshold``. Returns the matplotlib Figure."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 4))
@@ -63,12 +73,9 @@ def plot(
     names = list(dict.fromkeys(r[key] for r in rows)) if key is not None else [None]
     for i, name in enumerate(names):
         mine = [r for r in rows if key is None or r[key] == name]
-        seeds_of = {}
-        for r in mine:
-            seeds_of.setdefault(r[x], set()).add(r.get("seed"))
-        every = set().union(*seeds_of.values())
-        steps = sorted(s for s, seeds in seeds_of.items() if seeds == every) or sorted(seeds_of)
-        values = [np.array([r["eval_return"] for r in mine if r[x] == s]) for s in steps]
+        groups = at_shared_points(mine, x)
+        steps = list(groups)
+        values = [np.array([r["eval_return"] for r in group]) for group in groups.values()]
         seeds = max(len(v) for v in values)
         line = name if name is not None else (f"mean of {seeds} seeds" if seeds > 1 else None)
         mean = [v.mean() for v in values]
