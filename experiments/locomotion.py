@@ -428,13 +428,13 @@ def read_curves(parser, sources: list[str], preset: Preset, only=None) -> list[d
         folder, _, names = source.partition(":")
         path = pathlib.Path(folder) / "curves.csv"
         named = set(names.split(",")) if names else set()
-        if not path.is_file() and (pathlib.Path(folder) / "metrics.csv").is_file():
-            found = read_run(parser, pathlib.Path(folder), named, preset)
-        elif not path.is_file():
-            parser.error(f"--from: {path} does not exist (nor an `mbpo train` run's metrics.csv)")
-        else:
+        if path.is_file():
             with path.open() as file:
                 found = [r for r in csv.DictReader(file) if r["task"] in tasks]
+        elif (path.parent / "metrics.csv").is_file():
+            found = read_run(parser, path.parent, named, preset)
+        else:
+            parser.error(f"--from: {path} does not exist (nor an `mbpo train` run's metrics.csv)")
         wanted = named or set(only or ())
         missing = sorted(named - {r["algorithm"] for r in found})
         if missing:
