@@ -65,6 +65,7 @@ class Preset:
       brax_horizons: the n measured on Brax (gradient statistics).
       brax_episode: steps of a "full" Brax unroll.
       brax_budget: environment steps per Brax training run (0 skips Brax returns).
+      brax_gradients: measure the gradient statistics on Brax (False: returns only).
     """
 
     horizons: tuple[int | None, ...]
@@ -83,6 +84,7 @@ class Preset:
     brax_horizons: tuple[int | None, ...]
     brax_episode: int
     brax_budget: int
+    brax_gradients: bool = True
 
 
 ALL_HORIZONS = (0, 1, 2, 4, 8, 16, 32, 64, FULL)
@@ -117,6 +119,18 @@ PRESETS = {
         brax_tasks=("halfcheetah", "ant"),
         brax_backends=("positional", "spring", "generalized"),
         brax_horizons=(1, 8, 32),
+    ),
+    # Returns through contact on 2 cores: SVG(1), SVG(8) and SVG(32) trained from scratch for
+    # 32k simulator steps (64-step episodes, 2 seeds) on halfcheetah and ant, on each pipeline
+    # (mjx where it runs), without the gradient statistics of cpu_contact (use with --skip-ode).
+    "cpu_contact_returns": dataclasses.replace(
+        _CPU,
+        num_envs=16,
+        brax_tasks=("halfcheetah", "ant"),
+        brax_backends=("positional", "spring", "generalized", "mjx"),
+        brax_horizons=(1, 8, 32),
+        brax_budget=32_768,
+        brax_gradients=False,
     ),
     # One H100: < 10 minutes for pendulum, and about as long again for each Brax task and
     # pipeline (select some with --set brax_backends='["positional"]').
@@ -396,18 +410,21 @@ def replot(directory: str) -> None:
 
 
 def brax_horizons(preset: Preset, task: str, backend: str, key) -> tuple[list, list]:
-    """Gradient statistics of SVG(n) on the Brax ``task`` with the pipeline ``backend`` (and,
-    with ``brax_budget``, the return after it); rows labelled ``task[backend]``."""
+    """Gradient statistics of SVG(n) on the Brax ``task`` with the pipeline ``backend`` (unless
+    ``brax_gradients`` is off) and, with ``brax_budget``, the return after it; rows labelled
+    ``task[backend]``."""
     name = f"{task}[{backend}]"
-    gradients = trained_gradients(
-        task,
-        dataclasses.replace(preset, pretrain_updates=min(preset.pretrain_updates, 20)),
-        preset.brax_horizons,
-        preset.brax_episode,
-        key,
-        label_as=name,
-        backend=backend,
-    )
+    gradients = []
+    if preset.brax_gradients:
+        gradients = trained_gradients(
+            task,
+            dataclasses.replace(preset, pretrain_updates=min(preset.pretrain_updates, 20)),
+            preset.brax_horizons,
+            preset.brax_episode,
+            key,
+            label_as=name,
+            backend=backend,
+        )
     returns = []
     if preset.brax_budget:
         returns = returns_after_budget(

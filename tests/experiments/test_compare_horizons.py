@@ -82,3 +82,18 @@ def test_gradient_statistics_leave_out_overflowed_samples_and_count_them():
     assert stats["relative_variance"] == pytest.approx(0.5)
     none = ch.gradient_statistics(np.full((3, 2), np.nan))
     assert none["finite_fraction"] == 0.0 and np.isnan(none["norm"])
+
+
+def test_the_returns_only_preset_trains_without_the_gradient_statistics(monkeypatch):
+    calls = []
+    monkeypatch.setattr(ch, "trained_gradients", lambda *a, **k: calls.append("gradients") or [])
+    monkeypatch.setattr(
+        ch,
+        "returns_after_budget",
+        lambda *a, **k: calls.append("returns") or [{"env": k["label_as"]}],
+    )
+    preset = ch.PRESETS["cpu_contact_returns"]
+    gradients, returns = ch.brax_horizons(preset, "ant", "spring", jax.random.key(0))
+    assert (calls, gradients, returns) == (["returns"], [], [{"env": "ant[spring]"}])
+    ch.brax_horizons(ch.PRESETS["cpu_contact"], "ant", "spring", jax.random.key(0))
+    assert calls == ["returns", "gradients"]  # cpu_contact: gradients only (no budget)
