@@ -123,9 +123,10 @@ PRESETS = {
     # Returns through contact on 2 cores: SVG(1), SVG(8) and SVG(32) trained from scratch for
     # 32k simulator steps (64-step episodes, 2 seeds) on halfcheetah and ant, on each pipeline
     # (mjx where it runs), without the gradient statistics of cpu_contact (use with --skip-ode).
+    # 64 envs: 512 updates for SVG(1) (16 envs made it 2048, 12 minutes on positional alone).
     "cpu_contact_returns": dataclasses.replace(
         _CPU,
-        num_envs=16,
+        num_envs=64,
         brax_tasks=("halfcheetah", "ant"),
         brax_backends=("positional", "spring", "generalized", "mjx"),
         brax_horizons=(1, 8, 32),
