@@ -154,12 +154,13 @@ PRESETS = {
                     ),  # 205k
                     # SAPO at the constant rate on 4-step windows, mineral's LayerNorm/SiLU
                     # networks, the temperature tuned to entropy -9 (-1.5 per action dimension;
-                    # SAPO's -0.5 keeps the training actions noisier than the evaluated mean):
-                    # 2204 / 2670 / 2876 at 102k / 205k / 410k on four seeds (1948 at 102k on
-                    # six), the best first-order row (results/locomotion_cpu_sapo_h4_ln_e9).
+                    # SAPO's -0.5 keeps the training actions noisier than the evaluated mean) and
+                    # a target critic (target <- 0.8 target + 0.2 critic after each update; SAPO
+                    # has none): 1774 / 2244 / 2683 at 51k / 102k / 205k on six seeds, the best
+                    # first-order row (results/locomotion_cpu_sapo_h4_ln_e9_tau02).
                     (
-                        "sapo-h4-ln-e9",
-                        first_order(1600, **SAPO_H4_LN, entropy_target=-9.0),
+                        "sapo-h4-ln-e9-tau02",
+                        first_order(1600, **SAPO_H4_LN, entropy_target=-9.0, tau=0.2),
                     ),  # 205k
                     ("ppo", ppo(312)),  # 400k; brax PPO's 321 at 205k and 1237 at 410k
                     ("sac", sac(1600)),  # 102k
@@ -168,7 +169,7 @@ PRESETS = {
                 # seed 0 (experiments/results/locomotion_cpu_const); about 40 minutes a seed.
                 variants=(
                     # SAPO's own settings on 8-step windows, its rate decayed linearly to 1e-5
-                    # (the preset's SAPO row before sapo-h4-ln-e9): 1156 / 1420 at 102k / 205k
+                    # (the preset's SAPO row before the 4-step recipes): 1156 / 1420 at 102k / 205k
                     # on two seeds (locomotion_cpu_fixed_ahac_sapo, locomotion_cpu_seed1_sapo).
                     ("sapo-h8", first_order(800, num_envs=32, horizon=8)),
                     (
@@ -209,6 +210,11 @@ PRESETS = {
                     # 2920 at 102k / 205k / 410k on four seeds, the gradient norms halved
                     # (experiments/results/locomotion_cpu_sapo_h4_ln and its _seed23).
                     ("sapo-h4-ln", first_order(3200, **SAPO_H4_LN)),
+                    # ... with the temperature tuned to entropy -9, without the target critic of
+                    # the preset's row: 1948 +- 251 / 2145 +- 491 at 102k / 205k on six seeds, fast
+                    # and unstable (seed 4: 1854 at 77k, 769 at 102k, -233 at 205k; critic-loss
+                    # spikes beside the drops) (experiments/results/locomotion_cpu_sapo_h4_ln_e9).
+                    ("sapo-h4-ln-e9", first_order(1600, **SAPO_H4_LN, entropy_target=-9.0)),
                     # The same with SHAC's ELU networks (DiffRL's actor and critic; above: a tanh
                     # actor and a relu critic, the trainer's defaults): 613 at 410k on two seeds,
                     # unstable, gradient norms several times larger (locomotion_cpu_elu).
