@@ -156,8 +156,9 @@ PRESETS = {
                     # networks, the temperature tuned to entropy -9 (-1.5 per action dimension;
                     # SAPO's -0.5 keeps the training actions noisier than the evaluated mean) and
                     # a target critic (target <- 0.8 target + 0.2 critic after each update; SAPO
-                    # has none): 1774 / 2244 / 2683 at 51k / 102k / 205k on six seeds, the best
-                    # first-order row (results/locomotion_cpu_sapo_h4_ln_e9_tau02).
+                    # has none): 1774 / 2244 / 2684 at 51k / 102k / 205k on six seeds (2894 at
+                    # 410k, resumed), the best first-order row
+                    # (results/locomotion_cpu_sapo_h4_ln_e9_tau02).
                     (
                         "sapo-h4-ln-e9-tau02",
                         first_order(1600, **SAPO_H4_LN, entropy_target=-9.0, tau=0.2),
