@@ -123,7 +123,8 @@ PRESETS = {
     # Returns through contact on 2 cores: SVG(1), SVG(8) and SVG(32) trained from scratch for
     # 32k simulator steps (64-step episodes, 2 seeds) on halfcheetah and ant, on each pipeline
     # (mjx where it runs), without the gradient statistics of cpu_contact (use with --skip-ode).
-    # 64 envs: 512 updates for SVG(1) (16 envs made it 2048, 12 minutes on positional alone).
+    # 64 envs: 512 updates for SVG(1) (16 envs made it 2048: 12 minutes for positional SVG(1)
+    # on 2 cores shared with another run).
     "cpu_contact_returns": dataclasses.replace(
         _CPU,
         num_envs=64,
