@@ -14,7 +14,9 @@ For each task and horizon n this measures, side by side in one run:
 * the evaluation return after a fixed budget of environment steps, training each n from scratch
   with :mod:`mbpo.agents.unroll_trainer` (seeds vmapped in one program).
 
-Writes ``gradients.csv``, ``returns.csv``, ``summary.json`` and ``horizons.png`` to ``--out``.
+Writes ``gradients.csv``, ``returns.csv``, ``summary.json`` and ``horizons.png`` to ``--out``
+after each part (the ODE tasks, then each Brax task and pipeline), each file whole; ``--resume``
+goes on with a stopped run there, keeping its finished parts. A run never overwrites another.
 
     python -m experiments.compare_horizons --preset cpu --out experiments/results/horizons_cpu
 """
@@ -22,6 +24,7 @@ Writes ``gradients.csv``, ``returns.csv``, ``summary.json`` and ``horizons.png``
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 
@@ -401,7 +404,6 @@ def plot(gradient_rows: list[dict], return_rows: list[dict]):
 
 def replot(directory: str) -> None:
     """Redraw ``horizons.png`` in ``directory`` from its ``summary.json`` (no rerun)."""
-    import json
     import pathlib
 
     from mbpo.curves import save_png
@@ -446,6 +448,66 @@ EXPERIMENT = harness.Experiment(
 )
 
 
+def _parts(preset: Preset, args) -> list[str]:
+    """The run's parts in order: ``ode`` (lqr and the ODE task), then ``task[backend]`` each."""
+    ode = [] if args.skip_ode else ["ode"]
+    brax = (
+        []
+        if args.skip_brax
+        else [f"{t}[{b}]" for t in preset.brax_tasks for b in preset.brax_backends]
+    )
+    return ode + brax
+
+
+def _earlier(run: harness.Run) -> dict:
+    """What an earlier run in ``--out`` finished, to go on from (``--resume``): its summary, whose
+    preset and seed must be this run's. Without ``--resume`` a run in ``--out`` is an error, so
+    that nothing written is overwritten. Exits with code 2 before anything is compiled."""
+    path = run.out / "summary.json"
+    if not path.exists():
+        if run.args.resume:
+            run.parser.error(f"--resume: {path} does not exist (no run to go on with)")
+        return {"finished": [], "gradients": [], "returns": [], "wall_time": 0.0}
+    if not run.args.resume:
+        run.parser.error(
+            f"--out {run.out} holds a run ({path}); pass --resume to go on with it, or name "
+            "another --out"
+        )
+    earlier = json.loads(path.read_text())
+    if "finished" not in earlier:
+        run.parser.error(f"--resume: {path} was written without its parts; name another --out")
+    now = json.loads(json.dumps(run.header()["config"]))
+    changed = [k for k in now if earlier["config"].get(k) != now[k]]
+    changed += [
+        f"{flag} ({earlier[flag]} there)"
+        for flag in ("seed", "skip_ode", "skip_brax")
+        if earlier[flag] != getattr(run.args, flag)
+    ]
+    if changed:
+        run.parser.error(
+            f"--resume: the run in {run.out} has other settings: {', '.join(changed)}; resume it "
+            "with its own --preset, --set and --seed, or name another --out"
+        )
+    return earlier
+
+
+def _measure(part: str, preset: Preset, key) -> tuple[list, list]:
+    """The gradient and return rows of one part of :func:`_parts`."""
+    if part != "ode":
+        task, backend = part.rstrip("]").split("[")
+        return brax_horizons(preset, task, backend, jax.random.fold_in(key, 2))
+    jax.config.update("jax_enable_x64", True)
+    gradients = lqr_gradients(preset, jax.random.fold_in(key, 0))
+    jax.config.update("jax_enable_x64", False)
+    gradients += trained_gradients(
+        preset.task, preset, preset.horizons, preset.ode_episode, jax.random.fold_in(key, 1)
+    )
+    returns = returns_after_budget(
+        preset.task, preset, preset.return_horizons, preset.ode_episode, preset.budget
+    )
+    return gradients, returns
+
+
 def main(argv=None) -> None:
     parser = EXPERIMENT.parser()
     parser.add_argument("--seed", type=int, default=0)
@@ -453,50 +515,63 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--skip-ode", action="store_true", help="leave out lqr and the ODE task: Brax only"
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the run in --out: keep its finished parts (the files are rewritten after "
+        "each part), run the rest (a failed part again)",
+    )
     run = EXPERIMENT.parse(argv, parser)
-    preset = run.preset
+    preset, earlier = run.preset, _earlier(run)
     key = jax.random.key(run.args.seed)
-    gradient_rows, return_rows = [], []
-    if not run.args.skip_ode:
-        jax.config.update("jax_enable_x64", True)
-        gradient_rows = lqr_gradients(preset, jax.random.fold_in(key, 0))
-        jax.config.update("jax_enable_x64", False)
-        gradient_rows += trained_gradients(
-            preset.task, preset, preset.horizons, preset.ode_episode, jax.random.fold_in(key, 1)
-        )
-        return_rows = returns_after_budget(
-            preset.task, preset, preset.return_horizons, preset.ode_episode, preset.budget
-        )
-    failures = []
-    for task, backend in [(t, b) for t in preset.brax_tasks for b in preset.brax_backends]:
-        if run.args.skip_brax:
-            break
-        try:
-            rows = brax_horizons(preset, task, backend, jax.random.fold_in(key, 2))
-        except Exception as error:  # a pipeline that does not run here is a finding, not a crash
-            failures.append({"env": task, "backend": backend, "error": repr(error)[:500]})
-            print(f"{task}[{backend}] failed: {error!r}"[:300], flush=True)
-            continue
-        gradient_rows += rows[0]
-        return_rows += rows[1]
+    parts = _parts(preset, run.args)
     summary = {
         **run.header(),
-        "wall_time": time.perf_counter() - run.start,
-        "gradients": gradient_rows,
-        "returns": return_rows,
-        "failures": failures,
+        **{flag: getattr(run.args, flag) for flag in ("seed", "skip_ode", "skip_brax")},
+        "parts": parts,
+        "finished": earlier["finished"],
+        "gradients": earlier["gradients"],
+        "returns": earlier["returns"],
+        "failures": [],
     }
+    for part in parts:
+        if part in summary["finished"]:
+            print(f"{part}: finished in the earlier run, kept", flush=True)
+            continue
+        try:
+            gradients, returns = _measure(part, preset, key)
+        except Exception as error:  # a pipeline that does not run here is a finding, not a crash
+            if part == "ode":
+                raise
+            task, backend = part.rstrip("]").split("[")
+            summary["failures"].append(
+                {"env": task, "backend": backend, "error": repr(error)[:500]}
+            )
+            print(f"{part} failed: {error!r}"[:300], flush=True)
+            continue
+        summary["gradients"] += gradients
+        summary["returns"] += returns
+        summary["finished"].append(part)
+        _save(run, summary, earlier["wall_time"])
+    _save(run, summary, earlier["wall_time"])
+    print(
+        f"wrote {run.out}/{{gradients.csv, returns.csv, summary.json, horizons.png}} "
+        f"({len(summary['finished'])} of {len(parts)} parts) in {summary['wall_time']:.0f} s"
+    )
+
+
+def _save(run: harness.Run, summary: dict, earlier_wall_time: float) -> None:
+    """Writes the run so far, each file whole; summary.json last (``--resume`` reads it)."""
+    summary["wall_time"] = earlier_wall_time + time.perf_counter() - run.start
+    summary["complete"] = len(summary["finished"]) == len(summary["parts"])
+    gradients, returns = summary["gradients"], summary["returns"]
     run.write(
         {
-            "gradients.csv": csv_text(gradient_rows),
-            "returns.csv": csv_text(return_rows),
+            "gradients.csv": csv_text(gradients),
+            "returns.csv": csv_text(returns),
+            "horizons.png": plot(gradients, returns),
             "summary.json": summary,
-            "horizons.png": plot(gradient_rows, return_rows),
         }
-    )
-    print(
-        f"wrote {run.out}/{{gradients.csv, returns.csv, summary.json, horizons.png}} in "
-        f"{summary['wall_time']:.0f} s"
     )
 
 

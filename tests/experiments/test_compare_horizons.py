@@ -97,3 +97,57 @@ def test_the_returns_only_preset_trains_without_the_gradient_statistics(monkeypa
     assert (calls, gradients, returns) == (["returns"], [], [{"env": "ant[spring]"}])
     ch.brax_horizons(ch.PRESETS["cpu_contact"], "ant", "spring", jax.random.key(0))
     assert calls == ["returns", "gradients"]  # cpu_contact: gradients only (no budget)
+
+
+def test_a_stopped_run_keeps_its_finished_parts_and_resume_runs_only_the_rest(
+    tmp_path, monkeypatch, capsys
+):
+    measured, stop_in = [], ["ant[spring]"]
+
+    class Stopped(BaseException):  # as KeyboardInterrupt, which pytest itself would catch
+        pass
+
+    def measure(part, preset, key):
+        if part in stop_in:
+            stop_in.remove(part)
+            raise Stopped  # the run is stopped in its second part
+        measured.append(part)
+        return [{"env": part, "n": "1", "norm": 1.0, "variance": 1.0}], [
+            {"env": part, "n": "1", "seed": 0, "return": float(len(measured))}
+        ]
+
+    monkeypatch.setattr(ch, "_measure", measure)
+    out = tmp_path / "run"
+    argv = ["--preset", "cpu_contact_returns", "--skip-ode", "--out", str(out)]
+    argv += ["--set", 'brax_tasks=["ant"]', "--set", 'brax_backends=["positional", "spring"]']
+    with pytest.raises(Stopped):
+        ch.main(argv)
+    stopped = json.loads((out / "summary.json").read_text())
+    assert stopped["finished"] == ["ant[positional]"] and not stopped["complete"]
+    assert [r["env"] for r in stopped["returns"]] == ["ant[positional]"]
+    assert (out / "returns.csv").read_text().splitlines()[1].startswith("ant[positional],")
+
+    # Without --resume, or with other settings, nothing runs and nothing is overwritten.
+    for extra, message in [
+        ([], "pass --resume"),
+        (["--resume", "--set", "brax_budget=1024"], "brax_budget"),
+        (["--resume", "--seed", "3"], "seed (0 there)"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            ch.main(argv + extra)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text()) == stopped
+
+    ch.main(argv + ["--resume"])
+    done = json.loads((out / "summary.json").read_text())
+    assert measured == ["ant[positional]", "ant[spring]"]  # the first part was not run again
+    assert done["finished"] == ["ant[positional]", "ant[spring]"] and done["complete"]
+    assert [r["return"] for r in done["returns"]] == [1.0, 2.0]
+    assert done["wall_time"] >= stopped["wall_time"]
+
+
+def test_resume_needs_a_run_to_go_on_with(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        ch.main(["--skip-ode", "--skip-brax", "--resume", "--out", str(tmp_path / "none")])
+    assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
