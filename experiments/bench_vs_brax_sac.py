@@ -87,7 +87,7 @@ from experiments.sac_worker import SacSettings
 from mbpo.agents.off_policy import OffPolicyConfig
 
 NO_CLIPPING = 1e9  # our optimizer always clips the global norm; brax's never does
-BRAX_ALPHA = {"init_alpha": 1.0, "alpha_lr": 3e-4, "target_entropy_per_action": -0.5}
+BRAX_ALPHA = {"temperature_init": 1.0, "temperature_lr": 3e-4, "entropy_target_per_action": -0.5}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -198,10 +198,10 @@ def trainer_config(preset: Preset, action_size: int | None = None) -> OffPolicyC
         actor_lr=preset.learning_rate,
         critic_lr=preset.learning_rate,
         max_grad_norm=NO_CLIPPING,
-        init_alpha=BRAX_ALPHA["init_alpha"],
-        autotune_alpha=True,
-        alpha_lr=BRAX_ALPHA["alpha_lr"],
-        target_entropy=BRAX_ALPHA["target_entropy_per_action"] * action_size,
+        temperature_init=BRAX_ALPHA["temperature_init"],
+        tune_temperature=True,
+        temperature_lr=BRAX_ALPHA["temperature_lr"],
+        entropy_target=BRAX_ALPHA["entropy_target_per_action"] * action_size,
         eval_every=preset.chunk_updates,
     )
 

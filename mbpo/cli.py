@@ -18,10 +18,25 @@ T = TypeVar("T")
 
 
 def option(default: Any, help: str, **kwargs) -> Any:
-    """A dataclass field with a default and its ``--help`` text."""
+    """A dataclass field with a default and its ``--help`` text; ``choices=`` limits its values
+    and ``formerly=("old_name", ...)`` keeps the names it had before a rename working, as options
+    and as keys of a saved config (:func:`renamed`)."""
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple for sequence defaults (configs are frozen)")
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+def renamed(cls: type, values: dict) -> dict:
+    """``values`` (a saved config's) with the former names of ``cls``'s fields replaced by their
+    names now; raises ValueError when both names of one field are given."""
+    values = dict(values)
+    for field in dataclasses.fields(cls):
+        for old in field.metadata.get("formerly", ()):
+            if old in values:
+                if field.name in values:
+                    raise ValueError(f"{old!r} is the former name of {field.name!r}: give one")
+                values[field.name] = values.pop(old)
+    return values
 
 
 def check_positive(config: Any, *names: str, minimum: int = 1) -> None:
@@ -152,8 +167,9 @@ def add_arguments(
         convert, extra = converter(hints[field.name])
         choices = field.metadata.get("choices")
         shown = field.default if defaults is None else defaults.get(field.name, field.default)
+        names = (field.name, *field.metadata.get("formerly", ()))
         parser.add_argument(
-            f"--{field.name.replace('_', '-')}",
+            *(f"--{name.replace('_', '-')}" for name in names),
             dest=field.name,
             type=convert,
             default=field.default if defaults is None else argparse.SUPPRESS,

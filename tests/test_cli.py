@@ -81,3 +81,26 @@ def test_every_choice_field_is_checked_when_a_config_is_built_in_python(config_c
     message = f"unknown {name} 'nope'; allowed: {re.escape(', '.join(map(str, allowed)))}"
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(config, **{name: "nope"})
+
+
+def test_a_renamed_field_keeps_its_former_name_as_an_option_and_in_saved_configs():
+    import argparse
+
+    from mbpo.agents.off_policy import OffPolicyConfig
+    from mbpo.agents.registry import config_from_dict
+    from mbpo.cli import add_arguments, build
+
+    # SAC's temperature fields carry the unroll trainer's names since 2026-12-06.
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, OffPolicyConfig)
+    for argv in (["--init-alpha", "0.5"], ["--temperature-init", "0.5"]):
+        assert build(parser, OffPolicyConfig, parser.parse_args(argv)).temperature_init == 0.5
+    saved = {"trainer": "off_policy", "algo": "sac", "alpha_lr": 0.01, "target_entropy": -2.0}
+    config = config_from_dict({**saved, "autotune_alpha": False})
+    assert (config.temperature_lr, config.entropy_target, config.tune_temperature) == (
+        0.01,
+        -2.0,
+        False,
+    )
+    with pytest.raises(ValueError, match="'alpha_lr' is the former name of 'temperature_lr'"):
+        config_from_dict({**saved, "temperature_lr": 0.02})

@@ -277,7 +277,9 @@ def test_config_of_another_trainer_refuses_fields_whose_meaning_differs(tmp_path
     )
     assert (
         code == 2
-        and "its max_grad_norm, tau mean something else for OffPolicyConfig" in err
+        and "its entropy_target, max_grad_norm, tau, temperature_init, temperature_lr mean "
+        "something else for OffPolicyConfig"
+        in err
         and "--tau" in err
     )
     assert not (tmp_path / "run").exists()
@@ -286,7 +288,10 @@ def test_config_of_another_trainer_refuses_fields_whose_meaning_differs(tmp_path
 
     parser = cli.make_parser()
     defaults = cli._config_defaults(
-        parser.commands["train"], path, config_class("sac"), given={"tau", "max_grad_norm"}
+        parser.commands["train"],
+        path,
+        config_class("sac"),
+        given={"tau", "max_grad_norm", "entropy_target", "temperature_init", "temperature_lr"},
     )
     assert defaults["env"] == "lqr" and defaults["num_envs"] == 8
     assert "tau" not in defaults and set(defaults) <= set(cli.SHARED_FIELDS)

@@ -680,8 +680,8 @@ def _make_trainer(config: ModelBasedConfig, dynamics: Dynamics) -> Trainer:
         actor_lr=c.actor_lr,
         critic_lr=c.critic_lr,
         batch_size=c.batch_size,
-        autotune_alpha=update.entropy,
-        init_alpha=0.2 if update.entropy else 0.0,
+        tune_temperature=update.entropy,
+        temperature_init=0.2 if update.entropy else 0.0,
     )
     # SVG: a reparameterized policy of the config's kind; the critic bootstraps with alpha = 0.
     svg_policy = (

@@ -122,12 +122,18 @@ class OffPolicyConfig(loop.TaskFields):
     target_noise: float = option(0.2, "TD3: target policy smoothing std, in half-widths")
     target_noise_clip: float = option(0.5, "TD3: clip of the smoothing noise, in half-widths")
     policy_delay: int = option(2, "TD3: critic steps per actor (and target) update")
-    init_alpha: float = option(
-        0.2, "SAC: initial entropy temperature (0 with autotune_alpha false: no entropy bonus)"
+    temperature_init: float = option(
+        0.2,
+        "SAC: initial entropy temperature alpha (0 with tune_temperature false: no entropy bonus)",
+        formerly=("init_alpha",),
     )
-    autotune_alpha: bool = option(True, "SAC: tune alpha towards target_entropy")
-    alpha_lr: float = option(1e-3, "SAC: temperature learning rate")
-    target_entropy: float | None = option(None, "SAC: target entropy; none: -action_size")
+    tune_temperature: bool = option(
+        True, "SAC: tune alpha towards entropy_target", formerly=("autotune_alpha",)
+    )
+    temperature_lr: float = option(1e-3, "SAC: temperature learning rate", formerly=("alpha_lr",))
+    entropy_target: float | None = option(
+        None, "SAC: the entropy alpha is tuned to; none: -action_size", formerly=("target_entropy",)
+    )
     value_network: bool = option(
         False, "SAC: the variant with a separate value network v(s; psi) and its target"
     )
@@ -187,13 +193,15 @@ class OffPolicyConfig(loop.TaskFields):
             "max_grad_norm",
             "ou_theta",
             "ou_dt",
-            "alpha_lr",
+            "temperature_lr",
             "maximize_lr",
         )
-        if not (self.init_alpha > 0 or (self.init_alpha == 0 and not self.autotune_alpha)):
+        if not (
+            self.temperature_init > 0 or (self.temperature_init == 0 and not self.tune_temperature)
+        ):
             raise ValueError(
-                "init_alpha must be > 0 (or 0 with autotune_alpha=False: no entropy bonus), got "
-                f"{self.init_alpha}"
+                "temperature_init must be > 0 (or 0 with tune_temperature=False: no entropy "
+                f"bonus), got {self.temperature_init}"
             )
         check_interval(
             self, "[0, inf]", "ou_sigma", "explore_std", "target_noise", "target_noise_clip"
@@ -409,7 +417,7 @@ class Agent:
     @property
     def target_entropy(self) -> float:
         c = self.config
-        return -float(self.policy.action_size) if c.target_entropy is None else c.target_entropy
+        return -float(self.policy.action_size) if c.entropy_target is None else c.entropy_target
 
     def bounds(self, dtype) -> tuple[Array, Array]:
         return jnp.asarray(self.low, dtype), jnp.asarray(self.high, dtype)
@@ -417,12 +425,12 @@ class Agent:
     def alpha(self, learner: Learner) -> Scalar:
         if learner.temperature is not None:
             return jnp.exp(learner.temperature.params)
-        return jnp.asarray(self.config.init_alpha, jnp.result_type(float))
+        return jnp.asarray(self.config.temperature_init, jnp.result_type(float))
 
     def init(self, key: PRNGKey, observation_size: int) -> Learner:
         k_pi, k_q, k_v = jax.random.split(key, 3)
-        tune = self.stochastic and self.config.autotune_alpha
-        log_alpha = jnp.log(jnp.asarray(max(self.config.init_alpha, 1e-30), jnp.float32))
+        tune = self.stochastic and self.config.tune_temperature
+        log_alpha = jnp.log(jnp.asarray(max(self.config.temperature_init, 1e-30), jnp.float32))
         return Learner(
             policy=TrainState.create(
                 self.policy.init(k_pi), self.actor_opt, target=not self.stochastic
@@ -612,7 +620,7 @@ def make_agent(
         actor_every=spec.actor_every(config),
         actor_opt=_optimizer(config, config.actor_lr),
         critic_opt=_optimizer(config, config.critic_lr),
-        alpha_opt=optax.adam(config.alpha_lr),
+        alpha_opt=optax.adam(config.temperature_lr),
         low=low,
         high=high,
     )

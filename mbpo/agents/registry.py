@@ -17,7 +17,7 @@ import dataclasses
 from mbpo import estimators
 from mbpo.agents import model_based, off_policy, ppo, unroll_trainer
 from mbpo.agents.loop import Trainer
-from mbpo.cli import check_field_types
+from mbpo.cli import check_field_types, renamed
 from mbpo.dynamics.base import Dynamics
 
 TRAINERS = {
@@ -96,6 +96,7 @@ def config_from_dict(values: dict):
     if name not in TRAINERS:
         raise ValueError(f"unknown trainer {name!r} in the config; known: {', '.join(TRAINERS)}")
     cls = TRAINERS[name][0]
+    values = renamed(cls, values)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:

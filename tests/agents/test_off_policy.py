@@ -203,7 +203,9 @@ def _tanh_gaussian_by_hand(params, s, eps):
 
 
 def test_sac_targets_and_temperature_step(x64):
-    config = OffPolicyConfig(algo="sac", hidden=(), gamma=0.9, init_alpha=0.3, alpha_lr=0.01)
+    config = OffPolicyConfig(
+        algo="sac", hidden=(), gamma=0.9, temperature_init=0.3, temperature_lr=0.01
+    )
     agent = make_agent(config, PENDULUM)
     learner, batch = _learner(agent), _batch()
     eps = jax.random.normal(jax.random.key(5), (6, 1), jnp.result_type(float))
@@ -221,7 +223,7 @@ def test_sac_targets_and_temperature_step(x64):
     obs = np.asarray(batch.obs)
     for target_entropy in (-5.0, 5.0):
         agent_h = dataclasses.replace(
-            agent, config=dataclasses.replace(config, target_entropy=target_entropy)
+            agent, config=dataclasses.replace(config, entropy_target=target_entropy)
         )
         new, metrics = agent_h.actor_step(learner, batch.obs, eps)
         _, log_pi_s = _tanh_gaussian_by_hand(learner.policy.params, obs, np.asarray(eps))
@@ -255,7 +257,7 @@ def test_sac_actor_gradient_tends_to_the_ddpg_gradient_as_alpha_and_sigma_vanish
     sigma -> 0, SAC's reparameterized actor gradient w.r.t. the mean network is the DPG/DDPG one."""
     hidden = (16,)
     ddpg = make_agent(OffPolicyConfig(algo="ddpg", hidden=hidden), PENDULUM)
-    sac = make_agent(OffPolicyConfig(algo="sac", hidden=hidden, autotune_alpha=False), PENDULUM)
+    sac = make_agent(OffPolicyConfig(algo="sac", hidden=hidden, tune_temperature=False), PENDULUM)
     # The same mean network for both, a state-independent sigma, and one critic for both.
     sac = dataclasses.replace(
         sac,
@@ -272,7 +274,9 @@ def test_sac_actor_gradient_tends_to_the_ddpg_gradient_as_alpha_and_sigma_vanish
     eps = jax.random.normal(jax.random.key(2), (64, 1), jnp.result_type(float))
     errors = []
     for scale in (0.3, 0.1, 0.03, 0.01):  # sigma stays above the policy's floor exp(-5) = 0.0067
-        sac_s = dataclasses.replace(sac, config=dataclasses.replace(sac.config, init_alpha=scale))
+        sac_s = dataclasses.replace(
+            sac, config=dataclasses.replace(sac.config, temperature_init=scale)
+        )
         params = {"net": learner.policy.params, "log_std": jnp.full((1,), np.log(scale))}
         grad_sac = jax.grad(lambda w, a=sac_s: a.actor_objective(w, learner, obs, eps)[0])(params)[
             "net"

@@ -46,7 +46,9 @@ def test_both_sides_get_the_same_schedule(name):
     assert ours.actor_lr == ours.critic_lr == brax.learning_rate
     assert (ours.gamma, ours.tau, ours.hidden) == (brax.discount, brax.tau, brax.hidden)
     assert ours.buffer_capacity == brax.max_replay_size
-    assert ours.target_entropy == -1.0 and ours.init_alpha == 1.0 and ours.alpha_lr == 3e-4
+    assert (
+        ours.entropy_target == -1.0 and ours.temperature_init == 1.0 and ours.temperature_lr == 3e-4
+    )
     assert not brax.normalize_observations and brax.reward_scaling == 1.0
 
 

@@ -138,7 +138,7 @@ def test_a_stopped_run_keeps_its_finished_parts_and_resume_runs_only_the_rest(
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert json.loads((out / "summary.json").read_text()) == stopped
 
-    ch.main(argv + ["--resume"])
+    ch.main([*argv, "--resume"])
     done = json.loads((out / "summary.json").read_text())
     assert measured == ["ant[positional]", "ant[spring]"]  # the first part was not run again
     assert done["finished"] == ["ant[positional]", "ant[spring]"] and done["complete"]
