@@ -37,6 +37,7 @@ import envs
 from envs import lqr as lqr_lib
 from experiments import harness
 from mbpo import curves, estimators
+from mbpo.agents import loop, registry
 from mbpo.agents.loop import run_updates
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer
 from mbpo.files import csv_text
@@ -291,10 +292,26 @@ def trained_gradients(
     return rows
 
 
+UNTRAINED = "untrained"  # the n of the rows of the policies before training
+
+
+def untrained_returns(config: UnrollTrainerConfig, seeds: int, dynamics) -> list[float]:
+    """The evaluation return of each seed's initial policy, with the evaluation keys of
+    :func:`mbpo.runner.fit`'s run of ``config``: where every SVG(n) run of the comparison starts
+    (the policy's kind and initialization do not depend on n)."""
+    trainer = registry.make_trainer(config, dynamics)
+    state = loop.initial_state(trainer, seeds)
+    key = jax.random.key(config.seed + 10_000)
+    if seeds == 1:
+        return [float(loop.evaluate(trainer, state, key))]
+    return np.asarray(loop.evaluate_seeds(trainer, state, jax.random.split(key, seeds))).tolist()
+
+
 def returns_after_budget(
     env: str, preset: Preset, horizons, episode: int, budget: int, label_as=None, **env_kwargs
 ) -> list[dict]:
-    """Evaluation return of SVG(n) trained from scratch for ``budget`` environment steps."""
+    """Evaluation return of SVG(n) trained from scratch for ``budget`` environment steps, after
+    the rows (n ``untrained``) of the policies they start from."""
     rows = []
     for n in horizons:
         config = UnrollTrainerConfig(
@@ -308,11 +325,18 @@ def returns_after_budget(
         config = dataclasses.replace(
             config, num_updates=max(1, budget // (config.num_envs * config.steps_per_update))
         )
+        dynamics = envs.make(env, **env_kwargs)
+        if not rows:
+            start = time.perf_counter()
+            untrained = untrained_returns(config, preset.return_seeds, dynamics)
+            rows += [
+                {"env": label_as or env, "n": UNTRAINED, "seed": seed, "return": value}
+                | {"env_steps": 0, "wall_time": time.perf_counter() - start}
+                for seed, value in enumerate(untrained)
+            ]
+            print(f"{env:>18s}  untrained  return {np.mean(untrained):9.2f}", flush=True)
         _, history = fit(
-            config,
-            seeds=preset.return_seeds,
-            dynamics=envs.make(env, **env_kwargs),
-            stop_on_divergence=False,
+            config, seeds=preset.return_seeds, dynamics=dynamics, stop_on_divergence=False
         )
         last = curves.seed_rows(history[-1:])
         for row in last:
@@ -353,7 +377,7 @@ def plot(gradient_rows: list[dict], return_rows: list[dict]):
         "bias": "lqr: relative bias ||E g - grad J|| / ||grad J||",
         "variance": "relative variance var / |E g|^2",
         "norm": "|E g|",
-        "return": "return after the budget",
+        "return": "return after the budget (dashed: untrained)",
     }
     shown = [
         name
@@ -387,11 +411,16 @@ def plot(gradient_rows: list[dict], return_rows: list[dict]):
                 label=env,
             )
     for env in dict.fromkeys(r["env"] for r in return_rows):
-        rows = [r for r in return_rows if r["env"] == env]
+        rows = [r for r in return_rows if r["env"] == env and r["n"] != UNTRAINED]
         ns = sorted(dict.fromkeys(r["n"] for r in rows), key=order.index)
         means = [np.mean([r["return"] for r in rows if r["n"] == n]) for n in ns]
         stds = [np.std([r["return"] for r in rows if r["n"] == n]) for n in ns]
-        axes["return"].errorbar([order.index(n) for n in ns], means, yerr=stds, fmt="o-", label=env)
+        drawn = axes["return"].errorbar(
+            [order.index(n) for n in ns], means, yerr=stds, fmt="o-", label=env
+        )
+        untrained = [r["return"] for r in return_rows if r["env"] == env and r["n"] == UNTRAINED]
+        if untrained:  # runs written before the untrained rows have none
+            axes["return"].axhline(np.mean(untrained), ls="--", color=drawn[0].get_color())
     for name, ax in axes.items():
         ax.set_xticks(range(len(order)), order)
         ax.set_xlabel("unroll horizon n")

@@ -56,7 +56,9 @@ def test_main_writes_csv_json_and_png(tmp_path, monkeypatch):
     ch.main(["--preset", "cpu", "--out", str(out)])
     summary = json.loads((out / "summary.json").read_text())
     assert [r["env"] for r in summary["gradients"]] == ["lqr", "lqr"]
-    assert [r["n"] for r in summary["returns"]] == ["2", "2"]
+    # Two seeds: first the policies they start from, then those after the budget.
+    assert [r["n"] for r in summary["returns"]] == ["untrained", "untrained", "2", "2"]
+    assert [r["env_steps"] for r in summary["returns"]][:2] == [0, 0]
     assert all(np.isfinite(r["return"]) for r in summary["returns"])
     assert (out / "gradients.csv").read_text().startswith("env,n,")
     assert (out / "horizons.png").stat().st_size > 10_000
