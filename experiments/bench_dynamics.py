@@ -80,9 +80,7 @@ class TaskConfig:
                 f"num_envs must be a non-empty tuple of ints >= 1, got {self.num_envs!r}"
             )
         for name in ("rollout_steps", "gradient_envs", "gradient_steps", "warmup", "repeats"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            harness.check_int(name, getattr(self, name))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

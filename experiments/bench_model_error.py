@@ -115,9 +115,7 @@ class Preset:
 
     def __post_init__(self) -> None:
         for name in ("episodes", "test_episodes", "horizon"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            harness.check_int(name, getattr(self, name))
         if not isinstance(self.episode_length, int) or self.episode_length <= self.horizon:
             raise ValueError(
                 f"episode_length must be an int > horizon = {self.horizon}, got "

@@ -79,9 +79,7 @@ class Preset:
     def __post_init__(self) -> None:
         minimum = {"batch": 1, "warmup": 1, "repeats": 2}
         for name, low in minimum.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+            harness.check_int(name, getattr(self, name), low)
         if not self.horizons or any(
             isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.horizons
         ):

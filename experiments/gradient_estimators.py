@@ -26,7 +26,7 @@ from jaxtyping import Array, Float
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mbpo.cli import add_arguments, build
+from mbpo.cli import add_arguments, build, check_int
 from mbpo.distributions import normal_log_prob
 from mbpo.files import write_atomically
 from mbpo.types import PRNGKey, Scalar
@@ -52,8 +52,7 @@ class ExperimentConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.batch < 1:
-            raise ValueError(f"batch must be an integer >= 1, got {self.batch}")
+        check_int("batch", self.batch)
         if self.trials < 2:
             raise ValueError(f"trials must be an integer >= 2 (for a variance), got {self.trials}")
         if not math.isfinite(self.theta):

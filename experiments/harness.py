@@ -32,11 +32,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from mbpo.cli import check_field_types, check_interval, check_positive
+from mbpo.cli import check_field_types, check_int, check_interval, check_positive
 from mbpo.files import csv_text, finish_report, run_header, write_json, write_text
 
 JSON, DIRECTORY = "json", "directory"
-__all__ = ["check_interval", "check_positive"]  # mbpo.cli's, for the presets' checks
+__all__ = ["check_int", "check_interval", "check_positive"]  # mbpo.cli's, for presets' checks
 
 
 def json_path(text: str) -> pathlib.Path:

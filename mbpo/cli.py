@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import numbers
 import types
 import typing
 from collections.abc import Sequence
@@ -37,6 +38,23 @@ def renamed(cls: type, values: dict) -> dict:
                     raise ValueError(f"{old!r} is the former name of {field.name!r}: give one")
                 values[field.name] = values.pop(old)
     return values
+
+
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int; raises ValueError naming ``name`` unless it is an integer (numpy's too;
+    not a bool) >= ``minimum``. The one check of a count outside the configs' typed fields."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_sizes(**sizes: tuple[int, ...]) -> None:
+    """Raises ValueError naming a hidden-layer tuple with a size < 1 (``()`` is allowed: linear)."""
+    for name, value in sizes.items():
+        if not isinstance(value, tuple) or any(
+            isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 1 for h in value
+        ):
+            raise ValueError(f"{name} must be a tuple of layer sizes >= 1, got {value!r}")
 
 
 def check_positive(config: Any, *names: str, minimum: int = 1) -> None:

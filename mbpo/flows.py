@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mbpo.cli import check_int, check_sizes
 from mbpo.distributions import normal_log_prob
 from mbpo.dynamics.function import (
     FunctionDynamics,
@@ -60,11 +61,6 @@ _DERIVATIVE_OFFSET = math.log(math.expm1(1.0 - MIN_DERIVATIVE))
 Vector = Float[Array, " D"]
 Context = Float[Array, " C"]
 LogDet = Float[Array, ""]
-
-
-def _check_int(name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _check_shape(name: str, value: Array, shape: tuple[int, ...]) -> None:
@@ -90,8 +86,8 @@ class _Conditioned:
     init_scale: float = 0.01
 
     def __post_init__(self):
-        _check_int("dim", self.dim, 1)
-        _check_int("context_dim", self.context_dim, 1)
+        check_int("dim", self.dim, 1)
+        check_int("context_dim", self.context_dim, 1)
         check_activation(self.activation)
 
 
@@ -196,7 +192,7 @@ class SplineCoupling(_Coupling):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_int("num_bins", self.num_bins, 2)
+        check_int("num_bins", self.num_bins, 2)
         if not self.tail_bound > 0:
             raise ValueError(f"tail_bound must be > 0, got {self.tail_bound!r}")
 
@@ -360,10 +356,9 @@ class ConditionalFlow(_Conditioned):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_int("num_layers", self.num_layers, 0)
-        _check_int("num_bins", self.num_bins, 2)
-        for size in self.hidden:
-            _check_int("each hidden size", size, 1)
+        check_int("num_layers", self.num_layers, 0)
+        check_int("num_bins", self.num_bins, 2)
+        check_sizes(hidden=self.hidden)
         if not self.kinds or any(kind not in LAYER_KINDS for kind in self.kinds):
             raise ValueError(
                 f"kinds must be a non-empty tuple of {LAYER_KINDS}, got {self.kinds!r}"
@@ -658,9 +653,9 @@ def fit_flow(
         raise ValueError(
             f"context must have shape ({x.shape[0]}, {flow.context_dim}), got {context.shape}"
         )
-    _check_int("steps", steps, 1)
+    check_int("steps", steps, 1)
     if batch_size is not None:
-        _check_int("batch_size", batch_size, 1)
+        check_int("batch_size", batch_size, 1)
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
     key = jax.random.key(0) if key is None else key

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from mbpo.cli import check_int
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.types import Array, Float, Int, PRNGKey, PyTree
 from mbpo.unroll import PolicyFn, Transition, draw_noise, rollout
@@ -71,8 +72,7 @@ def ring_buffer(capacity: int) -> RingBuffer:
     ``sample(state, key, n)`` draws n items uniformly with replacement from the filled slots (the
     caller must insert before sampling: an empty buffer returns slot 0's zeros).
     """
-    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-        raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
+    check_int("capacity", capacity)
 
     def init(example: PyTree) -> RingBufferState:
         data = jax.tree.map(

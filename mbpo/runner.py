@@ -45,6 +45,7 @@ import numpy as np
 
 from mbpo import curves
 from mbpo.agents import loop, registry
+from mbpo.cli import check_int
 from mbpo.files import csv_text, write_json, write_text
 
 CONFIG, METRICS, CHECKPOINTS, CURVE, TENSORBOARD = (
@@ -92,10 +93,8 @@ def load_run(path: pathlib.Path):
             f"{path} must hold a JSON object of config fields, got a {type(values).__name__}"
         )
     seeds = values.pop("seeds", 1)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise RunDirError(f"{path}: seeds must be an integer >= 1, got {seeds!r}")
     try:
-        return registry.config_from_dict(values), seeds
+        return registry.config_from_dict(values), check_int("seeds", seeds)
     except (ValueError, TypeError) as error:
         raise RunDirError(f"{path}: {error}") from None
 

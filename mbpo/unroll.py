@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from mbpo.cli import check_int
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.types import Action, Array, Float, Noise, Observation, PRNGKey, Scalar
 
@@ -71,15 +72,6 @@ class RolloutNoise(struct.PyTreeNode):
     xi: Float[Array, "T ..."]
 
 
-def check_num_steps(num_steps: int, *, minimum: int = 1) -> int:
-    """Returns ``num_steps`` as an int, or raises ValueError naming it if not an int >= minimum."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-        raise ValueError(f"num_steps must be an int >= {minimum}, got {num_steps!r}")
-    if num_steps < minimum:
-        raise ValueError(f"num_steps must be >= {minimum}, got {num_steps}")
-    return int(num_steps)
-
-
 def sample_noise(
     dynamics: Dynamics,
     key: PRNGKey,
@@ -92,7 +84,7 @@ def sample_noise(
 
     ``extra_eps=1`` gives the eps_n of the bootstrap action a_n = d(s_n, eps_n) of :func:`unroll`.
     """
-    num_steps = check_num_steps(num_steps, minimum=1 - extra_eps)
+    num_steps = check_int("num_steps", num_steps, minimum=1 - extra_eps)
     k_eps, k_xi = jax.random.split(key)
     xi = draw_xi(dynamics, k_xi, (num_steps,))
     return RolloutNoise(eps=jax.random.normal(k_eps, (num_steps + extra_eps, *eps_shape)), xi=xi)
@@ -190,7 +182,7 @@ def rollout(
     n_eps, n_xi = jnp.shape(noise.eps)[0], jnp.shape(noise.xi)[0]
     if n_eps != n_xi:
         raise ValueError(f"noise.eps has {n_eps} steps but noise.xi has {n_xi}; they must be equal")
-    check_num_steps(n_eps)
+    check_int("num_steps", n_eps)
     if dynamics_gradient != "pathwise":
         state = jax.lax.stop_gradient(state)
 
@@ -214,7 +206,7 @@ def _scan(body, state, noise: RolloutNoise, remat: int | None):
     n = jnp.shape(noise.eps)[0]
     if remat is None or remat >= n:
         return jax.lax.scan(body, state, noise)
-    check_num_steps(remat)
+    check_int("remat", remat)
     chunk = jax.checkpoint(lambda s, xs: jax.lax.scan(body, s, xs), prevent_cse=False)
     whole, rest = divmod(n, remat)
     head = jax.tree.map(lambda x: x[: whole * remat].reshape(whole, remat, *x.shape[1:]), noise)

@@ -104,3 +104,19 @@ def test_a_renamed_field_keeps_its_former_name_as_an_option_and_in_saved_configs
     )
     with pytest.raises(ValueError, match="'alpha_lr' is the former name of 'temperature_lr'"):
         config_from_dict({**saved, "temperature_lr": 0.02})
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.0, True, "3", None])
+def test_check_int_refuses_anything_but_an_integer_at_least_the_minimum(value):
+    from mbpo.cli import check_int
+
+    with pytest.raises(ValueError, match=re.escape(f"steps must be an int >= 1, got {value!r}")):
+        check_int("steps", value)
+
+
+def test_check_int_accepts_numpy_integers_and_returns_a_python_int():
+    import numpy as np
+
+    from mbpo.cli import check_int
+
+    assert type(check_int("steps", np.int32(3))) is int and check_int("steps", 0, 0) == 0

@@ -89,15 +89,6 @@ def check_counters(max_env_steps: int, num_updates: int) -> None:
             )
 
 
-def check_sizes(**sizes: tuple[int, ...]) -> None:
-    """Raises ValueError naming a hidden-layer tuple with a size < 1 (``()`` is allowed: linear)."""
-    for name, value in sizes.items():
-        if not isinstance(value, tuple) or any(
-            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in value
-        ):
-            raise ValueError(f"{name} must be a tuple of layer sizes >= 1, got {value!r}")
-
-
 class Diverged(RuntimeError):
     """Training stopped: every update of an evaluation chunk was skipped as non-finite, or the
     evaluation return was not finite. ``record`` is that chunk's record (not checkpointed);

@@ -43,7 +43,7 @@ from mbpo.agents import loop
 from mbpo.agents.env_batch import evaluate_config, reset_finished
 from mbpo.agents.loop import Trainer
 from mbpo.agents.off_policy import Agent, Learner, OffPolicyConfig, make_agent
-from mbpo.cli import check_choices, check_interval, check_positive, option
+from mbpo.cli import check_choices, check_interval, check_positive, check_sizes, option
 from mbpo.critics import q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.flows import FlowPolicy
@@ -191,7 +191,7 @@ class ModelBasedConfig(loop.UnrollFields):
         check_interval(
             self, "(0, inf]", "max_weight", "model_lr", "actor_lr", "critic_lr", "init_std"
         )
-        loop.check_sizes(hidden=self.hidden, model_hidden=self.model_hidden)
+        check_sizes(hidden=self.hidden, model_hidden=self.model_hidden)
         check_interval(self, "[0, 1)", "real_ratio")
         if self.horizon > self.episode_length:
             raise ValueError(

@@ -44,7 +44,7 @@ from mbpo import estimators
 from mbpo.agents import batch, loop
 from mbpo.agents.env_batch import evaluate_config, reset_finished
 from mbpo.agents.loop import Trainer
-from mbpo.cli import check_choices, check_interval, check_positive, option
+from mbpo.cli import check_choices, check_interval, check_positive, check_sizes, option
 from mbpo.critics import (
     Bootstrap,
     CriticTarget,
@@ -206,7 +206,7 @@ class OffPolicyConfig(loop.TaskFields):
         check_interval(
             self, "[0, inf]", "ou_sigma", "explore_std", "target_noise", "target_noise_clip"
         )
-        loop.check_sizes(hidden=self.hidden)
+        check_sizes(hidden=self.hidden)
         loop.check_counters(
             self.num_updates * self.num_envs if self.online else self.num_basepoints,
             self.num_updates,

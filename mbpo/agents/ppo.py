@@ -26,7 +26,7 @@ from flax import struct
 from mbpo import critics, estimators
 from mbpo.agents import env_batch, loop
 from mbpo.agents.loop import Trainer
-from mbpo.cli import check_choices, check_interval, check_positive, option
+from mbpo.cli import check_choices, check_interval, check_positive, check_sizes, option
 from mbpo.critics import QCritic
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.networks import ACTIVATIONS
@@ -101,7 +101,7 @@ class PPOConfig(loop.TaskFields):
             self, "(0, inf]", "learning_rate", "max_grad_norm", "init_std", "reward_scaling"
         )
         check_interval(self, "[0, inf]", "entropy_cost", "value_coef")
-        loop.check_sizes(hidden=self.hidden)
+        check_sizes(hidden=self.hidden)
         loop.check_counters(self.num_updates * self.num_envs * self.unroll_length, self.num_updates)
 
     @property

@@ -41,7 +41,7 @@ from mbpo.agents.env_batch import (
     reset_finished,
 )
 from mbpo.agents.loop import Trainer
-from mbpo.cli import check_choices, check_interval, check_positive, option
+from mbpo.cli import check_choices, check_interval, check_positive, check_sizes, option
 from mbpo.critics import QCritic, q_step, window_targets
 from mbpo.dynamics.base import Dynamics, State
 from mbpo.networks import ACTIVATIONS
@@ -188,7 +188,7 @@ class UnrollTrainerConfig(loop.UnrollFields):
         check_interval(self, "(0, 1]", "gamma", "tau")
         check_interval(self, "[0, 1]", "td_lambda")
         check_interval(self, "(0, inf]", "actor_lr", "critic_lr", "max_grad_norm", "init_std")
-        loop.check_sizes(hidden=self.hidden)
+        check_sizes(hidden=self.hidden)
         if self.horizon is not None and self.horizon > self.episode_length:
             raise ValueError(
                 f"horizon={self.horizon} is longer than episode_length={self.episode_length}: "

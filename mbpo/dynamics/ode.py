@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mbpo.cli import check_int
 from mbpo.dynamics.function import (
     FunctionDynamics,
     Options,
@@ -60,8 +61,7 @@ class ODESolver:
     def __post_init__(self):
         if not (isinstance(self.dt, (int, float)) and self.dt > 0 and np.isfinite(self.dt)):
             raise ValueError(f"dt must be a positive finite number, got {self.dt!r}")
-        if not isinstance(self.substeps, (int, np.integer)) or self.substeps < 1:
-            raise ValueError(f"substeps must be an int >= 1, got {self.substeps!r}")
+        check_int("substeps", self.substeps)
         if not isinstance(self.solver, diffrax.AbstractSolver):
             raise TypeError(
                 f"solver must be a diffrax solver such as diffrax.Tsit5(), got {self.solver!r}"

@@ -41,6 +41,7 @@ import optax
 from flax import struct
 from jax.scipy.special import logsumexp, ndtr, ndtri
 
+from mbpo.cli import check_int, check_sizes
 from mbpo.dynamics.base import Dynamics
 from mbpo.dynamics.function import _broadcast_bounds
 from mbpo.networks import MLP, check_activation
@@ -49,11 +50,6 @@ from mbpo.types import Action, Array, Done, Float, Int, Observation, Params, PRN
 
 RewardFn = Callable[[Observation, Action, Observation], Scalar]
 DoneFn = Callable[[Observation], Done]
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 class EnsembleParams(NamedTuple):
@@ -128,15 +124,12 @@ class GaussianEnsemble:
 
     def __post_init__(self) -> None:
         for name in ("observation_size", "action_size", "num_members", "num_elites"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         if self.num_elites > self.num_members:
             raise ValueError(
                 f"num_elites must be <= num_members = {self.num_members}, got {self.num_elites}"
             )
-        if not isinstance(self.hidden, tuple) or any(
-            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden
-        ):
-            raise ValueError(f"hidden must be a tuple of ints >= 1, got {self.hidden!r}")
+        check_sizes(hidden=self.hidden)
         check_activation(self.activation)
         if not self.logvar_limit_coef >= 0.0:
             raise ValueError(f"logvar_limit_coef must be >= 0, got {self.logvar_limit_coef!r}")
@@ -264,7 +257,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_holdout", "max_epochs", "patience"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         if not self.learning_rate > 0.0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if not 0.0 < self.holdout_fraction < 1.0:

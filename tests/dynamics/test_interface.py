@@ -108,7 +108,7 @@ def test_step_count_below_one_is_refused(num_steps):
     dynamics = envs.make("pendulum")
     with pytest.raises(ValueError, match="num_steps must be"):
         sample_noise(dynamics, jax.random.key(0), num_steps)
-    with pytest.raises(ValueError, match="num_steps must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="num_steps must be an int >= 1, got 0"):
         open_loop(dynamics, dynamics.reset(jax.random.key(0)), jnp.zeros((0, 1)), jnp.zeros((0, 0)))
 
 

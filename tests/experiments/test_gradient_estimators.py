@@ -66,7 +66,7 @@ def test_jitted_estimates_do_not_retrace_for_new_seed_or_theta(summary):
 
 @pytest.mark.parametrize(
     "settings, message",
-    [({"batch": 0}, "batch must be an integer >= 1, got 0"), ({"trials": 1}, "got 1")],
+    [({"batch": 0}, "batch must be an int >= 1, got 0"), ({"trials": 1}, "got 1")],
 )
 def test_run_rejects_bad_settings(settings, message):
     with pytest.raises(ValueError, match=message):
@@ -103,5 +103,5 @@ def test_cli_rejects_zero_batch_without_writing(tmp_path):
     out = tmp_path / "x.json"
     result = run_cli("--batch", "0", "--out", str(out))
     assert result.returncode == 2
-    assert "batch must be an integer >= 1, got 0" in result.stderr
+    assert "batch must be an int >= 1, got 0" in result.stderr
     assert not out.exists()

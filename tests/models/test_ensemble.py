@@ -140,7 +140,7 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement():
         ),
         (
             lambda: GaussianEnsemble(observation_size=2, action_size=1, hidden=(8, 0)),
-            r"hidden must be a tuple of ints >= 1, got \(8, 0\)",
+            r"hidden must be a tuple of layer sizes >= 1, got \(8, 0\)",
         ),
         (
             lambda: GaussianEnsemble(observation_size=2, action_size=1, activation="sigmoid"),
