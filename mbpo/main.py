@@ -431,8 +431,8 @@ def _add_evaluate_options(p_eval: argparse.ArgumentParser) -> None:
 def _config_defaults(parser, path: pathlib.Path, config_class: type, given: set[str]) -> dict:
     """The values of the config file ``path`` as defaults for ``config_class``'s options. From
     another trainer only :data:`SHARED_FIELDS` carry over; any other field both trainers have
-    (tau, horizon, policy, ...) means something else there and is refused unless given
-    explicitly."""
+    (tau, horizon, policy, ...) means something else there: set away from that trainer's default,
+    it is refused unless given explicitly; at its default, ``config_class``'s default stands."""
     from mbpo import runner
     from mbpo.agents import registry
 
@@ -444,20 +444,21 @@ def _config_defaults(parser, path: pathlib.Path, config_class: type, given: set[
     if type(saved) is config_class:
         return values
     target = {f.name for f in dataclasses.fields(config_class)}
+    chosen = {f.name for f in dataclasses.fields(saved) if values[f.name] != f.default}
     clash = sorted(
         k
-        for k in values
+        for k in chosen
         if k in target and k not in SHARED_FIELDS and k != "algo" and k not in given
     )
     if clash:
         parser.error(
             f"--config {path} is a {registry.trainer_name(saved)} config; its {', '.join(clash)} "
-            "mean something else for "
+            f"mean{'s' * (len(clash) == 1)} something else for "
             f"{config_class.__name__}: give them explicitly "
             f"({', '.join('--' + k.replace('_', '-') for k in clash)}) "
             "or leave them out of the file"
         )
-    dropped = sorted(k for k in values if k not in target)
+    dropped = sorted(k for k in chosen if k not in target)
     if dropped:
         print(
             f"note: --config {path}: {config_class.__name__} has no {', '.join(dropped)}; they are "
