@@ -153,3 +153,18 @@ def test_resume_needs_a_run_to_go_on_with(tmp_path, capsys):
         ch.main(["--skip-ode", "--skip-brax", "--resume", "--out", str(tmp_path / "none")])
     assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+
+
+def test_the_untrained_return_is_where_every_horizon_starts():
+    import envs
+    from mbpo.agents.unroll_trainer import UnrollTrainerConfig
+
+    def untrained(n):
+        config = UnrollTrainerConfig(
+            env="lqr", estimator="svg", horizon=n, num_envs=4, episode_length=16, eval_envs=4
+        )
+        return ch.untrained_returns(config, 2, envs.make("lqr"))
+
+    one = untrained(1)
+    assert one == untrained(8) and one[0] != one[1]  # the same policies, one per seed
+    assert all(np.isfinite(one))
