@@ -490,18 +490,13 @@ def _parts(preset: Preset, args) -> list[str]:
 
 def _earlier(run: harness.Run) -> dict:
     """What an earlier run in ``--out`` finished, to go on from (``--resume``): its summary, whose
-    preset and seed must be this run's. Without ``--resume`` a run in ``--out`` is an error, so
-    that nothing written is overwritten. Exits with code 2 before anything is compiled."""
+    preset and seed must be this run's (without ``--resume`` the harness refuses an ``--out``
+    with files in it). Exits with code 2 before anything is compiled."""
     path = run.out / "summary.json"
-    if not path.exists():
-        if run.args.resume:
-            run.parser.error(f"--resume: {path} does not exist (no run to go on with)")
-        return {"finished": [], "gradients": [], "returns": [], "wall_time": 0.0}
     if not run.args.resume:
-        run.parser.error(
-            f"--out {run.out} holds a run ({path}); pass --resume to go on with it, or name "
-            "another --out"
-        )
+        return {"finished": [], "gradients": [], "returns": [], "wall_time": 0.0}
+    if not path.exists():
+        run.parser.error(f"--resume: {path} does not exist (no run to go on with)")
     earlier = json.loads(path.read_text())
     if "finished" not in earlier:
         run.parser.error(f"--resume: {path} was written without its parts; name another --out")

@@ -112,6 +112,25 @@ def _unwritable(path: pathlib.Path) -> str | None:
     return None
 
 
+def _holds_results(args: argparse.Namespace) -> str | None:
+    """Why ``--out`` would overwrite earlier results (None: it would not): an existing report, or a
+    folder with files in it (unless the script's ``--resume`` goes on with them)."""
+    out = getattr(args, "out", None)
+    if out is None or not out.exists():
+        return None
+    if not out.is_dir():
+        return f"--out {out} exists; a report is never overwritten: name another PATH.json"
+    held = sorted(p.name for p in out.iterdir())
+    if not held or getattr(args, "resume", False):
+        return None
+    shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+    go_on = ", or pass --resume to go on with the run in it" if hasattr(args, "resume") else ""
+    return (
+        f"--out {out} already holds {shown}; results are never overwritten: name a new or empty "
+        f"folder{go_on}"
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Experiment:
     """The command line of one script.
@@ -170,7 +189,8 @@ class Experiment:
         self, argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None
     ) -> Run:
         """Parses ``argv`` once (``parser``: :meth:`parser` with the script's own options); an
-        unknown preset or field, a bad value or an unwritable ``--out`` exits with code 2."""
+        unknown preset or field, a bad value, an unwritable ``--out`` or one that holds earlier
+        results (:func:`_holds_results`) exits with code 2."""
         argv = list(sys.argv[1:] if argv is None else argv)
         parser = parser or self.parser()
         args = parser.parse_args(argv)
@@ -182,6 +202,9 @@ class Experiment:
             problem = _unwritable(args.out)
             if problem:
                 parser.error(f"--out {args.out}: {problem}")
+        problem = _holds_results(args)
+        if problem:
+            parser.error(problem)
         from mbpo import compile_cache
 
         try:

@@ -57,7 +57,8 @@ def test_ks_distance_of_a_quantile_grid_and_of_its_shift():
     assert fni.ks_distance(grid + 3.0) == pytest.approx(2 * float(norm.cdf(1.5)) - 1, abs=1.0 / n)
 
 
-def test_a_tiny_run_writes_its_report_and_the_oracle_row_is_exact(tmp_path, capsys):
+def test_a_tiny_run_writes_its_report_and_the_oracle_row_is_exact(x64, tmp_path, capsys):
+    # x64: main turns float64 on (its Phi^-1(F) needs it); the fixture turns it off again.
     out = tmp_path / "flow.json"
     argv = ["--set", "n_train=256", "--set", "n_test=64", "--set", "seeds=1"]
     fni.main([*argv, "--set", "steps=20", "--set", "hidden=[8]", "--out", str(out)])

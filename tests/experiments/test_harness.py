@@ -68,3 +68,34 @@ def test_table_and_statistics():
     stat = harness.mean_std([1.0, None, 3.0])
     assert stat == {"mean": 2.0, "std": pytest.approx(2**0.5), "n": 2}
     assert harness.pm(stat, digits=1) == "2.0 +- 1.4" and harness.pm(harness.mean_std([])) == "n/a"
+
+
+def test_out_never_names_earlier_results(tmp_path):
+    import argparse
+
+    def holds(out, **extra):
+        return harness._holds_results(argparse.Namespace(out=out, **extra))
+
+    report = tmp_path / "report.json"
+    assert holds(report) is None and holds(None) is None
+    report.write_text("{}")
+    assert "report is never overwritten" in holds(report)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    assert holds(folder) is None  # empty: nothing to lose
+    for name in ("a.csv", "b.json", "c.png", "d.md", "e.txt"):
+        (folder / name).write_text("")
+    message = holds(folder)
+    assert "already holds a.csv, b.json, c.png, d.md and 1 more" in message
+    assert "--resume" not in message  # this script has none
+    assert "pass --resume" in holds(folder, resume=False)
+    assert holds(folder, resume=True) is None
+
+
+def test_a_script_refuses_an_out_with_results_before_it_runs(tmp_path, capsys):
+    experiment = harness.Experiment("x", "doc", {"cpu": Outer()}, out=harness.DIRECTORY)
+    (tmp_path / "curves.csv").write_text("kept")
+    with pytest.raises(SystemExit) as exit_info:
+        experiment.parse(["--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "never overwritten" in capsys.readouterr().err
+    assert (tmp_path / "curves.csv").read_text() == "kept"
