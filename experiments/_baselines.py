@@ -32,6 +32,7 @@ from typing import Any
 from experiments import harness
 from mbpo import cli
 from mbpo.cli import option
+from mbpo.files import write_json
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -221,16 +222,23 @@ class BraxProgress:
         }
 
 
-def alternate_seeds(seeds: int, sides: dict[str, Callable[[int], dict]]) -> dict:
+def alternate_seeds(
+    seeds: int,
+    sides: dict[str, Callable[[int], dict]],
+    after: Callable[[dict], None] | None = None,
+) -> dict:
     """Runs ``sides[name](seed)`` for seeds 0, ..., ``seeds`` - 1, every side for one seed before
     the next seed (so that load from other processes that drifts during the run falls on all
-    sides alike). Returns ``{name: [report of each seed], name + "_wall_s": its summed time}``."""
+    sides alike), calling ``after(result so far)`` after each. Returns ``{name: [report of each
+    seed], name + "_wall_s": its summed time}``."""
     result = {name: [] for name in sides} | {f"{name}_wall_s": 0.0 for name in sides}
     for seed in range(seeds):
         for name, run in sides.items():
             start = time.perf_counter()
             result[name].append(run(seed))
             result[f"{name}_wall_s"] += time.perf_counter() - start
+            if after is not None:
+                after(result)
     return result
 
 
@@ -541,10 +549,17 @@ def compare(
     config,
 ) -> None:
     """Runs both sides seed by seed (:func:`alternate_seeds`; the brax side in workers sharing
-    one compilation cache), summarizes them and finishes ``run``'s report."""
+    one compilation cache), summarizes them and finishes ``run``'s report. With ``--out`` the
+    report so far (``"complete": false``, no summary) is written after each side's seed, so a
+    run cut short, or a worker that fails, keeps what was measured."""
     import tempfile
 
     report = {**run.header(), "ours_config": dataclasses.asdict(config)}
+
+    def partial(result: dict) -> None:
+        if run.out is not None:
+            write_json(run.out, {**report, **result, "complete": False})
+
     compiles = CompileLog()
     if run.args.ours_python:  # the same preset and overrides, parsed again by the worker
         preset_args = ["--preset", run.args.preset]
@@ -562,14 +577,14 @@ def compare(
                 side.command(run.args.python, settings(seed, cache))
             ),
         }
-        report.update(alternate_seeds(run.preset.seeds, sides))
+        report.update(alternate_seeds(run.preset.seeds, sides, partial))
     seed0 = side.command(run.args.python, settings(0, "CACHE_DIR"))
     report[f"{side.name}_command_seed0"] = " ".join(seed0)
     report[f"{side.name}_jax_version"] = report[side.name][0]["jax_version"]
     report["ours_jax_version"] = report["ours"][0].get("jax_version", report["jax_version"])
     report["brax_version"] = report[side.name][0]["brax_version"]
     report["summary"] = summarize(report["ours"], report[side.name])
-    run.finish(report, format_table)
+    run.finish({**report, "complete": True}, format_table)
 
 
 def curve(runs: list[dict], x: str) -> list[dict]:

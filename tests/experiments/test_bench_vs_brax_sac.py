@@ -4,6 +4,7 @@ line, the summary and the table. No training (brax's side needs a second environ
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -205,3 +206,22 @@ def test_a_benchmark_run_as_a_script_names_its_module():
         check=True,
     )
     assert "usage: python -m experiments.bench_vs_brax_apg" in done.stdout
+
+
+def test_a_comparison_cut_short_keeps_the_seeds_it_measured(tmp_path):
+    from experiments import _baselines
+
+    written = []
+
+    def fails_on_seed_1(seed):
+        if seed == 1:
+            raise RuntimeError("the brax worker failed")
+        return {"seed": seed}
+
+    sides = {"ours": lambda seed: {"seed": seed}, "brax": fails_on_seed_1}
+    with pytest.raises(RuntimeError):
+        _baselines.alternate_seeds(
+            3, sides, after=lambda result: written.append(json.loads(json.dumps(result)))
+        )
+    # ours 0, brax 0, ours 1: each written as it finished; brax 1 failed.
+    assert [(len(r["ours"]), len(r["brax"])) for r in written] == [(1, 0), (1, 1), (2, 1)]
