@@ -208,7 +208,7 @@ def test_a_benchmark_run_as_a_script_names_its_module():
     assert "usage: python -m experiments.bench_vs_brax_apg" in done.stdout
 
 
-def test_a_comparison_cut_short_keeps_the_seeds_it_measured(tmp_path):
+def test_a_comparison_cut_short_keeps_the_seeds_it_measured():
     from experiments import _baselines
 
     written = []
