@@ -329,9 +329,10 @@ def returns_after_budget(
         if not rows:
             start = time.perf_counter()
             untrained = untrained_returns(config, preset.return_seeds, dynamics)
+            seconds = time.perf_counter() - start
             rows += [
                 {"env": label_as or env, "n": UNTRAINED, "seed": seed, "return": value}
-                | {"env_steps": 0, "wall_time": time.perf_counter() - start}
+                | {"env_steps": 0, "wall_time": seconds}
                 for seed, value in enumerate(untrained)
             ]
             print(f"{env:>18s}  untrained  return {np.mean(untrained):9.2f}", flush=True)
