@@ -261,8 +261,9 @@ def _check_options(parser: argparse.ArgumentParser, config_class: type, given: s
 
 
 def _union() -> dict[str, tuple]:
-    """Every config field of every trainer, once: (annotation, choices, help). Where trainers
-    differ, the optional annotation wins and choices are left to the config's own check."""
+    """Every config field of every trainer, once: (annotation, choices, help, former names).
+    Where trainers differ, the optional annotation wins and choices are left to the config's own
+    check."""
     import typing
 
     from mbpo.agents import registry
@@ -272,13 +273,15 @@ def _union() -> dict[str, tuple]:
         hints = typing.get_type_hints(config_class)
         for field in dataclasses.fields(config_class):
             hint, choices = hints[field.name], field.metadata.get("choices")
+            formerly = field.metadata.get("formerly", ())
             if field.name in union:
-                old_hint, old_choices, old_help = union[field.name]
+                old_hint, old_choices, old_help, old_names = union[field.name]
                 optional = old_hint if type(None) in typing.get_args(old_hint) else hint
                 same = old_choices == choices
-                union[field.name] = (optional, choices if same else None, old_help)
+                names = (*old_names, *(n for n in formerly if n not in old_names))
+                union[field.name] = (optional, choices if same else None, old_help, names)
             else:
-                union[field.name] = (hint, choices, field.metadata.get("help", ""))
+                union[field.name] = (hint, choices, field.metadata.get("help", ""), formerly)
     return union
 
 
@@ -341,10 +344,10 @@ def make_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     p_train.add_argument("-h", "--help", action=_TrainHelp, help="show the trainer's options")
-    for name, (hint, choices, text) in _union().items():
+    for name, (hint, choices, text, formerly) in _union().items():
         convert, extra = converter(hint)
         p_train.add_argument(
-            f"--{name.replace('_', '-')}",
+            *(f"--{n.replace('_', '-')}" for n in (name, *formerly)),
             dest=name,
             type=convert,
             default=argparse.SUPPRESS,

@@ -427,3 +427,19 @@ def test_readme_train_commands_build_valid_configs(monkeypatch, command):
 
 def test_readme_lists_train_commands():
     assert len(_readme_train_commands()) >= 10
+
+
+def test_mbpo_train_takes_an_option_by_its_former_name(monkeypatch):
+    class Built(Exception):
+        pass
+
+    def fit(config, **kwargs):
+        raise Built(config)
+
+    monkeypatch.setattr(runner, "fit", fit)
+    monkeypatch.setattr(cli, "_enable_cache", lambda parser, setting: None)
+    for flag in ("--init-alpha", "--temperature-init"):  # SAC's --init-alpha until 2026-12-06
+        with pytest.raises(Built) as built:
+            cli.main(["train", "--algo", "sac", flag, "0.5", "--alpha-lr", "0.01"])
+        config = built.value.args[0]
+        assert (config.temperature_init, config.temperature_lr) == (0.5, 0.01)
