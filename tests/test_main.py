@@ -397,11 +397,8 @@ def _readme_train_commands() -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("command", _readme_train_commands())
-def test_readme_train_commands_build_valid_configs(monkeypatch, command):
-    """Each documented command parses and builds its config (every option and value it names
-    exists and is allowed); nothing is trained or written."""
-    import shlex
+def _built_config(monkeypatch, argv: list[str]):
+    """The config that ``mbpo ARGV`` builds; nothing is trained or written."""
 
     class Built(Exception):
         pass
@@ -412,9 +409,18 @@ def test_readme_train_commands_build_valid_configs(monkeypatch, command):
     monkeypatch.setattr(runner, "fit", fit)
     monkeypatch.setattr(cli, "_enable_cache", lambda parser, setting: None)
     with pytest.raises(Built) as built:
-        cli.main(shlex.split(command)[1:])
-    config = built.value.args[0]
+        cli.main(argv)
+    return built.value.args[0]
+
+
+@pytest.mark.parametrize("command", _readme_train_commands())
+def test_readme_train_commands_build_valid_configs(monkeypatch, command):
+    """Each documented command parses and builds its config (every option and value it names
+    exists and is allowed); nothing is trained or written."""
+    import shlex
+
     argv = shlex.split(command)
+    config = _built_config(monkeypatch, argv[1:])
     if "--algo" in argv:  # its trainer, with what --algo sets where the line does not override it
         from mbpo.agents import registry
 
@@ -430,16 +436,7 @@ def test_readme_lists_train_commands():
 
 
 def test_mbpo_train_takes_an_option_by_its_former_name(monkeypatch):
-    class Built(Exception):
-        pass
-
-    def fit(config, **kwargs):
-        raise Built(config)
-
-    monkeypatch.setattr(runner, "fit", fit)
-    monkeypatch.setattr(cli, "_enable_cache", lambda parser, setting: None)
     for flag in ("--init-alpha", "--temperature-init"):  # SAC's --init-alpha until 2026-12-06
-        with pytest.raises(Built) as built:
-            cli.main(["train", "--algo", "sac", flag, "0.5", "--alpha-lr", "0.01"])
-        config = built.value.args[0]
+        argv = ["train", "--algo", "sac", flag, "0.5", "--alpha-lr", "0.01"]
+        config = _built_config(monkeypatch, argv)
         assert (config.temperature_init, config.temperature_lr) == (0.5, 0.01)
