@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mbpo.critics import QCritic, lambda_returns, n_step_targets, polyak, q_loss, td0_targets
+from mbpo.critics import QCritic, lambda_returns, n_step_targets, q_loss, td0_targets
 
 pytestmark = pytest.mark.usefixtures("x64")
 GAMMA = 0.9
@@ -81,19 +81,6 @@ def test_q_critic_bad_configuration_raises():
         QCritic(3, 2, num_q=0)
     with pytest.raises(ValueError, match="unknown activation 'nope'"):
         QCritic(3, 2, activation="nope")
-
-
-def test_polyak():
-    target = {"a": jnp.array([1.0, 2.0]), "b": {"c": jnp.array(-3.0)}}
-    online = {"a": jnp.array([5.0, -2.0]), "b": {"c": jnp.array(1.0)}}
-    for tau, want in [
-        (1.0, online),
-        (0.0, target),
-        (0.25, {"a": np.array([2.0, 1.0]), "b": {"c": np.array(-2.0)}}),
-    ]:
-        got = polyak(target, online, tau)
-        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-            np.testing.assert_allclose(g, w, rtol=1e-15)
 
 
 def test_td0_targets(trajectory):
