@@ -9,7 +9,8 @@ program (:func:`mbpo.runner.fit`). Every variant's config is built, and so valid
 checked writable before anything trains; after each variant DIR/curves.csv (one row per variant,
 evaluation and seed), DIR/summary.json (the command, the configs and the rows) and DIR/curves.png
 (mean and min-max band over seeds) are rewritten whole, so that a crash loses only the variant in
-progress. The gradient study of the horizons (bias and variance on LQR) is an experiment:
+progress; an ``--out`` that already holds files is refused, so no earlier comparison is lost.
+The gradient study of the horizons (bias and variance on LQR) is an experiment:
 ``python -m experiments.compare_horizons``.
 """
 
@@ -169,6 +170,12 @@ def main(argv: list[str] | None = None, prog: str = "mbpo compare") -> None:
     if seeds < 1:
         parser.error(f"--seeds must be >= 1, got {seeds}")
     variants = _variants(parser, kind, args, defaults)
+    held = sorted(p.name for p in args.out.iterdir()) if args.out.is_dir() else []
+    if held:
+        parser.error(
+            f"--out {args.out} already holds {', '.join(held)}; results are never overwritten: "
+            "name a new or empty folder"
+        )
     try:
         check_writable(args.out)
     except RunDirError as error:

@@ -414,6 +414,12 @@ def test_compare_validates_everything_before_training_and_writes_after_each_esti
     assert len(logged[0].split("return ")[1].split("(")[0].split()) == 2
     code, _ = _exit_code(["compare", "estimators", "--estimator", "svg", "--out", str(out)], capsys)
     assert code == 2  # the dead --estimator flag is gone
+    before = (out / "curves.csv").read_text()
+    code, err = _exit_code(
+        ["compare", "estimators", "--estimators", "svg", "--out", str(out)], capsys
+    )
+    assert code == 2 and "already holds curves.csv, curves.png, summary.json" in err
+    assert (out / "curves.csv").read_text() == before  # the earlier comparison is kept
     with pytest.raises(SystemExit):
         cli.main(["compare", "estimators", "--help"])
     assert capsys.readouterr().out.startswith("usage: mbpo compare estimators")
