@@ -15,8 +15,9 @@ For each task and horizon n this measures, side by side in one run:
   with :mod:`mbpo.agents.unroll_trainer` (seeds vmapped in one program).
 
 Writes ``gradients.csv``, ``returns.csv``, ``summary.json`` and ``horizons.png`` to ``--out``
-after each part (the ODE tasks, then each Brax task and pipeline), each file whole; ``--resume``
-goes on with a stopped run there, keeping its finished parts. A run never overwrites another.
+after each part (the ODE tasks; then for each Brax task and pipeline its gradient statistics and
+its return at each n), each file whole; ``--resume`` goes on with a stopped run there, keeping
+its finished parts. A run never overwrites another.
 
     python -m experiments.compare_horizons --preset cpu --out experiments/results/horizons_cpu
 """
@@ -308,10 +309,17 @@ def untrained_returns(config: UnrollTrainerConfig, seeds: int, dynamics) -> list
 
 
 def returns_after_budget(
-    env: str, preset: Preset, horizons, episode: int, budget: int, label_as=None, **env_kwargs
+    env: str,
+    preset: Preset,
+    horizons,
+    episode: int,
+    budget: int,
+    label_as=None,
+    untrained: bool = True,
+    **env_kwargs,
 ) -> list[dict]:
     """Evaluation return of SVG(n) trained from scratch for ``budget`` environment steps, after
-    the rows (n ``untrained``) of the policies they start from."""
+    the rows (n ``untrained``) of the policies they start from (unless ``untrained`` is off)."""
     rows = []
     for n in horizons:
         config = UnrollTrainerConfig(
@@ -326,7 +334,7 @@ def returns_after_budget(
             config, num_updates=max(1, budget // (config.num_envs * config.steps_per_update))
         )
         dynamics = envs.make(env, **env_kwargs)
-        if not rows:
+        if untrained and not rows:
             start = time.perf_counter()
             untrained = untrained_returns(config, preset.return_seeds, dynamics)
             seconds = time.perf_counter() - start
@@ -443,34 +451,37 @@ def replot(directory: str) -> None:
     save_png(folder / "horizons.png", plot(summary["gradients"], summary["returns"]))
 
 
-def brax_horizons(preset: Preset, task: str, backend: str, key) -> tuple[list, list]:
-    """Gradient statistics of SVG(n) on the Brax ``task`` with the pipeline ``backend`` (unless
-    ``brax_gradients`` is off) and, with ``brax_budget``, the return after it; rows labelled
-    ``task[backend]``."""
-    name = f"{task}[{backend}]"
-    gradients = []
-    if preset.brax_gradients:
-        gradients = trained_gradients(
+def brax_part(preset: Preset, part: str, key) -> tuple[list, list]:
+    """The gradient and return rows of one Brax part of :func:`_parts`, labelled ``task[backend]``:
+    ``task[backend] gradients``, the gradient statistics of SVG(n) for every n of
+    ``brax_horizons`` at one policy and critic; or ``task[backend] n=N``, the return of SVG(N)
+    after ``brax_budget`` steps (the part of the first n also writes the untrained rows)."""
+    name, what = part.split(" ")
+    task, backend = name.rstrip("]").split("[")
+    if what == "gradients":
+        pretrained = dataclasses.replace(preset, pretrain_updates=min(preset.pretrain_updates, 20))
+        rows = trained_gradients(
             task,
-            dataclasses.replace(preset, pretrain_updates=min(preset.pretrain_updates, 20)),
+            pretrained,
             preset.brax_horizons,
             preset.brax_episode,
             key,
             label_as=name,
             backend=backend,
         )
-    returns = []
-    if preset.brax_budget:
-        returns = returns_after_budget(
-            task,
-            preset,
-            preset.brax_horizons,
-            preset.brax_episode,
-            preset.brax_budget,
-            label_as=name,
-            backend=backend,
-        )
-    return gradients, returns
+        return rows, []
+    n = next(h for h in preset.brax_horizons if what == f"n={label(h)}")
+    rows = returns_after_budget(
+        task,
+        preset,
+        (n,),
+        preset.brax_episode,
+        preset.brax_budget,
+        label_as=name,
+        untrained=n == preset.brax_horizons[0],
+        backend=backend,
+    )
+    return [], rows
 
 
 EXPERIMENT = harness.Experiment(
@@ -479,14 +490,17 @@ EXPERIMENT = harness.Experiment(
 
 
 def _parts(preset: Preset, args) -> list[str]:
-    """The run's parts in order: ``ode`` (lqr and the ODE task), then ``task[backend]`` each."""
-    ode = [] if args.skip_ode else ["ode"]
-    brax = (
-        []
-        if args.skip_brax
-        else [f"{t}[{b}]" for t in preset.brax_tasks for b in preset.brax_backends]
-    )
-    return ode + brax
+    """The run's parts, each written when it finishes: ``ode`` (lqr and the ODE task), then for
+    each Brax task and pipeline ``task[backend] gradients`` (with ``brax_gradients``) and
+    ``task[backend] n=N`` for each n of ``brax_horizons`` (with a ``brax_budget``)."""
+    parts = [] if args.skip_ode else ["ode"]
+    for task, backend in [(t, b) for t in preset.brax_tasks for b in preset.brax_backends]:
+        if args.skip_brax:
+            break
+        parts += [f"{task}[{backend}] gradients"] * preset.brax_gradients
+        returns = preset.brax_horizons if preset.brax_budget else ()
+        parts += [f"{task}[{backend}] n={label(n)}" for n in returns]
+    return parts
 
 
 def _earlier(run: harness.Run) -> dict:
@@ -519,8 +533,7 @@ def _earlier(run: harness.Run) -> dict:
 def _measure(part: str, preset: Preset, key) -> tuple[list, list]:
     """The gradient and return rows of one part of :func:`_parts`."""
     if part != "ode":
-        task, backend = part.rstrip("]").split("[")
-        return brax_horizons(preset, task, backend, jax.random.fold_in(key, 2))
+        return brax_part(preset, part, jax.random.fold_in(key, 2))
     jax.config.update("jax_enable_x64", True)
     gradients = lqr_gradients(preset, jax.random.fold_in(key, 0))
     jax.config.update("jax_enable_x64", False)
@@ -568,10 +581,9 @@ def main(argv=None) -> None:
         except Exception as error:  # a pipeline that does not run here is a finding, not a crash
             if part == "ode":
                 raise
-            task, backend = part.rstrip("]").split("[")
-            summary["failures"].append(
-                {"env": task, "backend": backend, "error": repr(error)[:500]}
-            )
+            task, backend = part.split(" ")[0].rstrip("]").split("[")
+            failure = {"env": task, "backend": backend, "part": part, "error": repr(error)[:500]}
+            summary["failures"].append(failure)
             print(f"{part} failed: {error!r}"[:300], flush=True)
             continue
         summary["gradients"] += gradients

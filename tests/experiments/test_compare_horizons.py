@@ -86,25 +86,48 @@ def test_gradient_statistics_leave_out_overflowed_samples_and_count_them():
     assert none["finite_fraction"] == 0.0 and np.isnan(none["norm"])
 
 
-def test_the_returns_only_preset_trains_without_the_gradient_statistics(monkeypatch):
+def test_each_brax_pipeline_is_a_gradient_part_and_one_return_part_per_horizon():
+    import argparse
+
+    args = argparse.Namespace(skip_ode=True, skip_brax=False)
+    returns_only = ch._parts(ch.PRESETS["cpu_contact_returns"], args)
+    first = ["halfcheetah[positional] n=1", "halfcheetah[positional] n=8"]
+    assert returns_only[:4] == [*first, "halfcheetah[positional] n=32", "halfcheetah[spring] n=1"]
+    assert len(returns_only) == 2 * 4 * 3  # tasks x pipelines x horizons
+    gradients_only = ch._parts(ch.PRESETS["cpu_contact"], args)  # no budget: no returns
+    assert gradients_only[:2] == [
+        "halfcheetah[positional] gradients",
+        "halfcheetah[spring] gradients",
+    ]
+    assert ch._parts(ch.PRESETS["cpu"], argparse.Namespace(skip_ode=False, skip_brax=True)) == [
+        "ode"
+    ]
+
+
+def test_a_return_part_trains_its_horizon_and_only_the_first_writes_the_untrained_rows(
+    monkeypatch,
+):
     calls = []
     monkeypatch.setattr(ch, "trained_gradients", lambda *a, **k: calls.append("gradients") or [])
-    monkeypatch.setattr(
-        ch,
-        "returns_after_budget",
-        lambda *a, **k: calls.append("returns") or [{"env": k["label_as"]}],
-    )
+
+    def returns(env, preset, horizons, *args, label_as, untrained, backend):
+        calls.append((env, backend, horizons, untrained))
+        return [{"env": label_as}]
+
+    monkeypatch.setattr(ch, "returns_after_budget", returns)
     preset = ch.PRESETS["cpu_contact_returns"]
-    gradients, returns = ch.brax_horizons(preset, "ant", "spring", jax.random.key(0))
-    assert (calls, gradients, returns) == (["returns"], [], [{"env": "ant[spring]"}])
-    ch.brax_horizons(ch.PRESETS["cpu_contact"], "ant", "spring", jax.random.key(0))
-    assert calls == ["returns", "gradients"]  # cpu_contact: gradients only (no budget)
+    assert ch.brax_part(preset, "ant[spring] n=1", jax.random.key(0)) == (
+        [],
+        [{"env": "ant[spring]"}],
+    )
+    ch.brax_part(preset, "ant[spring] n=32", jax.random.key(0))
+    assert calls == [("ant", "spring", (1,), True), ("ant", "spring", (32,), False)]
 
 
 def test_a_stopped_run_keeps_its_finished_parts_and_resume_runs_only_the_rest(
     tmp_path, monkeypatch, capsys
 ):
-    measured, stop_in = [], ["ant[spring]"]
+    measured, stop_in = [], ["ant[positional] n=8"]
 
     class Stopped(BaseException):  # as KeyboardInterrupt, which pytest itself would catch
         pass
@@ -121,13 +144,14 @@ def test_a_stopped_run_keeps_its_finished_parts_and_resume_runs_only_the_rest(
     monkeypatch.setattr(ch, "_measure", measure)
     out = tmp_path / "run"
     argv = ["--preset", "cpu_contact_returns", "--skip-ode", "--out", str(out)]
-    argv += ["--set", 'brax_tasks=["ant"]', "--set", 'brax_backends=["positional", "spring"]']
+    argv += ["--set", 'brax_tasks=["ant"]', "--set", 'brax_backends=["positional"]']
+    argv += ["--set", "brax_horizons=[1, 8]"]
     with pytest.raises(Stopped):
         ch.main(argv)
     stopped = json.loads((out / "summary.json").read_text())
-    assert stopped["finished"] == ["ant[positional]"] and not stopped["complete"]
-    assert [r["env"] for r in stopped["returns"]] == ["ant[positional]"]
-    assert (out / "returns.csv").read_text().splitlines()[1].startswith("ant[positional],")
+    assert stopped["finished"] == ["ant[positional] n=1"] and not stopped["complete"]
+    assert [r["env"] for r in stopped["returns"]] == ["ant[positional] n=1"]
+    assert (out / "returns.csv").read_text().splitlines()[1].startswith("ant[positional] n=1,")
 
     # Without --resume, or with other settings, nothing runs and nothing is overwritten.
     for extra, message in [
@@ -142,8 +166,9 @@ def test_a_stopped_run_keeps_its_finished_parts_and_resume_runs_only_the_rest(
 
     ch.main([*argv, "--resume"])
     done = json.loads((out / "summary.json").read_text())
-    assert measured == ["ant[positional]", "ant[spring]"]  # the first part was not run again
-    assert done["finished"] == ["ant[positional]", "ant[spring]"] and done["complete"]
+    parts = ["ant[positional] n=1", "ant[positional] n=8"]
+    assert measured == parts  # the first part was not run again
+    assert done["finished"] == parts and done["complete"]
     assert [r["return"] for r in done["returns"]] == [1.0, 2.0]
     assert done["wall_time"] >= stopped["wall_time"]
 
