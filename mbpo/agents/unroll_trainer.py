@@ -684,6 +684,15 @@ def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
         **({} if kind == "deterministic" else {"init_std": config.init_std}),
     )
     estimator.check_policy(kind == "deterministic")
+    through = estimator.dynamics_gradient == "pathwise" and config.horizon != 0
+    if through and not dynamics.reverse_differentiable:
+        raise ValueError(
+            f"{config.label} backpropagates through the dynamics, and "
+            f"{getattr(dynamics, 'name', type(dynamics).__name__)} is not reverse differentiable "
+            "(an MJX system whose constraint solver loops: in Python, envs.make(name, "
+            "backend='mjx', mjx_iterations=1); or another pipeline: positional, spring or "
+            "generalized)"
+        )
     u = _Unroll(
         config=config,
         dynamics=dynamics,

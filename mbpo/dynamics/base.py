@@ -154,6 +154,12 @@ class Dynamics(struct.PyTreeNode, abc.ABC):
         """Whether ``log_prob(state, action, next_state)`` (and ``reward``) are available."""
         return type(self)._log_prob is not Dynamics._log_prob
 
+    @property
+    def reverse_differentiable(self) -> bool:
+        """Whether ``jax.grad`` goes through ``step`` (a dynamics whose step loops with
+        ``lax.while_loop`` runs and has forward-mode derivatives, but no reverse-mode ones)."""
+        return True
+
     # --- the interface -----------------------------------------------------------------------
     def reset(self, key: PRNGKey) -> State:
         """Samples s_0 ~ rho_0 and returns its :class:`State`."""

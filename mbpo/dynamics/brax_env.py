@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from flax import struct
 
+from mbpo.cli import check_int
 from mbpo.dynamics.base import Dynamics
 
 BACKENDS = ("generalized", "positional", "spring", "mjx")
@@ -35,6 +36,14 @@ class BraxDynamics(Dynamics):
     @property
     def noise_shape(self) -> tuple[int, ...]:
         return (0,)
+
+    @property
+    def reverse_differentiable(self) -> bool:
+        """False for an MJX system whose constraint solver runs more than one iteration: MJX
+        then loops with ``lax.while_loop``, which reverse mode cannot differentiate. brax 0.14
+        ships ant and humanoid with one iteration on mjx; halfcheetah, hopper and walker2d with 4
+        (``from_brax(..., mjx_iterations=1)`` changes that)."""
+        return self.env.backend != "mjx" or self.env.sys.opt.iterations == 1
 
     @property
     def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -88,12 +97,21 @@ def import_brax_envs():
     return brax_envs
 
 
-def from_brax(env_or_name: Any, *, backend: str = "generalized", **env_kwargs) -> BraxDynamics:
+def from_brax(
+    env_or_name: Any,
+    *,
+    backend: str = "generalized",
+    mjx_iterations: int | None = None,
+    **env_kwargs,
+) -> BraxDynamics:
     """Wraps a Brax environment (an instance, or a registered name built with ``backend``).
 
     Args:
       env_or_name: a ``brax.envs.Env`` or the name of one in ``brax.envs``.
       backend: physics pipeline when building by name: one of ``BACKENDS``.
+      mjx_iterations: with ``backend="mjx"``, the iterations of MJX's constraint solver (brax's
+        ant sets 1; a system with more is not reverse differentiable:
+        :attr:`BraxDynamics.reverse_differentiable`). None keeps the environment's own.
       **env_kwargs: passed to ``brax.envs.get_environment`` when building by name.
 
     Returns:
@@ -109,7 +127,14 @@ def from_brax(env_or_name: Any, *, backend: str = "generalized", **env_kwargs) -
         if backend not in BACKENDS:
             raise ValueError(f"unknown Brax backend {backend!r}; allowed: {', '.join(BACKENDS)}")
         env = brax_envs.get_environment(env_or_name, backend=backend, **env_kwargs)
-        return BraxDynamics(env=env, name=f"{env_or_name}[{backend}]")
+        name = f"{env_or_name}[{backend}]"
+        if mjx_iterations is not None:
+            if backend != "mjx":
+                raise ValueError(f"mjx_iterations is an option of backend 'mjx', not {backend!r}")
+            check_int("mjx_iterations", mjx_iterations)
+            env.unwrapped.sys = env.sys.tree_replace({"opt.iterations": mjx_iterations})
+            name = f"{env_or_name}[mjx, {mjx_iterations} solver iterations]"
+        return BraxDynamics(env=env, name=name)
     if not isinstance(env_or_name, brax_envs.Env):
         raise TypeError(
             f"expected a brax.envs.Env or a Brax environment name, got {type(env_or_name).__name__}"

@@ -33,3 +33,25 @@ def test_unknown_backend_and_env_are_refused():
         from_brax("ant", backend="warp")
     with pytest.raises(ValueError, match="unknown Brax environment 'antt'"):
         from_brax("antt")
+
+
+@pytest.mark.slow  # four MJX models built (no compile): seconds each
+def test_an_mjx_system_whose_solver_loops_is_refused_before_backpropagating_through_it():
+    from mbpo.agents.registry import make_trainer
+    from mbpo.agents.unroll_trainer import UnrollTrainerConfig
+
+    # brax 0.14 ships halfcheetah on mjx with 4 solver iterations (a lax.while_loop: no reverse
+    # mode) and ant with 1.
+    looping = envs.make("halfcheetah", backend="mjx")
+    assert not looping.reverse_differentiable
+    assert envs.make("ant", backend="mjx").reverse_differentiable
+    assert envs.make("halfcheetah", backend="positional").reverse_differentiable
+    one = envs.make("halfcheetah", backend="mjx", mjx_iterations=1)
+    assert one.reverse_differentiable and "1 solver iterations" in one.name
+    config = UnrollTrainerConfig(env="halfcheetah", brax_backend="mjx", estimator="svg", horizon=4)
+    with pytest.raises(ValueError, match="not reverse differentiable .*mjx_iterations=1"):
+        make_trainer(config, looping)
+    make_trainer(config, one)  # builds (nothing is compiled here)
+    make_trainer(UnrollTrainerConfig(env="halfcheetah", estimator="svg", horizon=0), looping)
+    with pytest.raises(ValueError, match="mjx_iterations is an option of backend 'mjx'"):
+        envs.make("halfcheetah", backend="spring", mjx_iterations=1)
