@@ -41,6 +41,7 @@ from mbpo import curves, estimators
 from mbpo.agents import loop, registry
 from mbpo.agents.loop import run_updates
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer
+from mbpo.dynamics.brax_env import BACKENDS
 from mbpo.files import csv_text
 from mbpo.policies import GaussianPolicy
 from mbpo.runner import fit
@@ -71,6 +72,8 @@ class Preset:
       brax_episode: steps of a "full" Brax unroll.
       brax_budget: environment steps per Brax training run (0 skips Brax returns).
       brax_gradients: measure the gradient statistics on Brax (False: returns only).
+      mjx_iterations: the constraint-solver iterations of the mjx pipeline (None: the task's
+        own; halfcheetah, hopper and walker2d need 1 to be reverse differentiable there).
     """
 
     horizons: tuple[int | None, ...]
@@ -90,6 +93,32 @@ class Preset:
     brax_episode: int
     brax_budget: int
     brax_gradients: bool = True
+    mjx_iterations: int | None = None
+
+    def __post_init__(self) -> None:
+        sizes = ("gradient_seeds", "gradient_batch", "lqr_episode", "ode_episode", "return_seeds")
+        for name in (*sizes, "num_envs", "brax_episode", "budget"):
+            harness.check_int(name, getattr(self, name))
+        harness.check_int("pretrain_updates", self.pretrain_updates, 0)
+        harness.check_int("brax_budget", self.brax_budget, 0)
+        for name in ("horizons", "return_horizons", "brax_horizons"):
+            values = getattr(self, name)
+            if not values or any(not (n is None or (type(n) is int and n >= 0)) for n in values):
+                raise ValueError(
+                    f"{name} must be a non-empty list of ints >= 0 or null (full), got {values!r}"
+                )
+        envs.check(self.task)
+        unknown = [t for t in self.brax_tasks if t not in envs.names() or not envs.is_brax(t)]
+        if unknown:
+            brax = [t for t in envs.names() if envs.is_brax(t)]
+            raise ValueError(
+                f"brax_tasks: {unknown} are not Brax tasks; they are {', '.join(brax)}"
+            )
+        wrong = [b for b in self.brax_backends if b not in BACKENDS]
+        if wrong:
+            raise ValueError(f"brax_backends: unknown {wrong}; allowed: {', '.join(BACKENDS)}")
+        if self.mjx_iterations is not None:
+            harness.check_int("mjx_iterations", self.mjx_iterations)
 
 
 ALL_HORIZONS = (0, 1, 2, 4, 8, 16, 32, 64, FULL)
@@ -458,6 +487,9 @@ def brax_part(preset: Preset, part: str, key) -> tuple[list, list]:
     after ``brax_budget`` steps (the part of the first n also writes the untrained rows)."""
     name, what = part.split(" ")
     task, backend = name.rstrip("]").split("[")
+    pipeline = {"backend": backend}
+    if backend == "mjx" and preset.mjx_iterations is not None:
+        pipeline["mjx_iterations"] = preset.mjx_iterations
     if what == "gradients":
         pretrained = dataclasses.replace(preset, pretrain_updates=min(preset.pretrain_updates, 20))
         rows = trained_gradients(
@@ -467,7 +499,7 @@ def brax_part(preset: Preset, part: str, key) -> tuple[list, list]:
             preset.brax_episode,
             key,
             label_as=name,
-            backend=backend,
+            **pipeline,
         )
         return rows, []
     n = next(h for h in preset.brax_horizons if what == f"n={label(h)}")
@@ -479,7 +511,7 @@ def brax_part(preset: Preset, part: str, key) -> tuple[list, list]:
         preset.brax_budget,
         label_as=name,
         untrained=n == preset.brax_horizons[0],
-        backend=backend,
+        **pipeline,
     )
     return [], rows
 

@@ -49,7 +49,9 @@ def test_main_writes_csv_json_and_png(tmp_path, monkeypatch):
             return_horizons=(2,),
             budget=2 * 16 * 2,
             brax_tasks=("inverted_pendulum",),
-            brax_backends=("warp",),  # not a pipeline: reported as a failure, the rest written
+            # mjx's inverted pendulum loops its constraint solver (no reverse mode): the trainer
+            # refuses it, which is reported as a failure, and the rest is written.
+            brax_backends=("mjx",),
         ),
     )
     out = tmp_path / "run"
@@ -63,8 +65,27 @@ def test_main_writes_csv_json_and_png(tmp_path, monkeypatch):
     assert (out / "gradients.csv").read_text().startswith("env,n,")
     assert (out / "horizons.png").stat().st_size > 10_000
     [failure] = summary["failures"]
-    assert failure["env"] == "inverted_pendulum" and failure["backend"] == "warp"
-    assert "warp" in failure["error"]
+    assert failure["env"] == "inverted_pendulum" and failure["backend"] == "mjx"
+    assert "not reverse differentiable" in failure["error"]
+
+
+@pytest.mark.parametrize(
+    "assignment,message",
+    [
+        ("num_envs=0", "num_envs must be an int >= 1, got 0"),
+        ("brax_horizons=[]", "brax_horizons must be a non-empty list"),
+        ("horizons=[4, -1]", "horizons must be a non-empty list of ints >= 0 or null"),
+        ('brax_backends=["warp"]', "brax_backends: unknown ['warp']; allowed: generalized"),
+        ('brax_tasks=["pendulum"]', "brax_tasks: ['pendulum'] are not Brax tasks"),
+        ("task=nosuch", "unknown env 'nosuch'"),
+        ("mjx_iterations=0", "mjx_iterations must be an int >= 1"),
+    ],
+)
+def test_a_bad_preset_value_exits_before_anything_runs(tmp_path, capsys, assignment, message):
+    with pytest.raises(SystemExit) as exit_info:
+        ch.main(["--set", assignment, "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_out_must_be_a_directory(tmp_path, capsys):
