@@ -185,6 +185,7 @@ PRESETS = {
         brax_horizons=(1, 4, 16, 64, FULL),
         brax_episode=256,
         brax_budget=2_000_000,
+        mjx_iterations=1,  # halfcheetah's 4 loop (no reverse mode); ant already has 1
     ),
 }
 
