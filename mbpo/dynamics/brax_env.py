@@ -43,7 +43,10 @@ class BraxDynamics(Dynamics):
         then loops with ``lax.while_loop``, which reverse mode cannot differentiate. brax 0.14
         ships ant and humanoid with one iteration on mjx; halfcheetah, hopper and walker2d with 4
         (``from_brax(..., mjx_iterations=1)`` changes that)."""
-        return self.env.backend != "mjx" or self.env.sys.opt.iterations == 1
+        if self.env.backend != "mjx":
+            return True
+        options = getattr(getattr(self.env, "sys", None), "opt", None)  # a brax System's
+        return getattr(options, "iterations", 1) <= 1
 
     @property
     def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
