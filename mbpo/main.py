@@ -31,7 +31,7 @@ DIVERGED = 3  # exit code of a run stopped by non-finite training
 # another. The task fields are declared once (mbpo.agents.loop.TaskFields); the others have
 # each trainer's own default.
 SHARED_FIELDS = (
-    *("env", "brax_backend", "eval_every", "eval_envs", "seed", "target_return"),
+    *("env", "brax_backend", "eval_every", "eval_envs", "seed", "target_return", "mjx_iterations"),
     *("num_envs", "episode_length", "num_updates", "gamma", "actor_lr", "critic_lr", "hidden"),
 )
 # What --resume may change: the length of the run (it extends it) and nothing else.
@@ -121,6 +121,10 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         run_dir = getattr(args, "run_dir", None) or (
             pathlib.Path("runs") / f"{config.env}-{config.label}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
+    try:  # what the trainer refuses (a task it cannot differentiate) is a usage error: exit 2
+        registry.make_trainer(config)  # cached: fit builds nothing again
+    except ValueError as error:
+        parser.error(str(error))
     try:
         _, history = runner.fit(
             config,

@@ -230,6 +230,8 @@ def test_resume_extends_with_num_updates_and_refuses_other_options_by_name(tmp_p
             "horizon=30 is longer than episode_length=20",
         ),
         (["--algo", "mbpo", "--model-hidden", "-1"], "model_hidden must be a tuple"),
+        (["--mjx-iterations", "1"], "on 'generalized' has none (a Brax task with brax_backend mjx"),
+        (["--algo", "ppo", "--mjx-iterations", "0"], "mjx_iterations must be an int >= 1"),
     ],
 )
 def test_trainer_and_task_mismatches_exit_2_before_anything_is_written(

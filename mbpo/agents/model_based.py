@@ -149,7 +149,7 @@ class ModelBasedConfig(loop.UnrollFields):
 
     def __post_init__(self):
         check_choices(self)
-        loop.check_task(self.env, self.brax_backend)
+        loop.check_task(self)
         check_remat(self.remat)
         check_positive(
             self,

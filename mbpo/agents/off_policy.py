@@ -159,7 +159,7 @@ class OffPolicyConfig(loop.TaskFields):
 
     def __post_init__(self):
         check_choices(self)
-        loop.check_task(self.env, self.brax_backend)
+        loop.check_task(self)
         check_positive(
             self,
             "num_envs",

@@ -80,7 +80,7 @@ class PPOConfig(loop.TaskFields):
     normalize_observations: bool = option(True, "normalize observations with running statistics")
 
     def __post_init__(self):
-        loop.check_task(self.env, self.brax_backend)
+        loop.check_task(self)
         check_positive(self, "num_envs", "episode_length", "unroll_length", "num_updates")
         check_positive(self, "update_epochs", "num_minibatches", "eval_every", "eval_envs")
         check_choices(self)

@@ -163,7 +163,7 @@ class UnrollTrainerConfig(loop.UnrollFields):
     )
 
     def __post_init__(self):
-        loop.check_task(self.env, self.brax_backend)
+        loop.check_task(self)
         check_remat(self.remat)
         check_choices(self)
         if self.policy is not None and self.policy not in POLICIES:
@@ -689,9 +689,9 @@ def _make_trainer(config: UnrollTrainerConfig, dynamics: Dynamics) -> Trainer:
         raise ValueError(
             f"{config.label} backpropagates through the dynamics, and "
             f"{getattr(dynamics, 'name', type(dynamics).__name__)} is not reverse differentiable "
-            "(an MJX system whose constraint solver loops: in Python, envs.make(name, "
-            "backend='mjx', mjx_iterations=1); or another pipeline: positional, spring or "
-            "generalized)"
+            "(an MJX system whose constraint solver loops: --mjx-iterations 1, in Python "
+            "envs.make(name, backend='mjx', mjx_iterations=1); or another pipeline: positional, "
+            "spring or generalized)"
         )
     u = _Unroll(
         config=config,

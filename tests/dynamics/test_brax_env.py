@@ -55,3 +55,22 @@ def test_an_mjx_system_whose_solver_loops_is_refused_before_backpropagating_thro
     make_trainer(UnrollTrainerConfig(env="halfcheetah", estimator="svg", horizon=0), looping)
     with pytest.raises(ValueError, match="mjx_iterations is an option of backend 'mjx'"):
         envs.make("halfcheetah", backend="spring", mjx_iterations=1)
+
+
+@pytest.mark.slow  # builds MJX's halfcheetah twice (no compile)
+def test_mbpo_train_refuses_a_looping_mjx_system_by_name_and_takes_one_iteration(tmp_path, capsys):
+    import dataclasses
+
+    from mbpo import main as cli
+    from mbpo.agents.registry import make_trainer
+    from mbpo.agents.unroll_trainer import UnrollTrainerConfig
+
+    argv = ["train", "--env", "halfcheetah", "--brax-backend", "mjx", "--algo", "shac"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*argv, "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "not reverse differentiable" in err
+    assert "--mjx-iterations 1" in err and not (tmp_path / "run").exists()
+    looping = UnrollTrainerConfig(env="halfcheetah", brax_backend="mjx", estimator="svg", horizon=4)
+    trainer = make_trainer(dataclasses.replace(looping, mjx_iterations=1))  # builds
+    assert trainer.config.mjx_iterations == 1
