@@ -346,10 +346,12 @@ def returns_after_budget(
     budget: int,
     label_as=None,
     untrained: bool = True,
+    seed: int = 0,
     **env_kwargs,
 ) -> list[dict]:
     """Evaluation return of SVG(n) trained from scratch for ``budget`` environment steps, after
-    the rows (n ``untrained``) of the policies they start from (unless ``untrained`` is off)."""
+    the rows (n ``untrained``) of the policies they start from (unless ``untrained`` is off);
+    ``return_seeds`` seeds split from ``seed``."""
     rows = []
     for n in horizons:
         config = UnrollTrainerConfig(
@@ -359,6 +361,7 @@ def returns_after_budget(
             gamma=0.95,
             num_envs=preset.num_envs,
             episode_length=episode,
+            seed=seed,
         )
         config = dataclasses.replace(
             config, num_updates=max(1, budget // (config.num_envs * config.steps_per_update))
@@ -481,13 +484,14 @@ def replot(directory: str) -> None:
     save_png(folder / "horizons.png", plot(summary["gradients"], summary["returns"]))
 
 
-def brax_part(preset: Preset, part: str, key) -> tuple[list, list]:
+def brax_part(preset: Preset, part: str, seed: int) -> tuple[list, list]:
     """The gradient and return rows of one Brax part of :func:`_parts`, labelled ``task[backend]``:
     ``task[backend] gradients``, the gradient statistics of SVG(n) for every n of
     ``brax_horizons`` at one policy and critic; or ``task[backend] n=N``, the return of SVG(N)
     after ``brax_budget`` steps (the part of the first n also writes the untrained rows)."""
     name, what = part.split(" ")
     task, backend = name.rstrip("]").split("[")
+    key = jax.random.fold_in(jax.random.key(seed), 2)
     pipeline = {"backend": backend}
     if backend == "mjx" and preset.mjx_iterations is not None:
         pipeline["mjx_iterations"] = preset.mjx_iterations
@@ -512,6 +516,7 @@ def brax_part(preset: Preset, part: str, key) -> tuple[list, list]:
         preset.brax_budget,
         label_as=name,
         untrained=n == preset.brax_horizons[0],
+        seed=seed,
         **pipeline,
     )
     return [], rows
@@ -563,10 +568,11 @@ def _earlier(run: harness.Run) -> dict:
     return earlier
 
 
-def _measure(part: str, preset: Preset, key) -> tuple[list, list]:
+def _measure(part: str, preset: Preset, seed: int) -> tuple[list, list]:
     """The gradient and return rows of one part of :func:`_parts`."""
     if part != "ode":
-        return brax_part(preset, part, jax.random.fold_in(key, 2))
+        return brax_part(preset, part, seed)
+    key = jax.random.key(seed)
     jax.config.update("jax_enable_x64", True)
     gradients = lqr_gradients(preset, jax.random.fold_in(key, 0))
     jax.config.update("jax_enable_x64", False)
@@ -574,14 +580,16 @@ def _measure(part: str, preset: Preset, key) -> tuple[list, list]:
         preset.task, preset, preset.horizons, preset.ode_episode, jax.random.fold_in(key, 1)
     )
     returns = returns_after_budget(
-        preset.task, preset, preset.return_horizons, preset.ode_episode, preset.budget
+        preset.task, preset, preset.return_horizons, preset.ode_episode, preset.budget, seed=seed
     )
     return gradients, returns
 
 
 def main(argv=None) -> None:
     parser = EXPERIMENT.parser()
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the gradient samples and the trained runs"
+    )
     parser.add_argument("--skip-brax", action="store_true", help="leave out the Brax tasks")
     parser.add_argument(
         "--skip-ode", action="store_true", help="leave out lqr and the ODE task: Brax only"
@@ -594,7 +602,6 @@ def main(argv=None) -> None:
     )
     run = EXPERIMENT.parse(argv, parser)
     preset, earlier = run.preset, _earlier(run)
-    key = jax.random.key(run.args.seed)
     parts = _parts(preset, run.args)
     summary = {
         **run.header(),
@@ -610,7 +617,7 @@ def main(argv=None) -> None:
             print(f"{part}: finished in the earlier run, kept", flush=True)
             continue
         try:
-            gradients, returns = _measure(part, preset, key)
+            gradients, returns = _measure(part, preset, run.args.seed)
         except Exception as error:  # a pipeline that does not run here is a finding, not a crash
             if part == "ode":
                 raise

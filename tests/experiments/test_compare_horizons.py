@@ -131,18 +131,19 @@ def test_a_return_part_trains_its_horizon_and_only_the_first_writes_the_untraine
     calls = []
     monkeypatch.setattr(ch, "trained_gradients", lambda *a, **k: calls.append("gradients") or [])
 
-    def returns(env, preset, horizons, *args, label_as, untrained, backend):
-        calls.append((env, backend, horizons, untrained))
+    def returns(env, preset, horizons, *args, label_as, untrained, seed, backend):
+        calls.append((env, backend, horizons, untrained, seed))
         return [{"env": label_as}]
 
     monkeypatch.setattr(ch, "returns_after_budget", returns)
     preset = ch.PRESETS["cpu_contact_returns"]
-    assert ch.brax_part(preset, "ant[spring] n=1", jax.random.key(0)) == (
+    assert ch.brax_part(preset, "ant[spring] n=1", 0) == (
         [],
         [{"env": "ant[spring]"}],
     )
-    ch.brax_part(preset, "ant[spring] n=32", jax.random.key(0))
-    assert calls == [("ant", "spring", (1,), True), ("ant", "spring", (32,), False)]
+    ch.brax_part(preset, "ant[spring] n=32", 3)
+    # The run's --seed is the training seed too.
+    assert calls == [("ant", "spring", (1,), True, 0), ("ant", "spring", (32,), False, 3)]
 
 
 def test_a_stopped_run_keeps_its_finished_parts_and_resume_runs_only_the_rest(
@@ -153,7 +154,7 @@ def test_a_stopped_run_keeps_its_finished_parts_and_resume_runs_only_the_rest(
     class Stopped(BaseException):  # as KeyboardInterrupt, which pytest itself would catch
         pass
 
-    def measure(part, preset, key):
+    def measure(part, preset, seed):
         if part in stop_in:
             stop_in.remove(part)
             raise Stopped  # the run is stopped in its second part
