@@ -440,11 +440,9 @@ class ChunkLog:
         self.compile_start = compiles.seconds
 
     def begin(self, trainer, state) -> None:
-        import jax
-
         from mbpo.agents import loop
 
-        key = jax.random.key(trainer.config.seed + 10_000)
+        key = loop.evaluation_keys(trainer.config)
         value = float(loop.evaluate(trainer, state, key))  # the program fit evaluates with
         self.evals.append({self.x: 0, "eval_return": value})
         self.mark = len(self.compiles.compiles)

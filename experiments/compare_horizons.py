@@ -331,11 +331,10 @@ def untrained_returns(config: UnrollTrainerConfig, seeds: int, dynamics) -> list
     :func:`mbpo.runner.fit`'s run of ``config``: where every SVG(n) run of the comparison starts
     (the policy's kind and initialization do not depend on n)."""
     trainer = registry.make_trainer(config, dynamics)
-    state = loop.initial_state(trainer, seeds)
-    key = jax.random.key(config.seed + 10_000)
+    state, keys = loop.initial_state(trainer, seeds), loop.evaluation_keys(config, seeds)
     if seeds == 1:
-        return [float(loop.evaluate(trainer, state, key))]
-    return np.asarray(loop.evaluate_seeds(trainer, state, jax.random.split(key, seeds))).tolist()
+        return [float(loop.evaluate(trainer, state, keys))]
+    return np.asarray(loop.evaluate_seeds(trainer, state, keys)).tolist()
 
 
 def returns_after_budget(
@@ -369,14 +368,14 @@ def returns_after_budget(
         dynamics = envs.make(env, **env_kwargs)
         if untrained and not rows:
             start = time.perf_counter()
-            untrained = untrained_returns(config, preset.return_seeds, dynamics)
+            starts = untrained_returns(config, preset.return_seeds, dynamics)
             seconds = time.perf_counter() - start
             rows += [
-                {"env": label_as or env, "n": UNTRAINED, "seed": seed, "return": value}
+                {"env": label_as or env, "n": UNTRAINED, "seed": index, "return": value}
                 | {"env_steps": 0, "wall_time": seconds}
-                for seed, value in enumerate(untrained)
+                for index, value in enumerate(starts)
             ]
-            print(f"{env:>18s}  untrained  return {np.mean(untrained):9.2f}", flush=True)
+            print(f"{env:>18s}  untrained  return {np.mean(starts):9.2f}", flush=True)
         _, history = fit(
             config, seeds=preset.return_seeds, dynamics=dynamics, stop_on_divergence=False
         )
@@ -553,7 +552,7 @@ def _earlier(run: harness.Run) -> dict:
     earlier = json.loads(path.read_text())
     if "finished" not in earlier:
         run.parser.error(f"--resume: {path} was written without its parts; name another --out")
-    now = json.loads(json.dumps(run.header()["config"]))
+    now = json.loads(json.dumps(dataclasses.asdict(run.preset)))  # as summary.json holds it
     changed = [k for k in now if earlier["config"].get(k) != now[k]]
     changed += [
         f"{flag} ({earlier[flag]} there)"

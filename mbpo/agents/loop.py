@@ -299,6 +299,14 @@ def _init(trainer: Trainer, key: PRNGKey, seeds: int) -> PyTree:
     return trainer.init(key)
 
 
+def evaluation_keys(config: LoopConfig, seeds: int = 1) -> PRNGKey:
+    """The key every evaluation of a run of ``config`` uses (:func:`train`), or the keys of its
+    ``seeds`` seeds trained side by side (:func:`train_seeds`), so that anything evaluated with
+    them (an untrained policy, say) is scored on the run's own episodes."""
+    key = jax.random.key(config.seed + 10_000)
+    return key if seeds == 1 else jax.random.split(key, seeds)
+
+
 @functools.partial(jax.jit, static_argnames=("trainer",))
 def evaluate(trainer: Trainer, ts: PyTree, key: PRNGKey) -> jax.Array:
     """``trainer.evaluate(ts, key)``, jitted once per trainer's programs."""
@@ -366,7 +374,7 @@ def train(
         ts, history = resume[0], list(resume[1])
     if devices > 1:
         ts = shard_train_state(ts, make_mesh())
-    eval_key = jax.random.key(config.seed + 10_000)
+    eval_key = evaluation_keys(config)
     offset = history[-1]["wall_time"] if history else 0.0
     start = time.perf_counter()
     for num, done in _chunks(config, int(ts.updates)):
@@ -431,7 +439,7 @@ def train_seeds(
         ts, history = initial_state(trainer, num_seeds), []
     else:
         ts, history = resume[0], list(resume[1])
-    eval_keys = jax.random.split(jax.random.key(config.seed + 10_000), num_seeds)
+    eval_keys = jax.random.split(evaluation_keys(config), num_seeds)
     offset = history[-1]["wall_time"] if history else 0.0
     start = time.perf_counter()
     for num, done in _chunks(config, int(ts.updates[0])):
