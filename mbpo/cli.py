@@ -12,6 +12,7 @@ import dataclasses
 import numbers
 import types
 import typing
+import weakref
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -167,6 +168,34 @@ def check_field_types(cls: type, values: dict) -> None:
             )
 
 
+class _OneName(argparse.Action):
+    """Stores the value of a field that has former names (``option(formerly=...)``) and refuses
+    the field given under two of its names: argparse would keep the last one silently. The same
+    name given twice keeps the last value, as for every other option."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self._given: dict[int, str] = {}  # id of a namespace being parsed -> the name it got
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if id(namespace) not in self._given:  # (a Namespace is unhashable: keyed by its id)
+            self._given[id(namespace)] = option_string
+            weakref.finalize(namespace, self._given.pop, id(namespace), None)
+        first = self._given[id(namespace)]
+        if first != option_string:
+            parser.error(f"{first} and {option_string} name the same option: give one")
+        setattr(namespace, self.dest, values)
+
+
+def add_field_argument(
+    parser: argparse.ArgumentParser, name: str, formerly: Sequence[str] = (), **kwargs
+) -> None:
+    """``--name`` (and ``--former-name`` for each of ``formerly``) storing into ``name``."""
+    flags = [f"--{n.replace('_', '-')}" for n in (name, *formerly)]
+    action = _OneName if formerly else "store"
+    parser.add_argument(*flags, dest=name, action=action, **kwargs)
+
+
 def add_arguments(
     parser: argparse.ArgumentParser,
     cls: type,
@@ -185,10 +214,10 @@ def add_arguments(
         convert, extra = converter(hints[field.name])
         choices = field.metadata.get("choices")
         shown = field.default if defaults is None else defaults.get(field.name, field.default)
-        names = (field.name, *field.metadata.get("formerly", ()))
-        parser.add_argument(
-            *(f"--{name.replace('_', '-')}" for name in names),
-            dest=field.name,
+        add_field_argument(
+            parser,
+            field.name,
+            field.metadata.get("formerly", ()),
             type=convert,
             default=field.default if defaults is None else argparse.SUPPRESS,
             choices=choices,

@@ -24,7 +24,7 @@ import pathlib
 import sys
 import time
 
-from mbpo.cli import add_arguments, build, converter
+from mbpo.cli import add_arguments, add_field_argument, build, converter
 
 DIVERGED = 3  # exit code of a run stopped by non-finite training
 # Fields that mean the same in every trainer's config: --config of one trainer gives them to
@@ -350,9 +350,10 @@ def make_parser() -> argparse.ArgumentParser:
     p_train.add_argument("-h", "--help", action=_TrainHelp, help="show the trainer's options")
     for name, (hint, choices, text, formerly) in _union().items():
         convert, extra = converter(hint)
-        p_train.add_argument(
-            *(f"--{n.replace('_', '-')}" for n in (name, *formerly)),
-            dest=name,
+        add_field_argument(
+            p_train,
+            name,
+            formerly,
             type=convert,
             default=argparse.SUPPRESS,
             choices=choices,

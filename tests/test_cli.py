@@ -95,6 +95,10 @@ def test_a_renamed_field_keeps_its_former_name_as_an_option_and_in_saved_configs
     add_arguments(parser, OffPolicyConfig)
     for argv in (["--init-alpha", "0.5"], ["--temperature-init", "0.5"]):
         assert build(parser, OffPolicyConfig, parser.parse_args(argv)).temperature_init == 0.5
+    twice = parser.parse_args(["--alpha-lr", "1", "--alpha-lr", "0.3"])  # one name: the last
+    assert build(parser, OffPolicyConfig, twice).temperature_lr == 0.3
+    with pytest.raises(SystemExit):  # two names of one field: refused, not the last kept
+        parser.parse_args(["--temperature-init", "0.5", "--init-alpha", "0.3"])
     saved = {"trainer": "off_policy", "algo": "sac", "alpha_lr": 0.01, "target_entropy": -2.0}
     config = config_from_dict({**saved, "autotune_alpha": False})
     assert (config.temperature_lr, config.entropy_target, config.tune_temperature) == (

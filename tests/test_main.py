@@ -440,3 +440,12 @@ def test_mbpo_train_takes_an_option_by_its_former_name(monkeypatch):
         argv = ["train", "--algo", "sac", flag, "0.5", "--alpha-lr", "0.01"]
         config = _built_config(monkeypatch, argv)
         assert (config.temperature_init, config.temperature_lr) == (0.5, 0.01)
+
+
+def test_mbpo_train_refuses_an_option_given_under_its_new_and_former_name(capsys):
+    argv = ["train", "--algo", "sac", "--init-alpha", "0.5", "--temperature-init", "0.3"]
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert "--init-alpha and --temperature-init name the same option: give one" in err
