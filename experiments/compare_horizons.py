@@ -326,15 +326,30 @@ def trained_gradients(
 UNTRAINED = "untrained"  # the n of the rows of the policies before training
 
 
-def untrained_returns(config: UnrollTrainerConfig, seeds: int, dynamics) -> list[float]:
-    """The evaluation return of each seed's initial policy, with the evaluation keys of
-    :func:`mbpo.runner.fit`'s run of ``config``: where every SVG(n) run of the comparison starts
-    (the policy's kind and initialization do not depend on n)."""
-    trainer = registry.make_trainer(config, dynamics)
-    state, keys = loop.initial_state(trainer, seeds), loop.evaluation_keys(config, seeds)
-    if seeds == 1:
-        return [float(loop.evaluate(trainer, state, keys))]
-    return np.asarray(loop.evaluate_seeds(trainer, state, keys)).tolist()
+def untrained_returns(trainer, state, seeds: int) -> list[float]:
+    """The evaluation return of each seed's policy in ``state`` (a run's initial state), with the
+    evaluation keys and program of :func:`mbpo.runner.fit`'s run of ``trainer``: where every
+    SVG(n) run of the comparison starts (the policy's kind and initialization do not depend on
+    n)."""
+    keys = loop.evaluation_keys(trainer.config, seeds)
+    returns = loop.evaluate_stored(trainer, state, keys, seeds=seeds > 1)
+    return np.atleast_1d(np.asarray(returns)).tolist()
+
+
+class _Untrained:
+    """A :func:`mbpo.runner.fit` callback that evaluates the run's initial policies before the
+    first update (``returns``, ``seconds``), with fit's own trainer: nothing compiles twice."""
+
+    def __init__(self, seeds: int):
+        self.seeds, self.returns, self.seconds = seeds, [], 0.0
+
+    def begin(self, trainer, state) -> None:
+        start = time.perf_counter()
+        self.returns = untrained_returns(trainer, state, self.seeds)
+        self.seconds = time.perf_counter() - start
+
+    def __call__(self, record: dict, state) -> None:
+        pass
 
 
 def returns_after_budget(
@@ -366,19 +381,21 @@ def returns_after_budget(
             config, num_updates=max(1, budget // (config.num_envs * config.steps_per_update))
         )
         dynamics = envs.make(env, **env_kwargs)
-        if untrained and not rows:
-            start = time.perf_counter()
-            starts = untrained_returns(config, preset.return_seeds, dynamics)
-            seconds = time.perf_counter() - start
+        starts = _Untrained(preset.return_seeds) if untrained and not rows else None
+        _, history = fit(
+            config,
+            seeds=preset.return_seeds,
+            dynamics=dynamics,
+            stop_on_divergence=False,
+            callbacks=() if starts is None else (starts,),
+        )
+        if starts is not None:
             rows += [
                 {"env": label_as or env, "n": UNTRAINED, "seed": index, "return": value}
-                | {"env_steps": 0, "wall_time": seconds}
-                for index, value in enumerate(starts)
+                | {"env_steps": 0, "wall_time": starts.seconds}
+                for index, value in enumerate(starts.returns)
             ]
-            print(f"{env:>18s}  untrained  return {np.mean(starts):9.2f}", flush=True)
-        _, history = fit(
-            config, seeds=preset.return_seeds, dynamics=dynamics, stop_on_divergence=False
-        )
+            print(f"{env:>18s}  untrained  return {np.mean(starts.returns):9.2f}", flush=True)
         last = curves.seed_rows(history[-1:])
         for row in last:
             rows.append(

@@ -203,15 +203,26 @@ def test_resume_needs_a_run_to_go_on_with(tmp_path, capsys):
 
 
 def test_the_untrained_return_is_where_every_horizon_starts():
-    import envs
+    from mbpo.agents import loop, registry
     from mbpo.agents.unroll_trainer import UnrollTrainerConfig
 
     def untrained(n):
         config = UnrollTrainerConfig(
             env="lqr", estimator="svg", horizon=n, num_envs=4, episode_length=16, eval_envs=4
         )
-        return ch.untrained_returns(config, 2, envs.make("lqr"))
+        trainer = registry.make_trainer(config)
+        return ch.untrained_returns(trainer, loop.initial_state(trainer, 2), 2)
 
     one = untrained(1)
     assert one == untrained(8) and one[0] != one[1]  # the same policies, one per seed
     assert all(np.isfinite(one))
+
+
+def test_the_untrained_rows_evaluate_with_the_program_the_run_compiles():
+    from mbpo.agents import loop
+
+    preset = dataclasses.replace(TINY, num_envs=6, return_seeds=2)  # a trainer no test builds
+    before = loop.evaluate_seeds._cache_size()
+    rows = ch.returns_after_budget("lqr", preset, (2,), 16, budget=6 * 2 * 2)
+    assert [r["n"] for r in rows] == ["untrained", "untrained", "2", "2"]
+    assert loop.evaluate_seeds._cache_size() == before + 1  # one evaluation program, not two
