@@ -38,7 +38,7 @@ import envs
 from envs import lqr as lqr_lib
 from experiments import harness
 from mbpo import curves, estimators
-from mbpo.agents import loop, registry
+from mbpo.agents import loop
 from mbpo.agents.loop import run_updates
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer
 from mbpo.dynamics.brax_env import BACKENDS
