@@ -10,28 +10,10 @@ import pytest
 from mbpo import main as cli
 from mbpo import runner
 
-TINY = [
-    "--env",
-    "lqr",
-    "--horizon",
-    "3",
-    "--num-envs",
-    "8",
-    "--episode-length",
-    "12",
-    "--num-updates",
-    "6",
-    "--eval-every",
-    "2",
-    "--eval-envs",
-    "4",
-    "--hidden",
-    "8",
-    "--critic-epochs",
-    "1",
-    "--critic-minibatches",
-    "1",
-]
+TINY = (
+    "--env lqr --horizon 3 --num-envs 8 --episode-length 12 --num-updates 6 "
+    "--eval-every 2 --eval-envs 4 --hidden 8 --critic-epochs 1 --critic-minibatches 1"
+).split()
 
 
 def _checkpoint(run_dir):
@@ -132,68 +114,17 @@ def test_train_writes_the_run_directory_and_evaluate_reads_it(tmp_path, capsys):
     assert json.loads((replay / runner.CONFIG).read_text())["num_updates"] == 2
 
 
-SAC_TINY = [
-    "--algo",
-    "sac",
-    "--env",
-    "pendulum",
-    "--num-envs",
-    "4",
-    "--episode-length",
-    "20",
-    "--num-updates",
-    "6",
-    "--eval-every",
-    "2",
-    "--eval-envs",
-    "4",
-    "--hidden",
-    "8",
-    "--gradient-steps",
-    "2",
-    "--batch-size",
-    "16",
-    "--warmup-steps",
-    "8",
-    "--buffer-capacity",
-    "64",
-]
-MBPO_TINY = [  # lqr: its programs trace and compile faster than pendulum's ODE
-    "--algo",
-    "mbpo",
-    "--env",
-    "lqr",
-    "--horizon",
-    "2",
-    "--num-envs",
-    "2",
-    "--episode-length",
-    "20",
-    "--num-updates",
-    "4",
-    "--eval-every",
-    "2",
-    "--eval-envs",
-    "4",
-    "--hidden",
-    "8",
-    "--model-hidden",
-    "8",
-    "--members",
-    "2",
-    "--elites",
-    "1",
-    "--model-steps",
-    "2",
-    "--policy-steps",
-    "2",
-    "--critic-steps",
-    "2",
-    "--batch-size",
-    "8",
-    "--warmup-steps",
-    "4",
-]
+SAC_TINY = (
+    "--algo sac --env pendulum --num-envs 4 --episode-length 20 --num-updates 6 "
+    "--eval-every 2 --eval-envs 4 --hidden 8 --gradient-steps 2 --batch-size 16 "
+    "--warmup-steps 8 --buffer-capacity 64"
+).split()
+MBPO_TINY = (
+    "--algo mbpo --env lqr --horizon 2 --num-envs 2 --episode-length 20 --num-updates "
+    "4 --eval-every 2 --eval-envs 4 --hidden 8 --model-hidden 8 --members 2 --elites "
+    "1 --model-steps 2 --policy-steps 2 --critic-steps 2 --batch-size 8 "
+    "--warmup-steps 4"
+).split()
 
 
 @pytest.mark.slow

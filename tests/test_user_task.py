@@ -29,20 +29,10 @@ def test_readme_user_task_trains_evaluates_and_resumes(tmp_path, monkeypatch, ca
     (tmp_path / "my_tasks.py").write_text(code)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    tiny = [
-        "--num-envs",
-        "4",
-        "--eval-every",
-        "2",
-        "--eval-envs",
-        "2",
-        "--hidden",
-        "8",
-        "--critic-epochs",
-        "1",
-        "--critic-minibatches",
-        "1",
-    ]
+    tiny = (
+        "--num-envs 4 --eval-every 2 --eval-envs 2 --hidden 8 --critic-epochs 1 "
+        "--critic-minibatches 1"
+    ).split()
     train, evaluate, resume = (shlex.split(c)[1:] for c in commands if c)
     train = [a if a != "200" else "2" for a in train]  # --num-updates 200 -> 2
     cli.main([*train, *tiny])

@@ -83,31 +83,11 @@ def test_a_run_whose_updates_are_all_skipped_stops_with_exit_code_3(tmp_path, mo
     monkeypatch.setattr(registry, "make_trainer", lambda config, dynamics=None: nan_task)
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as info:
-        cli.main(
-            [
-                "train",
-                "--env",
-                "lqr",
-                "--estimator",
-                "bpo",
-                "--horizon",
-                "4",
-                "--num-envs",
-                "4",
-                "--episode-length",
-                "8",
-                "--num-updates",
-                "4",
-                "--eval-every",
-                "2",
-                "--eval-envs",
-                "2",
-                "--hidden",
-                "8",
-                "--run-dir",
-                str(run),
-            ]
-        )
+        argv = (
+            "train --env lqr --estimator bpo --horizon 4 --num-envs 4 --episode-length 8 "
+            "--num-updates 4 --eval-every 2 --eval-envs 2 --hidden 8"
+        ).split()
+        cli.main([*argv, "--run-dir", str(run)])
     err = capsys.readouterr().err
     assert (
         info.value.code == 3

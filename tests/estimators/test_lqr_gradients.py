@@ -245,14 +245,21 @@ def test_stopped_dynamics_gradient_is_the_critic_only_n_step_gradient(n):
     assert not np.allclose(jax.tree.leaves(pathwise)[1], jax.tree.leaves(want)[1])
 
 
+def _kernel(tree):
+    """The linear policy's kernel in ``tree`` (its parameters or a gradient of them)."""
+    return (tree["params"] if "params" in tree else tree["net"]["params"])["Dense_0"]["kernel"]
+
+
 def _per_sample_gradients(loss, params, num, seed):
     keys = jax.random.split(jax.random.key(seed), num)
     grads = jax.jit(jax.vmap(lambda k: jax.grad(loss)(params, k)))(keys)
-    return np.asarray(
-        grads["params"]["Dense_0"]["kernel"]
-        if "params" in grads
-        else grads["net"]["params"]["Dense_0"]["kernel"]
-    ).reshape(num, -1)
+    return np.asarray(_kernel(grads)).reshape(num, -1)
+
+
+def _closed_form_kernel_gradient(task, params, stochastic):
+    """The gradient of the closed-form J_{N_SF} with respect to the policy's kernel, flattened."""
+    exact = _grad(lambda w: _closed_form_jn(task, w, N_SF, stochastic=stochastic))(params)
+    return np.asarray(_kernel(exact)).ravel()
 
 
 def _assert_within_4_se(samples, want):
@@ -292,11 +299,7 @@ def test_dpmb_sf_agrees_with_closed_form_within_4_se():
         )[0]
 
     samples = _per_sample_gradients(loss, params, 40000, seed=0)
-    want = np.asarray(
-        _grad(lambda w: _closed_form_jn(task, w, N_SF, stochastic=False))(params)["params"][
-            "Dense_0"
-        ]["kernel"]
-    ).ravel()
+    want = _closed_form_kernel_gradient(task, params, stochastic=False)
     _assert_within_4_se(samples, want)
 
 
@@ -314,11 +317,7 @@ def test_reparameterized_svg_agrees_with_closed_form_within_4_se():
         return unroll(task, lambda o, e: policy.sample(w, o, e), state, noise, gamma=GAMMA, q=q)[0]
 
     samples = _per_sample_gradients(loss, params, 20000, seed=1)
-    want = np.asarray(
-        _grad(lambda w: _closed_form_jn(task, w, N_SF, stochastic=True))(params)["net"]["params"][
-            "Dense_0"
-        ]["kernel"]
-    ).ravel()
+    want = _closed_form_kernel_gradient(task, params, stochastic=True)
     _assert_within_4_se(samples, want)
 
 
@@ -351,11 +350,7 @@ def test_model_free_score_function_agrees_with_closed_form_within_4_se():
         return estimators.score_surrogate(log_pi, to_go - baseline)
 
     samples = _per_sample_gradients(loss, params, 40000, seed=2)
-    want = np.asarray(
-        _grad(lambda w: _closed_form_jn(task, w, N_SF, stochastic=True))(params)["net"]["params"][
-            "Dense_0"
-        ]["kernel"]
-    ).ravel()
+    want = _closed_form_kernel_gradient(task, params, stochastic=True)
     _assert_within_4_se(samples, want)
 
 
