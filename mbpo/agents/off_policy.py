@@ -267,6 +267,20 @@ class OffPolicyState(struct.PyTreeNode):
 # --- actors: the policy objective of each kind of algorithm ---------------------------------------
 
 
+def _zero_step(
+    estimator: estimators.Estimator, agent: Agent, policy_params: Params, obs, eps, q
+) -> Scalar:
+    """The surrogate of a zero-step ``estimator`` on a batch of replayed observations: mean
+    q(s, a) with a = pi(s, eps; w), through the unroll engine (no dynamics step)."""
+    states = jax.vmap(State.from_observation)(obs)
+    noise = RolloutNoise(eps=eps[:, None], xi=jnp.zeros((obs.shape[0], 0), obs.dtype))
+    policy_fn = functools.partial(agent.policy.sample, policy_params)
+    value, _ = estimators.surrogate(
+        estimator, None, policy_fn, states, noise, gamma=agent.config.gamma, q=q
+    )
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class DeterministicActor:
     """max_w mean q_1(s, d(s; w)) through the unroll engine (DPMB-R(0)): NFQCA, DDPG, TD3 (TD3 and
@@ -275,16 +289,10 @@ class DeterministicActor:
     def objective(
         self, agent: Agent, policy_params: Params, learner: Learner, obs, eps
     ) -> tuple[Scalar, Scalar]:
-        states = jax.vmap(State.from_observation)(obs)
-        noise = RolloutNoise(eps=eps[:, None], xi=jnp.zeros((obs.shape[0], 0), obs.dtype))
-        policy_fn = functools.partial(agent.policy.sample, policy_params)
-
         def q(s, a):
             return agent.critic.q(learner.critic.params, s, a)[0]
 
-        value, _ = estimators.surrogate(
-            estimators.dpmb_r(0), None, policy_fn, states, noise, gamma=agent.config.gamma, q=q
-        )
+        value = _zero_step(estimators.dpmb_r(0), agent, policy_params, obs, eps, q)
         return value, jnp.zeros((), obs.dtype)
 
 
@@ -295,13 +303,8 @@ class SoftActor:
     def objective(
         self, agent: Agent, policy_params: Params, learner: Learner, obs, eps
     ) -> tuple[Scalar, Scalar]:
-        states = jax.vmap(State.from_observation)(obs)
-        noise = RolloutNoise(eps=eps[:, None], xi=jnp.zeros((obs.shape[0], 0), obs.dtype))
-        policy_fn = functools.partial(agent.policy.sample, policy_params)
         q = functools.partial(agent.critic.min_q, learner.critic.params)
-        value, _ = estimators.surrogate(
-            estimators.svg(0), None, policy_fn, states, noise, gamma=agent.config.gamma, q=q
-        )
+        value = _zero_step(estimators.svg(0), agent, policy_params, obs, eps, q)
         _, log_pi = jax.vmap(functools.partial(agent.policy.sample_and_log_prob, policy_params))(
             obs, eps
         )
