@@ -6,7 +6,10 @@ gives the reparameterization gradient (reference: "Derivative Estimation for Sto
 Optimization", section "The Reparameterization Trick"). Drawing the noise is the caller's job,
 which also makes common random numbers across parameter values trivial.
 
-The truncated normal and Kumaraswamy functions are elementwise and broadcast their arguments.
+The normal log-density comes in three forms: elementwise from (loc, scale)
+(:func:`normal_log_prob`), summed from a standardized point and std (the policies'), summed from
+a mean and variance (the Gaussian models'). The truncated normal and Kumaraswamy functions are
+elementwise and broadcast their arguments.
 The Gumbel-softmax functions are written for one categorical vector with `k` categories on the
 last axis and a scalar temperature; `vmap` them for batches. Every function keeps the floating
 dtype of its inputs (float32 or float64).
@@ -55,6 +58,21 @@ def normal_log_prob(x: Batch, loc: Batch, scale: Batch) -> BatchOut:
     x, loc, scale = _as_floats(x, loc, scale)
     z = (x - loc) / scale
     return -0.5 * z**2 - jnp.log(scale) - _HALF_LOG_TWO_PI
+
+
+def standardized_normal_log_prob(z: Float[Array, " d"], std: Float[Array, " d"]) -> Scalar:
+    """log N(x; mu, diag std^2) from the standardized point z = (x - mu) / std (for a sample
+    x = mu + std eps, z is its noise eps): sum_i -z_i^2 / 2 - log std_i - log(2 pi) / 2. The
+    policies' form: a sample's density needs no division by std."""
+    return jnp.sum(-0.5 * z**2 - jnp.log(std) - 0.5 * jnp.log(2 * jnp.pi))
+
+
+def diagonal_normal_log_prob(
+    y: Float[Array, " d"], mean: Float[Array, " d"], var: Float[Array, " d"]
+) -> Scalar:
+    """log N(y; mean, diag var), summed over the components: the Gaussian models' form, whose
+    networks give a variance."""
+    return -0.5 * jnp.sum((y - mean) ** 2 / var + jnp.log(2 * jnp.pi * var))
 
 
 class _StandardInterval(NamedTuple):

@@ -21,15 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mbpo.distributions import standardized_normal_log_prob
 from mbpo.networks import MLP, check_activation
 from mbpo.types import Action, Array, Noise, Observation, Params, PRNGKey, Scalar
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-
-
-def _normal_log_prob(eps: Array, std: Array) -> Scalar:
-    """log N(mu + std eps; mu, std^2) = sum_i -eps_i^2 / 2 - log std_i - log(2 pi) / 2."""
-    return jnp.sum(-0.5 * eps**2 - jnp.log(std) - 0.5 * jnp.log(2 * jnp.pi))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +180,7 @@ class GaussianPolicy(_PolicyBase):
 
     def log_prob(self, params: Params, obs: Observation, action: Action) -> Scalar:
         eps = self.noise_from_action(params, obs, action)
-        return _normal_log_prob(eps, self.std(params, obs))
+        return standardized_normal_log_prob(eps, self.std(params, obs))
 
     def sample_and_log_prob(
         self, params: Params, obs: Observation, eps: Noise
@@ -192,7 +188,7 @@ class GaussianPolicy(_PolicyBase):
         """(a, log pi(a|s; w)) for a = sample(w, s, eps), the density computed from eps (no
         inversion)."""
         u, std = self._mean_std(params, obs)
-        return self._squash(u) + std * eps, _normal_log_prob(eps, std)
+        return self._squash(u) + std * eps, standardized_normal_log_prob(eps, std)
 
     def noise_from_action(self, params: Params, obs: Observation, action: Action) -> Noise:
         """eps = (a - d(s; w)) / sigma(s; w)."""
@@ -209,7 +205,7 @@ class GaussianPolicy(_PolicyBase):
         """log N(z; mean(s; w), sigma(s; w)^2): log pi(a|s; w) up to the Jacobian of a(z), which
         does not depend on w."""
         u, std = self._mean_std(params, obs)
-        return _normal_log_prob((z - self._squash(u)) / std, std)
+        return standardized_normal_log_prob((z - self._squash(u)) / std, std)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,7 +246,7 @@ class TanhGaussianPolicy(GaussianPolicy):
     def log_prob(self, params: Params, obs: Observation, action: Action) -> Scalar:
         u_mean, std = self._mean_std(params, obs)
         u = self._pre_squash(action)
-        return _normal_log_prob((u - u_mean) / std, std) - jnp.sum(self._log_det(u))
+        return standardized_normal_log_prob((u - u_mean) / std, std) - jnp.sum(self._log_det(u))
 
     def sample_and_log_prob(
         self, params: Params, obs: Observation, eps: Noise
@@ -259,7 +255,7 @@ class TanhGaussianPolicy(GaussianPolicy):
         loss)."""
         u_mean, std = self._mean_std(params, obs)
         u = u_mean + std * eps
-        return self._squash(u), _normal_log_prob(eps, std) - jnp.sum(self._log_det(u))
+        return self._squash(u), standardized_normal_log_prob(eps, std) - jnp.sum(self._log_det(u))
 
     def noise_from_action(self, params: Params, obs: Observation, action: Action) -> Noise:
         """eps = (atanh((a - c) / h) - mu(s; w)) / sigma(s; w)."""
@@ -274,7 +270,7 @@ class TanhGaussianPolicy(GaussianPolicy):
     def latent_log_prob(self, params: Params, obs: Observation, z: Array) -> Scalar:
         """log N(u; mu(s; w), sigma(s; w)^2) at u = ``z``."""
         u_mean, std = self._mean_std(params, obs)
-        return _normal_log_prob((z - u_mean) / std, std)
+        return standardized_normal_log_prob((z - u_mean) / std, std)
 
 
 Policy = DeterministicPolicy | GaussianPolicy | TanhGaussianPolicy

@@ -297,3 +297,16 @@ def test_closed_forms_keep_dtype(dtype):
     assert truncated_normal_mean(loc, 1.5, -1.0, 2.0).dtype == dtype
     assert truncated_normal_variance(loc, 1.5, -1.0, 2.0).dtype == dtype
     assert kumaraswamy_moment(2, jnp.asarray(2.0, dtype), 3.0).dtype == dtype
+
+
+def test_the_three_forms_of_the_normal_log_density_agree_with_scipy():
+    rng = np.random.default_rng(0)
+    mean, std = rng.normal(size=3), np.exp(rng.normal(size=3))
+    x = mean + std * rng.normal(size=3)
+    want = scipy.stats.norm.logpdf(x, mean, std).sum()
+    got = (
+        distributions.normal_log_prob(x, mean, std).sum(),
+        distributions.standardized_normal_log_prob((x - mean) / std, std),
+        distributions.diagonal_normal_log_prob(x, mean, std**2),
+    )
+    np.testing.assert_allclose(got, [want] * 3, rtol=1e-12)

@@ -42,6 +42,7 @@ from flax import struct
 from jax.scipy.special import logsumexp, ndtr, ndtri
 
 from mbpo.cli import check_int, check_sizes
+from mbpo.distributions import diagonal_normal_log_prob
 from mbpo.dynamics.base import Dynamics
 from mbpo.dynamics.function import _broadcast_bounds
 from mbpo.networks import MLP, check_activation
@@ -588,7 +589,7 @@ class EnsembleDynamics(Dynamics):
 
     def _elite_log_densities(self, mean_e, var_e, delta) -> Float[Array, " E"]:
         n = self.observation_size
-        return jax.vmap(_diagonal_normal_log_density, in_axes=(None, 0, 0))(
+        return jax.vmap(diagonal_normal_log_prob, in_axes=(None, 0, 0))(
             delta, mean_e[:, :n], var_e[:, :n]
         )
 
@@ -616,7 +617,7 @@ class EnsembleDynamics(Dynamics):
             log_p = self._elite_log_densities(mean_e, var_e, x_next - x)
             return logsumexp(log_p) - math.log(mean_e.shape[0])
         mean, var = self._deterministic_moments(x, action)
-        return _diagonal_normal_log_density(x_next - x, mean[:n], var[:n])
+        return diagonal_normal_log_prob(x_next - x, mean[:n], var[:n])
 
     def _infer_noise(self, x, action, x_next):
         n = self.observation_size
@@ -629,11 +630,6 @@ class EnsembleDynamics(Dynamics):
             return self.reward_fn(x, action, x_next)
         mean, _, _ = self._explain(x, action, x_next)
         return mean[self.observation_size]
-
-
-def _diagonal_normal_log_density(y: Array, mean: Array, var: Array) -> Scalar:
-    """log N(y; mean, diag var)."""
-    return -0.5 * jnp.sum((y - mean) ** 2 / var + jnp.log(2 * jnp.pi * var))
 
 
 def from_ensemble(
