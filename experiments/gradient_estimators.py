@@ -7,14 +7,15 @@ Reproduces the reference's "Numerical Analysis of Gradient Estimators". Since E[
 Each estimator is the `jax.grad` of a surrogate of the sample mean over a batch of N noise draws
 eps_i ~ N(0, 1), x_i = theta + eps_i; all estimators see the same noise. Run as
 
-    python -m experiments.gradient_estimators [--batch 1000] [--trials 1000] [--theta 1.0]
-        [--seed 0] [--out PATH] [--plot PATH]
+    python -m experiments.gradient_estimators [--preset cpu] [--set trials=100000]
+        [--out PATH.json] [--plot PATH.png]
+
+(``--set`` takes any field of :class:`Preset`: batch, trials, theta, seed).
 """
 
 import argparse
 import dataclasses
 import functools
-import json
 import math
 import pathlib
 from collections.abc import Callable
@@ -26,30 +27,30 @@ from jaxtyping import Array, Float
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mbpo.cli import add_arguments, build, check_int
+from experiments import harness
+from mbpo.cli import check_int
+from mbpo.curves import save_png
 from mbpo.distributions import normal_log_prob
-from mbpo.files import write_atomically
 from mbpo.types import PRNGKey, Scalar
 
 Surrogate = Callable[[Scalar, Float[Array, " batch"]], Scalar]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ExperimentConfig:
-    """Settings of one run; validated when built."""
+class Preset:
+    """Settings of one run; validated when built.
 
-    batch: int = dataclasses.field(
-        default=1000, metadata={"help": "samples N per gradient estimate (>= 1)"}
-    )
-    trials: int = dataclasses.field(
-        default=1000, metadata={"help": "independent estimates per estimator (>= 2)"}
-    )
-    theta: float = dataclasses.field(
-        default=1.0, metadata={"help": "parameter at which dJ/dtheta is estimated"}
-    )
-    seed: int = dataclasses.field(
-        default=0, metadata={"help": "seed of the noise shared by all estimators"}
-    )
+    Attributes:
+      batch: samples N per gradient estimate (>= 1).
+      trials: independent estimates per estimator (>= 2, for a variance).
+      theta: the parameter at which dJ/dtheta is estimated.
+      seed: seed of the noise shared by all estimators.
+    """
+
+    batch: int = 1000
+    trials: int = 1000
+    theta: float = 1.0
+    seed: int = 0
 
     def __post_init__(self) -> None:
         check_int("batch", self.batch)
@@ -147,7 +148,7 @@ def estimate_gradients(
     }
 
 
-def estimate(config: ExperimentConfig) -> dict[str, np.ndarray]:
+def estimate(config: Preset) -> dict[str, np.ndarray]:
     """Runs `estimate_gradients` for a config; returns host arrays of shape (trials,)."""
     estimates = estimate_gradients(
         jax.random.key(config.seed),
@@ -158,7 +159,7 @@ def estimate(config: ExperimentConfig) -> dict[str, np.ndarray]:
     return {name: np.asarray(estimates[name], dtype=np.float64) for name in ESTIMATORS}
 
 
-def summarize(config: ExperimentConfig, estimates: dict[str, np.ndarray]) -> dict:
+def summarize(config: Preset, estimates: dict[str, np.ndarray]) -> dict:
     """Mean, bias, variance, MSE and standard error of the mean of each estimator.
 
     bias = mean - dJ/dtheta, variance over trials (ddof = 0), MSE = bias^2 + variance
@@ -192,8 +193,8 @@ def summarize(config: ExperimentConfig, estimates: dict[str, np.ndarray]) -> dic
 
 def run(batch: int = 1000, trials: int = 1000, theta: float = 1.0, seed: int = 0) -> dict:
     """Validates the settings, estimates and summarizes (see `summarize` for the result)."""
-    config = ExperimentConfig(batch=batch, trials=trials, theta=theta, seed=seed)
-    return summarize(config, estimate(config))
+    preset = Preset(batch=batch, trials=trials, theta=theta, seed=seed)
+    return summarize(preset, estimate(preset))
 
 
 def format_table(summary: dict) -> str:
@@ -229,40 +230,30 @@ def plot(estimates: dict[str, np.ndarray], target: float) -> Figure:
 
 
 # cpu is the reference's experiment (seconds here); gpu repeats it 100x for tighter statistics.
-PRESETS = {"cpu": {"batch": 1000, "trials": 1000}, "gpu": {"batch": 1000, "trials": 100_000}}
+PRESETS = {"cpu": Preset(), "gpu": Preset(trials=100_000)}
+EXPERIMENT = harness.Experiment("experiments.gradient_estimators", __doc__, PRESETS)
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ExperimentConfig, argparse.Namespace]:
-    """Parses the command line into a validated config plus the output paths."""
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.gradient_estimators",
-        description=__doc__.splitlines()[0],
-    )
-    parser.add_argument(
-        "--preset",
-        choices=tuple(PRESETS),
-        default="cpu",
-        help="sizes; explicit options override them",
-    )
-    add_arguments(parser, ExperimentConfig, defaults={})
-    parser.add_argument("--out", type=pathlib.Path, help="JSON file for the summary")
-    parser.add_argument("--plot", type=pathlib.Path, help="PNG file for a violin plot")
-    args = parser.parse_args(argv)
-    return build(parser, ExperimentConfig, args, PRESETS[args.preset]), args
+def png_path(text: str) -> pathlib.Path:
+    """A ``--plot`` path: a PATH.png that does not exist yet (a plot is never overwritten)."""
+    path = pathlib.Path(text)
+    if path.suffix != ".png" or path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a PATH.png file, got {text!r}")
+    if path.exists():
+        raise argparse.ArgumentTypeError(f"{text} exists; a plot is never overwritten")
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
-    config, args = parse_args(argv)
-    estimates = estimate(config)
-    summary = summarize(config, estimates)
-    print(format_table(summary))
-    if args.out is not None:
-        write_atomically(args.out, lambda file: file.write(json.dumps(summary, indent=2).encode()))
-        print(f"wrote {args.out}")
-    if args.plot is not None:
-        figure = plot(estimates, summary["true_gradient"])
-        write_atomically(args.plot, lambda file: figure.savefig(file, format="png", dpi=120))
-        print(f"wrote {args.plot}")
+    parser = EXPERIMENT.parser()
+    parser.add_argument("--plot", type=png_path, metavar="PATH.png", help="violin plot")
+    run = EXPERIMENT.parse(argv, parser)
+    estimates = estimate(run.preset)
+    report = {**run.header(), **summarize(run.preset, estimates)}
+    if run.args.plot is not None:
+        save_png(run.args.plot, plot(estimates, report["true_gradient"]))
+        print(f"wrote {run.args.plot}")
+    run.finish(report, format_table)
 
 
 if __name__ == "__main__":

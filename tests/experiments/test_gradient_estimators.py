@@ -86,7 +86,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_writes_summary_and_plot(tmp_path):
     out = tmp_path / "tmp" / "x.json"
     figure = tmp_path / "plots" / "x.png"
-    result = run_cli("--trials", "50", "--batch", "100", "--out", str(out), "--plot", str(figure))
+    result = run_cli(
+        "--set", "trials=50", "--set", "batch=100", "--out", str(out), "--plot", str(figure)
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(out.read_text())
     assert summary["config"] == {"batch": 100, "trials": 50, "theta": 1.0, "seed": 0}
@@ -101,7 +103,17 @@ def test_cli_writes_summary_and_plot(tmp_path):
 
 def test_cli_rejects_zero_batch_without_writing(tmp_path):
     out = tmp_path / "x.json"
-    result = run_cli("--batch", "0", "--out", str(out))
+    result = run_cli("--set", "batch=0", "--out", str(out))
     assert result.returncode == 2
     assert "batch must be an int >= 1, got 0" in result.stderr
     assert not out.exists()
+
+
+def test_cli_never_overwrites_a_report_or_a_plot(tmp_path):
+    out, figure = tmp_path / "x.json", tmp_path / "x.png"
+    for existing in (out, figure):
+        existing.write_text("earlier results")
+        result = run_cli("--set", "trials=2", "--out", str(out), "--plot", str(figure))
+        assert result.returncode == 2 and "never overwritten" in result.stderr
+        assert existing.read_text() == "earlier results"
+        existing.unlink()
