@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from envs import lqr as lqr_lib
 from mbpo.agents import loop
-from mbpo.agents.env_batch import evaluate, normalizer_init, normalizer_update
+from mbpo.agents.env_batch import normalizer_init, normalizer_update
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer
 from mbpo.dynamics import from_function
+from tests.agents.conftest import SMALL_LQR, riccati_returns
 
 
 def test_normalizer_leaves_out_nonfinite_observations():
@@ -102,22 +102,9 @@ def test_training_recovers_from_one_nan_transition():
     """One environment's state turned NaN halfway through: that update is skipped, the
     environment is reset, the normalizer is untouched, and every seed still closes >= 75% of the
     gap to the Riccati policy on LQR (as test_unroll_trainer's learning test without the NaN)."""
-    config = UnrollTrainerConfig(
-        env="lqr",
-        estimator="svg",
-        horizon=8,
-        num_envs=16,
-        episode_length=40,
-        num_updates=100,
-        hidden=(16,),
-        eval_envs=8,
-        eval_every=2,
-        critic_epochs=2,
-        critic_minibatches=2,
-        actor_lr=3e-3,
-    )
+    config = dataclasses.replace(SMALL_LQR, horizon=8, num_updates=100, actor_lr=3e-3)
     trainer = make_trainer(config)
-    eval_keys = jax.random.split(jax.random.key(config.seed + 10_000), 3)
+    eval_keys = loop.evaluation_keys(config, 3)
     ts = loop.initial_state(trainer, 3)
     initial = np.asarray(loop.evaluate_seeds(trainer, ts, eval_keys))
     # Chunks of 2 updates, the program test_unroll_trainer's learning test compiles (same config).
@@ -133,19 +120,7 @@ def test_training_recovers_from_one_nan_transition():
     assert np.all(np.asarray(metrics["skipped_updates"])[:, -1] == 1)  # the one update, then none
     assert np.all(np.isfinite(np.asarray(ts.normalizer.mean)))
     final = np.asarray(loop.evaluate_seeds(trainer, ts, eval_keys))
-    gain, _ = lqr_lib.riccati(trainer.dynamics, config.gamma)
-    optimal = np.asarray(
-        jax.vmap(
-            lambda k: evaluate(
-                trainer.dynamics,
-                lambda o, e: -gain @ o,
-                k,
-                num_envs=config.eval_envs,
-                episode_length=config.episode_length,
-                eps_shape=(1,),
-            )
-        )(eval_keys)
-    )
+    optimal = riccati_returns(trainer, eval_keys)
     assert np.all(optimal - final <= 0.25 * (optimal - initial)), (initial, final, optimal)
 
 

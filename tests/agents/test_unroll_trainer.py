@@ -7,33 +7,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from envs import lqr as lqr_lib
 from mbpo.agents import loop
-from mbpo.agents.env_batch import evaluate
 from mbpo.agents.loop import run_updates
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig, make_trainer
 from mbpo.cli import parse
 from mbpo.runner import fit
-
-SMALL = UnrollTrainerConfig(
-    env="lqr",
-    estimator="svg",
-    horizon=4,
-    num_envs=16,
-    episode_length=40,
-    num_updates=4,
-    hidden=(16,),
-    eval_envs=8,
-    eval_every=2,
-    critic_epochs=2,
-    critic_minibatches=2,
-)
+from tests.agents.conftest import SMALL_LQR, riccati_returns
 
 
 def test_another_seed_in_the_same_process_traces_nothing_again():
     """fit's programs (init, the chunk of updates, the evaluation) are jitted with the trainer
     static: a second run of the same configuration at another seed finds them all."""
-    config = dataclasses.replace(SMALL, hidden=(15,))  # networks no other test builds
+    config = dataclasses.replace(SMALL_LQR, hidden=(15,))  # networks no other test builds
     programs = (loop._init, loop.run_updates, loop.evaluate)
     before = [f._cache_size() for f in programs]
     fit(config)
@@ -47,7 +32,7 @@ def test_another_seed_in_the_same_process_traces_nothing_again():
     "estimator,horizon", [("svg", 4), ("dpmb_sf", 2), ("svg", 0), ("svg", None)]
 )
 def test_jitted_update_does_not_retrace_on_second_call(estimator, horizon):
-    trainer = make_trainer(dataclasses.replace(SMALL, estimator=estimator, horizon=horizon))
+    trainer = make_trainer(dataclasses.replace(SMALL_LQR, estimator=estimator, horizon=horizon))
     traces = []
 
     def update(ts):
@@ -61,14 +46,14 @@ def test_jitted_update_does_not_retrace_on_second_call(estimator, horizon):
     assert len(traces) == 1
     assert (
         int(ts.updates) == 2
-        and int(ts.env_steps) == 2 * SMALL.num_envs * trainer.config.steps_per_update
+        and int(ts.env_steps) == 2 * SMALL_LQR.num_envs * trainer.config.steps_per_update
     )
     assert np.isfinite(float(metrics["objective"]))
 
 
 @pytest.mark.slow
 def test_vmapped_seeds_equal_separate_runs():
-    config = dataclasses.replace(SMALL, num_updates=3)
+    config = dataclasses.replace(SMALL_LQR, num_updates=3)
     states, _history = fit(config, seeds=3)
     trainer = make_trainer(config)
     for i, key in enumerate(jax.random.split(jax.random.key(config.seed), 3)):
@@ -81,7 +66,7 @@ def test_vmapped_seeds_equal_separate_runs():
 
 
 def test_nonfinite_gradient_is_skipped_and_counted():
-    trainer = make_trainer(SMALL)
+    trainer = make_trainer(SMALL_LQR)
     ts = jax.jit(trainer.init)(jax.random.key(0))
     poisoned = ts.replace(
         env_states=ts.env_states.replace(
@@ -99,24 +84,12 @@ def test_learning_closes_most_of_the_gap_to_the_riccati_policy_on_lqr(estimator,
     """100 updates close >= 75% of the gap between the initial policy's return and the Riccati
     gain's, on each of 3 seeds (same evaluation episodes for all three policies)."""
     config = dataclasses.replace(
-        SMALL, estimator=estimator, horizon=horizon, num_updates=100, actor_lr=3e-3
+        SMALL_LQR, estimator=estimator, horizon=horizon, num_updates=100, actor_lr=3e-3
     )
     trainer = make_trainer(config)
-    eval_keys = jax.random.split(jax.random.key(config.seed + 10_000), 3)
+    eval_keys = loop.evaluation_keys(config, 3)
     initial = np.asarray(loop.evaluate_seeds(trainer, loop.initial_state(trainer, 3), eval_keys))
-    gain, _ = lqr_lib.riccati(trainer.dynamics, config.gamma)
-    optimal = np.asarray(
-        jax.vmap(
-            lambda k: evaluate(
-                trainer.dynamics,
-                lambda o, e: -gain @ o,
-                k,
-                num_envs=config.eval_envs,
-                episode_length=config.episode_length,
-                eps_shape=(1,),
-            )
-        )(eval_keys)
-    )
+    optimal = riccati_returns(trainer, eval_keys)
     _, history = fit(config, seeds=3)
     final = np.asarray(history[-1]["eval_return"])
     assert np.all(optimal - final <= 0.25 * (optimal - initial)), (initial, final, optimal)
@@ -125,7 +98,7 @@ def test_learning_closes_most_of_the_gap_to_the_riccati_policy_on_lqr(estimator,
 def test_train_reports_progress():
     records = []
     _, history = fit(
-        dataclasses.replace(SMALL, num_updates=4, eval_every=2),
+        dataclasses.replace(SMALL_LQR, num_updates=4, eval_every=2),
         callbacks=[lambda r, ts: records.append(r)],
     )
     assert [r["updates"] for r in records] == [2, 4] and records == history
