@@ -132,24 +132,27 @@ def test_bpo_gradient_equals_closed_form():
     np.testing.assert_allclose(got, closed, rtol=1e-6)
 
 
+def _zero_step_gradient(task, policy, params, states, q):
+    """The gradient in w of DPMB-R(0)'s surrogate: the mean over ``states`` of q(s, d(s; w))."""
+    n = states.obs.shape[0]
+    noise = RolloutNoise(eps=jnp.zeros((n, 1, 0)), xi=jnp.zeros((n, 0, 2)))
+
+    def surrogate(w):
+        policy_fn = lambda o, e: policy.sample(w, o, e)
+        return estimators.surrogate(
+            estimators.dpmb_r(0), task, policy_fn, states, noise, gamma=GAMMA, q=q
+        )[0]
+
+    return _grad(surrogate)(params)
+
+
 def test_svg0_with_deterministic_policy_is_the_dpg_actor_gradient():
     task = envs.make("lqr")
     policy = _policy(stochastic=False)
     params = _params(K0 * 1.2, stochastic=False)
     q = _q_fn(task, 0.0)
     states = jax.vmap(task.reset)(jax.random.split(jax.random.key(0), 16))
-    noise = RolloutNoise(eps=jnp.zeros((16, 1, 0)), xi=jnp.zeros((16, 0, 2)))
-    grad = _grad(
-        lambda w: estimators.surrogate(
-            estimators.dpmb_r(0),
-            task,
-            lambda o, e: policy.sample(w, o, e),
-            states,
-            noise,
-            gamma=GAMMA,
-            q=q,
-        )[0]
-    )(params)
+    grad = _zero_step_gradient(task, policy, params, states, q)
 
     def dpg(s):  # grad_w d(s; w) grad_a q(s, a) at a = d(s; w)
         a, vjp = jax.vjp(lambda w: policy.mean(w, s), params)
@@ -177,23 +180,11 @@ def test_dpg_over_the_discounted_state_distribution_is_the_policy_gradient():
     states = jax.vmap(lambda s: task.reset(jax.random.key(0)).replace(x=s, obs=s))(
         L.T
     )  # sum s s^T = Sigma_K
-    noise = RolloutNoise(eps=jnp.zeros((2, 1, 0)), xi=jnp.zeros((2, 0, 2)))
-    grad = _grad(
-        lambda w: (
-            2
-            * estimators.surrogate(
-                estimators.dpmb_r(0),
-                task,
-                lambda o, e: policy.sample(w, o, e),
-                states,
-                noise,
-                gamma=GAMMA,
-                q=_q_fn(task, 0.0),
-            )[0]
-        )
-    )(params)
-    np.testing.assert_allclose(
-        -grad["params"]["Dense_0"]["kernel"].T, lqr_lib.return_gradient(task, K, GAMMA), rtol=1e-8
+    grad = _zero_step_gradient(task, policy, params, states, _q_fn(task, 0.0))
+    np.testing.assert_allclose(  # the sum over the two states: twice the mean
+        -2 * grad["params"]["Dense_0"]["kernel"].T,
+        lqr_lib.return_gradient(task, K, GAMMA),
+        rtol=1e-8,
     )
 
 
