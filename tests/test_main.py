@@ -220,14 +220,7 @@ def test_compare_estimators_writes_curves(tmp_path, capsys):
             "compare",
             "estimators",
             *TINY,
-            "--num-updates",
-            "4",
-            "--estimators",
-            "svg",
-            "bpo",
-            "--seeds",
-            "2",
-            "--out",
+            *"--num-updates 4 --estimators svg bpo --seeds 2 --out".split(),
             str(out),
         ]
     )
