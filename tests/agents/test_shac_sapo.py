@@ -13,21 +13,14 @@ from mbpo import estimators
 from mbpo.agents import registry, unroll_trainer
 from mbpo.agents.unroll_trainer import VARIANTS, UnrollTrainerConfig, make_trainer
 from mbpo.dynamics import from_function
+from tests.agents.conftest import SMALL_LQR
 
-GUARDED = UnrollTrainerConfig(
-    env="lqr",
-    estimator="svg",
-    horizon=4,
+# SHAC's pieces on the small LQR run: a v critic, the per-env guard, the step mean, the schedule.
+GUARDED = dataclasses.replace(
+    SMALL_LQR,
     num_envs=8,
-    episode_length=40,
-    num_updates=4,
-    hidden=(16,),
-    eval_envs=8,
-    eval_every=2,
     critic="v",
     num_critics=1,
-    critic_epochs=2,
-    critic_minibatches=2,
     per_env_guard=True,
     mean_over_steps=True,
     lr_schedule="linear",
