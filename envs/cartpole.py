@@ -49,8 +49,8 @@ def reset(key):
 
 def make(
     *,
-    dt: float = 0.05,
-    substeps: int = 2,
+    dt: float | None = None,
+    substeps: int | None = None,
     g: float = 9.8,
     m_cart: float = 1.0,
     m_pole: float = 0.1,
@@ -59,14 +59,16 @@ def make(
     noise_std: float | None = None,
     solver: ODESolver | None = None,
 ) -> FunctionDynamics:
-    """Cart-pole swing-up; ``noise_std`` adds Gaussian process noise (and a ``log_prob``)."""
+    """Cart-pole swing-up; ``noise_std`` adds Gaussian process noise (and a ``log_prob``). Its
+    integration: ``dt`` (default 0.05) and ``substeps`` (default 2) of Tsit5, or a whole
+    ``solver`` (then neither of the two)."""
     return from_ode(
         vector_field,
         reward,
         reset,
         action_size=1,
         params={"g": g, "m_cart": m_cart, "m_pole": m_pole, "l": l, "max_force": max_force},
-        solver=solver if solver is not None else ODESolver(dt=dt, substeps=substeps),
+        solver=ODESolver(dt=0.05, substeps=2).or_given(solver, dt=dt, substeps=substeps),
         noise_std=noise_std,
         observation=observation,
         name="cartpole",

@@ -51,8 +51,8 @@ def reset(key):
 
 def make(
     *,
-    dt: float = 0.05,
-    substeps: int = 1,
+    dt: float | None = None,
+    substeps: int | None = None,
     g: float = 10.0,
     m: float = 1.0,
     l: float = 1.0,  # noqa: E741 (the pendulum's length)
@@ -61,7 +61,9 @@ def make(
     noise_std: float | None = None,
     solver: ODESolver | None = None,
 ) -> FunctionDynamics:
-    """Pendulum swing-up; ``noise_std`` adds Gaussian process noise (and a ``log_prob``)."""
+    """Pendulum swing-up; ``noise_std`` adds Gaussian process noise (and a ``log_prob``). Its
+    integration: ``dt`` (default 0.05) and ``substeps`` (default 1) of Tsit5, or a whole
+    ``solver`` (then neither of the two)."""
     return from_ode(
         vector_field,
         reward,
@@ -74,7 +76,7 @@ def make(
             "max_torque": max_torque,
             "max_speed": float("inf") if max_speed is None else max_speed,
         },
-        solver=solver if solver is not None else ODESolver(dt=dt, substeps=substeps),
+        solver=ODESolver(dt=0.05, substeps=1).or_given(solver, dt=dt, substeps=substeps),
         noise_std=noise_std,
         action_low=-max_torque,
         action_high=max_torque,

@@ -72,6 +72,20 @@ class ODESolver:
                 f"got {self.adjoint!r}"
             )
 
+    def or_given(self, solver: ODESolver | None, **steps: float | int | None) -> ODESolver:
+        """``solver``, or this solver (a task's default) with the ``dt`` and ``substeps`` of
+        ``steps`` that are not None: how a task takes either. Raises ValueError when ``solver``
+        comes with a dt or substeps, which it would silently override."""
+        given = {name: value for name, value in steps.items() if value is not None}
+        if solver is None:
+            return dataclasses.replace(self, **given)
+        if given:
+            raise ValueError(
+                f"give a solver or {' and '.join(given)}, not both: the solver has its own "
+                f"(dt={solver.dt}, substeps={solver.substeps})"
+            )
+        return solver
+
     def integrate(self, vector_field: VectorField, x: Array, u: Action, params: Params) -> Array:
         """Phi_dt(x, u): the state after one control interval with u held constant."""
         term = diffrax.ODETerm(lambda t, y, args: vector_field(t, y, args[0], args[1]))

@@ -207,3 +207,21 @@ def test_builders_refuse_an_option_they_set_themselves():
     named = from_ode(field, reward, reset, action_size=1, name="decay", action_low=-2.0)
     assert named.name == "decay" and float(named.action_bounds[0][0]) == -2.0
     assert from_ode(field, reward, reset, action_size=1).name == "ode"
+
+
+@pytest.mark.parametrize("name,substeps", [("pendulum", 1), ("cartpole", 2)])
+def test_an_ode_task_takes_dt_and_substeps_or_a_solver_not_both(name, substeps):
+    def next_x(dynamics):
+        state = dynamics.reset(jax.random.key(0))
+        return np.asarray(dynamics.step(state, jnp.array([0.7]), jnp.zeros(0)).x)
+
+    longer = next_x(envs.make(name, dt=0.1))  # its default substeps, Tsit5
+    np.testing.assert_array_equal(
+        longer, next_x(envs.make(name, solver=ODESolver(dt=0.1, substeps=substeps)))
+    )
+    assert not np.allclose(longer, next_x(envs.make(name)))  # dt 0.05 by default
+    solver = ODESolver(dt=0.02, substeps=3, solver=diffrax.Euler())
+    with pytest.raises(ValueError, match=r"give a solver or dt and substeps, not both"):
+        envs.make(name, solver=solver, dt=0.1, substeps=2)
+    with pytest.raises(ValueError, match=r"give a solver or dt, not both.*dt=0.02, substeps=3"):
+        envs.make(name, solver=solver, dt=0.1)
