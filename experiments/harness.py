@@ -33,7 +33,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mbpo.cli import check_field_types, check_int, check_interval, check_positive
-from mbpo.files import csv_text, finish_report, run_header, write_json, write_text
+from mbpo.files import (
+    csv_text,
+    finish_report,
+    full_folder_refusal,
+    run_header,
+    write_json,
+    write_text,
+)
 
 JSON, DIRECTORY = "json", "directory"
 __all__ = ["check_int", "check_interval", "check_positive"]  # mbpo.cli's, for presets' checks
@@ -116,19 +123,11 @@ def _holds_results(args: argparse.Namespace) -> str | None:
     """Why ``--out`` would overwrite earlier results (None: it would not): an existing report, or a
     folder with files in it (unless the script's ``--resume`` goes on with them)."""
     out = getattr(args, "out", None)
-    if out is None or not out.exists():
+    if out is None:
         return None
-    if not out.is_dir():
+    if out.exists() and not out.is_dir():
         return f"--out {out} exists; a report is never overwritten: name another PATH.json"
-    held = sorted(p.name for p in out.iterdir())
-    if not held or getattr(args, "resume", False):
-        return None
-    shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
-    go_on = ", or pass --resume to go on with the run in it" if hasattr(args, "resume") else ""
-    return (
-        f"--out {out} already holds {shown}; results are never overwritten: name a new or empty "
-        f"folder{go_on}"
-    )
+    return full_folder_refusal(out, resume=getattr(args, "resume", None))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ import sys
 from mbpo import curves, estimators
 from mbpo.agents.unroll_trainer import UnrollTrainerConfig
 from mbpo.cli import add_arguments, build
-from mbpo.files import csv_text, run_header, write_json, write_text
+from mbpo.files import csv_text, full_folder_refusal, run_header, write_json, write_text
 from mbpo.runner import RunDirError, check_writable, fit
 
 # Sizes each preset gives the options; options written out override them.
@@ -170,12 +170,9 @@ def main(argv: list[str] | None = None, prog: str = "mbpo compare") -> None:
     if seeds < 1:
         parser.error(f"--seeds must be >= 1, got {seeds}")
     variants = _variants(parser, kind, args, defaults)
-    held = sorted(p.name for p in args.out.iterdir()) if args.out.is_dir() else []
-    if held:
-        parser.error(
-            f"--out {args.out} already holds {', '.join(held)}; results are never overwritten: "
-            "name a new or empty folder"
-        )
+    problem = full_folder_refusal(args.out)
+    if problem:
+        parser.error(problem)
     try:
         check_writable(args.out)
     except RunDirError as error:

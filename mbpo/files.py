@@ -38,6 +38,22 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_atomically(path, lambda file: file.write(text.encode()))
 
 
+def full_folder_refusal(folder: pathlib.Path, *, resume: bool | None = None) -> str | None:
+    """Why writing results into ``folder`` (an ``--out``) would overwrite earlier ones: the files
+    it holds. None where it does not exist, is not a folder or is empty, or where the caller's
+    ``--resume`` (``resume`` True) goes on with them; None for ``resume`` means the caller has no
+    such option."""
+    held = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if not held or resume:
+        return None
+    shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+    go_on = "" if resume is None else ", or pass --resume to go on with the run in it"
+    return (
+        f"--out {folder} already holds {shown}; results are never overwritten: name a new or empty "
+        f"folder{go_on}"
+    )
+
+
 def csv_text(rows: list[dict]) -> str:
     """``rows`` as CSV text; the header is the union of their keys in first-seen order."""
     import csv

@@ -43,3 +43,16 @@ def test_finish_report_adds_the_wall_time_prints_and_writes(tmp_path, capsys):
     assert written["rows"] == [1, 2] and written["wall_s"] > 0
     assert "load_average_1min_at_end" in written
     assert "2 rows" in capsys.readouterr().out
+
+
+def test_full_folder_refusal_names_what_a_folder_holds_and_the_way_on(tmp_path):
+    from mbpo.files import full_folder_refusal
+
+    assert full_folder_refusal(tmp_path / "none") is None  # not there yet
+    assert full_folder_refusal(tmp_path) is None  # empty: nothing to lose
+    (tmp_path / "curves.csv").write_text("kept")
+    assert "already holds curves.csv" in full_folder_refusal(tmp_path)
+    assert "--resume" not in full_folder_refusal(tmp_path)  # the caller has none
+    assert "pass --resume" in full_folder_refusal(tmp_path, resume=False)
+    assert full_folder_refusal(tmp_path, resume=True) is None
+    assert (tmp_path / "curves.csv").read_text() == "kept"
