@@ -500,13 +500,20 @@ def replot(directory: str) -> None:
     save_png(folder / "horizons.png", plot(summary["gradients"], summary["returns"]))
 
 
+def _brax_part_fields(part: str) -> tuple[str, str, str]:
+    """(task, backend, what) of a Brax part ``task[backend] what`` of :func:`_parts`."""
+    name, what = part.split(" ")
+    task, backend = name.rstrip("]").split("[")
+    return task, backend, what
+
+
 def brax_part(preset: Preset, part: str, seed: int) -> tuple[list, list]:
     """The gradient and return rows of one Brax part of :func:`_parts`, labelled ``task[backend]``:
     ``task[backend] gradients``, the gradient statistics of SVG(n) for every n of
     ``brax_horizons`` at one policy and critic; or ``task[backend] n=N``, the return of SVG(N)
     after ``brax_budget`` steps (the part of the first n also writes the untrained rows)."""
-    name, what = part.split(" ")
-    task, backend = name.rstrip("]").split("[")
+    task, backend, what = _brax_part_fields(part)
+    name = f"{task}[{backend}]"
     key = jax.random.fold_in(jax.random.key(seed), 2)
     pipeline = {"backend": backend}
     if backend == "mjx" and preset.mjx_iterations is not None:
@@ -637,7 +644,7 @@ def main(argv=None) -> None:
         except Exception as error:  # a pipeline that does not run here is a finding, not a crash
             if part == "ode":
                 raise
-            task, backend = part.split(" ")[0].rstrip("]").split("[")
+            task, backend, _ = _brax_part_fields(part)
             failure = {"env": task, "backend": backend, "part": part, "error": repr(error)[:500]}
             summary["failures"].append(failure)
             print(f"{part} failed: {error!r}"[:300], flush=True)
