@@ -215,7 +215,7 @@ def test_ppo_improves_its_initial_return_on_pendulum():
         learning_rate=3e-4,
     )
     trainer = ppo.make_trainer(config)
-    keys = jax.random.split(jax.random.key(config.seed + 10_000), 3)
+    keys = loop.evaluation_keys(config, 3)
     initial = np.asarray(loop.evaluate_seeds(trainer, loop.initial_state(trainer, 3), keys))
     _, history = fit(config, seeds=3)
     final = np.asarray(history[-1]["eval_return"])
